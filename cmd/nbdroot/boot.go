@@ -3,12 +3,61 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+	"time"
+
+	"github.com/nbdroot/nbdroot/boot"
+	"github.com/nbdroot/nbdroot/config"
 )
 
-func runBoot(ctx context.Context, sio stdio, args []string) error { return errors.New("boot: not implemented yet") }
+// runBoot runs the boot sequence from a shell (for testing a spec, or from
+// the rescue shell): the same as PID 1, except that a failure is returned
+// instead of applying the failure policy.
+func runBoot(ctx context.Context, sio stdio, args []string) error {
+	fs := flag.NewFlagSet("boot", flag.ContinueOnError)
+	fs.SetOutput(sio.err)
+	cmdline := fs.String("cmdline", "", "kernel command line (default /proc/cmdline)")
+	cfg := fs.String("config", "", "TOML file (default nbdroot.config= or "+config.DefaultConfigPath+")")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	log := boot.NewLogger(sio.err, time.Now())
+	_, err := boot.Run(ctx, log, boot.Options{Cmdline: *cmdline, ConfigPath: *cfg, InitArgs: fs.Args()})
+	return err
+}
 
-func isKeeper(argv []string) bool { return false }
+func isKeeper(argv []string) bool { return boot.IsKeeper(argv) }
 
-func runKeeper(argv []string) error { return errors.New("keeper: not implemented yet") }
+// runKeeper is the @nbdroot process. It ignores the signals systemd and
+// the console broadcast: only `nbdroot detach` (or the kernel) stops it.
+func runKeeper(argv []string) error {
+	signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE)
+	return boot.RunKeeper(context.Background())
+}
 
-func runPID1(sio stdio) {}
+// runPID1 is main for PID 1. It never returns: it either execs the real
+// init or applies the failure policy, and a panic is caught and treated as
+// a failure, so the kernel never sees "Attempted to kill init".
+func runPID1(sio stdio) {
+	log := boot.NewLogger(sio.err, time.Now())
+	policy := config.Defaults().Boot
+	defer func() {
+		if r := recover(); r != nil {
+			log.Errorf("panic", "%v\n%s", r, debug.Stack())
+			boot.Fail(log, policy, fmt.Errorf("internal error: %v", r))
+		}
+	}()
+	p, err := boot.Run(context.Background(), log, boot.Options{InitArgs: os.Args[1:]})
+	if p.OnFailure != "" {
+		policy = p
+	}
+	if err == nil {
+		err = errors.New("boot returned without switching root")
+	}
+	boot.Fail(log, policy, err)
+}

@@ -3,9 +3,49 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/nbdroot/nbdroot/boot"
 )
 
-// runList is being written; this placeholder is replaced in the same session.
+// runList implements `nbdroot list`: connect as boot would (TLS included),
+// ask the server for its exports (NBD_OPT_LIST, then NBD_OPT_INFO on each)
+// and print them as a table, or a JSON array with --json. The export name in
+// SPEC, if any, is ignored.
 func runList(ctx context.Context, sio stdio, args []string) error {
-	return errors.New("list: not implemented yet")
+	f, err := parseClientFlags("list", sio, args, true)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	exps, err := boot.DialList(ctx, f.spec, f.ep)
+	if err != nil {
+		return fmt.Errorf("list: %w", err)
+	}
+	if f.json {
+		infos := make([]exportInfo, 0, len(exps))
+		for _, e := range exps {
+			infos = append(infos, describe(e))
+		}
+		return writeJSON(sio.out, infos)
+	}
+	if len(exps) == 0 {
+		_, err := fmt.Fprintf(sio.out, "%s lists no exports\n", serverString(f.ep))
+		return err
+	}
+	tw := tabwriter.NewWriter(sio.out, 0, 4, 2, ' ', 0)
+	w := &errWriter{w: tw}
+	w.printf("NAME\tSIZE\tBLOCK SIZES\tFLAGS\tDESCRIPTION\n")
+	for _, e := range exps {
+		w.printf("%s\t%d (%s)\t%s\t%s\t%s\n", displayName(e.Name), e.Size, humanSize(e.Size),
+			blockSizes(e), flagsString(e.Flags), e.Description)
+	}
+	if w.err != nil {
+		return w.err
+	}
+	return tw.Flush()
 }

@@ -3,9 +3,216 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/nbdroot/nbdroot/initramfs"
 )
 
-// runMkinitramfs is being written; this placeholder is replaced in the same session.
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(s string) error {
+	if s == "" {
+		return errors.New("empty value")
+	}
+	*l = append(*l, s)
+	return nil
+}
+
+// fileList is the repeatable --file SRC[:DST] flag.
+type fileList []initramfs.File
+
+func (l *fileList) String() string {
+	parts := make([]string, len(*l))
+	for i, f := range *l {
+		parts[i] = f.Src + ":" + f.Dst
+	}
+	return strings.Join(parts, ",")
+}
+
+func (l *fileList) Set(s string) error {
+	src, dst, ok := strings.Cut(s, ":")
+	if !ok {
+		dst = src
+	}
+	if src == "" || dst == "" {
+		return fmt.Errorf("%q is not SRC:DST", s)
+	}
+	if !strings.HasPrefix(dst, "/") {
+		if ok {
+			return fmt.Errorf("%q: the image path %q must be absolute", s, dst)
+		}
+		return fmt.Errorf("%q: without :DST the source must be absolute, to name the same path in the image", s)
+	}
+	*l = append(*l, initramfs.File{Src: src, Dst: dst})
+	return nil
+}
+
+// runMkinitramfs writes an initramfs with this binary (or --binary) as /init.
 func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
-	return errors.New("mkinitramfs: not implemented yet")
+	fs := flag.NewFlagSet("mkinitramfs", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var (
+		out, modulesOnly, binary string
+		kver, kernel, modulesDir string
+		configFile, compress     string
+		modules                  stringList
+		files                    fileList
+	)
+	fs.StringVar(&out, "o", "", "write the archive to `FILE`")
+	fs.StringVar(&kver, "kver", "", "kernel `VERSION` whose modules to carry (default: the newest in --modules-dir)")
+	fs.StringVar(&kernel, "kernel", "", "take the kernel version from the bzImage at `PATH`")
+	fs.StringVar(&modulesDir, "modules-dir", initramfs.DefaultModulesDir, "`DIR` holding VERSION/modules.dep")
+	fs.StringVar(&configFile, "config", "", "install the spec `TOML` as /etc/nbdroot.toml, with the TLS files it names")
+	fs.Var(&modules, "module", "also carry kernel module `NAME` and its dependencies (repeatable)")
+	fs.Var(&files, "file", "copy host file `SRC[:DST]` into the image (repeatable)")
+	fs.StringVar(&compress, "compress", string(initramfs.Gzip), "compression: gzip, zstd or none")
+	fs.StringVar(&binary, "binary", "", "install `PATH` as /init (default: this nbdroot binary)")
+	fs.StringVar(&modulesOnly, "modules-only", "", "write only the module tree, into `DIR`/lib/modules/VERSION")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			mkinitramfsUsage(sio.out, fs)
+			return nil
+		}
+		return usagef("mkinitramfs: %v (try 'nbdroot mkinitramfs -h')", err)
+	}
+	switch {
+	case fs.NArg() > 0:
+		return usagef("mkinitramfs: unexpected argument %q", fs.Arg(0))
+	case out == "" && modulesOnly == "":
+		return usagef("mkinitramfs: -o FILE is required")
+	case out != "" && modulesOnly != "":
+		return usagef("mkinitramfs: -o and --modules-only are mutually exclusive")
+	case kver != "" && kernel != "":
+		return usagef("mkinitramfs: --kver and --kernel are mutually exclusive")
+	}
+	comp, err := initramfs.ParseCompression(compress)
+	if err != nil {
+		return usagef("mkinitramfs: --compress: %v", err)
+	}
+	if kernel != "" {
+		if kver, err = initramfs.KernelVersion(kernel); err != nil {
+			return fmt.Errorf("mkinitramfs: --kernel: %w (use --kver)", err)
+		}
+	}
+	if binary == "" && modulesOnly == "" {
+		if binary, err = os.Executable(); err != nil {
+			return fmt.Errorf("mkinitramfs: finding this binary: %w (use --binary)", err)
+		}
+	}
+	opts := initramfs.Options{
+		Binary:        binary,
+		KernelVersion: kver,
+		ModulesDir:    modulesDir,
+		Modules:       modules,
+		ConfigFile:    configFile,
+		Files:         files,
+		Compression:   comp,
+	}
+
+	if modulesOnly != "" {
+		r, err := initramfs.WriteModuleTree(ctx, modulesOnly, opts)
+		if err != nil {
+			return fmt.Errorf("mkinitramfs: %w", err)
+		}
+		printModules(sio.out, r)
+		fmt.Fprintf(sio.out, "wrote     %s (use with u-root: -files %s:lib/modules)\n",
+			filepath.Join(modulesOnly, "lib/modules", r.KernelVersion), filepath.Join(modulesOnly, "lib/modules"))
+		return nil
+	}
+
+	r, err := writeImage(ctx, out, opts)
+	if err != nil {
+		return fmt.Errorf("mkinitramfs: %w", err)
+	}
+	fmt.Fprintf(sio.out, "binary    %s (%s) as /init\n", r.Binary, sizeString(r.BinarySize))
+	printModules(sio.out, r)
+	if r.Config != "" {
+		line := fmt.Sprintf("config    %s as %s", r.Config, initramfs.ConfigPath)
+		if len(r.TLSFiles) > 0 {
+			line += "; TLS files " + strings.Join(r.TLSFiles, ", ")
+		}
+		fmt.Fprintln(sio.out, line)
+	}
+	if len(r.Files) > 0 {
+		fmt.Fprintf(sio.out, "files     %d: %s\n", len(r.Files), strings.Join(r.Files, ", "))
+	}
+	how := string(r.Compression)
+	if r.Compression != initramfs.None {
+		how += " of " + sizeString(r.ArchiveSize)
+	}
+	fmt.Fprintf(sio.out, "wrote     %s: %s (%s, %d entries)\n", out, sizeString(r.Size), how, r.Entries)
+	return nil
+}
+
+// writeImage writes the archive to a temporary file next to out and renames
+// it into place, so a failure never leaves a truncated image behind.
+func writeImage(ctx context.Context, out string, opts initramfs.Options) (*initramfs.Report, error) {
+	f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".tmp*")
+	if err != nil {
+		return nil, fmt.Errorf("creating %s: %w", out, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // fails harmlessly after the rename
+	r, err := initramfs.Write(ctx, f, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("writing %s: %w", out, err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", out, err)
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		return nil, fmt.Errorf("writing %s: %w", out, err)
+	}
+	return r, nil
+}
+
+// printModules prints the kernel and modules lines of the summary.
+func printModules(w io.Writer, r *initramfs.Report) {
+	fmt.Fprintf(w, "kernel    %s (%s)\n", r.KernelVersion, r.ModuleTree)
+	line := fmt.Sprintf("modules   %d modules (%d KiB)", len(r.Modules), (r.ModuleBytes+1023)/1024)
+	if len(r.Builtin) > 0 {
+		line += "; built in: " + strings.Join(r.Builtin, ", ")
+	}
+	if len(r.Missing) > 0 {
+		line += "; not available: " + strings.Join(r.Missing, ", ")
+	}
+	fmt.Fprintln(w, line)
+}
+
+// sizeString formats a byte count for people.
+func sizeString(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// mkinitramfsUsage prints the subcommand's help.
+func mkinitramfsUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintln(w, "usage: nbdroot mkinitramfs -o FILE [--kver VERSION | --kernel PATH] [--modules-dir DIR]")
+	fmt.Fprintln(w, "         [--config TOML] [--module NAME]... [--file SRC[:DST]]... [--compress gzip|zstd|none] [--binary PATH]")
+	fmt.Fprintln(w, "       nbdroot mkinitramfs --modules-only DIR [--kver VERSION | --kernel PATH] [--module NAME]...")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Writes a reproducible initramfs with nbdroot as /init, the default kernel modules")
+	fmt.Fprintln(w, "and their dependencies, and the spec and TLS files.")
+	fmt.Fprintln(w)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
 }

@@ -2,10 +2,275 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"github.com/nbdroot/nbdroot/boot"
+	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/negotiate"
 )
 
-// runProbe is being written; this placeholder is replaced in the same session.
+// clientFlags are the flags probe and list share.
+type clientFlags struct {
+	spec config.Spec
+	ep   config.Endpoint
+	json bool
+}
+
+// parseClientFlags parses `[TLS flags] [--timeout DUR] [--json] SPEC` for
+// probe and list (forList: SPEC may omit the export name), and returns the
+// spec they describe. It returns flag.ErrHelp after printing the usage for
+// -h. Any TLS flag turns TLS on, as nbds:// does; TLS is then required,
+// never a downgrade.
+func parseClientFlags(name string, sio stdio, args []string, forList bool) (clientFlags, error) {
+	fs := flag.NewFlagSet("nbdroot "+name, flag.ContinueOnError)
+	fs.SetOutput(sio.err)
+	var (
+		useTLS   = fs.Bool("tls", false, "require TLS (implied by nbds:// and by the other TLS flags)")
+		ca       = fs.String("ca", "", "PEM `FILE` of CA certificates to trust (default: the system's)")
+		cert     = fs.String("cert", "", "client certificate PEM `FILE` (with --key)")
+		key      = fs.String("key", "", "client private key PEM `FILE` (with --cert)")
+		hostname = fs.String("tls-hostname", "", "`NAME` the server certificate must carry (default: the host in SPEC)")
+		noVerify = fs.Bool("no-verify", false, "do not check the server certificate")
+		timeout  = fs.Duration("timeout", 0, "bound the TCP connect and, separately, the handshake (default: the spec's defaults)")
+		asJSON   = fs.Bool("json", false, "print JSON")
+	)
+	fs.Usage = func() {
+		fmt.Fprintf(sio.err, "usage: nbdroot %s [TLS flags] [--timeout DUR] [--json] SPEC\n", name)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return clientFlags{}, flag.ErrHelp
+		}
+		return clientFlags{}, usageError{err}
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return clientFlags{}, usagef("%s: want exactly one SPEC (HOST[:PORT]/NAME or an nbd:// URI), got %d arguments", name, fs.NArg())
+	}
+	if *timeout < 0 {
+		return clientFlags{}, usagef("%s: --timeout %v is negative", name, *timeout)
+	}
+	target := fs.Arg(0)
+	spec, err := config.ParseTarget(target)
+	if err != nil && forList && !strings.Contains(target, "/") {
+		// list needs no export name: accept HOST[:PORT] as HOST[:PORT]/.
+		if s, err2 := config.ParseTarget(target + "/"); err2 == nil {
+			spec, err = s, nil
+		}
+	}
+	if err != nil {
+		return clientFlags{}, err
+	}
+	if len(spec.Server.Endpoints) != 1 {
+		return clientFlags{}, usagef("%s: %q names %d servers, want one", name, target, len(spec.Server.Endpoints))
+	}
+	ep := spec.Server.Endpoints[0]
+	if ep.HostFromDHCP && ep.Host == "" {
+		return clientFlags{}, usagef("%s: %q takes the server from DHCP; name a server", name, target)
+	}
+
+	t := &spec.TLS
+	if *useTLS || *ca != "" || *cert != "" || *key != "" || *hostname != "" || *noVerify {
+		t.Enabled = true
+	}
+	if (*cert == "") != (*key == "") {
+		return clientFlags{}, usagef("%s: --cert and --key go together", name)
+	}
+	if *ca != "" {
+		t.CAFile = *ca
+	}
+	if *cert != "" {
+		t.CertFile, t.KeyFile = *cert, *key
+	}
+	if *hostname != "" {
+		t.ServerName = *hostname
+	}
+	if *noVerify {
+		t.VerifyPeer = false
+	}
+	if *timeout > 0 {
+		spec.Server.ConnectTimeout = *timeout
+		spec.Server.HandshakeTimeout = *timeout
+	}
+	return clientFlags{spec: spec, ep: ep, json: *asJSON}, nil
+}
+
+// runProbe implements `nbdroot probe`: negotiate with the server exactly as
+// boot does (boot.Dial), describe the export, and disconnect.
 func runProbe(ctx context.Context, sio stdio, args []string) error {
-	return errors.New("probe: not implemented yet")
+	f, err := parseClientFlags("probe", sio, args, false)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	exp, conn, err := boot.Dial(ctx, f.spec, f.ep)
+	if err != nil {
+		return fmt.Errorf("probe: %w", err)
+	}
+	// The probe has its answer; a failed NBD_CMD_DISC only means the server
+	// hung up first.
+	_ = negotiate.Disconnect(conn)
+
+	info := describe(*exp)
+	info.Server = serverString(f.ep)
+	if f.json {
+		return writeJSON(sio.out, info)
+	}
+	w := &errWriter{w: sio.out}
+	w.printf("server:      %s\n", info.Server)
+	w.printf("export:      %s\n", displayName(exp.Name))
+	if exp.Description != "" {
+		w.printf("description: %s\n", exp.Description)
+	}
+	w.printf("size:        %d (%s)\n", exp.Size, humanSize(exp.Size))
+	w.printf("flags:       %s\n", flagsString(exp.Flags))
+	w.printf("block sizes: %s\n", blockSizes(*exp))
+	w.printf("path:        %s\n", exp.Path)
+	w.printf("tls:         %s\n", tlsString(*exp))
+	return w.err
+}
+
+// exportInfo is an export as probe --json and list --json print it. The field
+// names are a stable interface.
+type exportInfo struct {
+	Server             string   `json:"server,omitempty"`
+	Name               string   `json:"name"`
+	Description        string   `json:"description"`
+	Size               uint64   `json:"size"`
+	SizeHuman          string   `json:"size_human"`
+	Flags              []string `json:"flags"`
+	FlagBits           uint16   `json:"flag_bits"`
+	MinBlockSize       uint32   `json:"min_block_size"`
+	PreferredBlockSize uint32   `json:"preferred_block_size"`
+	MaxBlockSize       uint32   `json:"max_block_size"`
+	Path               string   `json:"path"`
+	TLS                bool     `json:"tls"`
+	TLSVersion         string   `json:"tls_version,omitempty"`
+	TLSCipher          string   `json:"tls_cipher,omitempty"`
+}
+
+func describe(e negotiate.Export) exportInfo {
+	info := exportInfo{
+		Name:               e.Name,
+		Description:        e.Description,
+		Size:               e.Size,
+		SizeHuman:          humanSize(e.Size),
+		Flags:              flagNames(e.Flags),
+		FlagBits:           uint16(e.Flags),
+		MinBlockSize:       e.MinBlock,
+		PreferredBlockSize: e.PrefBlock,
+		MaxBlockSize:       e.MaxBlock,
+		Path:               string(e.Path),
+		TLS:                e.TLSVersion != 0,
+	}
+	if info.TLS {
+		info.TLSVersion = tls.VersionName(e.TLSVersion)
+		info.TLSCipher = tls.CipherSuiteName(e.TLSCipher)
+	}
+	return info
+}
+
+func flagNames(f negotiate.Flags) []string {
+	names := []string{}
+	if f != 0 {
+		names = strings.Split(f.String(), ",")
+	}
+	return names
+}
+
+func flagsString(f negotiate.Flags) string {
+	if f == 0 {
+		return "none"
+	}
+	return f.String()
+}
+
+// blockSizes formats the block size constraints: "min 1, preferred 4096,
+// max 33554432", with "not advertised" for what the server did not send.
+func blockSizes(e negotiate.Export) string {
+	if e.MinBlock == 0 && e.PrefBlock == 0 && e.MaxBlock == 0 {
+		return "not advertised"
+	}
+	one := func(v uint32) string {
+		if v == 0 {
+			return "not advertised"
+		}
+		return strconv.FormatUint(uint64(v), 10)
+	}
+	return fmt.Sprintf("min %s, preferred %s, max %s", one(e.MinBlock), one(e.PrefBlock), one(e.MaxBlock))
+}
+
+func tlsString(e negotiate.Export) string {
+	if e.TLSVersion == 0 {
+		return "off"
+	}
+	return tls.VersionName(e.TLSVersion) + ", " + tls.CipherSuiteName(e.TLSCipher)
+}
+
+// humanSize formats n bytes in binary units: "64 MiB", "1.5 GiB", "512 B".
+func humanSize(n uint64) string {
+	const units = "KMGTPE"
+	if n < 1024 {
+		return strconv.FormatUint(n, 10) + " B"
+	}
+	v, i := float64(n)/1024, 0
+	for v >= 1024 && i < len(units)-1 {
+		v /= 1024
+		i++
+	}
+	s := strconv.FormatFloat(v, 'f', 1, 64)
+	s = strings.TrimSuffix(s, ".0")
+	return s + " " + units[i:i+1] + "iB"
+}
+
+// displayName quotes an export name when it is empty (the default export) or
+// holds spaces or unprintable characters.
+func displayName(name string) string {
+	if name == "" {
+		return `"" (default export)`
+	}
+	for _, r := range name {
+		if !unicode.IsGraphic(r) || unicode.IsSpace(r) {
+			return strconv.Quote(name)
+		}
+	}
+	return name
+}
+
+// serverString formats the endpoint without its export.
+func serverString(ep config.Endpoint) string {
+	s := boot.EndpointString(ep)
+	return strings.TrimSuffix(s, "/"+ep.Export)
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return fmt.Errorf("writing JSON: %w", err)
+	}
+	return nil
+}
+
+// errWriter keeps the first write error, so a run of prints checks once.
+type errWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (w *errWriter) printf(format string, a ...any) {
+	if w.err == nil {
+		_, w.err = fmt.Fprintf(w.w, format, a...)
+	}
 }

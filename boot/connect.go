@@ -1,0 +1,101 @@
+package boot
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/negotiate"
+)
+
+// Connect reaches the export: it tries spec's endpoints in order, round after
+// round, with exponential backoff and jitter between rounds
+// (Server.BackoffInitial doubling up to Server.BackoffMax), until one
+// negotiates or Server.Deadline passes. Every failed attempt is logged with
+// its cause. An endpoint whose server refused outright (an NBD error reply
+// such as an unknown export, or a certificate that does not verify) is not
+// retried: waiting will not change its answer.
+func Connect(ctx context.Context, log *Logger, spec config.Spec) (*negotiate.Export, net.Conn, config.Endpoint, error) {
+	if len(spec.Server.Endpoints) == 0 {
+		return nil, nil, config.Endpoint{}, errors.New("connect: no server configured (nbdroot=HOST:PORT/NAME)")
+	}
+	if spec.Server.Deadline > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, spec.Server.Deadline)
+		defer cancel()
+	}
+	live := make([]bool, len(spec.Server.Endpoints))
+	for i := range live {
+		live[i] = true
+	}
+	var last error
+	backoff := spec.Server.BackoffInitial
+	for attempt := 1; ; attempt++ {
+		alive := 0
+		for i, ep := range spec.Server.Endpoints {
+			if !live[i] {
+				continue
+			}
+			exp, conn, err := Dial(ctx, spec, ep)
+			if err == nil {
+				return exp, conn, ep, nil
+			}
+			last = err
+			if ctx.Err() != nil {
+				break
+			}
+			if permanent(err) {
+				live[i] = false
+				log.Errorf("connect", "%s: %v (not retrying this server)", EndpointString(ep), err)
+				continue
+			}
+			alive++
+			log.Errorf("connect", "attempt %d: %v", attempt, err)
+		}
+		if alive == 0 && ctx.Err() == nil {
+			return nil, nil, config.Endpoint{}, fmt.Errorf("connect: every server refused: %w", last)
+		}
+		wait := jitter(backoff)
+		select {
+		case <-ctx.Done():
+			return nil, nil, config.Endpoint{}, fmt.Errorf("connect: gave up after %d attempts (deadline %v): %w", attempt, spec.Server.Deadline, last)
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, spec.Server.BackoffMax)
+	}
+}
+
+// jitter returns a duration in [d/2, d): spread so that a thousand clients
+// booting together do not hit a restarted server in lockstep.
+func jitter(d time.Duration) time.Duration {
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2)
+}
+
+// permanent reports whether err is the server's (or its certificate's)
+// definite answer rather than a transient failure to reach it.
+func permanent(err error) bool {
+	var oe *negotiate.OptionError
+	var uae x509.UnknownAuthorityError
+	var hne x509.HostnameError
+	var cve *tls.CertificateVerificationError
+	return errors.As(err, &oe) || errors.Is(err, negotiate.ErrTLSRequired) ||
+		errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cve)
+}
+
+// EndpointString formats ep as HOST:PORT/NAME (or the socket path) for logs.
+func EndpointString(ep config.Endpoint) string {
+	if ep.Socket != "" {
+		return "unix:" + ep.Socket + "/" + ep.Export
+	}
+	return net.JoinHostPort(ep.Host, strconv.Itoa(int(ep.Port))) + "/" + ep.Export
+}

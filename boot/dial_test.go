@@ -1,0 +1,191 @@
+package boot_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nbdroot/nbdroot/boot"
+	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/internal/testrig"
+	"github.com/nbdroot/nbdroot/negotiate"
+)
+
+// dialSpec is a spec with short timeouts and one endpoint at addr.
+func dialSpec(t *testing.T, addr, export string) (config.Spec, config.Endpoint) {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := config.Endpoint{Host: host, Port: uint16(p), Export: export}
+	spec := config.Spec{Server: config.Server{
+		Endpoints:        []config.Endpoint{ep},
+		ConnectTimeout:   2 * time.Second,
+		HandshakeTimeout: 5 * time.Second,
+	}}
+	return spec, ep
+}
+
+func TestTLSConfig(t *testing.T) {
+	cs := testrig.Certs(t, t.TempDir())
+	cfg, err := boot.TLSConfig(config.TLS{Enabled: true, CAFile: cs.CA, CertFile: cs.ClientCert, KeyFile: cs.ClientKey, VerifyPeer: true}, "10.0.2.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServerName != "10.0.2.2" || cfg.InsecureSkipVerify || cfg.MinVersion != tls.VersionTLS12 || cfg.RootCAs == nil || len(cfg.Certificates) != 1 {
+		t.Errorf("config = ServerName %q, InsecureSkipVerify %v, MinVersion %#x, RootCAs %v, %d certificates",
+			cfg.ServerName, cfg.InsecureSkipVerify, cfg.MinVersion, cfg.RootCAs != nil, len(cfg.Certificates))
+	}
+	cfg, err = boot.TLSConfig(config.TLS{Enabled: true, ServerName: "nbd.example", VerifyPeer: false}, "10.0.2.2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ServerName != "nbd.example" || !cfg.InsecureSkipVerify || cfg.RootCAs != nil || len(cfg.Certificates) != 0 {
+		t.Errorf("no-verify config = %+v", cfg)
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.pem")
+	if err := os.WriteFile(bad, []byte("not a certificate\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		tls  config.TLS
+		host string
+		want string
+	}{
+		{"missing CA", config.TLS{CAFile: "/nonexistent/ca.pem", VerifyPeer: true}, "h", "reading CA certificates"},
+		{"not PEM", config.TLS{CAFile: bad, VerifyPeer: true}, "h", "no PEM certificate in CA file " + bad},
+		{"cert without key", config.TLS{CertFile: cs.ClientCert, VerifyPeer: true}, "h", "needs both"},
+		{"key mismatch", config.TLS{CertFile: cs.ClientCert, KeyFile: cs.ServerKey, VerifyPeer: true}, "h", "loading client certificate"},
+		{"no name", config.TLS{VerifyPeer: true}, "", "no server name"},
+	} {
+		if _, err := boot.TLSConfig(tc.tls, tc.host); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want it to contain %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestDialNbdkit(t *testing.T) {
+	s := testrig.Nbdkit(t, "memory", "64M")
+	spec, ep := dialSpec(t, s.Addr, "")
+	exp, conn, err := boot.Dial(context.Background(), spec, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer negotiate.Disconnect(conn)
+	if exp.Size != 64<<20 {
+		t.Errorf("size %d, want %d", exp.Size, 64<<20)
+	}
+	if exp.TLSVersion != 0 {
+		t.Errorf("TLS version %#x on a plaintext connection", exp.TLSVersion)
+	}
+}
+
+func TestDialTLS(t *testing.T) {
+	cs := testrig.Certs(t, t.TempDir())
+	s := testrig.Nbdkit(t, "--tls=require", "--tls-certificates="+cs.Dir, "--tls-verify-peer", "memory", "1M")
+	spec, ep := dialSpec(t, s.Addr, "")
+	spec.TLS = config.TLS{Enabled: true, CAFile: cs.CA, CertFile: cs.ClientCert, KeyFile: cs.ClientKey, VerifyPeer: true}
+	exp, conn, err := boot.Dial(context.Background(), spec, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	negotiate.Disconnect(conn)
+	if exp.TLSVersion < tls.VersionTLS12 {
+		t.Errorf("TLS version %#x", exp.TLSVersion)
+	}
+
+	// The wrong CA: a certificate error, naming the endpoint.
+	spec.TLS.CAFile = cs.WrongCA
+	_, _, err = boot.Dial(context.Background(), spec, ep)
+	if err == nil || !strings.Contains(err.Error(), boot.EndpointString(ep)) || !strings.Contains(err.Error(), "certificate") {
+		t.Errorf("wrong CA: err = %v", err)
+	}
+	// The same without verification succeeds (the client certificate is
+	// still the right one).
+	spec.TLS.VerifyPeer = false
+	if _, conn, err := boot.Dial(context.Background(), spec, ep); err != nil {
+		t.Errorf("no-verify: %v", err)
+	} else {
+		negotiate.Disconnect(conn)
+	}
+}
+
+func TestDialUnixSocket(t *testing.T) {
+	testrig.Need(t, "nbdkit")
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	p := testrig.Start(t, "nbdkit", "-f", "--exit-with-parent", "-U", sock, "memory", "2M")
+	deadline := time.Now().Add(testrig.ReadyTimeout)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nbdkit made no socket at %s:\n%s", sock, p.Output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	spec, _ := dialSpec(t, "127.0.0.1:1", "")
+	ep := config.Endpoint{Socket: sock}
+	exp, conn, err := boot.Dial(context.Background(), spec, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	negotiate.Disconnect(conn)
+	if exp.Size != 2<<20 {
+		t.Errorf("size %d", exp.Size)
+	}
+}
+
+func TestDialRefused(t *testing.T) {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testrig.FreePort(t)))
+	spec, ep := dialSpec(t, addr, "rootfs")
+	_, _, err := boot.Dial(context.Background(), spec, ep)
+	want := addr + "/rootfs: connect: "
+	if err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("err = %v, want %q... connection refused", err, want)
+	}
+}
+
+// TestDialHandshakeTimeout: a server that accepts and then says nothing is
+// abandoned after HandshakeTimeout.
+func TestDialHandshakeTimeout(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	spec, ep := dialSpec(t, l.Addr().String(), "x")
+	spec.Server.HandshakeTimeout = 300 * time.Millisecond
+	start := time.Now()
+	_, _, err = boot.Dial(context.Background(), spec, ep)
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("Dial took %v with a 300ms handshake timeout", took)
+	}
+	var ne net.Error
+	if err == nil || !strings.HasPrefix(err.Error(), l.Addr().String()+"/x: ") || !(errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded)) {
+		t.Errorf("err = %v, want a timeout naming the endpoint", err)
+	}
+}

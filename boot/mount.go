@@ -1,0 +1,122 @@
+package boot
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/u-root/u-root/pkg/mount"
+	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/ioctl"
+)
+
+// NewRoot is where the root is mounted before switch_root.
+const NewRoot = "/newroot"
+
+// MountRoot mounts the root device on NewRoot as r says: the filesystem
+// type from the spec or detected from the superblock, rootflags, ro or rw,
+// and, with overlay "tmpfs", a tmpfs upper layer over a read-only lower
+// mount so that many clients can share one export. It returns the
+// filesystem type.
+func MountRoot(log *Logger, index int, r config.Root) (string, error) {
+	dev := ioctl.Path(index)
+	if r.Partition > 0 {
+		dev += "p" + strconv.Itoa(r.Partition)
+	}
+	if err := waitNode(dev, ioctl.Path(index), 5*time.Second); err != nil {
+		return "", err
+	}
+	fstype := r.FSType
+	if fstype == "" {
+		t, _, err := mount.FSFromBlock(dev)
+		if err != nil {
+			return "", fmt.Errorf("mount: %s: cannot detect the filesystem (set rootfstype=): %w", dev, err)
+		}
+		fstype = t
+	}
+	var flags uintptr
+	if r.ReadOnly || r.Overlay == config.OverlayTmpfs {
+		flags |= unix.MS_RDONLY
+	}
+	target := NewRoot
+	if r.Overlay == config.OverlayTmpfs {
+		// The layers live under /run, which moves into the new root, so an
+		// operator finds them at /run/nbdroot/{lower,overlay} afterwards.
+		target = filepath.Join(RunDir, "lower")
+	}
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return "", fmt.Errorf("mount: %w", err)
+	}
+	if err := unix.Mount(dev, target, fstype, flags, r.Flags); err != nil {
+		return "", fmt.Errorf("mount: %s on %s as %s (flags %q): %w", dev, target, fstype, r.Flags, err)
+	}
+	if r.Overlay == config.OverlayTmpfs {
+		if err := mountOverlay(target, r.ReadOnly); err != nil {
+			_ = unix.Unmount(target, 0)
+			return "", err
+		}
+	}
+	mode := "rw"
+	if r.ReadOnly {
+		mode = "ro"
+	}
+	if r.Overlay == config.OverlayTmpfs {
+		mode += ", tmpfs overlay"
+	}
+	log.Printf("mount", "%s (%s, %s) on %s", dev, fstype, mode, NewRoot)
+	return fstype, nil
+}
+
+// mountOverlay mounts a tmpfs-backed overlay of lower on NewRoot.
+func mountOverlay(lower string, ro bool) error {
+	up := filepath.Join(RunDir, "overlay")
+	if err := os.MkdirAll(up, 0o755); err != nil {
+		return fmt.Errorf("mount: overlay: %w", err)
+	}
+	if err := unix.Mount("nbdroot-overlay", up, "tmpfs", 0, "mode=0755"); err != nil {
+		return fmt.Errorf("mount: overlay: tmpfs on %s: %w", up, err)
+	}
+	for _, d := range []string{"upper", "work", NewRoot} {
+		p := d
+		if !strings.HasPrefix(d, "/") {
+			p = filepath.Join(up, d)
+		}
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return fmt.Errorf("mount: overlay: %w", err)
+		}
+	}
+	var flags uintptr
+	if ro {
+		flags = unix.MS_RDONLY
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, up, up)
+	if err := unix.Mount("overlay", NewRoot, "overlay", flags, opts); err != nil {
+		return fmt.Errorf("mount: overlay %s on %s: %w", opts, NewRoot, err)
+	}
+	return nil
+}
+
+// waitNode waits for a device node to appear. Partitions show up after the
+// kernel rescans the table, which opening the whole device triggers.
+func waitNode(dev, whole string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		_, err := os.Stat(dev)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
+			return fmt.Errorf("mount: %s did not appear within %v: %w", dev, timeout, err)
+		}
+		if f, err := os.Open(whole); err == nil {
+			f.Close()
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,206 @@
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/u-root/u-root/pkg/dhclient"
+	"github.com/vishvananda/netlink"
+
+	"github.com/nbdroot/nbdroot/config"
+)
+
+// Lease is what the network step learned that later steps need.
+type Lease struct {
+	// Interface is the link the server is reached through.
+	Interface string
+	// Address is the configured address with its prefix.
+	Address string
+	// DHCPServer is the DHCP server's address (DHCP mode only).
+	DHCPServer net.IP
+	// RootPath is DHCP option 17, if the server sent one.
+	RootPath string
+}
+
+// BringUpNetwork configures the network as n says and returns the lease.
+func BringUpNetwork(ctx context.Context, log *Logger, n config.Network) (*Lease, error) {
+	if lo, err := netlink.LinkByName("lo"); err == nil {
+		_ = netlink.LinkSetUp(lo)
+	}
+	if n.Mode == config.NetworkNone {
+		return &Lease{}, nil
+	}
+	links, err := candidateLinks(n.Interfaces)
+	if err != nil {
+		return nil, err
+	}
+	if n.Hostname != "" {
+		if err := os.WriteFile("/proc/sys/kernel/hostname", []byte(n.Hostname), 0o644); err != nil {
+			log.Errorf("network", "set hostname %q: %v", n.Hostname, err)
+		}
+	}
+	switch n.Mode {
+	case config.NetworkStatic:
+		return configureStatic(log, n, links)
+	case config.NetworkDHCP:
+		return configureDHCP(ctx, log, n, links)
+	}
+	return nil, fmt.Errorf("network: unknown mode %q", n.Mode)
+}
+
+// candidateLinks returns the links to configure: the named ones, or every
+// non-loopback link in kernel order.
+func candidateLinks(names []string) ([]netlink.Link, error) {
+	all, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("network: list links: %w", err)
+	}
+	var out []netlink.Link
+	for _, l := range all {
+		a := l.Attrs()
+		if a.Flags&net.FlagLoopback != 0 || a.Name == "lo" {
+			continue
+		}
+		if len(names) > 0 && !slices.Contains(names, a.Name) {
+			continue
+		}
+		out = append(out, l)
+	}
+	if len(out) == 0 {
+		var have []string
+		for _, l := range all {
+			have = append(have, l.Attrs().Name)
+		}
+		if len(names) > 0 {
+			return nil, fmt.Errorf("network: no interface named %s (have: %s)", strings.Join(names, ", "), strings.Join(have, ", "))
+		}
+		return nil, fmt.Errorf("network: no network interface besides loopback (have: %s); is the NIC driver in the initramfs?", strings.Join(have, ", "))
+	}
+	return out, nil
+}
+
+// waitCarrier sets l up and waits until it reports carrier.
+func waitCarrier(l netlink.Link, timeout time.Duration) error {
+	name := l.Attrs().Name
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("network: %s: set up: %w", name, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		cur, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("network: %s: %w", name, err)
+		}
+		if o := cur.Attrs().OperState; o == netlink.OperUp || o == netlink.OperUnknown {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("network: %s: no carrier after %v", name, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func configureStatic(log *Logger, n config.Network, links []netlink.Link) (*Lease, error) {
+	l := links[0]
+	name := l.Attrs().Name
+	if err := waitCarrier(l, n.LinkTimeout); err != nil {
+		return nil, err
+	}
+	ipnet := &net.IPNet{IP: n.Address.Addr().AsSlice(), Mask: net.CIDRMask(n.Address.Bits(), n.Address.Addr().BitLen())}
+	if err := netlink.AddrReplace(l, &netlink.Addr{IPNet: ipnet}); err != nil {
+		return nil, fmt.Errorf("network: %s: add address %s: %w", name, n.Address, err)
+	}
+	if n.Gateway.IsValid() {
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: n.Gateway.AsSlice()}
+		if err := netlink.RouteReplace(r); err != nil {
+			return nil, fmt.Errorf("network: %s: default route via %s: %w", name, n.Gateway, err)
+		}
+	}
+	var dns []net.IP
+	for _, d := range n.DNS {
+		dns = append(dns, d.AsSlice())
+	}
+	if err := writeResolvConf(dns); err != nil {
+		return nil, err
+	}
+	gw := "no gateway"
+	if n.Gateway.IsValid() {
+		gw = "via " + n.Gateway.String()
+	}
+	log.Printf("network", "%s %s static, %s", name, n.Address, gw)
+	return &Lease{Interface: name, Address: n.Address.String()}, nil
+}
+
+func configureDHCP(ctx context.Context, log *Logger, n config.Network, links []netlink.Link) (*Lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.LinkTimeout+n.DHCPTimeout)
+	defer cancel()
+	cfg := dhclient.Config{
+		Timeout:    2 * time.Second,
+		Retries:    int(n.DHCPTimeout/(2*time.Second)) + 1,
+		Modifiers4: []dhcpv4.Modifier{dhcpv4.WithRequestedOptions(dhcpv4.OptionRootPath)},
+	}
+	var errs []error
+	for r := range dhclient.SendRequests(ctx, links, true, false, cfg, n.LinkTimeout) {
+		if r.Err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.Interface.Attrs().Name, r.Err))
+			continue
+		}
+		if err := r.Lease.Configure(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: configure lease: %w", r.Interface.Attrs().Name, err))
+			continue
+		}
+		p4, ok := r.Lease.(*dhclient.Packet4)
+		if !ok {
+			continue
+		}
+		ns, _, _ := p4.GatherDNSSettings()
+		if err := writeResolvConf(ns); err != nil {
+			return nil, err
+		}
+		msg, _ := p4.Message()
+		lease := &Lease{
+			Interface:  r.Interface.Attrs().Name,
+			Address:    p4.Lease().String(),
+			DHCPServer: msg.ServerIdentifier(),
+			RootPath:   msg.RootPath(),
+		}
+		if lease.DHCPServer == nil {
+			lease.DHCPServer = msg.ServerIPAddr
+		}
+		cancel() // stop the other interfaces' requests
+		log.Printf("network", "%s %s from DHCP server %s", lease.Interface, lease.Address, lease.DHCPServer)
+		return lease, nil
+	}
+	if len(errs) == 0 {
+		return nil, fmt.Errorf("network: no link came up within %v", n.LinkTimeout)
+	}
+	return nil, fmt.Errorf("network: DHCP failed: %w", errors.Join(errs...))
+}
+
+// writeResolvConf writes /etc/resolv.conf for the name lookups of the
+// connect step. No servers is not an error: IP literals need none.
+func writeResolvConf(ns []net.IP) error {
+	if len(ns) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("# written by nbdroot\n")
+	for _, s := range ns {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if err := os.MkdirAll("/etc", 0o755); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if err := os.WriteFile("/etc/resolv.conf", []byte(b.String()), 0o644); err != nil {
+		return fmt.Errorf("network: write resolv.conf: %w", err)
+	}
+	return nil
+}

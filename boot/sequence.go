@@ -1,0 +1,179 @@
+package boot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/ioctl"
+)
+
+// Options configure Run.
+type Options struct {
+	// Cmdline is the kernel command line; empty means /proc/cmdline.
+	Cmdline string
+	// ConfigPath names the TOML file; empty means nbdroot.config= or
+	// config.DefaultConfigPath.
+	ConfigPath string
+	// InitArgs are PID 1's own arguments: what the kernel meant for init.
+	InitArgs []string
+}
+
+// Run is the boot: early mounts, spec, modules, network, connect and attach
+// (in the keeper), mount, switch_root. On success it does not return: the
+// real init replaces it. On failure it returns the error, wrapped in a
+// *StepError naming the step, and the failure policy to apply (the defaults'
+// when the spec itself could not be read).
+func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
+	policy := config.Defaults().Boot
+	fail := func(step string, err error) (config.Boot, error) {
+		return policy, &StepError{Step: step, Err: err}
+	}
+	if err := MountEarly(); err != nil {
+		return fail("early mounts", err)
+	}
+	_ = SetupConsole()
+	log.OpenKmsg()
+	log.Printf("start", "nbdroot as PID 1")
+
+	cmdline := opts.Cmdline
+	if cmdline == "" {
+		b, err := os.ReadFile("/proc/cmdline")
+		if err != nil {
+			return fail("config", err)
+		}
+		cmdline = strings.TrimSpace(string(b))
+	}
+	res, err := config.Resolve(config.Sources{Cmdline: cmdline, ConfigPath: opts.ConfigPath, ReadFile: os.ReadFile})
+	if err != nil {
+		return fail("config", err)
+	}
+	spec := res.Spec
+	policy = spec.Boot
+	log.SetDebug(spec.Boot.LogLevel == "debug")
+
+	var tl timeline
+	t := time.Now()
+	n, err := LoadModules(log, spec.Boot.Modules)
+	if err != nil {
+		return fail("modules", err)
+	}
+	tl.add("modules", t)
+	log.Printf("modules", "%d loaded", n)
+
+	t = time.Now()
+	lease, err := BringUpNetwork(ctx, log, spec.Network)
+	if err != nil {
+		return fail("network", err)
+	}
+	if err := applyLease(&spec, lease); err != nil {
+		return fail("network", err)
+	}
+	tl.add("network", t)
+
+	dev := spec.Device.Index
+	if dev == config.AutoIndex {
+		if dev, err = ioctl.FirstFree(); err != nil {
+			return fail("attach", err)
+		}
+	}
+	t = time.Now()
+	rep, err := StartKeeper(ctx, log, spec, dev)
+	if err != nil {
+		return fail("connect", err)
+	}
+	tl.addDur("connect", rep.Connect)
+	tl.addDur("attach", time.Since(t)-rep.Connect)
+	log.Printf("attach", "%s is %s (%d bytes) from %s, keeper pid %d", ioctl.Path(dev), rep.Export.Name, rep.Export.Size, rep.Endpoint, rep.Pid)
+
+	t = time.Now()
+	if _, err := MountRoot(log, dev, spec.Root); err != nil {
+		return fail("mount", err)
+	}
+	tl.add("mount", t)
+	init, err := FindInit(NewRoot, spec.Root.Init)
+	if err != nil {
+		return fail("switch_root", err)
+	}
+	args := spec.Root.InitArgs
+	if args == nil {
+		args = opts.InitArgs
+	}
+	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
+	err = SwitchRoot(NewRoot, init, args, initEnv(os.Environ()))
+	return fail("switch_root", err)
+}
+
+// applyLease fills in what the spec left to DHCP: the root-path option
+// (nbdroot=dhcp) and the DHCP server as the NBD server's host.
+func applyLease(spec *config.Spec, l *Lease) error {
+	if spec.Server.FromDHCP {
+		if l.RootPath == "" {
+			return errors.New("nbdroot=dhcp, but the DHCP server sent no root-path (option 17)")
+		}
+		t, err := config.ParseTarget(l.RootPath)
+		if err != nil {
+			return fmt.Errorf("DHCP root-path %q: %w", l.RootPath, err)
+		}
+		spec.Server.Endpoints = t.Server.Endpoints
+		spec.TLS.Enabled = spec.TLS.Enabled || t.TLS.Enabled
+	}
+	for i := range spec.Server.Endpoints {
+		ep := &spec.Server.Endpoints[i]
+		if ep.HostFromDHCP || (ep.Host == "" && ep.Socket == "") {
+			if l.DHCPServer == nil {
+				return errors.New("the server is the DHCP server, but no DHCP lease was obtained")
+			}
+			ep.Host, ep.HostFromDHCP = l.DHCPServer.String(), false
+		}
+	}
+	return nil
+}
+
+// initEnv is the environment of the real init: what the kernel gave PID 1
+// (key=value words of the command line), with the usual defaults.
+func initEnv(env []string) []string {
+	out := []string{}
+	have := map[string]bool{}
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "NBDROOT_") {
+			continue
+		}
+		have[k] = true
+		out = append(out, kv)
+	}
+	for _, kv := range []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=linux", "HOME=/"} {
+		k, _, _ := strings.Cut(kv, "=")
+		if !have[k] {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// timeline is the per-step durations of the summary line.
+type timeline []struct {
+	step string
+	d    time.Duration
+}
+
+func (t *timeline) add(step string, since time.Time) { t.addDur(step, time.Since(since)) }
+func (t *timeline) addDur(step string, d time.Duration) {
+	*t = append(*t, struct {
+		step string
+		d    time.Duration
+	}{step, d})
+}
+
+func (t timeline) String() string {
+	var parts []string
+	for _, s := range t {
+		parts = append(parts, fmt.Sprintf("%s %.2fs", s.step, s.d.Seconds()))
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,294 @@
+package testrig
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ReadyTimeout bounds the wait for a server to accept connections.
+const ReadyTimeout = 15 * time.Second
+
+// Server is a running NBD server on 127.0.0.1.
+type Server struct {
+	// Kind is "qemu-nbd", "nbdkit" or "nbd-server".
+	Kind string
+	// Addr is "127.0.0.1:PORT".
+	Addr string
+	// Port is the TCP port.
+	Port int
+
+	t    testing.TB
+	argv []string
+	proc *Process // qemu-nbd, nbdkit: the server itself
+
+	// nbd-server forks into the background: it is stopped by the pid it
+	// writes to pidFile, and says nothing once detached.
+	pidFile string
+	pid     int
+}
+
+// Option adjusts a server started by QemuNBD or NbdServer.
+type Option func(*options)
+
+type options struct {
+	tlsDir     string
+	verifyPeer bool
+	shared     int
+	readOnly   bool
+	extra      []string
+}
+
+// TLS makes the server require TLS with the certificates in dir (a CertSet's
+// Dir). Client certificates are not checked unless VerifyPeer is given too.
+func TLS(dir string) Option { return func(o *options) { o.tlsDir = dir } }
+
+// VerifyPeer makes a TLS server require a client certificate signed by its CA.
+func VerifyPeer() Option { return func(o *options) { o.verifyPeer = true } }
+
+// Shared lets qemu-nbd serve n clients at once (--shared; default 1).
+// nbd-server ignores it.
+func Shared(n int) Option { return func(o *options) { o.shared = n } }
+
+// ReadOnly serves the export read-only.
+func ReadOnly() Option { return func(o *options) { o.readOnly = true } }
+
+// Args appends raw arguments to qemu-nbd's command line, or raw lines to
+// nbd-server's [generic] section.
+func Args(a ...string) Option { return func(o *options) { o.extra = append(o.extra, a...) } }
+
+// QemuNBD serves image (raw) as export on a free port with qemu-nbd
+// --persistent. Give Shared(n) for more than one simultaneous client.
+func QemuNBD(t testing.TB, image, export string, opts ...Option) *Server {
+	t.Helper()
+	Need(t, "qemu-nbd")
+	o := collect(opts)
+	port := FreePort(t)
+	argv := []string{"qemu-nbd", "-x", export, "-b", "127.0.0.1", "-p", strconv.Itoa(port),
+		"-f", "raw", "--persistent"}
+	if o.shared > 0 {
+		argv = append(argv, "--shared="+strconv.Itoa(o.shared))
+	}
+	if o.readOnly {
+		argv = append(argv, "--read-only")
+	}
+	if o.tlsDir != "" {
+		verify := "off"
+		if o.verifyPeer {
+			verify = "on"
+		}
+		argv = append(argv,
+			"--object", "tls-creds-x509,id=tls0,dir="+o.tlsDir+",endpoint=server,verify-peer="+verify,
+			"--tls-creds", "tls0")
+	}
+	argv = append(argv, o.extra...)
+	argv = append(argv, image)
+	return startForeground(t, "qemu-nbd", port, argv)
+}
+
+// Nbdkit runs nbdkit in the foreground on a free port with args after the
+// address and port: options, then the plugin and its parameters, e.g.
+// "memory", "64M" or "--tls=require", "--tls-certificates=DIR", "memory", "1M".
+func Nbdkit(t testing.TB, args ...string) *Server {
+	t.Helper()
+	Need(t, "nbdkit")
+	port := FreePort(t)
+	argv := append([]string{"nbdkit", "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)
+	return startForeground(t, "nbdkit", port, argv)
+}
+
+// NbdServer writes an nbd-server configuration serving exports (name → file,
+// in name order; the listing is allowed) on a free port and starts
+// nbd-server with it. With TLS(dir) every option but STARTTLS is refused in
+// plaintext (force_tls) and the server loads dir's ca-cert.pem as its
+// cacertfile: nbd-server 3.24 drops every TLS session without one, and with
+// one it requires a client certificate signed by that CA, so VerifyPeer is
+// implied.
+func NbdServer(t testing.TB, exports map[string]string, opts ...Option) *Server {
+	t.Helper()
+	Need(t, "nbd-server")
+	o := collect(opts)
+	dir := t.TempDir()
+	port := FreePort(t)
+
+	var conf strings.Builder
+	fmt.Fprintf(&conf, "[generic]\nlistenaddr = 127.0.0.1\nport = %d\nallowlist = true\n", port)
+	if o.tlsDir != "" {
+		fmt.Fprintf(&conf, "certfile = %s\nkeyfile = %s\ncacertfile = %s\nforce_tls = true\n",
+			filepath.Join(o.tlsDir, "server-cert.pem"),
+			filepath.Join(o.tlsDir, "server-key.pem"),
+			filepath.Join(o.tlsDir, "ca-cert.pem"))
+	}
+	for _, line := range o.extra {
+		conf.WriteString(line + "\n")
+	}
+	names := make([]string, 0, len(exports))
+	for name := range exports {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		path, err := filepath.Abs(exports[name])
+		if err != nil {
+			t.Fatalf("testrig: %v", err)
+		}
+		fmt.Fprintf(&conf, "[%s]\nexportname = %s\n", name, path)
+		if o.readOnly {
+			conf.WriteString("readonly = true\n")
+		}
+	}
+	confPath := filepath.Join(dir, "nbd-server.conf")
+	if err := os.WriteFile(confPath, []byte(conf.String()), 0o644); err != nil {
+		t.Fatalf("testrig: %v", err)
+	}
+	s := &Server{
+		Kind:    "nbd-server",
+		Addr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		Port:    port,
+		t:       t,
+		argv:    []string{"nbd-server", "-C", confPath, "-p", filepath.Join(dir, "nbd-server.pid")},
+		pidFile: filepath.Join(dir, "nbd-server.pid"),
+	}
+	if err := s.start(); err != nil {
+		t.Fatalf("testrig: %v\nconfiguration:\n%s", err, conf.String())
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func collect(opts []Option) options {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+func startForeground(t testing.TB, kind string, port int, argv []string) *Server {
+	t.Helper()
+	s := &Server{
+		Kind: kind,
+		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		Port: port,
+		t:    t,
+		argv: argv,
+	}
+	if err := s.start(); err != nil {
+		t.Fatalf("testrig: %v", err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// start launches the server and waits until it accepts connections.
+func (s *Server) start() error {
+	if s.pidFile == "" {
+		if s.proc == nil {
+			s.proc = &Process{t: s.t, argv: s.argv, out: &lockedBuffer{}}
+		}
+		if err := s.proc.start(); err != nil {
+			return err
+		}
+		if err := s.waitReady(); err != nil {
+			s.proc.Stop()
+			return fmt.Errorf("%w\n%s output:\n%s", err, s.Kind, s.proc.Output())
+		}
+		return nil
+	}
+
+	// nbd-server: the foreground process reads the configuration, opens the
+	// socket, forks and exits.
+	_ = os.Remove(s.pidFile)
+	p := &Process{t: s.t, argv: s.argv, out: &lockedBuffer{}}
+	if err := p.start(); err != nil {
+		return err
+	}
+	if err := p.Wait(ReadyTimeout); err != nil {
+		return fmt.Errorf("%s: %w\n%s", strings.Join(s.argv, " "), err, p.Output())
+	}
+	deadline := time.Now().Add(ReadyTimeout)
+	for {
+		data, err := os.ReadFile(s.pidFile)
+		if pid, perr := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && perr == nil && pid > 0 {
+			s.pid = pid
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: no pid in %s after %v\n%s", strings.Join(s.argv, " "), s.pidFile, ReadyTimeout, p.Output())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := s.waitReady(); err != nil {
+		_ = killPid(s.pid)
+		return fmt.Errorf("%w\n%s output:\n%s", err, s.Kind, p.Output())
+	}
+	return nil
+}
+
+// waitReady polls a TCP connect until it succeeds, the server exits or
+// ReadyTimeout passes.
+func (s *Server) waitReady() error {
+	deadline := time.Now().Add(ReadyTimeout)
+	for {
+		c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if s.proc != nil {
+			if exited, werr := s.proc.Exited(); exited {
+				return fmt.Errorf("%s exited before listening on %s: %v", strings.Join(s.argv, " "), s.Addr, werr)
+			}
+		} else if waitGone(s.pid, 0) {
+			return fmt.Errorf("%s (pid %d) died before listening on %s", strings.Join(s.argv, " "), s.pid, s.Addr)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not listening on %s after %v: %v", strings.Join(s.argv, " "), s.Addr, ReadyTimeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Stop stops the server (SIGTERM, then SIGKILL after StopTimeout) and waits
+// for it to be gone. Connections it served are dropped. It is safe to call
+// more than once; the test's cleanup calls it.
+func (s *Server) Stop() {
+	if s.proc != nil {
+		s.proc.Stop()
+		return
+	}
+	if s.pid > 0 {
+		if err := killPid(s.pid); err != nil {
+			s.t.Errorf("testrig: stopping %s: %v", s.Kind, err)
+		}
+		s.pid = 0
+	}
+}
+
+// Restart stops the server and starts it again on the same port with the
+// same data (for reconnect tests). A memory-backed nbdkit starts empty.
+func (s *Server) Restart() {
+	s.t.Helper()
+	s.Stop()
+	if err := s.start(); err != nil {
+		s.t.Fatalf("testrig: restarting %s: %v", s.Kind, err)
+	}
+}
+
+// Output returns what a foreground server (qemu-nbd, nbdkit) has written so
+// far; nbd-server logs to syslog once detached, so it has none.
+func (s *Server) Output() string {
+	if s.proc == nil {
+		return ""
+	}
+	return s.proc.Output()
+}
+
+// String is the kind and address, for messages.
+func (s *Server) String() string { return s.Kind + " on " + s.Addr }

@@ -1,0 +1,246 @@
+// Package ioctl drives the kernel's nbd driver through its ioctl interface:
+// configure /dev/nbdN with a negotiated socket and serve it with NBD_DO_IT.
+//
+// The ioctl interface has two properties that shape everything here:
+//
+//   - NBD_SET_SOCK binds the device to the calling task (thread), and the
+//     kernel refuses a second task with EBUSY ("Device being setup by another
+//     task"). So the whole sequence — CLEAR_SOCK, SET_BLKSIZE, SET_SIZE,
+//     SET_TIMEOUT, SET_FLAGS, SET_SOCK, DO_IT — runs on one locked OS thread.
+//   - NBD_DO_IT blocks for the life of the device, and a signal delivered to
+//     the thread in it interrupts the wait and tears the device down. Serve
+//     therefore blocks every blockable signal on its thread (SIGSTOP cannot be
+//     blocked: that is what the netlink interface is for).
+//
+// x/sys/unix carries no NBD constants; they are defined here from the
+// kernel's include/uapi/linux/nbd.h (_IO(0xab, n)).
+package ioctl
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ioctl request numbers: _IO(0xab, n) on x86, arm and the other "generic"
+// ioctl architectures.
+const (
+	nbdSetSock       = 0xab00
+	nbdSetBlksize    = 0xab01
+	nbdSetSize       = 0xab02
+	nbdDoIt          = 0xab03
+	nbdClearSock     = 0xab04
+	nbdClearQue      = 0xab05
+	nbdSetSizeBlocks = 0xab07
+	nbdDisconnect    = 0xab08
+	nbdSetTimeout    = 0xab09
+	nbdSetFlags      = 0xab0a
+)
+
+// Transmission flag the kernel reads from NBD_SET_FLAGS to make the disk
+// read-only (NBD_FLAG_READ_ONLY).
+const flagReadOnly = 1 << 1
+
+// Params are what the kernel needs to know about the export.
+type Params struct {
+	// Size is the export size in bytes.
+	Size uint64
+	// BlockSize is the logical block size: a power of two, 512..page size.
+	BlockSize uint32
+	// Flags are the server's transmission flags, passed to NBD_SET_FLAGS.
+	Flags uint16
+	// Timeout is the per-request timeout; 0 leaves the kernel's default.
+	Timeout time.Duration
+	// ReadOnly forces the device read-only even if the server allows writes.
+	ReadOnly bool
+}
+
+// Path returns the device node of /dev/nbdN.
+func Path(index int) string { return "/dev/nbd" + strconv.Itoa(index) }
+
+// Device is an open /dev/nbdN.
+type Device struct {
+	f     *os.File
+	index int
+}
+
+// Open opens /dev/nbdN for configuration.
+func Open(index int) (*Device, error) {
+	f, err := os.OpenFile(Path(index), os.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("ioctl: open %s: %w", Path(index), err)
+	}
+	return &Device{f: f, index: index}, nil
+}
+
+// Index returns N of /dev/nbdN.
+func (d *Device) Index() int { return d.index }
+
+// Close closes the device file. It does not disconnect the device.
+func (d *Device) Close() error { return d.f.Close() }
+
+func (d *Device) ioctl(req uintptr, arg uintptr) error {
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, d.f.Fd(), req, arg); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// Serve configures the device with sock (a connected stream socket in the
+// NBD transmission phase; the kernel takes its own reference) and runs
+// NBD_DO_IT until the device is disconnected or the connection dies.
+//
+// ready is called after the configuration succeeded, just before DO_IT; the
+// device becomes usable once DO_IT has started it (InUse reports that).
+// Serve returns nil after a requested disconnect and an error otherwise.
+// It locks the calling goroutine to its thread and blocks signals there for
+// its whole duration, and the thread is discarded afterwards.
+func (d *Device) Serve(sock int, p Params, ready func()) error {
+	runtime.LockOSThread()
+	// The thread is left locked on purpose: with its signal mask changed and
+	// the nbd task binding on it, it must never run other goroutines. Go
+	// terminates a thread whose goroutine exits while locked.
+	var all, old unix.Sigset_t
+	for i := range all.Val {
+		all.Val[i] = ^uint64(0)
+	}
+	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, &old); err != nil {
+		return fmt.Errorf("ioctl: %s: block signals: %w", Path(d.index), err)
+	}
+	if err := d.configure(sock, p); err != nil {
+		return err
+	}
+	if ready != nil {
+		ready()
+	}
+	err := d.ioctl(nbdDoIt, 0)
+	// Whatever ended DO_IT, leave the device clean for the next attempt:
+	// fail queued requests and drop the socket.
+	_ = d.ioctl(nbdClearQue, 0)
+	_ = d.ioctl(nbdClearSock, 0)
+	if err != nil {
+		return fmt.Errorf("ioctl: %s: NBD_DO_IT: %w", Path(d.index), err)
+	}
+	return nil
+}
+
+// configure runs the setup ioctls in the order the kernel expects.
+func (d *Device) configure(sock int, p Params) error {
+	if err := validBlockSize(p.BlockSize); err != nil {
+		return fmt.Errorf("ioctl: %s: %w", Path(d.index), err)
+	}
+	if p.Size == 0 || p.Size%uint64(p.BlockSize) != 0 {
+		return fmt.Errorf("ioctl: %s: size %d is not a positive multiple of block size %d", Path(d.index), p.Size, p.BlockSize)
+	}
+	flags := p.Flags
+	if p.ReadOnly {
+		flags |= flagReadOnly
+	}
+	steps := []struct {
+		name string
+		req  uintptr
+		arg  uintptr
+	}{
+		// CLEAR_SOCK first: a device left configured by an earlier, dead
+		// keeper would refuse SET_SOCK.
+		{"NBD_CLEAR_SOCK", nbdClearSock, 0},
+		{"NBD_SET_BLKSIZE", nbdSetBlksize, uintptr(p.BlockSize)},
+		{"NBD_SET_SIZE", nbdSetSize, uintptr(p.Size)},
+		{"NBD_SET_TIMEOUT", nbdSetTimeout, uintptr(p.Timeout / time.Second)},
+		{"NBD_SET_FLAGS", nbdSetFlags, uintptr(flags)},
+		{"NBD_SET_SOCK", nbdSetSock, uintptr(sock)},
+	}
+	for _, s := range steps {
+		if s.req == nbdSetTimeout && p.Timeout == 0 {
+			continue
+		}
+		if err := d.ioctl(s.req, s.arg); err != nil {
+			if errors.Is(err, unix.EBUSY) {
+				return fmt.Errorf("ioctl: %s: %s: device is in use (attached by another process?): %w", Path(d.index), s.name, err)
+			}
+			return fmt.Errorf("ioctl: %s: %s: %w", Path(d.index), s.name, err)
+		}
+	}
+	if p.ReadOnly {
+		// NBD_SET_FLAGS marks the disk read-only when DO_IT starts it;
+		// BLKROSET also covers kernels that ignore the flag.
+		one := 1
+		if err := unix.IoctlSetPointerInt(int(d.f.Fd()), unix.BLKROSET, one); err != nil {
+			return fmt.Errorf("ioctl: %s: BLKROSET: %w", Path(d.index), err)
+		}
+	}
+	return nil
+}
+
+// Disconnect asks the kernel to disconnect the device: it sends NBD_CMD_DISC
+// to the server after in-flight requests and makes DO_IT return.
+func (d *Device) Disconnect() error {
+	if err := d.ioctl(nbdDisconnect, 0); err != nil {
+		return fmt.Errorf("ioctl: %s: NBD_DISCONNECT: %w", Path(d.index), err)
+	}
+	return nil
+}
+
+func validBlockSize(bs uint32) error {
+	page := uint32(os.Getpagesize())
+	if bs < 512 || bs > page || bs&(bs-1) != 0 {
+		return fmt.Errorf("block size %d is not a power of two between 512 and %d", bs, page)
+	}
+	return nil
+}
+
+// sysBlock is where the kernel publishes the devices' state.
+const sysBlock = "/sys/block"
+
+// InUse reports whether /dev/nbdN is connected: the kernel creates the
+// "pid" attribute when the device starts and removes it when it stops.
+func InUse(index int) bool {
+	_, err := os.Stat(filepath.Join(sysBlock, "nbd"+strconv.Itoa(index), "pid"))
+	return err == nil
+}
+
+// Devices lists the indexes of the nbd devices the kernel has created, in
+// ascending order.
+func Devices() ([]int, error) {
+	ents, err := os.ReadDir(sysBlock)
+	if err != nil {
+		return nil, fmt.Errorf("ioctl: list devices: %w", err)
+	}
+	var idx []int
+	for _, e := range ents {
+		n, ok := strings.CutPrefix(e.Name(), "nbd")
+		if !ok {
+			continue
+		}
+		if i, err := strconv.Atoi(n); err == nil {
+			idx = append(idx, i)
+		}
+	}
+	slices.Sort(idx)
+	return idx, nil
+}
+
+// FirstFree returns the lowest-numbered nbd device that is not connected.
+func FirstFree() (int, error) {
+	idx, err := Devices()
+	if err != nil {
+		return 0, err
+	}
+	for _, i := range idx {
+		if !InUse(i) {
+			return i, nil
+		}
+	}
+	if len(idx) == 0 {
+		return 0, errors.New("ioctl: no nbd devices (is the nbd module loaded?)")
+	}
+	return 0, fmt.Errorf("ioctl: all %d nbd devices are in use", len(idx))
+}

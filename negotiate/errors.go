@@ -1,0 +1,99 @@
+package negotiate
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Sentinel errors, usable with errors.Is on any error this package returns.
+var (
+	// ErrTLSRequired: the server answered NBD_REP_ERR_TLS_REQD; it will not
+	// serve this client without TLS. Configure Options.TLS.
+	ErrTLSRequired = errors.New("server requires TLS")
+
+	// ErrTLSUnsupported: TLS was required by Options.TLS but the server
+	// cannot provide it (oldstyle or non-fixed newstyle greeting, or a
+	// refused NBD_OPT_STARTTLS). The handshake never falls back to plain
+	// text.
+	ErrTLSUnsupported = errors.New("server does not support TLS")
+
+	// ErrExportNotFound: the server does not have the requested export
+	// (NBD_REP_ERR_UNKNOWN, or a name missing from NBD_OPT_LIST).
+	ErrExportNotFound = errors.New("export not found")
+
+	// ErrProtocol: the server broke the protocol (bad magic, a length that
+	// does not match, a reply to the wrong option, too many replies...).
+	ErrProtocol = errors.New("protocol violation")
+)
+
+// OptionError is an error reply (reply type with bit 31 set) from the server
+// to one option. Handshake and List return it wrapped with the option and
+// export name, as in
+//
+//	negotiate: NBD_OPT_GO "rootfs": server refused: NBD_REP_ERR_UNKNOWN: export not found
+//
+// where the text after the last colon is the server's own message.
+type OptionError struct {
+	Option  uint32 // the option the server refused, such as OptGo
+	Code    uint32 // the reply type, such as RepErrUnknown
+	Message string // the server's message, possibly empty; not sanitised
+}
+
+// Error describes the refusal: "server refused: NBD_REP_ERR_UNKNOWN: MESSAGE",
+// or "server requires TLS: NBD_REP_ERR_TLS_REQD: MESSAGE". Without a message
+// from the server, the spec's meaning of the code stands in its place.
+func (e *OptionError) Error() string {
+	verb := "server refused"
+	if e.Code == RepErrTLSReqd {
+		verb = ErrTLSRequired.Error()
+	}
+	msg := sanitize(e.Message)
+	if msg == "" {
+		return fmt.Sprintf("%s: %s (%s)", verb, ReplyName(e.Code), replyMeaning(e.Code))
+	}
+	return fmt.Sprintf("%s: %s: %s", verb, ReplyName(e.Code), msg)
+}
+
+// Unwrap lets errors.Is match ErrTLSRequired for NBD_REP_ERR_TLS_REQD and
+// ErrExportNotFound for NBD_REP_ERR_UNKNOWN.
+func (e *OptionError) Unwrap() error {
+	switch e.Code {
+	case RepErrTLSReqd:
+		return ErrTLSRequired
+	case RepErrUnknown:
+		return ErrExportNotFound
+	}
+	return nil
+}
+
+// protocolError returns an error wrapping ErrProtocol.
+func protocolError(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrProtocol, fmt.Sprintf(format, args...))
+}
+
+// sanitize makes a server-supplied string safe to print on a console: invalid
+// UTF-8 and control characters become U+FFFD, and it is cut at MaxStringSize.
+func sanitize(s string) string {
+	if len(s) > MaxStringSize {
+		s = s[:MaxStringSize]
+	}
+	clean := true
+	for _, r := range s {
+		if r == utf8.RuneError || unicode.IsControl(r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	return strings.Map(func(r rune) rune {
+		if r == utf8.RuneError || unicode.IsControl(r) {
+			return utf8.RuneError
+		}
+		return r
+	}, s)
+}

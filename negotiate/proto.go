@@ -1,0 +1,268 @@
+package negotiate
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Magic numbers of the handshake (doc/proto.md, "Handshake").
+const (
+	magicInit     uint64 = 0x4e42444d41474943 // "NBDMAGIC", first 8 bytes of every greeting
+	magicOldstyle uint64 = 0x00420281861253   // cliserv_magic: oldstyle greeting follows
+	magicOpt      uint64 = 0x49484156454f5054 // "IHAVEOPT": newstyle greeting, and every option
+	magicReply    uint64 = 0x0003e889045565a9 // option reply
+	magicRequest  uint32 = 0x25609513         // transmission-phase request
+)
+
+// Handshake flags (server → client, 16 bits) and client flags (32 bits).
+const (
+	hflagFixedNewstyle uint16 = 1 << 0
+	hflagNoZeroes      uint16 = 1 << 1
+
+	cflagFixedNewstyle uint32 = 1 << 0
+	cflagNoZeroes      uint32 = 1 << 1
+)
+
+// Option codes sent by the client during option haggling.
+const (
+	OptExportName      uint32 = 1  // NBD_OPT_EXPORT_NAME: select an export and end the handshake
+	OptAbort           uint32 = 2  // NBD_OPT_ABORT: soft disconnect
+	OptList            uint32 = 3  // NBD_OPT_LIST: list exports
+	OptPeekExport      uint32 = 4  // NBD_OPT_PEEK_EXPORT: withdrawn, never sent
+	OptStartTLS        uint32 = 5  // NBD_OPT_STARTTLS: upgrade the connection to TLS
+	OptInfo            uint32 = 6  // NBD_OPT_INFO: describe an export
+	OptGo              uint32 = 7  // NBD_OPT_GO: describe an export and end the handshake
+	OptStructuredReply uint32 = 8  // NBD_OPT_STRUCTURED_REPLY: never sent by this package
+	OptListMetaContext uint32 = 9  // NBD_OPT_LIST_META_CONTEXT: never sent by this package
+	OptSetMetaContext  uint32 = 10 // NBD_OPT_SET_META_CONTEXT: never sent by this package
+	OptExtendedHeaders uint32 = 11 // NBD_OPT_EXTENDED_HEADERS: never sent by this package
+)
+
+// Option reply types. Error replies have bit 31 set (RepErrBit).
+const (
+	RepAck         uint32 = 1 // NBD_REP_ACK
+	RepServer      uint32 = 2 // NBD_REP_SERVER: one export, in reply to NBD_OPT_LIST
+	RepInfo        uint32 = 3 // NBD_REP_INFO: one item, in reply to NBD_OPT_INFO and NBD_OPT_GO
+	RepMetaContext uint32 = 4 // NBD_REP_META_CONTEXT
+
+	RepErrBit uint32 = 1 << 31
+
+	RepErrUnsup         = RepErrBit | 1  // NBD_REP_ERR_UNSUP: option unknown to the server
+	RepErrPolicy        = RepErrBit | 2  // NBD_REP_ERR_POLICY: forbidden by server policy
+	RepErrInvalid       = RepErrBit | 3  // NBD_REP_ERR_INVALID: syntactically or semantically invalid
+	RepErrPlatform      = RepErrBit | 4  // NBD_REP_ERR_PLATFORM: not available on the server's platform
+	RepErrTLSReqd       = RepErrBit | 5  // NBD_REP_ERR_TLS_REQD: the server requires TLS first
+	RepErrUnknown       = RepErrBit | 6  // NBD_REP_ERR_UNKNOWN: the export is not available
+	RepErrShutdown      = RepErrBit | 7  // NBD_REP_ERR_SHUTDOWN: the server is shutting down
+	RepErrBlockSizeReqd = RepErrBit | 8  // NBD_REP_ERR_BLOCK_SIZE_REQD: the client must request NBD_INFO_BLOCK_SIZE
+	RepErrTooBig        = RepErrBit | 9  // NBD_REP_ERR_TOO_BIG: request or reply too large
+	RepErrExtHeaderReqd = RepErrBit | 10 // NBD_REP_ERR_EXT_HEADER_REQD: the server requires extended headers
+)
+
+// Information types carried by NBD_REP_INFO and requested by NBD_OPT_INFO/GO.
+const (
+	infoExport      uint16 = 0
+	infoName        uint16 = 1
+	infoDescription uint16 = 2
+	infoBlockSize   uint16 = 3
+)
+
+// Transmission-phase command used by Disconnect.
+const cmdDisc uint16 = 2
+
+// Limits that keep a hostile server from costing the client memory or time.
+const (
+	// MaxStringSize is the longest string (export name, description, error
+	// message) the protocol allows, NBD_MAX_STRING_SIZE.
+	MaxStringSize = 4096
+
+	// maxReplyPayload bounds the payload of any single option reply. The
+	// largest legitimate one is an NBD_REP_SERVER with a name and a
+	// description of MaxStringSize each.
+	maxReplyPayload = 64 << 10
+
+	// maxListEntries and maxListBytes bound NBD_OPT_LIST.
+	maxListEntries = 1024
+	maxListBytes   = 1 << 20
+
+	// maxInfoReplies bounds the NBD_REP_INFO replies to one NBD_OPT_INFO/GO.
+	maxInfoReplies = 64
+
+	// zeroPad is the reserved tail of the oldstyle greeting and of the
+	// NBD_OPT_EXPORT_NAME reply without NBD_FLAG_C_NO_ZEROES.
+	zeroPad = 124
+
+	// maxMinBlock is the largest minimum block size allowed.
+	maxMinBlock = 64 << 10
+)
+
+// OptionName returns the protocol name of an option code, such as
+// "NBD_OPT_GO", or "NBD_OPT(42)" for a code this package does not know.
+func OptionName(opt uint32) string {
+	switch opt {
+	case OptExportName:
+		return "NBD_OPT_EXPORT_NAME"
+	case OptAbort:
+		return "NBD_OPT_ABORT"
+	case OptList:
+		return "NBD_OPT_LIST"
+	case OptPeekExport:
+		return "NBD_OPT_PEEK_EXPORT"
+	case OptStartTLS:
+		return "NBD_OPT_STARTTLS"
+	case OptInfo:
+		return "NBD_OPT_INFO"
+	case OptGo:
+		return "NBD_OPT_GO"
+	case OptStructuredReply:
+		return "NBD_OPT_STRUCTURED_REPLY"
+	case OptListMetaContext:
+		return "NBD_OPT_LIST_META_CONTEXT"
+	case OptSetMetaContext:
+		return "NBD_OPT_SET_META_CONTEXT"
+	case OptExtendedHeaders:
+		return "NBD_OPT_EXTENDED_HEADERS"
+	}
+	return fmt.Sprintf("NBD_OPT(%d)", opt)
+}
+
+// ReplyName returns the protocol name of an option reply type, such as
+// "NBD_REP_ERR_UNKNOWN", or "NBD_REP_ERR(0x8000002a)" / "NBD_REP(42)" for a
+// type this package does not know.
+func ReplyName(rep uint32) string {
+	switch rep {
+	case RepAck:
+		return "NBD_REP_ACK"
+	case RepServer:
+		return "NBD_REP_SERVER"
+	case RepInfo:
+		return "NBD_REP_INFO"
+	case RepMetaContext:
+		return "NBD_REP_META_CONTEXT"
+	case RepErrUnsup:
+		return "NBD_REP_ERR_UNSUP"
+	case RepErrPolicy:
+		return "NBD_REP_ERR_POLICY"
+	case RepErrInvalid:
+		return "NBD_REP_ERR_INVALID"
+	case RepErrPlatform:
+		return "NBD_REP_ERR_PLATFORM"
+	case RepErrTLSReqd:
+		return "NBD_REP_ERR_TLS_REQD"
+	case RepErrUnknown:
+		return "NBD_REP_ERR_UNKNOWN"
+	case RepErrShutdown:
+		return "NBD_REP_ERR_SHUTDOWN"
+	case RepErrBlockSizeReqd:
+		return "NBD_REP_ERR_BLOCK_SIZE_REQD"
+	case RepErrTooBig:
+		return "NBD_REP_ERR_TOO_BIG"
+	case RepErrExtHeaderReqd:
+		return "NBD_REP_ERR_EXT_HEADER_REQD"
+	}
+	if rep&RepErrBit != 0 {
+		return fmt.Sprintf("NBD_REP_ERR(%#08x)", rep)
+	}
+	return fmt.Sprintf("NBD_REP(%d)", rep)
+}
+
+// replyMeaning is the spec's one-line meaning of an error reply, shown when
+// the server sends no message of its own.
+func replyMeaning(rep uint32) string {
+	switch rep {
+	case RepErrUnsup:
+		return "option not supported by the server"
+	case RepErrPolicy:
+		return "forbidden by server policy"
+	case RepErrInvalid:
+		return "the server found the request invalid"
+	case RepErrPlatform:
+		return "not supported on the server's platform"
+	case RepErrTLSReqd:
+		return "TLS is required"
+	case RepErrUnknown:
+		return "export not available"
+	case RepErrShutdown:
+		return "the server is shutting down"
+	case RepErrBlockSizeReqd:
+		return "the client must request block size constraints"
+	case RepErrTooBig:
+		return "request or reply too large"
+	case RepErrExtHeaderReqd:
+		return "the server requires extended headers"
+	}
+	return "unknown error"
+}
+
+func infoTypeName(typ uint16) string {
+	switch typ {
+	case infoExport:
+		return "NBD_INFO_EXPORT"
+	case infoName:
+		return "NBD_INFO_NAME"
+	case infoDescription:
+		return "NBD_INFO_DESCRIPTION"
+	case infoBlockSize:
+		return "NBD_INFO_BLOCK_SIZE"
+	}
+	return fmt.Sprintf("NBD_INFO(%d)", typ)
+}
+
+// Flags are the 16 transmission flags the server sends with the export.
+type Flags uint16
+
+// Transmission flags (doc/proto.md, "Transmission flags").
+const (
+	FlagHasFlags           Flags = 1 << 0  // NBD_FLAG_HAS_FLAGS: always set by a conforming server
+	FlagReadOnly           Flags = 1 << 1  // NBD_FLAG_READ_ONLY
+	FlagSendFlush          Flags = 1 << 2  // NBD_FLAG_SEND_FLUSH
+	FlagSendFUA            Flags = 1 << 3  // NBD_FLAG_SEND_FUA
+	FlagRotational         Flags = 1 << 4  // NBD_FLAG_ROTATIONAL
+	FlagSendTrim           Flags = 1 << 5  // NBD_FLAG_SEND_TRIM
+	FlagSendWriteZeroes    Flags = 1 << 6  // NBD_FLAG_SEND_WRITE_ZEROES
+	FlagSendDF             Flags = 1 << 7  // NBD_FLAG_SEND_DF
+	FlagCanMultiConn       Flags = 1 << 8  // NBD_FLAG_CAN_MULTI_CONN
+	FlagSendResize         Flags = 1 << 9  // NBD_FLAG_SEND_RESIZE
+	FlagSendCache          Flags = 1 << 10 // NBD_FLAG_SEND_CACHE
+	FlagSendFastZero       Flags = 1 << 11 // NBD_FLAG_SEND_FAST_ZERO
+	FlagBlockStatusPayload Flags = 1 << 12 // NBD_FLAG_BLOCK_STAT_PAYLOAD
+)
+
+// flagNames is indexed by bit number.
+var flagNames = [...]string{
+	"HAS_FLAGS", "READ_ONLY", "SEND_FLUSH", "SEND_FUA", "ROTATIONAL",
+	"SEND_TRIM", "SEND_WRITE_ZEROES", "SEND_DF", "CAN_MULTI_CONN",
+	"SEND_RESIZE", "SEND_CACHE", "SEND_FAST_ZERO", "BLOCK_STAT_PAYLOAD",
+}
+
+// Has reports whether every flag in f is set in fl.
+func (fl Flags) Has(f Flags) bool { return fl&f == f }
+
+// String lists the set flags by their protocol names without the NBD_FLAG_
+// prefix, comma-separated ("HAS_FLAGS,READ_ONLY,SEND_FLUSH"). Unknown bits
+// appear as one hexadecimal value; no flags at all is "0".
+func (fl Flags) String() string {
+	if fl == 0 {
+		return "0"
+	}
+	var b strings.Builder
+	rest := fl
+	for i, name := range flagNames {
+		bit := Flags(1) << i
+		if fl&bit == 0 {
+			continue
+		}
+		rest &^= bit
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(name)
+	}
+	if rest != 0 {
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%#x", uint16(rest))
+	}
+	return b.String()
+}
