@@ -1,0 +1,357 @@
+package boot_test
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	boot "github.com/nbdroot/nbdroot/internal/testrig/tmpscratch"
+	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/internal/testrig"
+	"github.com/nbdroot/nbdroot/negotiate"
+)
+
+// The interop tests run nbdroot's handshake, through boot.Dial exactly as
+// boot and `nbdroot probe` run it, against real servers on 127.0.0.1:
+// qemu-nbd, nbdkit and nbd-server, in plain text and with TLS.
+
+// interopSpec is a spec reaching addr's export, with TLS when tlsCfg is set.
+func interopSpec(t testing.TB, addr, export string, tlsCfg *config.TLS) (config.Spec, config.Endpoint) {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := config.Endpoint{Host: host, Port: uint16(p), Export: export}
+	spec := config.Spec{Server: config.Server{
+		Endpoints:        []config.Endpoint{ep},
+		ConnectTimeout:   5 * time.Second,
+		HandshakeTimeout: 10 * time.Second,
+	}}
+	if tlsCfg != nil {
+		spec.TLS = *tlsCfg
+	}
+	return spec, ep
+}
+
+// rig is the files the servers serve.
+type rig struct {
+	certs config.TLS // the right CA and client certificate, verifying
+	cs    testrig.CertSet
+	img   string // a 4 MiB raw image
+	img2  string // a 2 MiB raw image
+}
+
+func newRig(t *testing.T) rig {
+	t.Helper()
+	dir := t.TempDir()
+	cs := testrig.Certs(t, filepath.Join(dir, "pki"))
+	return rig{
+		cs:    cs,
+		certs: config.TLS{Enabled: true, CAFile: cs.CA, CertFile: cs.ClientCert, KeyFile: cs.ClientKey, VerifyPeer: true},
+		img:   testrig.RawImage(t, filepath.Join(dir, "disk.img"), 4<<20),
+		img2:  testrig.RawImage(t, filepath.Join(dir, "disk2.img"), 2<<20),
+	}
+}
+
+// interopCase is one server setup and what the handshake must report.
+type interopCase struct {
+	name      string
+	start     func(t *testing.T, r rig) *testrig.Server
+	export    string
+	tls       bool // connect with r.certs
+	size      uint64
+	path      negotiate.Path
+	flags     negotiate.Flags // must all be set
+	notFlags  negotiate.Flags // must all be clear
+	blockSize bool            // the server advertises block sizes
+}
+
+// interopCases are the eight server setups nbdroot must boot from.
+func interopCases() []interopCase {
+	const mem = 64 << 20
+	return []interopCase{
+		{
+			name:  "qemu-nbd",
+			start: func(t *testing.T, r rig) *testrig.Server { return testrig.QemuNBD(t, r.img, "disk", testrig.Shared(4)) },
+			// qemu-nbd advertises block sizes and multi-conn only with
+			// --shared > 1; trim and write zeroes always.
+			export: "disk", size: 4 << 20, path: negotiate.PathGo,
+			flags:    negotiate.FlagHasFlags | negotiate.FlagSendFlush | negotiate.FlagSendTrim | negotiate.FlagSendWriteZeroes,
+			notFlags: negotiate.FlagReadOnly, blockSize: true,
+		},
+		{
+			name:   "nbdkit",
+			start:  func(t *testing.T, r rig) *testrig.Server { return testrig.Nbdkit(t, "memory", "64M") },
+			export: "", size: mem, path: negotiate.PathGo,
+			flags:    negotiate.FlagHasFlags | negotiate.FlagSendFlush | negotiate.FlagSendFUA | negotiate.FlagSendTrim | negotiate.FlagCanMultiConn,
+			notFlags: negotiate.FlagReadOnly, blockSize: true,
+		},
+		{
+			name:   "nbdkit-oldstyle",
+			start:  func(t *testing.T, r rig) *testrig.Server { return testrig.Nbdkit(t, "--oldstyle", "memory", "64M") },
+			export: "", size: mem, path: negotiate.PathOldstyle,
+			flags:    negotiate.FlagHasFlags | negotiate.FlagSendFlush,
+			notFlags: negotiate.FlagReadOnly,
+		},
+		{
+			name: "nbd-server",
+			start: func(t *testing.T, r rig) *testrig.Server {
+				return testrig.NbdServer(t, map[string]string{"disk": r.img, "other": r.img2})
+			},
+			export: "disk", size: 4 << 20, path: negotiate.PathGo,
+			flags:    negotiate.FlagHasFlags | negotiate.FlagSendFlush,
+			notFlags: negotiate.FlagReadOnly,
+		},
+		{
+			name: "nbdkit-tls",
+			start: func(t *testing.T, r rig) *testrig.Server {
+				return testrig.Nbdkit(t, "--tls=require", "--tls-certificates="+r.cs.Dir, "memory", "64M")
+			},
+			export: "", tls: true, size: mem, path: negotiate.PathGo,
+			flags:    negotiate.FlagHasFlags | negotiate.FlagSendFlush | negotiate.FlagCanMultiConn,
+			notFlags: negotiate.FlagReadOnly, blockSize: true,
+		},
+		{
+			name: "nbdkit-tls-verify-peer",
+			start: func(t *testing.T, r rig) *testrig.Server {
+				return testrig.Nbdkit(t, "--tls=require", "--tls-certificates="+r.cs.Dir, "--tls-verify-peer", "-r", "memory", "64M")
+			},
+			export: "", tls: true, size: mem, path: negotiate.PathGo,
+			flags: negotiate.FlagHasFlags | negotiate.FlagReadOnly, blockSize: true,
+		},
+		{
+			name: "qemu-nbd-tls",
+			start: func(t *testing.T, r rig) *testrig.Server {
+				return testrig.QemuNBD(t, r.img, "disk", testrig.TLS(r.cs.Dir), testrig.ReadOnly())
+			},
+			export: "disk", tls: true, size: 4 << 20, path: negotiate.PathGo,
+			flags: negotiate.FlagHasFlags | negotiate.FlagReadOnly, blockSize: true,
+		},
+		{
+			name: "nbd-server-tls",
+			start: func(t *testing.T, r rig) *testrig.Server {
+				return testrig.NbdServer(t, map[string]string{"disk": r.img}, testrig.TLS(r.cs.Dir))
+			},
+			export: "disk", tls: true, size: 4 << 20, path: negotiate.PathGo,
+			flags:    negotiate.FlagHasFlags | negotiate.FlagSendFlush,
+			notFlags: negotiate.FlagReadOnly,
+		},
+	}
+}
+
+func TestInteropHandshake(t *testing.T) {
+	r := newRig(t)
+	for _, tc := range interopCases() {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tc.start(t, r)
+			var tlsCfg *config.TLS
+			if tc.tls {
+				tlsCfg = &r.certs
+			}
+			spec, ep := interopSpec(t, s.Addr, tc.export, tlsCfg)
+			exp, conn, err := boot.Dial(context.Background(), spec, ep)
+			if err != nil {
+				t.Fatalf("Dial: %v\n%s", err, s.Output())
+			}
+			if err := negotiate.Disconnect(conn); err != nil {
+				t.Errorf("Disconnect: %v", err)
+			}
+			t.Logf("%s: %+v flags=%v", tc.name, *exp, exp.Flags)
+			if exp.Size != tc.size {
+				t.Errorf("size %d, want %d", exp.Size, tc.size)
+			}
+			if exp.Path != tc.path {
+				t.Errorf("path %q, want %q", exp.Path, tc.path)
+			}
+			if !exp.Flags.Has(tc.flags) {
+				t.Errorf("flags %v, want at least %v", exp.Flags, tc.flags)
+			}
+			if exp.Flags&tc.notFlags != 0 {
+				t.Errorf("flags %v, want none of %v", exp.Flags, tc.notFlags)
+			}
+			if tc.tls {
+				if exp.TLSVersion < tls.VersionTLS12 || exp.TLSCipher == 0 {
+					t.Errorf("TLS version %#x cipher %#x, want TLS 1.2 or later", exp.TLSVersion, exp.TLSCipher)
+				}
+			} else if exp.TLSVersion != 0 {
+				t.Errorf("TLS version %#x on a plaintext connection", exp.TLSVersion)
+			}
+			if tc.blockSize {
+				if exp.MinBlock == 0 || exp.PrefBlock < exp.MinBlock || exp.MaxBlock < exp.PrefBlock {
+					t.Errorf("block sizes min %d preferred %d max %d, want advertised and ordered", exp.MinBlock, exp.PrefBlock, exp.MaxBlock)
+				}
+			}
+		})
+	}
+}
+
+// wantErr checks that err is non-nil, names the endpoint and contains every
+// substring in want.
+func wantErr(t *testing.T, err error, ep config.Endpoint, want ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error, want one containing %q", want)
+	}
+	msg := err.Error()
+	if !strings.HasPrefix(msg, boot.EndpointString(ep)+": ") {
+		t.Errorf("error %q does not start with the endpoint %s", msg, boot.EndpointString(ep))
+	}
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("error %q does not contain %q", msg, w)
+		}
+	}
+}
+
+func TestInteropTLSFailures(t *testing.T) {
+	r := newRig(t)
+	tlsSrv := testrig.Nbdkit(t, "--tls=require", "--tls-certificates="+r.cs.Dir, "memory", "1M")
+	verifySrv := testrig.Nbdkit(t, "--tls=require", "--tls-certificates="+r.cs.Dir, "--tls-verify-peer", "memory", "1M")
+	plainSrv := testrig.Nbdkit(t, "memory", "1M")
+	oldSrv := testrig.Nbdkit(t, "--oldstyle", "memory", "1M")
+
+	dial := func(s *testrig.Server, cfg *config.TLS) (config.Endpoint, error) {
+		spec, ep := interopSpec(t, s.Addr, "", cfg)
+		_, conn, err := boot.Dial(context.Background(), spec, ep)
+		if err == nil {
+			negotiate.Disconnect(conn)
+		}
+		return ep, err
+	}
+
+	t.Run("wrong CA", func(t *testing.T) {
+		cfg := r.certs
+		cfg.CAFile = r.cs.WrongCA
+		ep, err := dial(tlsSrv, &cfg)
+		wantErr(t, err, ep, "certificate signed by unknown authority")
+	})
+	t.Run("wrong server name", func(t *testing.T) {
+		cfg := r.certs
+		cfg.ServerName = "nbd.example.com"
+		ep, err := dial(tlsSrv, &cfg)
+		wantErr(t, err, ep, "certificate is valid for", "not nbd.example.com")
+	})
+	t.Run("no verify accepts the wrong CA", func(t *testing.T) {
+		cfg := r.certs
+		cfg.CAFile, cfg.VerifyPeer = r.cs.WrongCA, false
+		if _, err := dial(tlsSrv, &cfg); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("TLS against a plaintext-only server", func(t *testing.T) {
+		ep, err := dial(plainSrv, &r.certs)
+		wantErr(t, err, ep, "server does not support TLS")
+		if !errors.Is(err, negotiate.ErrTLSUnsupported) {
+			t.Errorf("errors.Is(%v, ErrTLSUnsupported) = false", err)
+		}
+	})
+	t.Run("TLS against oldstyle", func(t *testing.T) {
+		ep, err := dial(oldSrv, &r.certs)
+		wantErr(t, err, ep, "server does not support TLS")
+		if !errors.Is(err, negotiate.ErrTLSUnsupported) {
+			t.Errorf("errors.Is(%v, ErrTLSUnsupported) = false", err)
+		}
+	})
+	t.Run("plaintext against TLS required", func(t *testing.T) {
+		ep, err := dial(tlsSrv, nil)
+		wantErr(t, err, ep, "server requires TLS")
+		if !errors.Is(err, negotiate.ErrTLSRequired) {
+			t.Errorf("errors.Is(%v, ErrTLSRequired) = false", err)
+		}
+	})
+	t.Run("verify-peer without a client certificate", func(t *testing.T) {
+		cfg := r.certs
+		cfg.CertFile, cfg.KeyFile = "", ""
+		ep, err := dial(verifySrv, &cfg)
+		wantErr(t, err, ep)
+	})
+	t.Run("verify-peer with a client certificate from the wrong CA", func(t *testing.T) {
+		cfg := r.certs
+		cfg.CertFile, cfg.KeyFile = r.cs.WrongClientCert, r.cs.WrongClientKey
+		ep, err := dial(verifySrv, &cfg)
+		wantErr(t, err, ep)
+	})
+}
+
+func TestInteropUnknownExport(t *testing.T) {
+	r := newRig(t)
+	for _, s := range []*testrig.Server{
+		testrig.QemuNBD(t, r.img, "disk"),
+		testrig.NbdServer(t, map[string]string{"disk": r.img}),
+	} {
+		t.Run(s.Kind, func(t *testing.T) {
+			spec, ep := interopSpec(t, s.Addr, "nosuch", nil)
+			_, _, err := boot.Dial(context.Background(), spec, ep)
+			wantErr(t, err, ep, "nosuch")
+			if !errors.Is(err, negotiate.ErrExportNotFound) {
+				t.Errorf("errors.Is(%v, ErrExportNotFound) = false", err)
+			}
+			var oe *negotiate.OptionError
+			if !errors.As(err, &oe) {
+				t.Errorf("%v is not an OptionError", err)
+			}
+		})
+	}
+}
+
+func TestInteropList(t *testing.T) {
+	r := newRig(t)
+	type want struct {
+		name string
+		size uint64
+	}
+	for _, tc := range []struct {
+		name  string
+		start func(t *testing.T) *testrig.Server
+		tls   bool
+		want  []want
+	}{
+		{"qemu-nbd", func(t *testing.T) *testrig.Server {
+			// qemu-nbd serves one export; -D gives it a description.
+			return testrig.QemuNBD(t, r.img, "disk", testrig.Args("-D", "the root disk"))
+		}, false, []want{{"disk", 4 << 20}}},
+		{"nbd-server", func(t *testing.T) *testrig.Server {
+			return testrig.NbdServer(t, map[string]string{"disk": r.img, "other": r.img2})
+		}, false, []want{{"disk", 4 << 20}, {"other", 2 << 20}}},
+		{"nbd-server-tls", func(t *testing.T) *testrig.Server {
+			return testrig.NbdServer(t, map[string]string{"disk": r.img, "other": r.img2}, testrig.TLS(r.cs.Dir))
+		}, true, []want{{"disk", 4 << 20}, {"other", 2 << 20}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tc.start(t)
+			var cfg *config.TLS
+			if tc.tls {
+				cfg = &r.certs
+			}
+			spec, ep := interopSpec(t, s.Addr, "", cfg)
+			exps, err := boot.DialList(context.Background(), spec, ep)
+			if err != nil {
+				t.Fatalf("DialList: %v\n%s", err, s.Output())
+			}
+			var got []want
+			for _, e := range exps {
+				got = append(got, want{e.Name, e.Size})
+				t.Logf("%+v", e)
+			}
+			slices.SortFunc(got, func(a, b want) int { return strings.Compare(a.name, b.name) })
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("exports %v, want %v", got, tc.want)
+			}
+			if tc.name == "qemu-nbd" && len(exps) == 1 && exps[0].Description != "the root disk" {
+				t.Errorf("description %q, want %q", exps[0].Description, "the root disk")
+			}
+		})
+	}
+}
