@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,7 +19,13 @@ type StepError struct {
 	Err  error
 }
 
-func (e *StepError) Error() string { return e.Step + ": " + e.Err.Error() }
+func (e *StepError) Error() string {
+	msg := e.Err.Error()
+	if strings.HasPrefix(msg, e.Step+":") {
+		return msg
+	}
+	return e.Step + ": " + msg
+}
 func (e *StepError) Unwrap() error { return e.Err }
 
 // Shells are looked for, in order, when the failure action is a shell.

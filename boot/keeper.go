@@ -240,7 +240,7 @@ func (k *keeper) serve(ctx context.Context, conn net.Conn, exp *negotiate.Export
 	case <-configured:
 	}
 	// DO_IT starts the device from the other thread; wait until it is live.
-	for !ioctl.InUse(k.dev) {
+	for !ioctl.Live(k.dev) {
 		select {
 		case err := <-done:
 			return err

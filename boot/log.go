@@ -84,3 +84,22 @@ func (l *Logger) emit(level int, step, msg string) {
 		_, _ = io.WriteString(l.kmsg, rec)
 	}
 }
+
+// DebugWriter returns an io.Writer whose lines become Debugf lines of step:
+// for libraries that log through the standard log package (u-root's DHCP
+// client prints whole packets).
+func (l *Logger) DebugWriter(step string) io.Writer {
+	return debugWriter{l, step}
+}
+
+type debugWriter struct {
+	l    *Logger
+	step string
+}
+
+func (w debugWriter) Write(p []byte) (int, error) {
+	for _, line := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		w.l.Debugf(w.step, "%s", line)
+	}
+	return len(p), nil
+}

@@ -1,42 +1,171 @@
 package boot
 
 import (
-	"fmt"
+	"bufio"
+	"errors"
+	"os"
+	"path"
+	"path/filepath"
 	"strings"
 
 	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
-
-	"github.com/nbdroot/nbdroot/config"
 )
 
-// LoadModules loads config.BaseModules and extra, with their dependencies,
-// through modules.dep under /lib/modules/$(uname -r). A module that is absent
-// from the image or built into the kernel is not an error; one that is present
-// and fails to load is logged and skipped, and the step that needs it (attach,
-// network, mount) reports the failure in its own terms.
-func LoadModules(log *Logger, extra []string) (loaded int, err error) {
+// Modules loads kernel modules from /lib/modules/$(uname -r) the way udev
+// and modprobe would, but only what this boot needs:
+//
+//   - by name (nbd, boot.modules, the root's filesystem), with the
+//     dependencies from modules.dep and the soft dependencies from
+//     modules.softdep (ext4 needs "crypto-crc32c", which modules.dep does
+//     not say);
+//   - by device (Coldplug): every modalias under /sys/bus matched against
+//     modules.alias, so only the NIC, virtio and RNG drivers of the hardware
+//     present are loaded. Loading every driver in the image costs seconds
+//     under emulation.
+//
+// A name that is neither a module in the image nor an alias is skipped: it
+// may be built in, or not needed on this machine.
+type Modules struct {
+	log      *Logger
+	prober   *kmodule.Prober
+	aliases  []moduleAlias
+	softdeps map[string][]string
+	tried    map[string]bool
+	loaded   int
+}
+
+type moduleAlias struct{ pattern, module string }
+
+// NewModules reads the module index of the running kernel. Without one (a
+// kernel with everything built in) every load is a no-op.
+func NewModules(log *Logger) *Modules {
+	m := &Modules{log: log, softdeps: map[string][]string{}, tried: map[string]bool{}}
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err != nil {
-		return 0, fmt.Errorf("modules: uname: %w", err)
+		log.Errorf("modules", "uname: %v", err)
+		return m
 	}
 	kver := unix.ByteSliceToString(uts.Release[:])
 	p, err := kmodule.NewProber(kmodule.ProbeOpts{KVer: kver})
 	if err != nil {
-		// No modules.dep at all: a kernel with everything built in.
 		log.Printf("modules", "no module index for %s (%v); relying on built-in drivers", kver, err)
-		return 0, nil
+		return m
 	}
-	for _, name := range append(config.BaseModules(), extra...) {
-		err := p.Probe(name, "")
-		switch {
-		case err == nil:
-			loaded++
-		case strings.Contains(err.Error(), "could not find module path"):
-			log.Debugf("modules", "%s: not in this initramfs", name)
-		default:
-			log.Errorf("modules", "%s: %v", name, err)
+	m.prober = p
+	dir := filepath.Join("/lib/modules", kver)
+	eachLine(filepath.Join(dir, "modules.alias"), func(f []string) {
+		if len(f) == 3 && f[0] == "alias" {
+			m.aliases = append(m.aliases, moduleAlias{normalize(f[1]), normalize(f[2])})
+		}
+	})
+	eachLine(filepath.Join(dir, "modules.softdep"), func(f []string) {
+		if len(f) < 3 || f[0] != "softdep" {
+			return
+		}
+		mod := normalize(f[1])
+		pre := false
+		for _, w := range f[2:] {
+			switch w {
+			case "pre:":
+				pre = true
+			case "post:":
+				pre = false
+			default:
+				if pre {
+					m.softdeps[mod] = append(m.softdeps[mod], w)
+				}
+			}
+		}
+	})
+	return m
+}
+
+// Loaded returns how many modules were loaded so far.
+func (m *Modules) Loaded() int { return m.loaded }
+
+// Load loads each name (a module name or an alias) and what it needs.
+func (m *Modules) Load(names ...string) {
+	for _, n := range names {
+		m.load(n, 0)
+	}
+}
+
+func (m *Modules) load(name string, depth int) {
+	name = normalize(name)
+	if m.prober == nil || m.tried[name] || depth > 8 {
+		return
+	}
+	m.tried[name] = true
+	for _, pre := range m.softdeps[name] {
+		m.load(pre, depth+1)
+	}
+	err := m.prober.Probe(name, "")
+	switch {
+	case err == nil:
+		m.loaded++
+		m.log.Debugf("modules", "%s loaded", name)
+		return
+	case errors.Is(err, unix.ENODEV):
+		// No such hardware (crc32c_intel without SSE4.2): expected.
+		m.log.Debugf("modules", "%s: %v", name, err)
+		return
+	case !strings.Contains(err.Error(), "could not find module path"):
+		m.log.Errorf("modules", "%s: %v", name, err)
+		return
+	}
+	// Not a module of the image: maybe an alias.
+	for _, a := range m.aliases {
+		if ok, _ := path.Match(a.pattern, name); ok {
+			m.load(a.module, depth+1)
 		}
 	}
-	return loaded, nil
+}
+
+// Coldplug loads the drivers for the devices present, pass after pass, since
+// a bus driver (virtio_pci) reveals new devices (virtio net, rng).
+func (m *Modules) Coldplug() {
+	for pass := 0; pass < 4; pass++ {
+		before := len(m.tried)
+		for _, alias := range modaliases() {
+			alias = normalize(alias)
+			for _, a := range m.aliases {
+				if ok, _ := path.Match(a.pattern, alias); ok {
+					m.load(a.module, 0)
+				}
+			}
+		}
+		if len(m.tried) == before {
+			return
+		}
+	}
+}
+
+// modaliases returns the modalias of every device on every bus.
+func modaliases() []string {
+	files, _ := filepath.Glob("/sys/bus/*/devices/*/modalias")
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil && len(b) > 1 {
+			out = append(out, strings.TrimSpace(string(b)))
+		}
+	}
+	return out
+}
+
+// normalize makes a module name canonical: modprobe treats - and _ alike.
+func normalize(name string) string { return strings.ReplaceAll(name, "-", "_") }
+
+// eachLine calls fn with the fields of each line of a file, if it exists.
+func eachLine(file string, fn func([]string)) {
+	f, err := os.Open(file)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fn(strings.Fields(s.Text()))
+	}
 }

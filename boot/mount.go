@@ -3,13 +3,13 @@ package boot
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/u-root/u-root/pkg/mount"
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/config"
@@ -19,12 +19,10 @@ import (
 // NewRoot is where the root is mounted before switch_root.
 const NewRoot = "/newroot"
 
-// MountRoot mounts the root device on NewRoot as r says: the filesystem
-// type from the spec or detected from the superblock, rootflags, ro or rw,
-// and, with overlay "tmpfs", a tmpfs upper layer over a read-only lower
-// mount so that many clients can share one export. It returns the
-// filesystem type.
-func MountRoot(log *Logger, index int, r config.Root) (string, error) {
+// RootDevice returns the block device holding the root, /dev/nbdN or
+// /dev/nbdNpM, once its node exists. Partitions show up after the kernel
+// rescans the table, which opening the whole device triggers.
+func RootDevice(index int, r config.Root) (string, error) {
 	dev := ioctl.Path(index)
 	if r.Partition > 0 {
 		dev += "p" + strconv.Itoa(r.Partition)
@@ -32,14 +30,56 @@ func MountRoot(log *Logger, index int, r config.Root) (string, error) {
 	if err := waitNode(dev, ioctl.Path(index), 5*time.Second); err != nil {
 		return "", err
 	}
-	fstype := r.FSType
-	if fstype == "" {
-		t, _, err := mount.FSFromBlock(dev)
-		if err != nil {
-			return "", fmt.Errorf("mount: %s: cannot detect the filesystem (set rootfstype=): %w", dev, err)
-		}
-		fstype = t
+	return dev, nil
+}
+
+// DetectFS returns the filesystem type of dev from its superblock. It does
+// not need the filesystem's module: the result says which module to load.
+func DetectFS(dev string) (string, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return "", fmt.Errorf("mount: %w", err)
 	}
+	defer f.Close()
+	buf := make([]byte, fsProbeSize)
+	n, err := io.ReadFull(f, buf)
+	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return "", fmt.Errorf("mount: %s: read superblock: %w", dev, err)
+	}
+	if t := fsFromSuperblock(buf[:n]); t != "" {
+		return t, nil
+	}
+	return "", fmt.Errorf("mount: %s: no known filesystem signature (ext2/3/4, xfs, btrfs, squashfs, erofs); set rootfstype=", dev)
+}
+
+// fsProbeSize covers every signature fsFromSuperblock looks at.
+const fsProbeSize = 0x10040 + 8
+
+// fsFromSuperblock names the filesystem whose signature starts b, or "".
+// ext2 and ext3 are mounted by the ext4 driver.
+func fsFromSuperblock(b []byte) string {
+	at := func(off int, magic string) bool {
+		return len(b) >= off+len(magic) && string(b[off:off+len(magic)]) == magic
+	}
+	switch {
+	case at(0x438, "\x53\xef"):
+		return "ext4"
+	case at(0, "XFSB"):
+		return "xfs"
+	case at(0, "hsqs"):
+		return "squashfs"
+	case at(0x10040, "_BHRfS_M"):
+		return "btrfs"
+	case at(0x400, "\xe2\xe1\xf5\xe0"):
+		return "erofs"
+	}
+	return ""
+}
+
+// MountRoot mounts dev, a filesystem of type fstype, on NewRoot as r says:
+// rootflags, ro or rw, and, with overlay "tmpfs", a tmpfs upper layer over a
+// read-only lower mount so that many clients can share one export.
+func MountRoot(log *Logger, dev, fstype string, r config.Root) error {
 	var flags uintptr
 	if r.ReadOnly || r.Overlay == config.OverlayTmpfs {
 		flags |= unix.MS_RDONLY
@@ -51,15 +91,15 @@ func MountRoot(log *Logger, index int, r config.Root) (string, error) {
 		target = filepath.Join(RunDir, "lower")
 	}
 	if err := os.MkdirAll(target, 0o755); err != nil {
-		return "", fmt.Errorf("mount: %w", err)
+		return fmt.Errorf("mount: %w", err)
 	}
 	if err := unix.Mount(dev, target, fstype, flags, r.Flags); err != nil {
-		return "", fmt.Errorf("mount: %s on %s as %s (flags %q): %w", dev, target, fstype, r.Flags, err)
+		return fmt.Errorf("mount: %s on %s as %s (flags %q): %w", dev, target, fstype, r.Flags, err)
 	}
 	if r.Overlay == config.OverlayTmpfs {
 		if err := mountOverlay(target, r.ReadOnly); err != nil {
 			_ = unix.Unmount(target, 0)
-			return "", err
+			return err
 		}
 	}
 	mode := "rw"
@@ -70,7 +110,7 @@ func MountRoot(log *Logger, index int, r config.Root) (string, error) {
 		mode += ", tmpfs overlay"
 	}
 	log.Printf("mount", "%s (%s, %s) on %s", dev, fstype, mode, NewRoot)
-	return fstype, nil
+	return nil
 }
 
 // mountOverlay mounts a tmpfs-backed overlay of lower on NewRoot.

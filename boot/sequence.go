@@ -58,12 +58,12 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 
 	var tl timeline
 	t := time.Now()
-	n, err := LoadModules(log, spec.Boot.Modules)
-	if err != nil {
-		return fail("modules", err)
-	}
+	mods := NewModules(log)
+	mods.Load("nbd")
+	mods.Load(spec.Boot.Modules...)
+	mods.Coldplug()
 	tl.add("modules", t)
-	log.Printf("modules", "%d loaded", n)
+	log.Printf("modules", "%d loaded", mods.Loaded())
 
 	t = time.Now()
 	lease, err := BringUpNetwork(ctx, log, spec.Network)
@@ -91,7 +91,21 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 	log.Printf("attach", "%s is %s (%d bytes) from %s, keeper pid %d", ioctl.Path(dev), rep.Export.Name, rep.Export.Size, rep.Endpoint, rep.Pid)
 
 	t = time.Now()
-	if _, err := MountRoot(log, dev, spec.Root); err != nil {
+	rootDev, err := RootDevice(dev, spec.Root)
+	if err != nil {
+		return fail("mount", err)
+	}
+	fstype := spec.Root.FSType
+	if fstype == "" {
+		if fstype, err = DetectFS(rootDev); err != nil {
+			return fail("mount", err)
+		}
+	}
+	mods.Load(fstype)
+	if spec.Root.Overlay == config.OverlayTmpfs {
+		mods.Load("overlay")
+	}
+	if err := MountRoot(log, rootDev, fstype, spec.Root); err != nil {
 		return fail("mount", err)
 	}
 	tl.add("mount", t)

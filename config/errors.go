@@ -18,6 +18,7 @@ type Error struct {
 	Msg string
 }
 
+// Error formats the error as "SOURCE: FIELD: MSG", leaving out empty parts.
 func (e *Error) Error() string {
 	s := e.Source
 	if e.Field != "" {

@@ -1,11 +1,12 @@
 package config
 
-// BaseModules returns the kernel modules every nbdroot initramfs carries and
-// every boot loads before the network comes up, in load order: the nbd
-// driver, the entropy source (crypto/tls and DHCP block on getrandom until the
-// pool is ready), the usual NICs, and the root filesystems with what they need
-// but modules.dep does not say (ext4 needs crc32c_generic). Boot.Modules adds
-// to this list. A module that is absent or built into the kernel is skipped.
+// BaseModules returns the kernel modules every nbdroot initramfs carries: the
+// nbd driver, the entropy source (crypto/tls and DHCP block on getrandom until
+// the pool is ready), the usual NICs, and the root filesystems with what they
+// need but modules.dep does not say (ext4 needs crc32c_generic). Boot.Modules
+// adds to this list. The boot loads only what it needs of them: nbd, the
+// drivers of the devices present, and the root's filesystem. A module that is
+// absent or built into the kernel is skipped.
 func BaseModules() []string {
 	return []string{
 		"nbd",

@@ -23,6 +23,12 @@ const DefaultPort = 10809
 // Spec is everything nbdroot needs to find, attach and mount its root.
 // The zero value is not useful; obtain one from Defaults, Resolve or
 // ParseTarget.
+//
+// Its TOML form has one table per field ([server], [tls], [device],
+// [network], [root], [boot]) and one snake_case key per field, named in each
+// field's doc where the name differs from the Go name; docs/nbdroot.toml
+// lists every key. Any key can also be set on the kernel command line as
+// nbdroot.TABLE.KEY=VALUE.
 type Spec struct {
 	Server  Server
 	TLS     TLS
@@ -34,10 +40,12 @@ type Spec struct {
 
 // Server says where the export is and how hard to try to reach it.
 type Server struct {
-	// Endpoints are tried in order on every connection attempt.
+	// Endpoints are tried in order on every connection attempt
+	// (server.servers: a list of "HOST:PORT/NAME" or NBD URI strings).
 	Endpoints []Endpoint
 	// FromDHCP means the endpoint comes from the DHCP root-path option
-	// (option 17), parsed with the nbdroot= grammar (Debian's `nbdroot=dhcp`).
+	// (option 17), parsed with the nbdroot= grammar (Debian's `nbdroot=dhcp`;
+	// in TOML, servers = ["dhcp"]). Endpoints is then empty.
 	FromDHCP bool
 	// ConnectTimeout bounds one TCP dial.
 	ConnectTimeout time.Duration
@@ -70,11 +78,18 @@ type Endpoint struct {
 
 // TLS configures STARTTLS. When Enabled, TLS is required: a server that
 // refuses it is an error, never a downgrade.
+//
+// TOML: [tls] required, ca, cert, key, server_name, verify_peer. Input treats
+// required as tri-state: unset means off unless a server is nbds:// or a
+// TLS file is set; false with TLS files set is an error.
 type TLS struct {
+	// Enabled requires TLS (tls.required; nbds:// sets it).
 	Enabled bool
-	// CAFile is a PEM bundle of trusted CAs; empty means the system roots.
+	// CAFile is a PEM bundle of trusted CAs (tls.ca, an absolute path);
+	// empty means the system roots.
 	CAFile string
-	// CertFile and KeyFile are the client certificate and key (optional).
+	// CertFile and KeyFile are the client certificate and key (tls.cert,
+	// tls.key; optional, both or neither).
 	CertFile string
 	KeyFile  string
 	// ServerName is the name checked in the server certificate; empty means
@@ -99,19 +114,21 @@ const AutoIndex = -1
 
 // Device configures the /dev/nbdN the root is attached to.
 type Device struct {
-	// Index is N in /dev/nbdN, or AutoIndex.
+	// Index is N in /dev/nbdN (0..MaxIndex), or AutoIndex ("auto" in TOML).
 	Index int
 	// Interface is how the device is configured.
 	Interface Interface
 	// BlockSize is the logical block size, a power of two 512..4096, or 0 for
-	// the server's preferred size.
+	// the server's preferred size ("auto" in TOML).
 	BlockSize uint32
-	// Timeout is the kernel's per-request timeout; 0 leaves the kernel's.
+	// Timeout is the kernel's per-request timeout, whole seconds; 0 leaves
+	// the kernel's.
 	Timeout time.Duration
 	// DeadConnTimeout is how long I/O waits for a reconnect after the link
-	// dies (netlink only).
+	// dies (netlink only), whole seconds.
 	DeadConnTimeout time.Duration
-	// Connections is the number of sockets (multi-connection, netlink only).
+	// Connections is the number of sockets (multi-connection, netlink only),
+	// 1..MaxConnections.
 	Connections int
 	// ReadOnly attaches the device read-only.
 	ReadOnly bool
@@ -133,7 +150,8 @@ type Network struct {
 	// Interfaces limits which links are used; empty means every link except
 	// loopback, in kernel order.
 	Interfaces []string
-	// Address is the static address with prefix length (static mode).
+	// Address is the static address with prefix length (static mode,
+	// required there; "192.0.2.10/24" in TOML).
 	Address netip.Prefix
 	// Gateway is the default route's next hop (static mode; optional).
 	Gateway netip.Addr
@@ -154,9 +172,10 @@ const (
 
 // Root says how to mount the root and which init to run.
 type Root struct {
-	// FSType is the filesystem type; empty means detect from the superblock.
+	// FSType is the filesystem type (root.fstype, rootfstype=); empty (or
+	// "auto" in input) means detect from the superblock.
 	FSType string
-	// Flags are filesystem-specific mount options (rootflags=).
+	// Flags are filesystem-specific mount options (root.flags, rootflags=).
 	Flags string
 	// ReadOnly mounts the root read-only (the kernel's default, `ro`).
 	ReadOnly bool

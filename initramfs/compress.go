@@ -39,7 +39,8 @@ func ParseCompression(s string) (Compression, error) {
 func compressor(w io.Writer, c Compression) (io.WriteCloser, error) {
 	switch c {
 	case Gzip:
-		zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
+		// Level 9 saves 0.5% on a typical image and takes four times as long.
+		zw, err := gzip.NewWriterLevel(w, gzip.DefaultCompression)
 		if err != nil {
 			return nil, fmt.Errorf("gzip: %w", err)
 		}

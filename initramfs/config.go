@@ -1,12 +1,20 @@
 package initramfs
 
 import (
-	"errors"
+	"fmt"
+	"os"
 
 	"github.com/nbdroot/nbdroot/config"
 )
 
-// loadSpec: TEMPORARY until config.Resolve lands.
+// loadSpec resolves the spec file that goes into the image, so that a
+// broken spec fails now rather than at boot, and so that the files it names
+// are known. The check is partial: the kernel command line may still name
+// the server. Spec errors stay *config.Error (they name the file and line).
 func loadSpec(path string) (*config.Spec, error) {
-	return nil, errors.New("TEMP: config.Resolve not yet available: " + path)
+	res, err := config.Resolve(config.Sources{ConfigPath: path, ReadFile: os.ReadFile, Partial: true})
+	if err != nil {
+		return nil, fmt.Errorf("checking the config file: %w", err)
+	}
+	return &res.Spec, nil
 }

@@ -21,6 +21,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
@@ -72,7 +73,8 @@ type Options struct {
 
 // Report says what went into an image.
 type Report struct {
-	// KernelVersion and ModulesDir locate the module tree used.
+	// KernelVersion is the kernel; ModuleTree is its module directory on
+	// the host (MODULESDIR/KVER).
 	KernelVersion string
 	ModuleTree    string
 	// Binary is the host path of /init; BinarySize its size in bytes.
@@ -136,15 +138,19 @@ func (im *image) add(e *entry) error {
 }
 
 // addDirs plans every missing parent directory of every entry, mode 0755.
-func (im *image) addDirs() {
+func (im *image) addDirs() error {
 	for _, e := range slices.Collect(maps.Values(im.entries)) {
 		for d := path.Dir(e.name); d != "."; d = path.Dir(d) {
-			if _, ok := im.entries[d]; ok {
+			if old, ok := im.entries[d]; ok {
+				if !old.isDir() {
+					return fmt.Errorf("/%s is wanted as a file by %s and as the directory of /%s by %s", d, old.origin, e.name, e.origin)
+				}
 				continue
 			}
 			im.entries[d] = &entry{name: d, mode: cpio.S_IFDIR | 0o755, origin: "parent of /" + e.name}
 		}
 	}
+	return nil
 }
 
 // sorted returns the entries in path order. A directory sorts before
@@ -164,6 +170,9 @@ func (im *image) hostFile(src, dst string, perm fs.FileMode, origin string) (*en
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s: %s is not a regular file", origin, src)
+	}
+	if fi.Size() > math.MaxUint32 {
+		return nil, fmt.Errorf("%s: %s is larger than the 4 GiB a newc archive can hold", origin, src)
 	}
 	if perm == 0 {
 		perm = fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
@@ -284,8 +293,7 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 		}
 	}
 	if modulesOnly {
-		im.addDirs()
-		return im, nil
+		return im, im.addDirs()
 	}
 
 	for _, e := range append(standardDirs(), deviceNodes()...) {
@@ -297,11 +305,11 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 	if opts.Binary == "" {
 		return nil, errors.New("no nbdroot binary to install as /init")
 	}
-	if err := checkStatic(opts.Binary); err != nil {
-		return nil, err
-	}
 	e, err := im.hostFile(opts.Binary, "/init", 0o755, "the nbdroot binary")
 	if err != nil {
+		return nil, err
+	}
+	if err := checkStatic(opts.Binary); err != nil {
 		return nil, err
 	}
 	r.Binary, r.BinarySize = opts.Binary, e.size
@@ -315,9 +323,9 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 			what, file string
 			perm       fs.FileMode
 		}{
-			{"tls CA file", spec.TLS.CAFile, 0o644},
-			{"tls certificate file", spec.TLS.CertFile, 0o644},
-			{"tls key file", spec.TLS.KeyFile, 0o600},
+			{"tls.ca", spec.TLS.CAFile, 0o644},
+			{"tls.cert", spec.TLS.CertFile, 0o644},
+			{"tls.key", spec.TLS.KeyFile, 0o600},
 		}
 		for _, t := range tls {
 			if t.file == "" {
@@ -341,8 +349,7 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 		}
 		r.Files = append(r.Files, "/"+e.name)
 	}
-	im.addDirs()
-	return im, nil
+	return im, im.addDirs()
 }
 
 // checkStatic makes sure the binary can run as /init: an ELF executable

@@ -3,6 +3,7 @@ package initramfs
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -41,18 +42,21 @@ func KernelVersion(kernelImage string) (string, error) {
 func bzImageVersion(r io.ReaderAt) (string, error) {
 	var hdr [kernelVersionOffset + 2]byte
 	if _, err := r.ReadAt(hdr[:], 0); err != nil {
-		return "", fmt.Errorf("not an x86 kernel image: reading the setup header: %w", err)
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return "", errors.New("not an x86 bzImage (too short for a setup header)")
+		}
+		return "", fmt.Errorf("reading the setup header: %w", err)
 	}
 	if string(hdr[headerMagicOffset:headerMagicOffset+4]) != "HdrS" ||
 		binary.LittleEndian.Uint16(hdr[bootFlagOffset:]) != 0xAA55 {
-		return "", fmt.Errorf("not an x86 bzImage (no \"HdrS\" setup header); give the kernel version instead")
+		return "", errors.New("not an x86 bzImage (no \"HdrS\" setup header)")
 	}
 	if proto := binary.LittleEndian.Uint16(hdr[protocolOffset:]); proto < 0x0200 {
 		return "", fmt.Errorf("boot protocol %d.%02d predates the kernel_version field", proto>>8, proto&0xff)
 	}
 	ptr := binary.LittleEndian.Uint16(hdr[kernelVersionOffset:])
 	if ptr == 0 {
-		return "", fmt.Errorf("setup header has no kernel_version string")
+		return "", errors.New("setup header has no kernel_version string")
 	}
 	buf := make([]byte, maxVersionLen)
 	n, err := r.ReadAt(buf, int64(ptr)+0x200)

@@ -60,13 +60,13 @@ func TestKernelVersionSynthetic(t *testing.T) {
 	empty := fakeBzImage("   ")
 	binaryJunk := fakeBzImage("\x01\x02 rest")
 	bad := map[string][]byte{
-		"no HdrS":          noMagic,
-		"no kernel_version": noPtr,
-		"protocol 1.00":    oldProto,
+		"no HdrS":            noMagic,
+		"no kernel_version":  noPtr,
+		"protocol 1.00":      oldProto,
 		"not NUL-terminated": unterminated,
-		"does not start":   empty,
-		"junk":             binaryJunk,
-		"short file":       []byte("MZ"),
+		"does not start":     empty,
+		"junk":               binaryJunk,
+		"short file":         []byte("MZ"),
 	}
 	for name, data := range bad {
 		p := write(strings.ReplaceAll(name, " ", "_"), data)

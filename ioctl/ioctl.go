@@ -207,6 +207,21 @@ func InUse(index int) bool {
 	return err == nil
 }
 
+// Live reports whether /dev/nbdN is connected and has its size: the kernel
+// starts the device (InUse) a moment before it sets the capacity, and a
+// reader in between sees an empty disk.
+func Live(index int) bool {
+	if !InUse(index) {
+		return false
+	}
+	b, err := os.ReadFile(filepath.Join(sysBlock, "nbd"+strconv.Itoa(index), "size"))
+	if err != nil {
+		return false
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return err == nil && n > 0
+}
+
 // Devices lists the indexes of the nbd devices the kernel has created, in
 // ascending order.
 func Devices() ([]int, error) {

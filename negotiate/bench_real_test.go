@@ -2,7 +2,10 @@ package negotiate_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net"
+	"os"
 	"testing"
 
 	"github.com/nbdroot/nbdroot/internal/testrig"
@@ -30,6 +33,39 @@ func BenchmarkHandshakeNbdkit(b *testing.B) {
 		}
 		if exp.Path != negotiate.PathGo {
 			b.Fatalf("path %q, want %q", exp.Path, negotiate.PathGo)
+		}
+		if err := negotiate.Disconnect(conn); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkHandshakeNbdkitTLS is BenchmarkHandshakeNbdkit with STARTTLS and a
+// verified TLS 1.3 handshake (RSA 2048 certificates) before NBD_OPT_GO.
+func BenchmarkHandshakeNbdkitTLS(b *testing.B) {
+	cs := testrig.Certs(b, b.TempDir())
+	s := testrig.Nbdkit(b, "--tls=require", "--tls-certificates="+cs.Dir, "memory", "64M")
+	pem, err := os.ReadFile(cs.CA)
+	if err != nil {
+		b.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(pem)
+	opts := negotiate.Options{TLS: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}}
+	ctx := context.Background()
+	var d net.Dialer
+	b.ReportAllocs()
+	for b.Loop() {
+		conn, err := d.DialContext(ctx, "tcp", s.Addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		exp, conn, err := negotiate.Handshake(ctx, conn, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if exp.TLSVersion == 0 {
+			b.Fatal("no TLS")
 		}
 		if err := negotiate.Disconnect(conn); err != nil {
 			b.Fatal(err)

@@ -24,7 +24,8 @@
 //
 // When a handshake fails after option haggling began, and the server is
 // waiting for an option, the client sends NBD_OPT_ABORT as the spec's soft
-// disconnect before closing; after a protocol violation, a failed TLS
+// disconnect, waits at most 250 ms for the server's acknowledgement, and
+// closes; after a protocol violation, a failed TLS
 // handshake or the deadline, it just closes. List always ends with
 // NBD_OPT_ABORT.
 //

@@ -148,6 +148,15 @@ func (f *fake) expectOption(want uint32) []byte {
 // drain reads and discards until the client closes.
 func (f *fake) drain() { _, _ = io.Copy(io.Discard, f.c) }
 
+// finish acknowledges NBD_OPT_ABORT, if that is what the client sends next,
+// then drains.
+func (f *fake) finish() {
+	if opt, _, ok := f.readOption(); ok && opt == OptAbort {
+		f.write(ackTape(OptAbort))
+	}
+	f.drain()
+}
+
 // fakeExport is one export of goodServer.
 type fakeExport struct {
 	name, desc        string
@@ -347,6 +356,32 @@ type run struct {
 
 func startFake(script func(f *fake)) *run {
 	cli, srv := net.Pipe()
+	return startFakeOn(cli, srv, script)
+}
+
+// startFakeTCP is startFake over a 127.0.0.1 TCP connection, for TLS: over
+// net.Pipe, whose writes wait for the reader, a client that aborts a TLS
+// handshake halfway deadlocks with the server until the deadline.
+func startFakeTCP(t testing.TB, script func(f *fake)) *run {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	cli, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ln.Accept()
+	if err != nil {
+		cli.Close()
+		t.Fatal(err)
+	}
+	return startFakeOn(cli, srv, script)
+}
+
+func startFakeOn(cli, srv net.Conn, script func(f *fake)) *run {
 	r := &run{f: &fake{c: srv}, done: make(chan struct{}), cli: cli}
 	go func() {
 		defer close(r.done)

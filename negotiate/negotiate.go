@@ -18,6 +18,9 @@ import (
 // DefaultTimeout bounds a handshake when Options.Timeout is zero.
 const DefaultTimeout = 10 * time.Second
 
+// abortGrace bounds the wait for the server's reply to NBD_OPT_ABORT.
+const abortGrace = 250 * time.Millisecond
+
 // Options configures one handshake.
 type Options struct {
 	// Export is the name of the export to select; "" selects the server's
@@ -146,6 +149,7 @@ type session struct {
 	conn      net.Conn // raw, or the TLS client on top of it
 	deadline  time.Time
 	budget    time.Duration // deadline - start, for messages
+	ctxSets   bool          // the deadline is ctx's
 	stop      func() bool   // stops the cancellation callback
 	cancelled chan struct{} // closed by the cancellation callback when done
 
@@ -193,8 +197,8 @@ func begin(ctx context.Context, conn net.Conn, opts Options) (*session, error) {
 		deadline:  now.Add(timeout),
 		cancelled: make(chan struct{}),
 	}
-	if d, ok := ctx.Deadline(); ok && d.Before(s.deadline) {
-		s.deadline = d
+	if d, ok := ctx.Deadline(); ok && !d.After(s.deadline) {
+		s.deadline, s.ctxSets = d, true
 	}
 	s.budget = s.deadline.Sub(now).Round(time.Millisecond)
 	if err := conn.SetDeadline(s.deadline); err != nil {
@@ -221,10 +225,16 @@ func (s *session) fail(err error) error {
 // left, then closes the connection (shutting TLS down first).
 func (s *session) end() {
 	live := s.ctx.Err() == nil && time.Now().Before(s.deadline)
-	if s.canAbort && live {
-		// The reply (if any) is not waited for: the spec lets the client
-		// drop the connection right after NBD_OPT_ABORT.
-		_ = s.sendOption(OptAbort, nil)
+	if s.canAbort && live && s.sendOption(OptAbort, nil) == nil {
+		// Give the server a moment to send its NBD_REP_ACK (or hang
+		// up), so that neither side is left writing to a peer that no
+		// longer reads; the reply itself does not matter.
+		wait := time.Now().Add(abortGrace)
+		if s.deadline.Before(wait) {
+			wait = s.deadline
+		}
+		_ = s.conn.SetReadDeadline(wait)
+		_, _ = io.ReadFull(s.conn, s.buf[:20])
 	}
 	if tc, ok := s.conn.(*tls.Conn); ok && live {
 		// tls.Conn.Close sends close_notify under a write deadline of its
@@ -744,6 +754,10 @@ func (s *session) ioError(what string, err error) error {
 	}
 	var ne net.Error
 	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+		if s.ctxSets {
+			// The connection's deadline can fire just before ctx's.
+			return fmt.Errorf("%shandshake not done within %v: %w (%w)", prefix, s.budget, context.DeadlineExceeded, err)
+		}
 		return fmt.Errorf("%shandshake not done within %v: %w", prefix, s.budget, err)
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {

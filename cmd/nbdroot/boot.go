@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	stdlog "log"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -27,6 +28,7 @@ func runBoot(ctx context.Context, sio stdio, args []string) error {
 		return usageError{err}
 	}
 	log := boot.NewLogger(sio.err, time.Now())
+	quietStdlog(log)
 	_, err := boot.Run(ctx, log, boot.Options{Cmdline: *cmdline, ConfigPath: *cfg, InitArgs: fs.Args()})
 	return err
 }
@@ -45,6 +47,7 @@ func runKeeper(argv []string) error {
 // a failure, so the kernel never sees "Attempted to kill init".
 func runPID1(sio stdio) {
 	log := boot.NewLogger(sio.err, time.Now())
+	quietStdlog(log)
 	policy := config.Defaults().Boot
 	defer func() {
 		if r := recover(); r != nil {
@@ -60,4 +63,11 @@ func runPID1(sio stdio) {
 		err = errors.New("boot returned without switching root")
 	}
 	boot.Fail(log, policy, err)
+}
+
+// quietStdlog sends the standard logger (used by u-root's DHCP client) to
+// debug lines of the boot log.
+func quietStdlog(log *boot.Logger) {
+	stdlog.SetFlags(0)
+	stdlog.SetOutput(log.DebugWriter("dhcp"))
 }

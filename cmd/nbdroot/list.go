@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/nbdroot/nbdroot/boot"
@@ -15,7 +17,7 @@ import (
 // and print them as a table, or a JSON array with --json. The export name in
 // SPEC, if any, is ignored.
 func runList(ctx context.Context, sio stdio, args []string) error {
-	f, err := parseClientFlags("list", sio, args, true)
+	f, err := parseClientFlags("list", sio, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
@@ -37,15 +39,20 @@ func runList(ctx context.Context, sio stdio, args []string) error {
 		_, err := fmt.Fprintf(sio.out, "%s lists no exports\n", serverString(f.ep))
 		return err
 	}
-	tw := tabwriter.NewWriter(sio.out, 0, 4, 2, ' ', 0)
-	w := &errWriter{w: tw}
-	w.printf("NAME\tSIZE\tBLOCK SIZES\tFLAGS\tDESCRIPTION\n")
+	var table bytes.Buffer
+	tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "NAME\tSIZE\tBLOCK SIZES\tFLAGS\tDESCRIPTION\n")
 	for _, e := range exps {
-		w.printf("%s\t%d (%s)\t%s\t%s\t%s\n", displayName(e.Name), e.Size, humanSize(e.Size),
+		fmt.Fprintf(tw, "%s\t%d (%s)\t%s\t%s\t%s\n", displayName(e.Name), e.Size, humanSize(e.Size),
 			blockSizes(e), flagsString(e.Flags), e.Description)
 	}
-	if w.err != nil {
-		return w.err
+	if err := tw.Flush(); err != nil {
+		return err
 	}
-	return tw.Flush()
+	// An empty last column leaves the padding of the one before it.
+	w := &errWriter{w: sio.out}
+	for line := range strings.Lines(table.String()) {
+		w.printf("%s\n", strings.TrimRight(line, " \n"))
+	}
+	return w.err
 }

@@ -73,7 +73,7 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 	fs.StringVar(&configFile, "config", "", "install the spec `TOML` as /etc/nbdroot.toml, with the TLS files it names")
 	fs.Var(&modules, "module", "also carry kernel module `NAME` and its dependencies (repeatable)")
 	fs.Var(&files, "file", "copy host file `SRC[:DST]` into the image (repeatable)")
-	fs.StringVar(&compress, "compress", string(initramfs.Gzip), "compression: gzip, zstd or none")
+	fs.StringVar(&compress, "compress", string(initramfs.Gzip), "compress with `METHOD`: gzip, zstd or none")
 	fs.StringVar(&binary, "binary", "", "install `PATH` as /init (default: this nbdroot binary)")
 	fs.StringVar(&modulesOnly, "modules-only", "", "write only the module tree, into `DIR`/lib/modules/VERSION")
 	if err := fs.Parse(args); err != nil {
@@ -122,6 +122,7 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 		if err != nil {
 			return fmt.Errorf("mkinitramfs: %w", err)
 		}
+		fmt.Fprintf(sio.out, "kernel    %s (%s)\n", r.KernelVersion, r.ModuleTree)
 		printModules(sio.out, r)
 		fmt.Fprintf(sio.out, "wrote     %s (use with u-root: -files %s:lib/modules)\n",
 			filepath.Join(modulesOnly, "lib/modules", r.KernelVersion), filepath.Join(modulesOnly, "lib/modules"))
@@ -132,6 +133,7 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 	if err != nil {
 		return fmt.Errorf("mkinitramfs: %w", err)
 	}
+	fmt.Fprintf(sio.out, "kernel    %s (%s)\n", r.KernelVersion, r.ModuleTree)
 	fmt.Fprintf(sio.out, "binary    %s (%s) as /init\n", r.Binary, sizeString(r.BinarySize))
 	printModules(sio.out, r)
 	if r.Config != "" {
@@ -179,9 +181,8 @@ func writeImage(ctx context.Context, out string, opts initramfs.Options) (*initr
 	return r, nil
 }
 
-// printModules prints the kernel and modules lines of the summary.
+// printModules prints the modules line of the summary.
 func printModules(w io.Writer, r *initramfs.Report) {
-	fmt.Fprintf(w, "kernel    %s (%s)\n", r.KernelVersion, r.ModuleTree)
 	line := fmt.Sprintf("modules   %d modules (%d KiB)", len(r.Modules), (r.ModuleBytes+1023)/1024)
 	if len(r.Builtin) > 0 {
 		line += "; built in: " + strings.Join(r.Builtin, ", ")

@@ -25,13 +25,15 @@ type clientFlags struct {
 }
 
 // parseClientFlags parses `[TLS flags] [--timeout DUR] [--json] SPEC` for
-// probe and list (forList: SPEC may omit the export name), and returns the
-// spec they describe. It returns flag.ErrHelp after printing the usage for
-// -h. Any TLS flag turns TLS on, as nbds:// does; TLS is then required,
-// never a downgrade.
-func parseClientFlags(name string, sio stdio, args []string, forList bool) (clientFlags, error) {
+// probe and list, and returns the spec they describe. It returns
+// flag.ErrHelp after printing the usage for -h. Any TLS flag turns TLS on,
+// as nbds:// does; TLS is then required, never a downgrade. Flags go before
+// SPEC.
+func parseClientFlags(name string, sio stdio, args []string) (clientFlags, error) {
+	// Parse quietly: a bad flag becomes main's one-line error, and -h prints
+	// the usage on stdout.
 	fs := flag.NewFlagSet("nbdroot "+name, flag.ContinueOnError)
-	fs.SetOutput(sio.err)
+	fs.SetOutput(io.Discard)
 	var (
 		useTLS   = fs.Bool("tls", false, "require TLS (implied by nbds:// and by the other TLS flags)")
 		ca       = fs.String("ca", "", "PEM `FILE` of CA certificates to trust (default: the system's)")
@@ -42,31 +44,28 @@ func parseClientFlags(name string, sio stdio, args []string, forList bool) (clie
 		timeout  = fs.Duration("timeout", 0, "bound the TCP connect and, separately, the handshake (default: the spec's defaults)")
 		asJSON   = fs.Bool("json", false, "print JSON")
 	)
-	fs.Usage = func() {
-		fmt.Fprintf(sio.err, "usage: nbdroot %s [TLS flags] [--timeout DUR] [--json] SPEC\n", name)
-		fs.PrintDefaults()
-	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(sio.out, "usage: nbdroot %s [TLS flags] [--timeout DUR] [--json] SPEC\n\n", name)
+			fmt.Fprintln(sio.out, "SPEC is HOST[:PORT][/NAME], [V6]:PORT/NAME, nbd://HOST[:PORT]/NAME, nbds://... (TLS) or nbd+unix:///NAME?socket=PATH.")
+			fmt.Fprintln(sio.out, "Any TLS flag turns TLS on; TLS is then required.")
+			fmt.Fprintln(sio.out)
+			fs.SetOutput(sio.out)
+			fs.PrintDefaults()
 			return clientFlags{}, flag.ErrHelp
 		}
-		return clientFlags{}, usageError{err}
+		return clientFlags{}, usagef("%s: %v (try 'nbdroot %s -h')", name, err, name)
 	}
 	if fs.NArg() != 1 {
-		fs.Usage()
 		return clientFlags{}, usagef("%s: want exactly one SPEC (HOST[:PORT]/NAME or an nbd:// URI), got %d arguments", name, fs.NArg())
 	}
 	if *timeout < 0 {
 		return clientFlags{}, usagef("%s: --timeout %v is negative", name, *timeout)
 	}
 	target := fs.Arg(0)
+	// HOST[:PORT] without a name is the default export (probe) or just
+	// the server (list, which ignores the name).
 	spec, err := config.ParseTarget(target)
-	if err != nil && forList && !strings.Contains(target, "/") {
-		// list needs no export name: accept HOST[:PORT] as HOST[:PORT]/.
-		if s, err2 := config.ParseTarget(target + "/"); err2 == nil {
-			spec, err = s, nil
-		}
-	}
 	if err != nil {
 		return clientFlags{}, err
 	}
@@ -74,9 +73,6 @@ func parseClientFlags(name string, sio stdio, args []string, forList bool) (clie
 		return clientFlags{}, usagef("%s: %q names %d servers, want one", name, target, len(spec.Server.Endpoints))
 	}
 	ep := spec.Server.Endpoints[0]
-	if ep.HostFromDHCP && ep.Host == "" {
-		return clientFlags{}, usagef("%s: %q takes the server from DHCP; name a server", name, target)
-	}
 
 	t := &spec.TLS
 	if *useTLS || *ca != "" || *cert != "" || *key != "" || *hostname != "" || *noVerify {
@@ -107,7 +103,7 @@ func parseClientFlags(name string, sio stdio, args []string, forList bool) (clie
 // runProbe implements `nbdroot probe`: negotiate with the server exactly as
 // boot does (boot.Dial), describe the export, and disconnect.
 func runProbe(ctx context.Context, sio stdio, args []string) error {
-	f, err := parseClientFlags("probe", sio, args, false)
+	f, err := parseClientFlags("probe", sio, args)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}

@@ -19,7 +19,6 @@ const StopTimeout = 5 * time.Second
 // Process is a child process started for a test. Its stdout and stderr are
 // kept in memory (see Output) and it is killed when the test ends.
 type Process struct {
-	t    testing.TB
 	argv []string
 	cmd  *exec.Cmd
 	out  *lockedBuffer
@@ -27,11 +26,13 @@ type Process struct {
 	err  error         // Wait's result, valid after done
 }
 
-// Start starts argv[0] with argv[1:] and registers a cleanup that kills it.
-// The child is also sent SIGKILL if the test binary dies (Pdeathsig).
+// Start starts argv[0] with argv[1:] and registers a cleanup that stops it.
+// The child is also sent SIGKILL if the test binary dies (Pdeathsig, which
+// fires when the starting OS thread exits: do not call Start from a goroutine
+// that exits with its thread locked).
 func Start(t testing.TB, argv ...string) *Process {
 	t.Helper()
-	p := &Process{t: t, argv: argv, out: &lockedBuffer{}}
+	p := &Process{argv: argv, out: &lockedBuffer{}}
 	if err := p.start(); err != nil {
 		t.Fatalf("testrig: %v", err)
 	}

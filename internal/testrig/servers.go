@@ -190,7 +190,7 @@ func startForeground(t testing.TB, kind string, port int, argv []string) *Server
 func (s *Server) start() error {
 	if s.pidFile == "" {
 		if s.proc == nil {
-			s.proc = &Process{t: s.t, argv: s.argv, out: &lockedBuffer{}}
+			s.proc = &Process{argv: s.argv, out: &lockedBuffer{}}
 		}
 		if err := s.proc.start(); err != nil {
 			return err
@@ -205,7 +205,7 @@ func (s *Server) start() error {
 	// nbd-server: the foreground process reads the configuration, opens the
 	// socket, forks and exits.
 	_ = os.Remove(s.pidFile)
-	p := &Process{t: s.t, argv: s.argv, out: &lockedBuffer{}}
+	p := &Process{argv: s.argv, out: &lockedBuffer{}}
 	if err := p.start(); err != nil {
 		return err
 	}

@@ -1,0 +1,465 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// target is what one server string says.
+type target struct {
+	ep   Endpoint
+	dhcp bool // "dhcp" or "": the whole endpoint comes from DHCP's root-path
+	tls  bool // nbds:// or nbds+unix://
+	// tls-hostname and tls-verify-peer query keys, when given.
+	tlsHost       string
+	hasTLSHost    bool
+	verifyPeer    bool
+	hasVerifyPeer bool
+}
+
+// parseTarget parses one server string: an NBD URI (nbd://, nbds://,
+// nbd+unix://, nbds+unix://), "dhcp" or "" (withDHCP only), or Debian's
+// HOST[:PORT][/NAME], HOST:/NAME, [V6][:PORT][/NAME].
+func parseTarget(s string, withDHCP bool) (target, error) {
+	if withDHCP && (s == "" || s == "dhcp") {
+		return target{dhcp: true}, nil
+	}
+	if s == "" {
+		return target{}, errors.New("empty server (want HOST[:PORT]/NAME or nbd://HOST[:PORT]/NAME)")
+	}
+	if isURI(s) {
+		return parseURI(s)
+	}
+	ep, err := parseHostForm(s)
+	return target{ep: ep}, err
+}
+
+// isURI reports whether s starts with SCHEME://.
+func isURI(s string) bool {
+	i := strings.Index(s, "://")
+	if i <= 0 {
+		return false
+	}
+	for j, r := range s[:i] {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' ||
+			j > 0 && (r >= '0' && r <= '9' || r == '+' || r == '-' || r == '.')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// parseHostForm parses Debian's HOST[:PORT][/NAME] and its bracketed IPv6
+// variant. "HOST:/NAME" keeps the slash in the name; an empty or "dhcp" host
+// means the DHCP server.
+func parseHostForm(s string) (Endpoint, error) {
+	ep := Endpoint{Port: DefaultPort}
+	var rest string
+	if strings.HasPrefix(s, "[") {
+		i := strings.IndexByte(s, ']')
+		if i < 0 {
+			return ep, fmt.Errorf("IPv6 address %q has no closing ]", s)
+		}
+		a, err := netip.ParseAddr(s[1:i])
+		if err != nil || !a.Is6() {
+			return ep, fmt.Errorf("%q is not an IPv6 address", s[1:i])
+		}
+		ep.Host = a.String()
+		rest = s[i+1:]
+		if rest != "" && rest[0] != ':' && rest[0] != '/' {
+			return ep, fmt.Errorf("unexpected %q after ]", rest)
+		}
+	} else {
+		i := strings.IndexAny(s, ":/")
+		host := s
+		if i >= 0 {
+			host, rest = s[:i], s[i:]
+		}
+		hostPart, _, _ := strings.Cut(s, "/")
+		if strings.Count(hostPart, ":") > 1 {
+			if a, err := netip.ParseAddr(hostPart); err == nil {
+				return ep, fmt.Errorf("IPv6 address %s must be in brackets: [%s]", hostPart, a)
+			}
+			return ep, fmt.Errorf("%q has more than one colon before the export name (IPv6 addresses go in brackets)", hostPart)
+		}
+		if host == "" || host == "dhcp" {
+			ep.HostFromDHCP = true
+		} else {
+			h, err := checkHost(host)
+			if err != nil {
+				return ep, err
+			}
+			ep.Host = h
+		}
+	}
+	switch {
+	case rest == "":
+	case rest[0] == ':':
+		r := rest[1:]
+		ps, name, slash := strings.Cut(r, "/")
+		if ps == "" {
+			if slash {
+				ep.Export = "/" + name // HOST:/NAME keeps its slash
+			}
+		} else {
+			p, err := parsePort(ps)
+			if err != nil {
+				return ep, err
+			}
+			ep.Port = p
+			ep.Export = name
+		}
+	default: // '/'
+		ep.Export = rest[1:]
+	}
+	return ep, checkExport(ep.Export)
+}
+
+// checkHost validates a DNS name or an IPv4 literal and returns it in
+// canonical form.
+func checkHost(h string) (string, error) {
+	if a, err := netip.ParseAddr(h); err == nil {
+		if a.Is6() {
+			return "", fmt.Errorf("IPv6 address %s must be in brackets: [%s]", h, a)
+		}
+		return a.String(), nil
+	}
+	bad := fmt.Errorf("host %q is not a valid host name or IP address", h)
+	if len(h) > 253 {
+		return "", bad
+	}
+	digitsAndDots := true
+	for _, label := range strings.Split(strings.TrimSuffix(h, "."), ".") {
+		if label == "" || len(label) > 63 {
+			return "", bad
+		}
+		for _, r := range label {
+			switch {
+			case r >= '0' && r <= '9', r == '.':
+			case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r == '-', r == '_':
+				digitsAndDots = false
+			default:
+				return "", bad
+			}
+		}
+	}
+	if digitsAndDots {
+		return "", fmt.Errorf("host %q is not a valid IPv4 address", h)
+	}
+	return h, nil
+}
+
+// parsePort parses a TCP port, 1-65535.
+func parsePort(s string) (uint16, error) {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return 0, fmt.Errorf("port %q is not a number", s)
+		}
+	}
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || n < 1 || n > 65535 {
+		return 0, fmt.Errorf("port %s is out of range 1-65535", s)
+	}
+	return uint16(n), nil
+}
+
+func checkExport(name string) error {
+	if len(name) > MaxExportName {
+		return fmt.Errorf("export name is %d bytes long; the limit is %d", len(name), MaxExportName)
+	}
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("export name %q is not valid UTF-8", name)
+	}
+	return nil
+}
+
+// parseURI parses an NBD URI (NetworkBlockDevice/nbd doc/uri.md).
+func parseURI(s string) (target, error) {
+	var t target
+	scheme, _, _ := strings.Cut(s, "://")
+	unix := false
+	switch strings.ToLower(scheme) {
+	case "nbd":
+	case "nbds":
+		t.tls = true
+	case "nbd+unix":
+		unix = true
+	case "nbds+unix":
+		t.tls, unix = true, true
+	default:
+		return t, fmt.Errorf("unknown URI scheme %q (want nbd://, nbds://, nbd+unix:// or nbds+unix://)", scheme)
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return t, fmt.Errorf("not a valid NBD URI: %v", err)
+	}
+	if u.User != nil {
+		return t, errors.New("user information (USER@) is not supported in NBD URIs")
+	}
+	if u.Fragment != "" || strings.Contains(s, "#") {
+		return t, errors.New("NBD URIs take no #fragment")
+	}
+	if u.Opaque != "" {
+		return t, errors.New("not a valid NBD URI: want SCHEME://HOST[:PORT]/NAME")
+	}
+	t.ep.Export = strings.TrimPrefix(u.Path, "/")
+	if err := checkExport(t.ep.Export); err != nil {
+		return t, err
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return t, fmt.Errorf("bad query %q: %v", u.RawQuery, err)
+	}
+	keys := make([]string, 0, len(q))
+	for k := range q {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		vs := q[k]
+		if len(vs) > 1 {
+			return t, fmt.Errorf("query key %q is given %d times", k, len(vs))
+		}
+		v := vs[0]
+		switch k {
+		case "tls-hostname":
+			if v == "" {
+				return t, errors.New("tls-hostname is empty")
+			}
+			if err := checkServerName(v); err != nil {
+				return t, fmt.Errorf("tls-hostname: %v", err)
+			}
+			t.tlsHost, t.hasTLSHost = v, true
+		case "tls-verify-peer":
+			b, ok := parseBool(v)
+			if !ok {
+				return t, fmt.Errorf("tls-verify-peer=%q is not a boolean (want true or false)", v)
+			}
+			t.verifyPeer, t.hasVerifyPeer = b, true
+		case "socket":
+			if !unix {
+				return t, fmt.Errorf("socket= is only for %s+unix:// URIs", strings.ToLower(scheme))
+			}
+			if v == "" {
+				return t, errors.New("socket= is empty")
+			}
+			t.ep.Socket = v
+		default:
+			return t, fmt.Errorf("query key %q is not supported (want tls-hostname, tls-verify-peer or socket)", k)
+		}
+	}
+	if unix {
+		if u.Host != "" {
+			return t, fmt.Errorf("%s:// takes no host (got %q); the socket is ?socket=PATH", strings.ToLower(scheme), u.Host)
+		}
+		if t.ep.Socket == "" {
+			return t, fmt.Errorf("%s:// needs ?socket=PATH", strings.ToLower(scheme))
+		}
+		return t, nil
+	}
+	t.ep.Port = DefaultPort
+	if p := u.Port(); p != "" {
+		port, err := parsePort(p)
+		if err != nil {
+			return t, err
+		}
+		t.ep.Port = port
+	}
+	host := u.Hostname()
+	switch {
+	case host == "":
+		t.ep.HostFromDHCP = true
+	case strings.HasPrefix(u.Host, "["):
+		a, err := netip.ParseAddr(host)
+		if err != nil || !a.Is6() {
+			return t, fmt.Errorf("%q is not an IPv6 address", host)
+		}
+		t.ep.Host = a.String()
+	default:
+		h, err := checkHost(host)
+		if err != nil {
+			return t, err
+		}
+		t.ep.Host = h
+	}
+	return t, nil
+}
+
+// String returns the endpoint in the form nbdroot reads back: Debian's
+// HOST:PORT/NAME ([V6]:PORT/NAME; "dhcp" for the DHCP server), or
+// nbd+unix:///NAME?socket=PATH for a Unix socket.
+func (e Endpoint) String() string {
+	if e.Socket != "" {
+		u := url.URL{Scheme: "nbd+unix", Path: "/" + e.Export, RawQuery: "socket=" + url.QueryEscape(e.Socket)}
+		return u.String()
+	}
+	host := e.Host
+	switch {
+	case e.HostFromDHCP:
+		host = "dhcp"
+	case strings.Contains(host, ":"):
+		host = "[" + host + "]"
+	}
+	return host + ":" + strconv.Itoa(int(e.Port)) + "/" + e.Export
+}
+
+// expandServers validates server.servers and returns the assignments it
+// implies: the canonical list, and tls.* for nbds:// and URI query keys.
+func expandServers(v any) ([]assign, error) {
+	list := v.([]string)
+	ts := make([]target, 0, len(list))
+	for _, s := range list {
+		t, err := parseTarget(s, true)
+		if err == nil {
+			err = checkBootTarget(t, len(list))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%q: %v", s, err)
+		}
+		ts = append(ts, t)
+	}
+	return serverAssigns(ts)
+}
+
+// checkBootTarget rejects what parses but cannot be booted from.
+func checkBootTarget(t target, n int) error {
+	if t.dhcp && n > 1 {
+		return errors.New("the server from DHCP's root-path cannot be combined with other servers")
+	}
+	if t.ep.Socket != "" {
+		return errors.New("a Unix socket is for probe, list and attach on a running system; boot needs a TCP server")
+	}
+	return nil
+}
+
+// serverAssigns returns what a list of parsed servers sets: server.servers
+// and, from URIs, tls.required, tls.server_name and tls.verify_peer.
+func serverAssigns(ts []target) ([]assign, error) {
+	var canon []string
+	var tlsHost, verify *target
+	anyTLS := false
+	for i := range ts {
+		t := &ts[i]
+		if t.dhcp {
+			canon = append(canon, "dhcp")
+			continue
+		}
+		canon = append(canon, t.ep.String())
+		anyTLS = anyTLS || t.tls
+		if t.hasTLSHost {
+			if tlsHost != nil && tlsHost.tlsHost != t.tlsHost {
+				return nil, fmt.Errorf("servers disagree on tls-hostname (%q and %q); TLS settings are shared by all servers", tlsHost.tlsHost, t.tlsHost)
+			}
+			tlsHost = t
+		}
+		if t.hasVerifyPeer {
+			if verify != nil && verify.verifyPeer != t.verifyPeer {
+				return nil, errors.New("servers disagree on tls-verify-peer; TLS settings are shared by all servers")
+			}
+			verify = t
+		}
+	}
+	out := []assign{{"server.servers", canon}}
+	if anyTLS {
+		out = append(out, assign{"tls.required", true})
+	}
+	if tlsHost != nil {
+		out = append(out, assign{"tls.server_name", tlsHost.tlsHost})
+	}
+	if verify != nil {
+		out = append(out, assign{"tls.verify_peer", verify.verifyPeer})
+	}
+	return out, nil
+}
+
+// setServers stores a canonical server list (from expandServers).
+func setServers(s *Spec, v any) {
+	s.Server.Endpoints = nil
+	s.Server.FromDHCP = false
+	for _, e := range v.([]string) {
+		t, err := parseTarget(e, true)
+		if err != nil {
+			continue // canonical lists always parse
+		}
+		if t.dhcp {
+			s.Server.FromDHCP = true
+			continue
+		}
+		s.Server.Endpoints = append(s.Server.Endpoints, t.ep)
+	}
+}
+
+func getServers(s *Spec) any {
+	var out []string
+	if s.Server.FromDHCP {
+		out = append(out, "dhcp")
+	}
+	for _, e := range s.Server.Endpoints {
+		out = append(out, e.String())
+	}
+	return out
+}
+
+// ParseTarget parses the SPEC argument of `nbdroot probe`, `list` and
+// `attach`: Defaults() with Server.Endpoints set to the one endpoint it
+// names. It accepts HOST:PORT/NAME, HOST/NAME, HOST:/NAME (the name keeps its
+// slash), [V6]:PORT/NAME, nbd://HOST[:PORT]/NAME, nbds://… (sets
+// TLS.Enabled), nbd+unix:///NAME?socket=PATH, and the URI query keys
+// tls-hostname (TLS.ServerName) and tls-verify-peer (TLS.VerifyPeer).
+// Errors are *Error with Source "argument".
+func ParseTarget(s string) (Spec, error) {
+	spec := Defaults()
+	fail := func(msg string) (Spec, error) {
+		return Spec{}, &Error{Source: "argument", Field: strconv.Quote(s), Msg: msg}
+	}
+	t, err := parseTarget(s, false)
+	if err != nil {
+		return fail(err.Error())
+	}
+	if t.ep.HostFromDHCP {
+		return fail("no host: only a booting machine knows its DHCP server; name the server")
+	}
+	spec.Server.Endpoints = []Endpoint{t.ep}
+	spec.TLS.Enabled = t.tls
+	if t.hasTLSHost {
+		spec.TLS.ServerName = t.tlsHost
+	}
+	if t.hasVerifyPeer {
+		spec.TLS.VerifyPeer = t.verifyPeer
+	}
+	return spec, nil
+}
+
+// ParseRootPath parses a DHCP root-path (option 17) for a spec whose
+// Server.FromDHCP is set. It accepts the nbdroot= grammar: HOST:PORT/NAME,
+// HOST/NAME, HOST:/NAME, [V6]:PORT/NAME, HOST,PORT, HOST,NAME,nbdN (sets
+// Device.Index) and nbd:// or nbds:// URIs (set TLS.*). An empty or "dhcp"
+// host gives an Endpoint with HostFromDHCP set: the caller substitutes the
+// DHCP server's address. The result is Defaults() with those fields set;
+// errors are *Error with Source "dhcp root-path".
+func ParseRootPath(s string) (Spec, error) {
+	fail := func(msg string) (Spec, error) {
+		return Spec{}, &Error{Source: "dhcp root-path", Field: strconv.Quote(s), Msg: msg}
+	}
+	if s == "" || s == "dhcp" {
+		return fail("names no server")
+	}
+	as, err := parseNbdroot(s)
+	if err != nil {
+		return fail(err.Error())
+	}
+	r := newResolver()
+	r.apply(as, origin{layer: layerCmdline, family: "root-path"})
+	return r.spec, nil
+}
