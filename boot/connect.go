@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"strconv"
 	"time"
 
 	"github.com/nbdroot/nbdroot/config"
@@ -22,7 +21,8 @@ import (
 // its cause. An endpoint whose server refused outright (an NBD error reply
 // such as an unknown export, or a certificate that does not verify) is not
 // retried: waiting will not change its answer.
-func Connect(ctx context.Context, log *Logger, spec config.Spec) (*negotiate.Export, net.Conn, config.Endpoint, error) {
+func Connect(ctx context.Context, log *Logger, d *Dialer) (*negotiate.Export, net.Conn, config.Endpoint, error) {
+	spec := d.spec
 	if len(spec.Server.Endpoints) == 0 {
 		return nil, nil, config.Endpoint{}, errors.New("connect: no server configured (nbdroot=HOST:PORT/NAME)")
 	}
@@ -43,7 +43,7 @@ func Connect(ctx context.Context, log *Logger, spec config.Spec) (*negotiate.Exp
 			if !live[i] {
 				continue
 			}
-			exp, conn, err := Dial(ctx, spec, ep)
+			exp, conn, err := d.Dial(ctx, ep)
 			if err == nil {
 				return exp, conn, ep, nil
 			}
@@ -53,7 +53,7 @@ func Connect(ctx context.Context, log *Logger, spec config.Spec) (*negotiate.Exp
 			}
 			if permanent(err) {
 				live[i] = false
-				log.Errorf("connect", "%s: %v (not retrying this server)", EndpointString(ep), err)
+				log.Errorf("connect", "%s: %v (not retrying this server)", ep, err)
 				continue
 			}
 			alive++
@@ -85,17 +85,13 @@ func jitter(d time.Duration) time.Duration {
 // definite answer rather than a transient failure to reach it.
 func permanent(err error) bool {
 	var oe *negotiate.OptionError
+	if errors.As(err, &oe) && oe.Code == negotiate.RepErrShutdown {
+		return false // the server is going down: a restarted one may answer
+	}
 	var uae x509.UnknownAuthorityError
 	var hne x509.HostnameError
 	var cve *tls.CertificateVerificationError
-	return errors.As(err, &oe) || errors.Is(err, negotiate.ErrTLSRequired) ||
+	return errors.As(err, &oe) || errors.Is(err, negotiate.ErrExportNotFound) ||
+		errors.Is(err, negotiate.ErrTLSRequired) || errors.Is(err, negotiate.ErrTLSUnsupported) ||
 		errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cve)
-}
-
-// EndpointString formats ep as HOST:PORT/NAME (or the socket path) for logs.
-func EndpointString(ep config.Endpoint) string {
-	if ep.Socket != "" {
-		return "unix:" + ep.Socket + "/" + ep.Export
-	}
-	return net.JoinHostPort(ep.Host, strconv.Itoa(int(ep.Port))) + "/" + ep.Export
 }

@@ -15,52 +15,81 @@ import (
 	"github.com/nbdroot/nbdroot/negotiate"
 )
 
-// Dial makes one attempt to reach ep and negotiate its export under spec's
-// timeouts and TLS settings: a TCP dial bounded by spec.Server.ConnectTimeout
-// (or a Unix socket connection when ep.Socket is set), then
-// negotiate.Handshake bounded by spec.Server.HandshakeTimeout, with STARTTLS
-// configured by TLSConfig when spec.TLS.Enabled. The returned connection is
-// the one to hand to the kernel (or to relay, under TLS). Errors name the
-// endpoint, as in "10.0.2.2:10809/rootfs: connect: ...".
-func Dial(ctx context.Context, spec config.Spec, ep config.Endpoint) (*negotiate.Export, net.Conn, error) {
-	opts, conn, err := dialOpts(ctx, spec, ep)
+// Dialer makes connection attempts exactly as boot does: a TCP dial bounded
+// by Server.ConnectTimeout (or a Unix socket connection when the endpoint has
+// a Socket), then negotiate.Handshake bounded by Server.HandshakeTimeout,
+// with STARTTLS when TLS.Enabled. It reads the TLS files once, when it is
+// made: a keeper that reconnects after switch_root can no longer read the
+// initramfs they came from.
+type Dialer struct {
+	spec config.Spec
+	tls  *tls.Config // nil without TLS; ServerName is set per endpoint
+}
+
+// NewDialer returns a Dialer for spec, with its TLS material loaded.
+func NewDialer(spec config.Spec) (*Dialer, error) {
+	d := &Dialer{spec: spec}
+	if spec.TLS.Enabled {
+		cfg, err := loadTLS(spec.TLS)
+		if err != nil {
+			return nil, err
+		}
+		d.tls = cfg
+	}
+	return d, nil
+}
+
+// Dial makes one attempt to reach ep and negotiate its export. The returned
+// connection is the one to hand to the kernel (or to relay, under TLS).
+// Errors name the endpoint, as in "10.0.2.2:10809/rootfs: connect: ...".
+func (d *Dialer) Dial(ctx context.Context, ep config.Endpoint) (*negotiate.Export, net.Conn, error) {
+	opts, conn, err := d.open(ctx, ep)
 	if err != nil {
 		return nil, nil, err
 	}
 	exp, conn, err := negotiate.Handshake(ctx, conn, opts)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", EndpointString(ep), err)
+		return nil, nil, fmt.Errorf("%s: %w", ep, err)
 	}
 	return exp, conn, nil
 }
 
-// DialList is Dial's counterpart for negotiate.List: it connects the same way
-// and returns every export the server lists, ignoring ep.Export.
-func DialList(ctx context.Context, spec config.Spec, ep config.Endpoint) ([]negotiate.Export, error) {
-	opts, conn, err := dialOpts(ctx, spec, ep)
+// List connects as Dial does and returns every export the server lists,
+// ignoring ep.Export.
+func (d *Dialer) List(ctx context.Context, ep config.Endpoint) ([]negotiate.Export, error) {
+	opts, conn, err := d.open(ctx, ep)
 	if err != nil {
 		return nil, err
 	}
 	exps, err := negotiate.List(ctx, conn, opts)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", endpointServer(ep), err)
+		return nil, fmt.Errorf("%s: %w", ep.Server(), err)
 	}
 	return exps, nil
 }
 
-// dialOpts builds the handshake options and opens the transport.
-func dialOpts(ctx context.Context, spec config.Spec, ep config.Endpoint) (negotiate.Options, net.Conn, error) {
-	opts := negotiate.Options{Export: ep.Export, Timeout: spec.Server.HandshakeTimeout}
-	if spec.TLS.Enabled {
-		cfg, err := TLSConfig(spec.TLS, ep.Host)
+// Dial is a one-off attempt: NewDialer(spec) and Dial(ep).
+func Dial(ctx context.Context, spec config.Spec, ep config.Endpoint) (*negotiate.Export, net.Conn, error) {
+	d, err := NewDialer(spec)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", ep, err)
+	}
+	return d.Dial(ctx, ep)
+}
+
+// open builds the handshake options for ep and opens the transport.
+func (d *Dialer) open(ctx context.Context, ep config.Endpoint) (negotiate.Options, net.Conn, error) {
+	opts := negotiate.Options{Export: ep.Export, Timeout: d.spec.Server.HandshakeTimeout}
+	if d.tls != nil {
+		cfg, err := withServerName(d.tls, d.spec.TLS, ep.Host)
 		if err != nil {
-			return opts, nil, fmt.Errorf("%s: %w", EndpointString(ep), err)
+			return opts, nil, fmt.Errorf("%s: %w", ep, err)
 		}
 		opts.TLS = cfg
 	}
-	conn, err := dialTransport(ctx, spec.Server.ConnectTimeout, ep)
+	conn, err := dialTransport(ctx, d.spec.Server.ConnectTimeout, ep)
 	if err != nil {
-		return opts, nil, fmt.Errorf("%s: connect: %w", EndpointString(ep), err)
+		return opts, nil, fmt.Errorf("%s: connect: %w", ep, err)
 	}
 	return opts, conn, nil
 }
@@ -77,14 +106,6 @@ func dialTransport(ctx context.Context, timeout time.Duration, ep config.Endpoin
 	return d.DialContext(ctx, "tcp", net.JoinHostPort(ep.Host, strconv.Itoa(int(ep.Port))))
 }
 
-// endpointServer formats ep without its export name, for listing.
-func endpointServer(ep config.Endpoint) string {
-	if ep.Socket != "" {
-		return "unix:" + ep.Socket
-	}
-	return net.JoinHostPort(ep.Host, strconv.Itoa(int(ep.Port)))
-}
-
 // TLSConfig builds the client TLS configuration for a server reached as
 // host: t.CAFile (PEM) becomes the trusted roots (the system roots when
 // empty), t.CertFile and t.KeyFile the client certificate, and the server's
@@ -93,16 +114,33 @@ func endpointServer(ep config.Endpoint) string {
 // is the minimum, as the NBD protocol requires. It does not look at
 // t.Enabled.
 func TLSConfig(t config.TLS, host string) (*tls.Config, error) {
-	cfg := &tls.Config{
-		MinVersion:         tls.VersionTLS12,
-		ServerName:         t.ServerName,
-		InsecureSkipVerify: !t.VerifyPeer,
+	cfg, err := loadTLS(t)
+	if err != nil {
+		return nil, err
 	}
+	return withServerName(cfg, t, host)
+}
+
+// withServerName returns a copy of cfg checking the name t.ServerName, or
+// host when that is empty.
+func withServerName(cfg *tls.Config, t config.TLS, host string) (*tls.Config, error) {
+	cfg = cfg.Clone()
+	cfg.ServerName = t.ServerName
 	if cfg.ServerName == "" {
 		cfg.ServerName = host
 	}
 	if cfg.ServerName == "" && t.VerifyPeer {
 		return nil, errors.New("tls: no server name to check the certificate against (set tls-hostname)")
+	}
+	return cfg, nil
+}
+
+// loadTLS reads t's CA bundle and client certificate into a configuration
+// without a server name.
+func loadTLS(t config.TLS) (*tls.Config, error) {
+	cfg := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: !t.VerifyPeer,
 	}
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)

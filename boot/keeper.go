@@ -157,15 +157,22 @@ func (k *keeper) run(ctx context.Context, status *os.File) error {
 		_ = os.WriteFile(pidfile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 	}
 	_ = os.Chdir("/")
+	first, err := NewDialer(k.spec)
+	if err != nil {
+		k.report(Report{Error: err.Error()})
+		return err
+	}
+	// A root device has nowhere else to go: after the first attach, keep
+	// trying until the server comes back.
+	again := *first
+	again.spec.Server.Deadline = 0
 	for round := 0; ; round++ {
-		spec := k.spec
+		d := first
 		if round > 0 {
-			// A root device has nowhere else to go: after the first attach,
-			// keep trying until the server comes back.
-			spec.Server.Deadline = 0
+			d = &again
 		}
 		t0 := time.Now()
-		exp, conn, ep, err := Connect(ctx, k.log, spec)
+		exp, conn, ep, err := Connect(ctx, k.log, d)
 		if err != nil {
 			if round == 0 {
 				k.report(Report{Error: err.Error()})
@@ -177,14 +184,14 @@ func (k *keeper) run(ctx context.Context, status *os.File) error {
 			k.size = exp.Size
 		} else if exp.Size != k.size {
 			conn.Close()
-			return fmt.Errorf("reconnect: %s: export size changed from %d to %d bytes; refusing to reattach", EndpointString(ep), k.size, exp.Size)
+			return fmt.Errorf("reconnect: %s: export size changed from %d to %d bytes; refusing to reattach", ep.String(), k.size, exp.Size)
 		}
-		k.log.Printf(k.step, "%s: %d bytes, flags %s, via %s", EndpointString(ep), exp.Size, exp.Flags, exp.Path)
+		k.log.Printf(k.step, "%s: %d bytes, flags %s, via %s", ep.String(), exp.Size, exp.Flags, exp.Path)
 		err = k.serve(ctx, conn, exp, func(attach time.Duration) {
 			if round == 0 {
-				k.report(Report{Ready: true, Endpoint: EndpointString(ep), Export: exp, Connect: connected, Attach: attach})
+				k.report(Report{Ready: true, Endpoint: ep.String(), Export: exp, Connect: connected, Attach: attach})
 			} else {
-				k.log.Printf(k.step, "reconnected to %s after %d rounds", EndpointString(ep), round)
+				k.log.Printf(k.step, "reconnected to %s after %d rounds", ep.String(), round)
 			}
 		})
 		if err != nil && round == 0 && k.status != nil {

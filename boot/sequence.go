@@ -129,12 +129,15 @@ func applyLease(spec *config.Spec, l *Lease) error {
 		if l.RootPath == "" {
 			return errors.New("nbdroot=dhcp, but the DHCP server sent no root-path (option 17)")
 		}
-		t, err := config.ParseTarget(l.RootPath)
+		t, err := config.ParseRootPath(l.RootPath)
 		if err != nil {
-			return fmt.Errorf("DHCP root-path %q: %w", l.RootPath, err)
+			return err
 		}
 		spec.Server.Endpoints = t.Server.Endpoints
 		spec.TLS.Enabled = spec.TLS.Enabled || t.TLS.Enabled
+		if t.Device.Index != config.AutoIndex {
+			spec.Device.Index = t.Device.Index
+		}
 	}
 	for i := range spec.Server.Endpoints {
 		ep := &spec.Server.Endpoints[i]

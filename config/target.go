@@ -314,6 +314,16 @@ func (e Endpoint) String() string {
 	return host + ":" + strconv.Itoa(int(e.Port)) + "/" + e.Export
 }
 
+// Server formats the endpoint without its export name: HOST:PORT,
+// [V6]:PORT, or unix:PATH for a socket.
+func (e Endpoint) Server() string {
+	if e.Socket != "" {
+		return "unix:" + e.Socket
+	}
+	s := e.String()
+	return s[:strings.LastIndex(s, "/")]
+}
+
 // expandServers validates server.servers and returns the assignments it
 // implies: the canonical list, and tls.* for nbds:// and URI query keys.
 func expandServers(v any) ([]assign, error) {

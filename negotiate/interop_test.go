@@ -212,8 +212,8 @@ func wantErr(t *testing.T, err error, ep config.Endpoint, want ...string) {
 	}
 	msg := err.Error()
 	t.Logf("error: %s", msg)
-	if !strings.HasPrefix(msg, boot.EndpointString(ep)+": ") {
-		t.Errorf("error %q does not start with the endpoint %s", msg, boot.EndpointString(ep))
+	if !strings.HasPrefix(msg, ep.String()+": ") {
+		t.Errorf("error %q does not start with the endpoint %s", msg, ep.String())
 	}
 	for _, w := range want {
 		if !strings.Contains(msg, w) {
@@ -347,7 +347,7 @@ func TestInteropList(t *testing.T) {
 				cfg = &r.certs
 			}
 			spec, ep := interopSpec(t, s.Addr, "", cfg)
-			exps, err := boot.DialList(context.Background(), spec, ep)
+			exps, err := mustDialer(t, spec).List(context.Background(), ep)
 			if err != nil {
 				t.Fatalf("DialList: %v\n%s", err, s.Output())
 			}
@@ -370,4 +370,14 @@ func TestInteropList(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mustDialer returns a boot.Dialer for spec or fails the test.
+func mustDialer(t *testing.T, spec config.Spec) *boot.Dialer {
+	t.Helper()
+	d, err := boot.NewDialer(spec)
+	if err != nil {
+		t.Fatalf("NewDialer: %v", err)
+	}
+	return d
 }

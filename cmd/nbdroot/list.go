@@ -24,7 +24,11 @@ func runList(ctx context.Context, sio stdio, args []string) error {
 	if err != nil {
 		return err
 	}
-	exps, err := boot.DialList(ctx, f.spec, f.ep)
+	d, err := boot.NewDialer(f.spec)
+	if err != nil {
+		return fmt.Errorf("list: %s: %w", f.ep, err)
+	}
+	exps, err := d.List(ctx, f.ep)
 	if err != nil {
 		return fmt.Errorf("list: %w", err)
 	}
@@ -36,7 +40,7 @@ func runList(ctx context.Context, sio stdio, args []string) error {
 		return writeJSON(sio.out, infos)
 	}
 	if len(exps) == 0 {
-		_, err := fmt.Fprintf(sio.out, "%s lists no exports\n", serverString(f.ep))
+		_, err := fmt.Fprintf(sio.out, "%s lists no exports\n", f.ep.Server())
 		return err
 	}
 	var table bytes.Buffer

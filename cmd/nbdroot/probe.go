@@ -119,7 +119,7 @@ func runProbe(ctx context.Context, sio stdio, args []string) error {
 	_ = negotiate.Disconnect(conn)
 
 	info := describe(*exp)
-	info.Server = serverString(f.ep)
+	info.Server = f.ep.Server()
 	if f.json {
 		return writeJSON(sio.out, info)
 	}
@@ -242,12 +242,6 @@ func displayName(name string) string {
 		}
 	}
 	return name
-}
-
-// serverString formats the endpoint without its export.
-func serverString(ep config.Endpoint) string {
-	s := boot.EndpointString(ep)
-	return strings.TrimSuffix(s, "/"+ep.Export)
 }
 
 func writeJSON(w io.Writer, v any) error {
