@@ -80,7 +80,7 @@ func fsFromSuperblock(b []byte) string {
 // rootflags, ro or rw, and, with overlay "tmpfs", a tmpfs upper layer over a
 // read-only lower mount so that many clients can share one export.
 func MountRoot(log *Logger, dev, fstype string, r config.Root) error {
-	var flags uintptr
+	flags, data := mountOptions(r.Flags)
 	if r.ReadOnly || r.Overlay == config.OverlayTmpfs {
 		flags |= unix.MS_RDONLY
 	}
@@ -93,7 +93,7 @@ func MountRoot(log *Logger, dev, fstype string, r config.Root) error {
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return fmt.Errorf("mount: %w", err)
 	}
-	if err := unix.Mount(dev, target, fstype, flags, r.Flags); err != nil {
+	if err := unix.Mount(dev, target, fstype, flags, data); err != nil {
 		return fmt.Errorf("mount: %s on %s as %s (flags %q): %w", dev, target, fstype, r.Flags, err)
 	}
 	if r.Overlay == config.OverlayTmpfs {
@@ -159,4 +159,51 @@ func waitNode(dev, whole string, timeout time.Duration) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// mountOptions splits rootflags as mount(8) does: the generic options
+// become MS_* flags, the rest is the filesystem's data string. ro and rw are
+// left to the spec's ReadOnly (config folds them in).
+func mountOptions(opts string) (flags uintptr, data string) {
+	generic := map[string]struct {
+		set, clear uintptr
+	}{
+		"defaults":    {},
+		"ro":          {},
+		"rw":          {},
+		"noatime":     {set: unix.MS_NOATIME},
+		"atime":       {clear: unix.MS_NOATIME},
+		"nodiratime":  {set: unix.MS_NODIRATIME},
+		"diratime":    {clear: unix.MS_NODIRATIME},
+		"relatime":    {set: unix.MS_RELATIME},
+		"norelatime":  {clear: unix.MS_RELATIME},
+		"strictatime": {set: unix.MS_STRICTATIME},
+		"lazytime":    {set: unix.MS_LAZYTIME},
+		"nolazytime":  {clear: unix.MS_LAZYTIME},
+		"nosuid":      {set: unix.MS_NOSUID},
+		"suid":        {clear: unix.MS_NOSUID},
+		"nodev":       {set: unix.MS_NODEV},
+		"dev":         {clear: unix.MS_NODEV},
+		"noexec":      {set: unix.MS_NOEXEC},
+		"exec":        {clear: unix.MS_NOEXEC},
+		"sync":        {set: unix.MS_SYNCHRONOUS},
+		"async":       {clear: unix.MS_SYNCHRONOUS},
+		"dirsync":     {set: unix.MS_DIRSYNC},
+		"silent":      {set: unix.MS_SILENT},
+		"loud":        {clear: unix.MS_SILENT},
+		"mand":        {set: unix.MS_MANDLOCK},
+		"nomand":      {clear: unix.MS_MANDLOCK},
+	}
+	var rest []string
+	for _, o := range strings.Split(opts, ",") {
+		if o == "" {
+			continue
+		}
+		if g, ok := generic[o]; ok {
+			flags = flags&^g.clear | g.set
+			continue
+		}
+		rest = append(rest, o)
+	}
+	return flags, strings.Join(rest, ",")
 }

@@ -1,6 +1,10 @@
 package boot
 
-import "testing"
+import (
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
 
 func TestFSFromSuperblock(t *testing.T) {
 	with := func(off int, magic string) []byte {
@@ -25,6 +29,28 @@ func TestFSFromSuperblock(t *testing.T) {
 	} {
 		if got := fsFromSuperblock(tc.b); got != tc.want {
 			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestMountOptions(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		flags uintptr
+		data  string
+	}{
+		{"", 0, ""},
+		{"noatime", unix.MS_NOATIME, ""},
+		{"noatime,errors=remount-ro", unix.MS_NOATIME, "errors=remount-ro"},
+		{"data=journal,nodev,nosuid", unix.MS_NODEV | unix.MS_NOSUID, "data=journal"},
+		{"noatime,atime", 0, ""},
+		{"ro,rw,defaults", 0, ""},
+		{"discard,,commit=30", 0, "discard,commit=30"},
+		{"lazytime,sync,dirsync,noexec", unix.MS_LAZYTIME | unix.MS_SYNCHRONOUS | unix.MS_DIRSYNC | unix.MS_NOEXEC, ""},
+	} {
+		flags, data := mountOptions(tc.in)
+		if flags != tc.flags || data != tc.data {
+			t.Errorf("mountOptions(%q) = %#x, %q; want %#x, %q", tc.in, flags, data, tc.flags, tc.data)
 		}
 	}
 }

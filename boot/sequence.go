@@ -88,7 +88,7 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 	}
 	tl.addDur("connect", rep.Connect)
 	tl.addDur("attach", time.Since(t)-rep.Connect)
-	log.Printf("attach", "%s is %s (%d bytes) from %s, keeper pid %d", ioctl.Path(dev), rep.Export.Name, rep.Export.Size, rep.Endpoint, rep.Pid)
+	log.Printf("attach", "%s is export %q (%d bytes) from %s, keeper pid %d", ioctl.Path(dev), rep.Export.Name, rep.Export.Size, rep.Endpoint, rep.Pid)
 
 	t = time.Now()
 	rootDev, err := RootDevice(dev, spec.Root)
@@ -118,7 +118,7 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 		args = opts.InitArgs
 	}
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
-	err = SwitchRoot(NewRoot, init, args, initEnv(os.Environ()))
+	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()))
 	return fail("switch_root", err)
 }
 

@@ -90,12 +90,16 @@ func resolveIn(root, path string) (string, error) {
 // SwitchRoot makes newRoot the root and executes init there as PID 1: it
 // moves /dev, /proc, /sys and /run into newRoot, deletes the initramfs's
 // files to give their memory back, moves newRoot onto /, chroots and execs.
-// It returns only on failure.
-func SwitchRoot(newRoot, init string, args, env []string) error {
+// An API mount whose mount point is missing and cannot be made (a read-only
+// root without /run) is detached instead, as util-linux's switch_root does.
+// It returns only on failure, and log says what was detached.
+func SwitchRoot(log *Logger, newRoot, init string, args, env []string) error {
 	for _, m := range apiMounts() {
 		dst := filepath.Join(newRoot, m.target)
 		if err := os.MkdirAll(dst, 0o755); err != nil {
-			return fmt.Errorf("switch_root: %w", err)
+			log.Errorf("switch_root", "%s has no %s (%v); detaching it", newRoot, m.target, err)
+			_ = unix.Unmount(m.target, unix.MNT_DETACH)
+			continue
 		}
 		if err := unix.Mount(m.target, dst, "", unix.MS_MOVE, ""); err != nil {
 			return fmt.Errorf("switch_root: move %s to %s: %w", m.target, dst, err)

@@ -2,6 +2,7 @@ package qemutest
 
 import (
 	"fmt"
+	"os/exec"
 	"strconv"
 	"testing"
 	"time"
@@ -9,27 +10,38 @@ import (
 	"github.com/nbdroot/nbdroot/internal/testrig"
 )
 
+// staticIP is the kernel ip= form for QEMU's user network, no DHCP.
+const staticIP = "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off"
+
 // token returns a string unique to this test run, for the guest to write.
 func token(t *testing.T) string {
 	return t.Name() + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 }
 
-// bootAndWrite boots the rig against srv with the given root spec, asserts
-// the root was reached as PID 1 from /dev/nbd0 with the keeper alive, and
-// that the file the guest wrote is in the image afterwards.
+// rootReached asserts that the guest's console shows the whole boot: the
+// summary line, the root's init as PID 1 on /dev/nbd0, the keeper alive
+// under its @ name, and the initramfs freed.
+func rootReached(t *testing.T, c console, mountOpts string) {
+	t.Helper()
+	c.must(t,
+		`nbdroot: root ready in [0-9.]+s \(modules [0-9.]+s, network [0-9.]+s, connect [0-9.]+s, attach [0-9.]+s, mount [0-9.]+s\)`,
+		`TESTINIT: pid=1\n`,
+		`TESTINIT: root=\S+ fstype=\S+ opts=`+mountOpts,
+		`TESTINIT: keeper=[0-9]+:@nbdroot\n`,
+		`TESTINIT: done`,
+	)
+	c.mustNot(t, `TESTINIT: initramfs-leftover`, `Kernel panic`, `panic:`, `nbdroot: boot failed`)
+}
+
+// bootAndWrite boots the rig with spec on the command line (plus rw), asserts
+// the root was reached from /dev/nbd0, and that the file the guest wrote is in
+// the image once the server has stopped.
 func bootAndWrite(t *testing.T, r *rig, img string, srv *testrig.Server, spec string) console {
 	t.Helper()
 	tok := token(t)
 	c := r.boot(t, guest{append: fmt.Sprintf("%s rw testinit.token=%s", spec, tok)})
-	c.must(t,
-		`nbdroot: root ready in [0-9.]+s \(modules [0-9.]+s, network [0-9.]+s, connect [0-9.]+s, attach [0-9.]+s, mount [0-9.]+s\)`,
-		`TESTINIT: pid=1\n`,
-		`TESTINIT: root=/dev/nbd0 fstype=ext4 opts=rw`,
-		`TESTINIT: keeper=[0-9]+:@nbdroot\n`,
-		`TESTINIT: write=ok`,
-		`TESTINIT: done`,
-	)
-	c.mustNot(t, `TESTINIT: initramfs-leftover`, `Kernel panic`, `panic:`)
+	rootReached(t, c, "rw")
+	c.must(t, `TESTINIT: root=/dev/nbd0 fstype=ext4`, `TESTINIT: write=ok`)
 	srv.Stop()
 	if got := readBack(t, img, "/nbdroot-test/written"); got != tok {
 		t.Fatalf("image holds %q, want %q: the guest's write was lost", got, tok)
@@ -37,12 +49,97 @@ func bootAndWrite(t *testing.T, r *rig, img string, srv *testrig.Server, spec st
 	return c
 }
 
-// TestBootQemuNBD is the mission's path: nbdroot=HOST:PORT/NAME, DHCP, the
-// ioctl attach, a keeper, switch_root into the root's init.
+// TestBootQemuNBD is the mission's path: nbdroot=HOST:PORT/NAME with DHCP,
+// served by qemu-nbd.
 func TestBootQemuNBD(t *testing.T) {
 	r := setup(t)
 	img := r.rootImage(t)
 	srv := testrig.QemuNBD(t, img, "rootfs")
 	c := bootAndWrite(t, r, img, srv, fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs", srv.Port))
-	c.must(t, `nbdroot: network: eth0 10\.0\.2\.15/24 from DHCP server`)
+	c.must(t, `nbdroot: network: eth0 10\.0\.2\.15/24 from DHCP server 10\.0\.2\.2`)
+}
+
+// TestBootNbdkitDebianStatic uses Debian's HOST,PORT form (no export name),
+// a static ip= and nbdkit's file plugin.
+func TestBootNbdkitDebianStatic(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	srv := testrig.Nbdkit(t, "file", img)
+	c := bootAndWrite(t, r, img, srv, fmt.Sprintf("%s nbdroot=10.0.2.2,%d", staticIP, srv.Port))
+	c.must(t, `nbdroot: network: eth0 10\.0\.2\.15/24 static, via 10\.0\.2\.2`)
+	c.mustNot(t, `DHCP`)
+}
+
+// TestBootNbdServerURI uses an NBD URI against nbd-server, with DHCP.
+func TestBootNbdServerURI(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	srv := testrig.NbdServer(t, map[string]string{"rootfs": img})
+	bootAndWrite(t, r, img, srv, fmt.Sprintf("nbdroot=nbd://10.0.2.2:%d/rootfs", srv.Port))
+}
+
+// TestBootDracut uses dracut's root=nbd:SERVER:PORT:FSTYPE:ROOTFLAGS form
+// with a static ip=.
+func TestBootDracut(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	srv := testrig.Nbdkit(t, "file", img)
+	c := bootAndWrite(t, r, img, srv, fmt.Sprintf("%s root=nbd:10.0.2.2:%d:ext4:noatime", staticIP, srv.Port))
+	c.must(t, `TESTINIT: root=/dev/nbd0 fstype=ext4 opts=rw,noatime`)
+}
+
+// TestBootReadOnly attaches a read-only export read-only and mounts it ro.
+func TestBootReadOnly(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	srv := testrig.QemuNBD(t, img, "rootfs", testrig.ReadOnly())
+	c := r.boot(t, guest{append: fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs nbdroot.device.read_only=true ro testinit.mode=ro", srv.Port)})
+	rootReached(t, c, "ro")
+	c.must(t, `TESTINIT: write-ro=EROFS`, `READ_ONLY`)
+}
+
+// TestBootOverlay shares a read-only export among clients: a tmpfs overlay
+// takes the writes, and the image stays untouched.
+func TestBootOverlay(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	srv := testrig.QemuNBD(t, img, "rootfs", testrig.ReadOnly(), testrig.Shared(4))
+	c := r.boot(t, guest{append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs nbdroot.device.read_only=true nbdroot.root.overlay=tmpfs rw testinit.token=overlay", staticIP, srv.Port)})
+	rootReached(t, c, "rw")
+	c.must(t, `TESTINIT: root=overlay fstype=overlay`, `TESTINIT: write=ok`, `tmpfs overlay`)
+	srv.Stop()
+	if out, err := exec.Command("debugfs", "-R", "stat /nbdroot-test/written", img).CombinedOutput(); err == nil && !regexpMatch(`not found`, string(out)) {
+		t.Fatalf("the overlay's write reached the read-only image:\n%s", out)
+	}
+}
+
+// TestBootWrongExport: the server refuses the export; the console shows the
+// server's own message and the configured failure action (poweroff) happens.
+func TestBootWrongExport(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	srv := testrig.QemuNBD(t, img, "rootfs")
+	c := r.boot(t, guest{append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/nosuch nbdroot.boot.on_failure=poweroff nbdroot.boot.failure_delay=0s", staticIP, srv.Port)})
+	c.must(t,
+		`nbdroot: boot failed: connect: .*nosuch.*NBD_REP_ERR_UNKNOWN`,
+		`nbdroot: boot failed: powering off`,
+		`reboot: Power down`,
+	)
+	c.mustNot(t, `TESTINIT:`, `Kernel panic`, `Attempted to kill init`)
+}
+
+// TestBootServerLate: the server is not listening when the guest first
+// tries; it starts 3 s after the first failed attempt and the boot succeeds.
+func TestBootServerLate(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	srv := testrig.QemuNBD(t, img, "rootfs")
+	srv.Stop()
+	g := r.start(t, guest{append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs rw testinit.token=late", staticIP, srv.Port)})
+	g.waitFor(t, `nbdroot: connect: attempt 1: .*connection refused`)
+	time.Sleep(3 * time.Second)
+	srv.Restart()
+	c := g.wait(t)
+	rootReached(t, c, "rw")
+	c.must(t, `TESTINIT: write=ok token=late`)
 }

@@ -94,17 +94,25 @@ func setup(t *testing.T) *rig {
 	return r
 }
 
-// rootImage writes an ext4 root whose /sbin/init is testinit.
+// rootImage writes an ext4 root whose /sbin/init is testinit, with the
+// mount points every root has.
 func (r *rig) rootImage(t *testing.T) string {
 	t.Helper()
 	init, err := os.ReadFile(r.testinit)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return testrig.Ext4Image(t, t.TempDir(), 64<<20, map[string][]byte{
+	src := t.TempDir()
+	testrig.WriteTree(t, src, map[string][]byte{
 		"sbin/init":           init,
 		"nbdroot-test/README": []byte("written by the nbdroot QEMU tests\n"),
 	})
+	for _, d := range []string{"proc", "sys", "dev", "run", "tmp"} {
+		if err := os.Mkdir(filepath.Join(src, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return testrig.Ext4FromDir(t, filepath.Join(t.TempDir(), "root.img"), 64<<20, src)
 }
 
 // guest is one QEMU run.
@@ -120,6 +128,19 @@ type console string
 // boot runs g to power-off and returns its console. A guest that does not
 // power off within the timeout fails the test with its console.
 func (r *rig) boot(t *testing.T, g guest) console {
+	t.Helper()
+	return r.start(t, g).wait(t)
+}
+
+// running is a guest that has been started.
+type running struct {
+	p       *testrig.Process
+	timeout time.Duration
+	started time.Time
+}
+
+// start starts g and returns at once.
+func (r *rig) start(t *testing.T, g guest) *running {
 	t.Helper()
 	initrd := g.initramfs
 	if initrd == "" {
@@ -138,8 +159,35 @@ func (r *rig) boot(t *testing.T, g guest) console {
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
 		"-device", "virtio-rng-pci",
 	)
-	err := p.Wait(g.timeout)
-	out := console(strings.ReplaceAll(p.Output(), "\r\n", "\n"))
+	return &running{p: p, timeout: g.timeout, started: time.Now()}
+}
+
+// console returns what the guest printed so far.
+func (g *running) console() console {
+	return console(strings.ReplaceAll(g.p.Output(), "\r\n", "\n"))
+}
+
+// waitFor waits until the console matches pattern, failing the test if the
+// guest exits or the boot timeout passes first.
+func (g *running) waitFor(t *testing.T, pattern string) {
+	t.Helper()
+	re := regexp.MustCompile(pattern)
+	for !re.MatchString(string(g.console())) {
+		if done, err := g.p.Exited(); done {
+			t.Fatalf("guest exited (%v) before the console matched %q\n--- console ---\n%s", err, pattern, g.console())
+		}
+		if time.Since(g.started) > g.timeout {
+			t.Fatalf("console did not match %q within %v\n--- console ---\n%s", pattern, g.timeout, g.console())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// wait waits for the guest to power off and returns its console.
+func (g *running) wait(t *testing.T) console {
+	t.Helper()
+	err := g.p.Wait(g.timeout - time.Since(g.started))
+	out := g.console()
 	if err != nil {
 		t.Fatalf("qemu: %v\n--- console ---\n%s", err, out)
 	}
@@ -182,3 +230,6 @@ func readBack(t *testing.T, img, path string) string {
 	}
 	return string(out)
 }
+
+// regexpMatch reports whether pattern matches s.
+func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
