@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
 	"github.com/u-root/u-root/pkg/dhclient"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/config"
 )
@@ -86,7 +88,10 @@ func candidateLinks(names []string) ([]netlink.Link, error) {
 	return out, nil
 }
 
-// waitCarrier sets l up and waits until it reports carrier.
+// waitCarrier sets l up and waits until it has carrier (IFF_LOWER_UP).
+// Not until operstate says "up": the kernel's linkwatch reports that up to a
+// second later, while the device transmits from the moment it is opened
+// with carrier.
 func waitCarrier(l netlink.Link, timeout time.Duration) error {
 	name := l.Attrs().Name
 	if err := netlink.LinkSetUp(l); err != nil {
@@ -98,13 +103,13 @@ func waitCarrier(l netlink.Link, timeout time.Duration) error {
 		if err != nil {
 			return fmt.Errorf("network: %s: %w", name, err)
 		}
-		if o := cur.Attrs().OperState; o == netlink.OperUp || o == netlink.OperUnknown {
+		if cur.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("network: %s: no carrier after %v", name, timeout)
+			return fmt.Errorf("network: %s: no carrier after %v (is the cable plugged in?)", name, timeout)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -139,50 +144,73 @@ func configureStatic(log *Logger, n config.Network, links []netlink.Link) (*Leas
 	return &Lease{Interface: name, Address: n.Address.String()}, nil
 }
 
+// configureDHCP asks for a DHCPv4 lease on every candidate link at once and
+// configures the first link that gets one.
 func configureDHCP(ctx context.Context, log *Logger, n config.Network, links []netlink.Link) (*Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.LinkTimeout+n.DHCPTimeout)
 	defer cancel()
-	cfg := dhclient.Config{
-		Timeout:    2 * time.Second,
-		Retries:    int(n.DHCPTimeout/(2*time.Second)) + 1,
-		Modifiers4: []dhcpv4.Modifier{dhcpv4.WithRequestedOptions(dhcpv4.OptionRootPath)},
+	type result struct {
+		link netlink.Link
+		ack  *dhcpv4.DHCPv4
+		err  error
+	}
+	results := make(chan result, len(links))
+	for _, l := range links {
+		go func() {
+			ack, err := dhcpLease(ctx, l, n)
+			results <- result{l, ack, err}
+		}()
 	}
 	var errs []error
-	for r := range dhclient.SendRequests(ctx, links, true, false, cfg, n.LinkTimeout) {
-		if r.Err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", r.Interface.Attrs().Name, r.Err))
+	for range links {
+		r := <-results
+		if r.err != nil {
+			errs = append(errs, r.err)
 			continue
 		}
-		if err := r.Lease.Configure(); err != nil {
-			errs = append(errs, fmt.Errorf("%s: configure lease: %w", r.Interface.Attrs().Name, err))
-			continue
-		}
-		p4, ok := r.Lease.(*dhclient.Packet4)
-		if !ok {
-			continue
+		cancel() // the other links' requests
+		name := r.link.Attrs().Name
+		p4 := dhclient.NewPacket4(r.link, r.ack)
+		if err := p4.Configure(); err != nil {
+			return nil, fmt.Errorf("network: %s: configure lease: %w", name, err)
 		}
 		ns, _, _ := p4.GatherDNSSettings()
 		if err := writeResolvConf(ns); err != nil {
 			return nil, err
 		}
-		msg, _ := p4.Message()
 		lease := &Lease{
-			Interface:  r.Interface.Attrs().Name,
+			Interface:  name,
 			Address:    p4.Lease().String(),
-			DHCPServer: msg.ServerIdentifier(),
-			RootPath:   msg.RootPath(),
+			DHCPServer: r.ack.ServerIdentifier(),
+			RootPath:   r.ack.RootPath(),
 		}
 		if lease.DHCPServer == nil {
-			lease.DHCPServer = msg.ServerIPAddr
+			lease.DHCPServer = r.ack.ServerIPAddr
 		}
-		cancel() // stop the other interfaces' requests
-		log.Printf("network", "%s %s from DHCP server %s", lease.Interface, lease.Address, lease.DHCPServer)
+		log.Printf("network", "%s %s from DHCP server %s", name, lease.Address, lease.DHCPServer)
 		return lease, nil
 	}
-	if len(errs) == 0 {
-		return nil, fmt.Errorf("network: no link came up within %v", n.LinkTimeout)
-	}
 	return nil, fmt.Errorf("network: DHCP failed: %w", errors.Join(errs...))
+}
+
+// dhcpLease brings l up and runs DISCOVER/OFFER/REQUEST/ACK on it, asking
+// for the root-path option.
+func dhcpLease(ctx context.Context, l netlink.Link, n config.Network) (*dhcpv4.DHCPv4, error) {
+	name := l.Attrs().Name
+	if err := waitCarrier(l, n.LinkTimeout); err != nil {
+		return nil, err
+	}
+	const perTry = 2 * time.Second
+	c, err := nclient4.New(name, nclient4.WithTimeout(perTry), nclient4.WithRetry(int(n.DHCPTimeout/perTry)+1))
+	if err != nil {
+		return nil, fmt.Errorf("network: %s: DHCP client: %w", name, err)
+	}
+	defer c.Close()
+	lease, err := c.Request(ctx, dhcpv4.WithRequestedOptions(dhcpv4.OptionRootPath))
+	if err != nil {
+		return nil, fmt.Errorf("network: %s: DHCP: %w", name, err)
+	}
+	return lease.ACK, nil
 }
 
 // writeResolvConf writes /etc/resolv.conf for the name lookups of the

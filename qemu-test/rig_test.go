@@ -75,7 +75,7 @@ func newestKernel() (string, error) {
 }
 
 // setup skips or fails as the environment requires and returns the rig.
-func setup(t *testing.T) *rig {
+func setup(t testing.TB) *rig {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("QEMU boot tests are skipped with -short")
@@ -96,7 +96,7 @@ func setup(t *testing.T) *rig {
 
 // rootImage writes an ext4 root whose /sbin/init is testinit, with the
 // mount points every root has.
-func (r *rig) rootImage(t *testing.T) string {
+func (r *rig) rootImage(t testing.TB) string {
 	t.Helper()
 	init, err := os.ReadFile(r.testinit)
 	if err != nil {
@@ -127,7 +127,7 @@ type console string
 
 // boot runs g to power-off and returns its console. A guest that does not
 // power off within the timeout fails the test with its console.
-func (r *rig) boot(t *testing.T, g guest) console {
+func (r *rig) boot(t testing.TB, g guest) console {
 	t.Helper()
 	return r.start(t, g).wait(t)
 }
@@ -140,7 +140,7 @@ type running struct {
 }
 
 // start starts g and returns at once.
-func (r *rig) start(t *testing.T, g guest) *running {
+func (r *rig) start(t testing.TB, g guest) *running {
 	t.Helper()
 	initrd := g.initramfs
 	if initrd == "" {
@@ -152,6 +152,12 @@ func (r *rig) start(t *testing.T, g guest) *running {
 	// panic=-1 and -no-reboot: a kernel panic ends QEMU at once instead of
 	// hanging the test until its timeout.
 	cmdline := "console=ttyS0 panic=-1 " + g.append
+	// NBDROOT_TEST_APPEND adds kernel arguments to every boot, for debugging
+	// (e.g. nbdroot.boot.log_level=debug); NBDROOT_TEST_CONSOLE=1 logs every
+	// console, passing or not.
+	if extra := os.Getenv("NBDROOT_TEST_APPEND"); extra != "" {
+		cmdline += " " + extra
+	}
 	p := testrig.Start(t, "qemu-system-x86_64",
 		"-accel", "tcg", "-m", "512", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
@@ -169,7 +175,7 @@ func (g *running) console() console {
 
 // waitFor waits until the console matches pattern, failing the test if the
 // guest exits or the boot timeout passes first.
-func (g *running) waitFor(t *testing.T, pattern string) {
+func (g *running) waitFor(t testing.TB, pattern string) {
 	t.Helper()
 	re := regexp.MustCompile(pattern)
 	for !re.MatchString(string(g.console())) {
@@ -184,10 +190,13 @@ func (g *running) waitFor(t *testing.T, pattern string) {
 }
 
 // wait waits for the guest to power off and returns its console.
-func (g *running) wait(t *testing.T) console {
+func (g *running) wait(t testing.TB) console {
 	t.Helper()
 	err := g.p.Wait(g.timeout - time.Since(g.started))
 	out := g.console()
+	if os.Getenv("NBDROOT_TEST_CONSOLE") != "" {
+		t.Logf("--- console ---\n%s", out)
+	}
 	if err != nil {
 		t.Fatalf("qemu: %v\n--- console ---\n%s", err, out)
 	}
@@ -195,7 +204,7 @@ func (g *running) wait(t *testing.T) console {
 }
 
 // must fails the test unless every pattern (a regexp) matches the console.
-func (c console) must(t *testing.T, patterns ...string) {
+func (c console) must(t testing.TB, patterns ...string) {
 	t.Helper()
 	for _, p := range patterns {
 		if !regexp.MustCompile(p).MatchString(string(c)) {
@@ -205,7 +214,7 @@ func (c console) must(t *testing.T, patterns ...string) {
 }
 
 // mustNot fails the test if any pattern matches the console.
-func (c console) mustNot(t *testing.T, patterns ...string) {
+func (c console) mustNot(t testing.TB, patterns ...string) {
 	t.Helper()
 	for _, p := range patterns {
 		if m := regexp.MustCompile(p).FindString(string(c)); m != "" {
@@ -216,7 +225,7 @@ func (c console) mustNot(t *testing.T, patterns ...string) {
 
 // readBack checks the image's filesystem (replaying the journal) and returns
 // the content of path inside it.
-func readBack(t *testing.T, img, path string) string {
+func readBack(t testing.TB, img, path string) string {
 	t.Helper()
 	if out, err := exec.Command("e2fsck", "-fy", img).CombinedOutput(); err != nil {
 		// Exit status 1 means "errors corrected" (the journal replay).
