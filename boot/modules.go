@@ -7,6 +7,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
@@ -26,13 +27,18 @@ import (
 //
 // A name that is neither a module in the image nor an alias is skipped: it
 // may be built in, or not needed on this machine.
+//
+// A Modules is safe for concurrent use, so that a module the root will need
+// can load while the network step waits.
 type Modules struct {
 	log      *Logger
 	prober   *kmodule.Prober
 	aliases  []moduleAlias
 	softdeps map[string][]string
-	tried    map[string]bool
-	loaded   int
+
+	mu     sync.Mutex
+	tried  map[string]bool
+	loaded int
 }
 
 type moduleAlias struct{ pattern, module string }
@@ -82,7 +88,22 @@ func NewModules(log *Logger) *Modules {
 }
 
 // Loaded returns how many modules were loaded so far.
-func (m *Modules) Loaded() int { return m.loaded }
+func (m *Modules) Loaded() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.loaded
+}
+
+// try reports whether name is new, and marks it tried.
+func (m *Modules) try(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.tried[name] {
+		return false
+	}
+	m.tried[name] = true
+	return true
+}
 
 // Load loads each name (a module name or an alias) and what it needs.
 func (m *Modules) Load(names ...string) {
@@ -93,17 +114,18 @@ func (m *Modules) Load(names ...string) {
 
 func (m *Modules) load(name string, depth int) {
 	name = normalize(name)
-	if m.prober == nil || m.tried[name] || depth > 8 {
+	if m.prober == nil || depth > 8 || !m.try(name) {
 		return
 	}
-	m.tried[name] = true
 	for _, pre := range m.softdeps[name] {
 		m.load(pre, depth+1)
 	}
 	err := m.prober.Probe(name, "")
 	switch {
 	case err == nil:
+		m.mu.Lock()
 		m.loaded++
+		m.mu.Unlock()
 		m.log.Debugf("modules", "%s loaded", name)
 		return
 	case errors.Is(err, unix.ENODEV):
@@ -126,7 +148,7 @@ func (m *Modules) load(name string, depth int) {
 // a bus driver (virtio_pci) reveals new devices (virtio net, rng).
 func (m *Modules) Coldplug() {
 	for pass := 0; pass < 4; pass++ {
-		before := len(m.tried)
+		before := m.triedCount()
 		for _, alias := range modaliases() {
 			alias = normalize(alias)
 			for _, a := range m.aliases {
@@ -135,10 +157,16 @@ func (m *Modules) Coldplug() {
 				}
 			}
 		}
-		if len(m.tried) == before {
+		if m.triedCount() == before {
 			return
 		}
 	}
+}
+
+func (m *Modules) triedCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.tried)
 }
 
 // modaliases returns the modalias of every device on every bus.

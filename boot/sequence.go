@@ -64,6 +64,14 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 	mods.Coldplug()
 	tl.add("modules", t)
 	log.Printf("modules", "%d loaded", mods.Loaded())
+	// The root's filesystem driver, when the spec names it, loads while the
+	// network and connect steps wait on the wire.
+	rootMods := rootModules(spec.Root)
+	fsLoaded := make(chan struct{})
+	go func() {
+		defer close(fsLoaded)
+		mods.Load(rootMods...)
+	}()
 
 	t = time.Now()
 	lease, err := BringUpNetwork(ctx, log, spec.Network)
@@ -101,10 +109,8 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 			return fail("mount", err)
 		}
 	}
-	mods.Load(fstype)
-	if spec.Root.Overlay == config.OverlayTmpfs {
-		mods.Load("overlay")
-	}
+	<-fsLoaded
+	mods.Load(fstype) // a no-op unless it was detected just now
 	if err := MountRoot(log, rootDev, fstype, spec.Root); err != nil {
 		return fail("mount", err)
 	}
@@ -120,6 +126,19 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
 	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()))
 	return fail("switch_root", err)
+}
+
+// rootModules are the modules the root mount needs that are known before
+// the device is attached.
+func rootModules(r config.Root) []string {
+	var m []string
+	if r.FSType != "" {
+		m = append(m, r.FSType)
+	}
+	if r.Overlay == config.OverlayTmpfs {
+		m = append(m, "overlay")
+	}
+	return m
 }
 
 // applyLease fills in what the spec left to DHCP: the root-path option
