@@ -201,7 +201,10 @@ func TestClientErrors(t *testing.T) {
 		},
 		{
 			name: "other errno passes through", errno: unix.ENOMEM,
-			call: func(c *Client) error { _, err := c.Connect(Config{Index: -1, Sockets: []int{4}, Size: 4096}); return err },
+			call: func(c *Client) error {
+				_, err := c.Connect(Config{Index: -1, Sockets: []int{4}, Size: 4096})
+				return err
+			},
 			is:   []error{unix.ENOMEM},
 			want: []string{"NBD_CMD_CONNECT a free device: cannot allocate memory"},
 		},

@@ -139,12 +139,14 @@ type Config struct {
 	// ClientFlagDisconnectOnClose.
 	ClientFlags uint64
 	// Timeout is the per-request timeout, rounded up to whole seconds; 0
-	// keeps the kernel's default (30 s, after which a request is reported
-	// stuck but not failed).
+	// keeps the kernel's default. With a timeout set, a request that
+	// outlives it marks its connection dead (a link-dead event) and is
+	// resubmitted once a connection is available, within DeadConnTimeout.
 	Timeout time.Duration
 	// DeadConnTimeout is how long I/O waits for Reconfigure after every
 	// connection died, rounded up to whole seconds; 0 fails such I/O at
-	// once.
+	// once. Once it expires, queued and later I/O fails at once until a
+	// Reconfigure brings a socket.
 	DeadConnTimeout time.Duration
 	// BackendID, when set, names the backend in /sys/block/nbdN/backend.
 	// The kernel then insists on the same identifier in every Reconfigure.

@@ -2,8 +2,8 @@
 // boots to run Go test binaries against the real kernel. It mounts /proc,
 // /sys and /dev, runs every /guest/*.test with NBDROOT_IN_GUEST=1 and the
 // -test.run pattern from guest.run= on the kernel command line, prints
-// "GUEST: NAME exit=CODE" after each, the kernel's nbd messages as
-// "KMSG: ..." lines, then "GUEST: done", and powers the machine off.
+// "GUEST: NAME exit=CODE" after each, the kernel's nbd and netlink messages
+// as "KMSG: ..." lines, then "GUEST: done", and powers the machine off.
 package main
 
 import (
@@ -64,7 +64,7 @@ func main() {
 		}
 		say("%s exit=%d (%.1fs)", name, code, time.Since(t0).Seconds())
 	}
-	dumpKmsg("nbd")
+	dumpKmsg("nbd", "netlink")
 	say("done")
 	unix.Sync()
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
@@ -73,8 +73,8 @@ func main() {
 	}
 }
 
-// dumpKmsg prints the kernel log lines that mention word.
-func dumpKmsg(word string) {
+// dumpKmsg prints the kernel log lines that mention any of words.
+func dumpKmsg(words ...string) {
 	fd, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK, 0)
 	if err != nil {
 		say("kmsg: %v", err)
@@ -95,8 +95,11 @@ func dumpKmsg(word string) {
 		// "PRIO,SEQ,TIME,FLAGS;MESSAGE\n KEY=VALUE\n...": keep MESSAGE.
 		rec, _, _ := strings.Cut(string(buf[:n]), "\n")
 		_, msg, ok := strings.Cut(rec, ";")
-		if ok && strings.Contains(msg, word) {
-			fmt.Printf("KMSG: %s\n", msg)
+		for _, w := range words {
+			if ok && strings.Contains(msg, w) {
+				fmt.Printf("KMSG: %s\n", msg)
+				break
+			}
 		}
 	}
 }
