@@ -3,14 +3,13 @@ package boot
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -19,8 +18,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/config"
-	"github.com/nbdroot/nbdroot/ioctl"
 	"github.com/nbdroot/nbdroot/negotiate"
+	"github.com/nbdroot/nbdroot/netlink"
 )
 
 // KeeperName is the keeper's argv[0]. systemd's shutdown spares processes
@@ -31,9 +30,19 @@ const KeeperName = "@nbdroot"
 // keeperEnv carries the keeper's instructions (JSON of keeperArgs).
 const keeperEnv = "NBDROOT_KEEPER"
 
-// RunDir holds the keepers' pid files; it lives on /run, which follows
-// PID 1 into the real root.
+// RunDir holds the keepers' pid and state files; it lives on /run, which
+// follows PID 1 into the real root.
 const RunDir = "/run/nbdroot"
+
+// Signals understood by a keeper.
+const (
+	// SigDetach asks the keeper to stop after `nbdroot detach` disconnected
+	// its device.
+	SigDetach = unix.SIGUSR1
+	// SigFollowRoot tells the keeper that PID 1 has switched root: it
+	// chroots into PID 1's root so as not to pin the initramfs.
+	SigFollowRoot = unix.SIGUSR2
+)
 
 // keeperArgs is what the parent tells the keeper.
 type keeperArgs struct {
@@ -51,18 +60,46 @@ type Report struct {
 	Endpoint string            // the server that answered
 	Export   *negotiate.Export `json:",omitempty"`
 	Connect  time.Duration     // dial + negotiate, retries included
-	Attach   time.Duration     // ioctls until the kernel started the device
+	Attach   time.Duration     // handing the sockets to the kernel
 	Pid      int               // the keeper's pid
 }
+
+// State is what a keeper publishes about its device in
+// RunDir/nbdN.json, for `nbdroot status` and `nbdroot detach`.
+type State struct {
+	Device      string           `json:"device"`
+	Index       int              `json:"index"`
+	Server      string           `json:"server"`
+	Export      string           `json:"export"`
+	Size        uint64           `json:"size"`
+	BlockSize   uint32           `json:"block_size"`
+	Interface   config.Interface `json:"interface"`
+	Connections int              `json:"connections"`
+	TLS         bool             `json:"tls"`
+	Pid         int              `json:"keeper_pid"`
+	Reconnects  int              `json:"reconnects"`
+	Since       time.Time        `json:"since"`
+}
+
+// StatePath returns the state file of /dev/nbdN.
+func StatePath(index int) string { return filepath.Join(RunDir, "nbd"+strconv.Itoa(index)+".json") }
+
+// stopPath is the file `nbdroot detach` creates before disconnecting, so
+// that the keeper does not take the disconnect for a lost connection.
+func stopPath(index int) string { return filepath.Join(RunDir, "nbd"+strconv.Itoa(index)+".stop") }
+
+// pidPath is the keeper's pid file.
+func pidPath(index int) string { return filepath.Join(RunDir, "nbd"+strconv.Itoa(index)+".pid") }
 
 // IsKeeper reports whether argv is a keeper's.
 func IsKeeper(argv []string) bool { return len(argv) > 0 && argv[0] == KeeperName }
 
-// StartKeeper starts the keeper process for spec on /dev/nbdN and waits until
-// it reports the device live or gives up. The keeper dials, negotiates and
-// attaches by itself: TLS state cannot cross an exec, and the process that
-// serves the device must be the one that reconnects it.
-func StartKeeper(ctx context.Context, log *Logger, spec config.Spec, device int) (*Report, error) {
+// StartKeeper starts the keeper process for spec on /dev/nbdN and waits
+// until it reports the device live or gives up. The keeper's console is
+// console (nil: none; it logs to /dev/kmsg as well). The keeper dials,
+// negotiates and attaches by itself: TLS state cannot cross an exec, and the
+// process that serves the device must be the one that reconnects it.
+func StartKeeper(ctx context.Context, log *Logger, spec config.Spec, device int, console *os.File) (*Report, error) {
 	args, err := json.Marshal(keeperArgs{Spec: spec, Device: device, Start: log.Start()})
 	if err != nil {
 		return nil, fmt.Errorf("keeper: encode spec: %w", err)
@@ -79,7 +116,9 @@ func StartKeeper(ctx context.Context, log *Logger, spec config.Spec, device int)
 	cmd := exec.Command(self)
 	cmd.Args = []string{KeeperName}
 	cmd.Env = append(os.Environ(), keeperEnv+"="+string(args))
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if console != nil {
+		cmd.Stdout, cmd.Stderr = console, console
+	}
 	cmd.ExtraFiles = []*os.File{w} // fd 3
 	// A session of its own: no console signals, no controlling terminal.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -105,39 +144,51 @@ func StartKeeper(ctx context.Context, log *Logger, spec config.Spec, device int)
 	}
 	// The keeper outlives us; its parent (PID 1, later the real init)
 	// reaps it.
+	_ = cmd.Process.Release()
 	return &rep, nil
 }
 
 // RunKeeper is the keeper's main: connect, attach, serve, and reconnect
-// when the connection is lost, until the device is detached.
-func RunKeeper(ctx context.Context) error {
+// when a connection is lost, until the device is detached.
+func RunKeeper() error {
 	var a keeperArgs
 	if err := json.Unmarshal([]byte(os.Getenv(keeperEnv)), &a); err != nil {
 		return fmt.Errorf("keeper: bad %s: %w", keeperEnv, err)
 	}
 	os.Unsetenv(keeperEnv)
-	status := os.NewFile(3, "status")
+	// The signals that systemd and the console broadcast do not stop a
+	// keeper: only `nbdroot detach` (or the kernel) does.
+	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGPIPE)
+	ctx, stop := signal.NotifyContext(context.Background(), SigDetach)
+	defer stop()
 	log := NewLogger(os.Stderr, a.Start)
 	log.OpenKmsg()
-	step := "keeper nbd" + strconv.Itoa(a.Device)
-	k := &keeper{log: log, step: step, spec: a.Spec, dev: a.Device}
-	err := k.run(ctx, status)
+	k := &keeper{log: log, step: "keeper nbd" + strconv.Itoa(a.Device), spec: a.Spec, dev: a.Device, status: os.NewFile(3, "status")}
+	k.followRoot()
+	err := k.run(ctx)
 	if err != nil {
-		log.Errorf(step, "%v", err)
+		log.Errorf(k.step, "%v", err)
 	}
+	_ = os.Remove(StatePath(k.dev))
+	_ = os.Remove(pidPath(k.dev))
+	_ = os.Remove(stopPath(k.dev))
 	return err
 }
 
+// keeper is the state of one keeper process.
 type keeper struct {
 	log    *Logger
 	step   string
 	spec   config.Spec
 	dev    int
-	size   uint64 // the export size at first attach
-	status *os.File
+	status *os.File // the pipe to the starter, until the report is sent
+	state  State
+	// exportSize is the export's size at the first attach: a reconnect
+	// must find the same.
+	exportSize uint64
 }
 
-// report sends the one Report to the parent and closes the channel.
+// report sends the one Report to the parent and closes the pipe.
 func (k *keeper) report(rep Report) {
 	if k.status == nil {
 		return
@@ -149,187 +200,181 @@ func (k *keeper) report(rep Report) {
 	k.status = nil
 }
 
-func (k *keeper) run(ctx context.Context, status *os.File) error {
-	k.status = status
+// fail reports err to the starter if the device never became ready.
+func (k *keeper) fail(err error) error {
+	k.report(Report{Error: err.Error()})
+	return err
+}
+
+// publish writes the state file atomically.
+func (k *keeper) publish() {
+	b, err := json.MarshalIndent(k.state, "", "  ")
+	if err != nil {
+		return
+	}
+	tmp := StatePath(k.dev) + ".tmp"
+	if os.WriteFile(tmp, append(b, '\n'), 0o644) == nil {
+		_ = os.Rename(tmp, StatePath(k.dev))
+	}
+}
+
+func (k *keeper) run(ctx context.Context) error {
 	defer k.report(Report{Error: "keeper: stopped before the device was ready"})
 	if err := os.MkdirAll(RunDir, 0o755); err == nil {
-		pidfile := filepath.Join(RunDir, "nbd"+strconv.Itoa(k.dev)+".pid")
-		_ = os.WriteFile(pidfile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
+		_ = os.WriteFile(pidPath(k.dev), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 	}
+	_ = os.Remove(stopPath(k.dev))
 	_ = os.Chdir("/")
-	first, err := NewDialer(k.spec)
+	d, err := NewDialer(k.spec)
 	if err != nil {
-		k.report(Report{Error: err.Error()})
-		return err
+		return k.fail(err)
 	}
-	// A root device has nowhere else to go: after the first attach, keep
-	// trying until the server comes back.
-	again := *first
+	iface, nl, err := k.chooseInterface()
+	if err != nil {
+		return k.fail(err)
+	}
+	if nl != nil {
+		defer nl.Close()
+	}
+	t0 := time.Now()
+	exp, conns, ep, err := k.connect(ctx, d, iface)
+	if err != nil {
+		return k.fail(err)
+	}
+	params, err := kernelParams(k.spec.Device, exp)
+	if err != nil {
+		closeAll(conns)
+		return k.fail(err)
+	}
+	k.exportSize = exp.Size
+	k.state = State{
+		Device: "/dev/nbd" + strconv.Itoa(k.dev), Index: k.dev, Server: ep.Server(), Export: exp.Name,
+		Size: params.Size, BlockSize: params.BlockSize, Interface: iface, Connections: len(conns),
+		TLS: k.spec.TLS.Enabled, Pid: os.Getpid(), Since: time.Now(),
+	}
+	k.log.Printf(k.step, "%s: %d bytes, flags %s, via %s, %d connection(s), %s", ep, exp.Size, exp.Flags, exp.Path, len(conns), iface)
+	ready := func(attach time.Duration) {
+		k.publish()
+		setQueueLimits(k.log, k.step, k.dev, exp)
+		k.report(Report{Ready: true, Endpoint: ep.String(), Export: exp, Connect: time.Since(t0) - attach, Attach: attach})
+	}
+	// A root device has nowhere else to go: once attached, reconnect until
+	// the server comes back.
+	again := *d
 	again.spec.Server.Deadline = 0
-	for round := 0; ; round++ {
-		d := first
-		if round > 0 {
-			d = &again
-		}
-		t0 := time.Now()
-		exp, conn, ep, err := Connect(ctx, k.log, d)
-		if err != nil {
-			if round == 0 {
-				k.report(Report{Error: err.Error()})
-			}
-			return err
-		}
-		connected := time.Since(t0)
-		if round == 0 {
-			k.size = exp.Size
-		} else if exp.Size != k.size {
-			conn.Close()
-			return fmt.Errorf("reconnect: %s: export size changed from %d to %d bytes; refusing to reattach", ep.String(), k.size, exp.Size)
-		}
-		k.log.Printf(k.step, "%s: %d bytes, flags %s, via %s", ep.String(), exp.Size, exp.Flags, exp.Path)
-		err = k.serve(ctx, conn, exp, func(attach time.Duration) {
-			if round == 0 {
-				k.report(Report{Ready: true, Endpoint: ep.String(), Export: exp, Connect: connected, Attach: attach})
-			} else {
-				k.log.Printf(k.step, "reconnected to %s after %d rounds", ep.String(), round)
-			}
-		})
-		if err != nil && round == 0 && k.status != nil {
-			k.report(Report{Error: err.Error()})
-			return err
-		}
-		if k.stopRequested() {
-			k.log.Printf(k.step, "disconnected on request")
-			return nil
-		}
-		k.log.Errorf(k.step, "connection lost (%v); reconnecting", errOr(err, "server closed the connection"))
+	if iface == config.InterfaceNetlink {
+		return k.serveNetlink(ctx, nl, &again, exp, conns, params, ready)
 	}
+	return k.serveIoctl(ctx, &again, exp, conns[0], params, ready)
+}
+
+// chooseInterface resolves device.interface: "auto" is netlink where the
+// kernel has the nbd family, ioctl otherwise.
+func (k *keeper) chooseInterface() (config.Interface, *netlink.Client, error) {
+	want := k.spec.Device.Interface
+	if want == config.InterfaceIoctl {
+		return want, nil, nil
+	}
+	nl, err := netlink.Dial()
+	if err == nil {
+		return config.InterfaceNetlink, nl, nil
+	}
+	if want == config.InterfaceNetlink {
+		return "", nil, fmt.Errorf("attach: device.interface is netlink: %w", err)
+	}
+	k.log.Printf(k.step, "netlink unavailable (%v); using ioctl", err)
+	return config.InterfaceIoctl, nil, nil
+}
+
+// connect reaches the export and opens the extra connections of a
+// multi-connection device: device.connections when the server allows it
+// (NBD_FLAG_CAN_MULTI_CONN) and the interface is netlink, one otherwise.
+func (k *keeper) connect(ctx context.Context, d *Dialer, iface config.Interface) (*negotiate.Export, []net.Conn, config.Endpoint, error) {
+	exp, conn, ep, err := Connect(ctx, k.log, d)
+	if err != nil {
+		return nil, nil, ep, err
+	}
+	conns := []net.Conn{conn}
+	want := k.spec.Device.Connections
+	switch {
+	case want <= 1:
+	case iface != config.InterfaceNetlink:
+		k.log.Printf(k.step, "one connection, not %d: multi-connection needs the netlink interface", want)
+	case !exp.Flags.Has(negotiate.FlagCanMultiConn):
+		k.log.Printf(k.step, "one connection, not %d: the server does not allow multiple connections (no CAN_MULTI_CONN)", want)
+	default:
+		for len(conns) < want {
+			more, c, err := d.Dial(ctx, ep)
+			if err == nil && more.Size != exp.Size {
+				c.Close()
+				err = fmt.Errorf("export size %d differs from the first connection's %d", more.Size, exp.Size)
+			}
+			if err != nil {
+				k.log.Errorf(k.step, "connection %d of %d: %v; going on with %d", len(conns)+1, want, err, len(conns))
+				break
+			}
+			conns = append(conns, c)
+		}
+	}
+	return exp, conns, ep, nil
+}
+
+// reconnect dials until the export answers again, and checks that it is
+// the same size: a different export behind the same name must not be
+// attached under a mounted filesystem.
+func (k *keeper) reconnect(ctx context.Context, d *Dialer) (net.Conn, error) {
+	exp, conn, ep, err := Connect(ctx, k.log, d)
+	if err != nil {
+		return nil, err
+	}
+	if exp.Size != k.exportSize {
+		conn.Close()
+		return nil, fmt.Errorf("reconnect: %s: export size changed from %d to %d bytes; refusing to reattach", ep, k.exportSize, exp.Size)
+	}
+	k.state.Server = ep.Server()
+	return conn, nil
 }
 
 // stopRequested reports whether `nbdroot detach` asked for the disconnect.
 func (k *keeper) stopRequested() bool {
-	_, err := os.Stat(filepath.Join(RunDir, "nbd"+strconv.Itoa(k.dev)+".stop"))
+	_, err := os.Stat(stopPath(k.dev))
 	return err == nil
 }
 
-func errOr(err error, s string) string {
+// followRoot arranges for the keeper to chroot into PID 1's root when PID 1
+// signals that it switched root, so that it does not keep the initramfs
+// as its root. /proc is opened now: after switch_root the keeper's own
+// /proc is gone with the initramfs.
+func (k *keeper) followRoot() {
+	proc, err := unix.Open("/proc", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err.Error()
+		return
 	}
-	return s
-}
-
-// serve hands conn to the kernel and runs DO_IT until the device stops.
-// live is called once the kernel has started the device.
-func (k *keeper) serve(ctx context.Context, conn net.Conn, exp *negotiate.Export, live func(attach time.Duration)) error {
-	t0 := time.Now()
-	params, err := kernelParams(k.spec.Device, exp)
-	if err != nil {
-		conn.Close()
-		return err
-	}
-	sock, release, err := kernelSocket(conn)
-	if err != nil {
-		return err
-	}
-	defer release()
-	dev, err := ioctl.Open(k.dev)
-	if err != nil {
-		return err
-	}
-	defer dev.Close()
-	configured := make(chan struct{})
-	done := make(chan error, 1)
-	go func() { done <- dev.Serve(sock, params, func() { close(configured) }) }()
-	select {
-	case err := <-done:
-		return err
-	case <-configured:
-	}
-	// DO_IT starts the device from the other thread; wait until it is live.
-	for !ioctl.Live(k.dev) {
-		select {
-		case err := <-done:
-			return err
-		case <-time.After(2 * time.Millisecond):
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, SigFollowRoot)
+	go func() {
+		for range sig {
+			root, err := unix.Openat(proc, "1/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				k.log.Errorf(k.step, "follow PID 1's root: %v", err)
+				continue
+			}
+			if err := unix.Fchdir(root); err == nil {
+				err = unix.Chroot(".")
+				if err == nil {
+					err = unix.Chdir("/")
+				}
+				if err != nil {
+					k.log.Errorf(k.step, "follow PID 1's root: %v", err)
+				}
+			}
+			unix.Close(root)
 		}
-	}
-	live(time.Since(t0))
-	return <-done
+	}()
 }
 
-// kernelParams derives the device parameters from the spec and the export.
-func kernelParams(d config.Device, exp *negotiate.Export) (ioctl.Params, error) {
-	bs := d.BlockSize
-	if bs == 0 {
-		// 512 fits every filesystem (ext4 made on a small image uses 1 KiB
-		// blocks and refuses a larger logical block size); request sizes
-		// are set by the queue limits, not by this.
-		bs = max(512, exp.MinBlock)
+func closeAll(conns []net.Conn) {
+	for _, c := range conns {
+		c.Close()
 	}
-	if exp.MinBlock != 0 && bs < exp.MinBlock {
-		return ioctl.Params{}, fmt.Errorf("attach: block size %d is below the server's minimum %d", bs, exp.MinBlock)
-	}
-	if exp.Size < uint64(bs) {
-		return ioctl.Params{}, fmt.Errorf("attach: export of %d bytes is smaller than one %d-byte block", exp.Size, bs)
-	}
-	return ioctl.Params{
-		Size:      exp.Size - exp.Size%uint64(bs),
-		BlockSize: bs,
-		Flags:     uint16(exp.Flags),
-		Timeout:   d.Timeout,
-		ReadOnly:  d.ReadOnly,
-	}, nil
-}
-
-// kernelSocket returns a socket descriptor the kernel can use for conn, and a
-// function that releases it once the device stops. A plain TCP or Unix
-// connection is handed over as it is; a TLS connection is relayed through a
-// socketpair, because the kernel cannot speak TLS.
-func kernelSocket(conn net.Conn) (int, func(), error) {
-	if fc, ok := conn.(interface{ File() (*os.File, error) }); ok {
-		f, err := fc.File()
-		conn.Close()
-		if err != nil {
-			return 0, nil, fmt.Errorf("attach: socket: %w", err)
-		}
-		return int(f.Fd()), func() { f.Close() }, nil
-	}
-	tc, ok := conn.(*tls.Conn)
-	if !ok {
-		conn.Close()
-		return 0, nil, fmt.Errorf("attach: cannot hand a %T to the kernel", conn)
-	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		tc.Close()
-		return 0, nil, fmt.Errorf("attach: socketpair: %w", err)
-	}
-	kernel := os.NewFile(uintptr(fds[0]), "nbd-kernel")
-	local := os.NewFile(uintptr(fds[1]), "nbd-relay")
-	lc, err := net.FileConn(local)
-	local.Close()
-	if err != nil {
-		kernel.Close()
-		tc.Close()
-		return 0, nil, fmt.Errorf("attach: relay: %w", err)
-	}
-	go relay(lc, tc)
-	return int(kernel.Fd()), func() { kernel.Close() }, nil
-}
-
-// relay copies both ways between the kernel's end and the TLS connection
-// until either side closes, then closes both.
-func relay(kernel, server net.Conn) {
-	done := make(chan struct{}, 2)
-	cp := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		done <- struct{}{}
-	}
-	go cp(server, kernel)
-	go cp(kernel, server)
-	<-done
-	kernel.Close()
-	server.Close()
-	<-done
 }

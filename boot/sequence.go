@@ -90,7 +90,7 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 		}
 	}
 	t = time.Now()
-	rep, err := StartKeeper(ctx, log, spec, dev)
+	rep, err := StartKeeper(ctx, log, spec, dev, os.Stderr)
 	if err != nil {
 		return fail("connect", err)
 	}
@@ -124,7 +124,7 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 		args = opts.InitArgs
 	}
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
-	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()))
+	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()), []int{rep.Pid})
 	return fail("switch_root", err)
 }
 

@@ -56,17 +56,23 @@ func TestBootQemuNBD(t *testing.T) {
 	img := r.rootImage(t)
 	srv := testrig.QemuNBD(t, img, "rootfs")
 	c := bootAndWrite(t, r, img, srv, fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs", srv.Port))
-	c.must(t, `nbdroot: network: eth0 10\.0\.2\.15/24 from DHCP server 10\.0\.2\.2`)
+	c.must(t,
+		`nbdroot: network: eth0 10\.0\.2\.15/24 from DHCP server 10\.0\.2\.2`,
+		`nbdroot: keeper nbd0: .* 1 connection\(s\), netlink`, // device.interface=auto
+	)
 }
 
 // TestBootNbdkitDebianStatic uses Debian's HOST,PORT form (no export name),
-// a static ip= and nbdkit's file plugin.
+// a static ip=, nbdkit's file plugin and the ioctl interface.
 func TestBootNbdkitDebianStatic(t *testing.T) {
 	r := setup(t)
 	img := r.rootImage(t)
 	srv := testrig.Nbdkit(t, "file", img)
-	c := bootAndWrite(t, r, img, srv, fmt.Sprintf("%s nbdroot=10.0.2.2,%d", staticIP, srv.Port))
-	c.must(t, `nbdroot: network: eth0 10\.0\.2\.15/24 static, via 10\.0\.2\.2`)
+	c := bootAndWrite(t, r, img, srv, fmt.Sprintf("%s nbdroot=10.0.2.2,%d nbdroot.device.interface=ioctl", staticIP, srv.Port))
+	c.must(t,
+		`nbdroot: network: eth0 10\.0\.2\.15/24 static, via 10\.0\.2\.2`,
+		`nbdroot: keeper nbd0: .* 1 connection\(s\), ioctl`,
+	)
 	c.mustNot(t, `DHCP`)
 }
 

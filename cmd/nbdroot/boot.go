@@ -7,9 +7,7 @@ import (
 	"fmt"
 	stdlog "log"
 	"os"
-	"os/signal"
 	"runtime/debug"
-	"syscall"
 	"time"
 
 	"github.com/nbdroot/nbdroot/boot"
@@ -35,12 +33,8 @@ func runBoot(ctx context.Context, sio stdio, args []string) error {
 
 func isKeeper(argv []string) bool { return boot.IsKeeper(argv) }
 
-// runKeeper is the @nbdroot process. It ignores the signals systemd and
-// the console broadcast: only `nbdroot detach` (or the kernel) stops it.
-func runKeeper(argv []string) error {
-	signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGPIPE)
-	return boot.RunKeeper(context.Background())
-}
+// runKeeper is the @nbdroot process (package boot, keeper.go).
+func runKeeper(argv []string) error { return boot.RunKeeper() }
 
 // runPID1 is main for PID 1. It never returns: it either execs the real
 // init or applies the failure policy, and a panic is caught and treated as

@@ -1,0 +1,108 @@
+package boot
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/ioctl"
+	"github.com/nbdroot/nbdroot/negotiate"
+)
+
+// serveIoctl attaches conn through the ioctl interface and runs DO_IT; when
+// DO_IT returns without a detach request the connection was lost, and it
+// dials again and reattaches. Requests issued between the loss and the
+// reattach fail: the ioctl interface cannot queue them (README.md says what
+// that means for the filesystem).
+func (k *keeper) serveIoctl(ctx context.Context, d *Dialer, exp *negotiate.Export, conn net.Conn, p ioctl.Params, ready func(time.Duration)) error {
+	for round := 0; ; round++ {
+		err := k.doIt(conn, p, func(attach time.Duration) {
+			if round == 0 {
+				ready(attach)
+				return
+			}
+			k.state.Reconnects++
+			k.publish()
+			k.log.Printf(k.step, "reattached to %s (reconnect %d)", k.state.Server, k.state.Reconnects)
+		})
+		if err != nil && round == 0 && k.status != nil {
+			return err
+		}
+		if k.stopRequested() || ctx.Err() != nil {
+			k.log.Printf(k.step, "disconnected on request")
+			return nil
+		}
+		k.log.Errorf(k.step, "connection lost (%s); reconnecting", errOr(err, "DO_IT returned: the server closed the connection"))
+		if conn, err = k.reconnect(ctx, d); err != nil {
+			return err
+		}
+	}
+}
+
+// doIt hands conn to the kernel and runs DO_IT until the device stops.
+// live is called once the kernel has started the device.
+func (k *keeper) doIt(conn net.Conn, p ioctl.Params, live func(attach time.Duration)) error {
+	t0 := time.Now()
+	sock, release, err := kernelSocket(conn)
+	if err != nil {
+		return err
+	}
+	defer release()
+	dev, err := ioctl.Open(k.dev)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	configured := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- dev.Serve(sock, p, func() { close(configured) }) }()
+	select {
+	case err := <-done:
+		return err
+	case <-configured:
+	}
+	// DO_IT starts the device from the other thread; wait until it is live.
+	for !ioctl.Live(k.dev) {
+		select {
+		case err := <-done:
+			return err
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	live(time.Since(t0))
+	return <-done
+}
+
+func errOr(err error, s string) string {
+	if err != nil {
+		return err.Error()
+	}
+	return s
+}
+
+// kernelParams derives the device parameters from the spec and the export.
+func kernelParams(d config.Device, exp *negotiate.Export) (ioctl.Params, error) {
+	bs := d.BlockSize
+	if bs == 0 {
+		// The server's minimum, at least 512. Not its preferred size: a
+		// logical block size above the filesystem's block size makes the
+		// mount fail (ext4 on a small image uses 1 KiB blocks), while
+		// request sizes come from the queue limits, not from this.
+		bs = max(512, exp.MinBlock)
+	}
+	if exp.MinBlock != 0 && bs < exp.MinBlock {
+		return ioctl.Params{}, fmt.Errorf("attach: block size %d is below the server's minimum %d", bs, exp.MinBlock)
+	}
+	if exp.Size < uint64(bs) {
+		return ioctl.Params{}, fmt.Errorf("attach: export of %d bytes is smaller than one %d-byte block", exp.Size, bs)
+	}
+	return ioctl.Params{
+		Size:      exp.Size - exp.Size%uint64(bs),
+		BlockSize: bs,
+		Flags:     uint16(exp.Flags),
+		Timeout:   d.Timeout,
+		ReadOnly:  d.ReadOnly,
+	}, nil
+}
