@@ -19,6 +19,7 @@ type Logger struct {
 	mu      sync.Mutex
 	kmsg    io.WriteCloser // nil until /dev is mounted
 	debug   bool
+	quiet   bool // errors only on the console
 }
 
 // NewLogger returns a Logger writing to console, measuring elapsed time from
@@ -38,6 +39,10 @@ func (l *Logger) OpenKmsg() {
 	l.kmsg = f
 	l.mu.Unlock()
 }
+
+// SetQuiet keeps all but errors off the console (an interactive command
+// such as attach); /dev/kmsg still gets every line.
+func (l *Logger) SetQuiet(on bool) { l.quiet = on }
 
 // SetDebug enables Debugf output.
 func (l *Logger) SetDebug(on bool) { l.debug = on }
@@ -73,7 +78,9 @@ func (l *Logger) emit(level int, step, msg string) {
 	line := fmt.Sprintf("nbdroot: %s (+%.2fs)", msg, l.Elapsed().Seconds())
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	fmt.Fprintln(l.console, line)
+	if !l.quiet || level <= 3 {
+		fmt.Fprintln(l.console, line)
+	}
 	if l.kmsg != nil {
 		// One write is one kmsg record; "<N>" sets its level. The kernel
 		// caps a record at about 1 KiB.

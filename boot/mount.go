@@ -80,6 +80,10 @@ func fsFromSuperblock(b []byte) string {
 // rootflags, ro or rw, and, with overlay "tmpfs", a tmpfs upper layer over a
 // read-only lower mount so that many clients can share one export.
 func MountRoot(log *Logger, dev, fstype string, r config.Root) error {
+	// What an earlier attempt of this boot mounted goes first (a retry).
+	for _, p := range []string{NewRoot, filepath.Join(RunDir, "lower"), filepath.Join(RunDir, "overlay")} {
+		_ = unix.Unmount(p, unix.MNT_DETACH)
+	}
 	flags, data := mountOptions(r.Flags)
 	if r.ReadOnly || r.Overlay == config.OverlayTmpfs {
 		flags |= unix.MS_RDONLY

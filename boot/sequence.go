@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
 	"strings"
 	"time"
 
@@ -23,12 +24,26 @@ type Options struct {
 	InitArgs []string
 }
 
+// Progress remembers what earlier attempts of one boot achieved, so that a
+// retry (`nbdroot boot --retry` from the rescue shell) resumes where the last
+// attempt failed instead of starting over: the modules stay loaded, the
+// network stays up if its spec did not change, and an attached device is
+// reused if its server and device spec did not change (and detached
+// otherwise). The zero value is a first attempt.
+type Progress struct {
+	mods     *Modules
+	netSpec  config.Network
+	lease    *Lease
+	keepSpec config.Spec // the spec the keeper was started with
+	keeper   *Report
+}
+
 // Run is the boot: early mounts, spec, modules, network, connect and attach
 // (in the keeper), mount, switch_root. On success it does not return: the
 // real init replaces it. On failure it returns the error, wrapped in a
 // *StepError naming the step, and the failure policy to apply (the defaults'
 // when the spec itself could not be read).
-func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
+func Run(ctx context.Context, log *Logger, opts Options, prog *Progress) (config.Boot, error) {
 	policy := config.Defaults().Boot
 	fail := func(step string, err error) (config.Boot, error) {
 		return policy, &StepError{Step: step, Err: err}
@@ -58,7 +73,10 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 
 	var tl timeline
 	t := time.Now()
-	mods := NewModules(log)
+	if prog.mods == nil {
+		prog.mods = NewModules(log)
+	}
+	mods := prog.mods
 	mods.Load("nbd")
 	mods.Load(spec.Boot.Modules...)
 	mods.Coldplug()
@@ -74,28 +92,26 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 	}()
 
 	t = time.Now()
-	lease, err := BringUpNetwork(ctx, log, spec.Network)
-	if err != nil {
-		return fail("network", err)
+	lease := prog.lease
+	if lease == nil || !reflect.DeepEqual(prog.netSpec, spec.Network) {
+		if lease, err = BringUpNetwork(ctx, log, spec.Network); err != nil {
+			return fail("network", err)
+		}
+		prog.netSpec, prog.lease = spec.Network, lease
 	}
 	if err := applyLease(&spec, lease); err != nil {
 		return fail("network", err)
 	}
 	tl.add("network", t)
 
-	dev := spec.Device.Index
-	if dev == config.AutoIndex {
-		if dev, err = ioctl.FirstFree(); err != nil {
-			return fail("attach", err)
-		}
-	}
 	t = time.Now()
-	rep, err := StartKeeper(ctx, log, spec, dev, os.Stderr)
+	rep, err := attach(ctx, log, spec, prog)
 	if err != nil {
 		return fail("connect", err)
 	}
 	tl.addDur("connect", rep.Connect)
 	tl.addDur("attach", time.Since(t)-rep.Connect)
+	dev := rep.Device
 	log.Printf("attach", "%s is export %q (%d bytes) from %s, keeper pid %d", ioctl.Path(dev), rep.Export.Name, rep.Export.Size, rep.Endpoint, rep.Pid)
 
 	t = time.Now()
@@ -126,6 +142,39 @@ func Run(ctx context.Context, log *Logger, opts Options) (config.Boot, error) {
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
 	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()), []int{rep.Pid})
 	return fail("switch_root", err)
+}
+
+// attach starts the keeper for spec, or reuses the device an earlier attempt
+// attached if it is still live and was attached for the same server and
+// device settings.
+func attach(ctx context.Context, log *Logger, spec config.Spec, prog *Progress) (*Report, error) {
+	if prog.keeper != nil {
+		same := reflect.DeepEqual(prog.keepSpec.Server, spec.Server) && reflect.DeepEqual(prog.keepSpec.TLS, spec.TLS) &&
+			reflect.DeepEqual(prog.keepSpec.Device, spec.Device)
+		if same && ioctl.Live(prog.keeper.Device) && alive(prog.keeper.Pid) {
+			log.Printf("attach", "%s is still attached from the last attempt", ioctl.Path(prog.keeper.Device))
+			rep := *prog.keeper
+			rep.Connect, rep.Attach = 0, 0
+			return &rep, nil
+		}
+		if err := Detach(prog.keeper.Device, true); err != nil {
+			log.Errorf("attach", "detaching the last attempt's device: %v", err)
+		}
+		prog.keeper = nil
+	}
+	dev := spec.Device.Index
+	if dev == config.AutoIndex {
+		var err error
+		if dev, err = ioctl.FirstFree(); err != nil {
+			return nil, err
+		}
+	}
+	rep, err := StartKeeper(ctx, log, spec, dev, os.Stderr)
+	if err != nil {
+		return nil, err
+	}
+	prog.keepSpec, prog.keeper = spec, rep
+	return rep, nil
 }
 
 // rootModules are the modules the root mount needs that are known before

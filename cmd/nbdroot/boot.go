@@ -14,20 +14,33 @@ import (
 	"github.com/nbdroot/nbdroot/config"
 )
 
-// runBoot runs the boot sequence from a shell (for testing a spec, or from
-// the rescue shell): the same as PID 1, except that a failure is returned
-// instead of applying the failure policy.
+// runBoot runs the boot sequence from a shell (to try a spec), or, with
+// --retry from the rescue shell of a failed boot, asks PID 1 to boot again.
 func runBoot(ctx context.Context, sio stdio, args []string) error {
 	fs := flag.NewFlagSet("boot", flag.ContinueOnError)
 	fs.SetOutput(sio.err)
+	retry := fs.Bool("retry", false, "from the rescue shell: have PID 1 boot again, resuming where it failed")
 	cmdline := fs.String("cmdline", "", "kernel command line (default /proc/cmdline)")
 	cfg := fs.String("config", "", "TOML file (default nbdroot.config= or "+config.DefaultConfigPath+")")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return usageError{err}
+	}
+	if *retry {
+		if fs.NArg() != 0 {
+			return usagef("boot --retry: unexpected arguments %v", fs.Args())
+		}
+		if err := boot.RequestRetry(boot.RetryRequest{Cmdline: *cmdline, ConfigPath: *cfg}); err != nil {
+			return err
+		}
+		fmt.Fprintln(sio.out, "nbdroot: asked PID 1 to boot again")
+		return nil
 	}
 	log := boot.NewLogger(sio.err, time.Now())
 	quietStdlog(log)
-	_, err := boot.Run(ctx, log, boot.Options{Cmdline: *cmdline, ConfigPath: *cfg, InitArgs: fs.Args()})
+	_, err := boot.Run(ctx, log, boot.Options{Cmdline: *cmdline, ConfigPath: *cfg, InitArgs: fs.Args()}, &boot.Progress{})
 	return err
 }
 
@@ -38,25 +51,38 @@ func runKeeper(argv []string) error { return boot.RunKeeper() }
 
 // runPID1 is main for PID 1. It never returns: it either execs the real
 // init or applies the failure policy, and a panic is caught and treated as
-// a failure, so the kernel never sees "Attempted to kill init".
+// a failure, so the kernel never sees "Attempted to kill init". The failure
+// policy returns only when the operator asks for a retry from the rescue
+// shell; the next attempt resumes where the last one failed.
 func runPID1(sio stdio) {
 	log := boot.NewLogger(sio.err, time.Now())
 	quietStdlog(log)
-	policy := config.Defaults().Boot
+	prog := &boot.Progress{}
+	opts := boot.Options{InitArgs: os.Args[1:]}
+	for {
+		policy, err := attempt(log, opts, prog)
+		req := boot.Fail(log, policy, err)
+		opts.Cmdline, opts.ConfigPath = req.Cmdline, req.ConfigPath
+	}
+}
+
+// attempt is one run of the boot, with panics turned into errors.
+func attempt(log *boot.Logger, opts boot.Options, prog *boot.Progress) (policy config.Boot, err error) {
+	policy = config.Defaults().Boot
 	defer func() {
 		if r := recover(); r != nil {
 			log.Errorf("panic", "%v\n%s", r, debug.Stack())
-			boot.Fail(log, policy, fmt.Errorf("internal error: %v", r))
+			err = fmt.Errorf("internal error: %v", r)
 		}
 	}()
-	p, err := boot.Run(context.Background(), log, boot.Options{InitArgs: os.Args[1:]})
+	p, err := boot.Run(context.Background(), log, opts, prog)
 	if p.OnFailure != "" {
 		policy = p
 	}
 	if err == nil {
 		err = errors.New("boot returned without switching root")
 	}
-	boot.Fail(log, policy, err)
+	return policy, err
 }
 
 // quietStdlog sends the standard logger (used by u-root's DHCP client) to

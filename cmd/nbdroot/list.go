@@ -17,12 +17,15 @@ import (
 // and print them as a table, or a JSON array with --json. The export name in
 // SPEC, if any, is ignored.
 func runList(ctx context.Context, sio stdio, args []string) error {
-	f, err := parseClientFlags("list", sio, args)
+	f, err := parseClientFlags("list", sio, args, nil)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	if len(f.rest) > 0 {
+		return usagef("list: want exactly one SPEC, got %d arguments", 1+len(f.rest))
 	}
 	d, err := boot.NewDialer(f.spec)
 	if err != nil {

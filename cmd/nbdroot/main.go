@@ -41,6 +41,9 @@ func commands() []command {
 		{"boot", "[--cmdline STRING] [--config FILE]", "run the boot sequence (what PID 1 does)", runBoot},
 		{"probe", "[TLS flags] [--timeout DUR] [--json] SPEC", "negotiate with a server and describe one export", runProbe},
 		{"list", "[TLS flags] [--timeout DUR] [--json] SPEC", "list a server's exports", runList},
+		{"attach", "[TLS flags] [--interface I] [--connections N] [--read-only] [...] SPEC [/dev/nbdN]", "attach an export and keep it attached (a keeper process holds it)", runAttach},
+		{"detach", "[--force] /dev/nbdN", "flush, disconnect cleanly and stop the keeper", runDetach},
+		{"status", "[--json]", "list attached devices: server, export, size, interface, keeper, reconnects", runStatus},
 		{"config", "check [--config FILE] [--cmdline STRING | --cmdline-file FILE]", "print the resolved spec with where each value came from", runConfig},
 		{"mkinitramfs", "-o FILE [flags]", "write an initramfs with nbdroot as /init", runMkinitramfs},
 	}

@@ -55,7 +55,9 @@ func (l *fileList) Set(s string) error {
 	return nil
 }
 
-// runMkinitramfs writes an initramfs with this binary (or --binary) as /init.
+// runMkinitramfs writes an initramfs with this binary (or --binary) as /init,
+// a base archive without /init (--base-only), or the module tree alone
+// (--modules-only).
 func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 	fs := flag.NewFlagSet("mkinitramfs", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -63,6 +65,8 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 		out, modulesOnly, binary string
 		kver, kernel, modulesDir string
 		configFile, compress     string
+		shell                    string
+		baseOnly                 bool
 		modules                  stringList
 		files                    fileList
 	)
@@ -76,6 +80,8 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 	fs.StringVar(&compress, "compress", string(initramfs.Gzip), "compress with `METHOD`: gzip, zstd or none")
 	fs.StringVar(&binary, "binary", "", "install `PATH` as /init (default: this nbdroot binary)")
 	fs.StringVar(&modulesOnly, "modules-only", "", "write only the module tree, into `DIR`/lib/modules/VERSION")
+	fs.StringVar(&shell, "shell", "", "install the static shell at `PATH` for boot.on_failure = \"shell\" (busybox: as /bin/busybox with /bin/sh and applet links)")
+	fs.BoolVar(&baseOnly, "base-only", false, "leave out /init: a base archive for u-root's -base with -initcmd=nbdroot (uncompressed unless --compress)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			mkinitramfsUsage(sio.out, fs)
@@ -92,6 +98,14 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 		return usagef("mkinitramfs: -o and --modules-only are mutually exclusive")
 	case kver != "" && kernel != "":
 		return usagef("mkinitramfs: --kver and --kernel are mutually exclusive")
+	case baseOnly && modulesOnly != "":
+		return usagef("mkinitramfs: --base-only and --modules-only are mutually exclusive")
+	case baseOnly && binary != "":
+		return usagef("mkinitramfs: --base-only writes no /init, so --binary has nothing to do")
+	}
+	if baseOnly && !flagSet(fs, "compress") {
+		// u-root's -base reads a plain cpio archive.
+		compress = string(initramfs.None)
 	}
 	comp, err := initramfs.ParseCompression(compress)
 	if err != nil {
@@ -102,7 +116,7 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 			return fmt.Errorf("mkinitramfs: --kernel: %w (use --kver)", err)
 		}
 	}
-	if binary == "" && modulesOnly == "" {
+	if binary == "" && modulesOnly == "" && !baseOnly {
 		if binary, err = os.Executable(); err != nil {
 			return fmt.Errorf("mkinitramfs: finding this binary: %w (use --binary)", err)
 		}
@@ -115,6 +129,8 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 		ConfigFile:    configFile,
 		Files:         files,
 		Compression:   comp,
+		Shell:         shell,
+		BaseOnly:      baseOnly,
 	}
 
 	if modulesOnly != "" {
@@ -134,7 +150,11 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 		return fmt.Errorf("mkinitramfs: %w", err)
 	}
 	fmt.Fprintf(sio.out, "kernel    %s (%s)\n", r.KernelVersion, r.ModuleTree)
-	fmt.Fprintf(sio.out, "binary    %s (%s) as /init\n", r.Binary, sizeString(r.BinarySize))
+	if baseOnly {
+		fmt.Fprintln(sio.out, "binary    none: a base archive (u-root: -base "+out+" -initcmd=nbdroot ... ./cmd/nbdroot)")
+	} else {
+		fmt.Fprintf(sio.out, "binary    %s (%s) as /init\n", r.Binary, sizeString(r.BinarySize))
+	}
 	printModules(sio.out, r)
 	if r.Config != "" {
 		line := fmt.Sprintf("config    %s as %s", r.Config, initramfs.ConfigPath)
@@ -145,6 +165,9 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 	}
 	if len(r.Files) > 0 {
 		fmt.Fprintf(sio.out, "files     %d: %s\n", len(r.Files), strings.Join(r.Files, ", "))
+	}
+	if r.Shell != "" {
+		fmt.Fprintf(sio.out, "shell     %s (%s) as %s; %d links\n", r.Shell, sizeString(r.ShellSize), r.ShellPath, len(r.Links))
 	}
 	how := string(r.Compression)
 	if r.Compression != initramfs.None {
@@ -181,6 +204,13 @@ func writeImage(ctx context.Context, out string, opts initramfs.Options) (*initr
 	return r, nil
 }
 
+// flagSet reports whether the flag name was given on the command line.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 // printModules prints the modules line of the summary.
 func printModules(w io.Writer, r *initramfs.Report) {
 	line := fmt.Sprintf("modules   %d modules (%d KiB)", len(r.Modules), (r.ModuleBytes+1023)/1024)
@@ -208,10 +238,14 @@ func sizeString(n int64) string {
 func mkinitramfsUsage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprintln(w, "usage: nbdroot mkinitramfs -o FILE [--kver VERSION | --kernel PATH] [--modules-dir DIR]")
 	fmt.Fprintln(w, "         [--config TOML] [--module NAME]... [--file SRC[:DST]]... [--compress gzip|zstd|none] [--binary PATH]")
+	fmt.Fprintln(w, "         [--shell PATH]")
+	fmt.Fprintln(w, "       nbdroot mkinitramfs --base-only -o FILE [same flags, no --binary]")
 	fmt.Fprintln(w, "       nbdroot mkinitramfs --modules-only DIR [--kver VERSION | --kernel PATH] [--module NAME]...")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Writes a reproducible initramfs with nbdroot as /init, the default kernel modules")
-	fmt.Fprintln(w, "and their dependencies, and the spec and TLS files.")
+	fmt.Fprintln(w, "and their dependencies, the spec and TLS files, and optionally a rescue shell.")
+	fmt.Fprintln(w, "With --base-only the same archive has no /init: a base for u-root, whose")
+	fmt.Fprintln(w, "busybox brings nbdroot (u-root -base FILE -initcmd=nbdroot ... ./cmd/nbdroot).")
 	fmt.Fprintln(w)
 	fs.SetOutput(w)
 	fs.PrintDefaults()

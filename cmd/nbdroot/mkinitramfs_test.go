@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"testing"
 
 	"github.com/u-root/u-root/pkg/cpio"
+
+	"github.com/nbdroot/nbdroot/initramfs"
 )
 
 // mkinitHost is a synthetic host for mkinitramfs: a module tree holding
@@ -77,6 +80,9 @@ func TestMkinitramfsFlagErrors(t *testing.T) {
 		{"relative file destination", []string{"-o", out, "--file", "a:etc/a"}, "must be absolute"},
 		{"relative file without destination", []string{"-o", out, "--file", "a"}, "source must be absolute"},
 		{"empty module", []string{"-o", out, "--module", ""}, "empty value"},
+		{"base-only and modules-only", []string{"--base-only", "-o", out, "--modules-only", h.dir}, "mutually exclusive"},
+		{"base-only and binary", []string{"--base-only", "-o", out, "--binary", h.binary}, "--binary has nothing to do"},
+		{"base-only without output", []string{"--base-only"}, "-o FILE is required"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -204,4 +210,79 @@ func TestMkinitramfsConfigError(t *testing.T) {
 	if code != 2 || !strings.Contains(stderr, cfg+":2: device.block_size") {
 		t.Errorf("exit %d, stderr %q; want 2 and the spec error", code, stderr)
 	}
+}
+
+func TestMkinitramfsShell(t *testing.T) {
+	h := newMkinitHost(t)
+	busybox := filepath.Join(h.dir, "busybox")
+	if err := os.Link(h.binary, busybox); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(h.dir, "initrd.img")
+	code, stdout, stderr := runMkinit("-o", out, "--binary", h.binary, "--modules-dir", h.modules, "--shell", busybox, "--compress", "none")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	if want := fmt.Sprintf("shell     %s (4.0 KiB) as /bin/busybox; %d links\n", busybox, len(initramfs.BusyboxApplets())+2); !strings.Contains(stdout, want) {
+		t.Errorf("stdout lacks %q:\n%s", want, stdout)
+	}
+	recs := readCPIO(t, out)
+	for name, mode := range map[string]uint64{
+		"init":        cpio.S_IFREG | 0o755,
+		"bin/busybox": cpio.S_IFREG | 0o755,
+		"bin/sh":      cpio.S_IFLNK | 0o777,
+		"bin/nbdroot": cpio.S_IFLNK | 0o777,
+		"bin/mount":   cpio.S_IFLNK | 0o777,
+	} {
+		if got, ok := recs[name]; !ok || got != mode {
+			t.Errorf("%s: mode %#o (present %v), want %#o", name, got, ok, mode)
+		}
+	}
+}
+
+func TestMkinitramfsBaseOnly(t *testing.T) {
+	h := newMkinitHost(t)
+	out := filepath.Join(h.dir, "base.cpio")
+	code, stdout, stderr := runMkinit("--base-only", "-o", out, "--modules-dir", h.modules, "--module", "ext4")
+	if code != 0 {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	for _, want := range []string{"binary    none: a base archive (u-root: -base " + out + " -initcmd=nbdroot", "(none, ", "modules   3 modules"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, stdout)
+		}
+	}
+	// Uncompressed, as u-root's -base reads it.
+	recs := readCPIO(t, out)
+	if _, ok := recs["init"]; ok {
+		t.Error("the base archive has /init")
+	}
+	for _, name := range []string{"dev/console", "lib/modules/6.1.0-test/kernel/fs/ext4/ext4.ko", "lib/modules/6.1.0-test/modules.dep"} {
+		if _, ok := recs[name]; !ok {
+			t.Errorf("the base archive lacks %s", name)
+		}
+	}
+	// --compress still applies when given.
+	code, stdout, stderr = runMkinit("--base-only", "-o", out, "--modules-dir", h.modules, "--compress", "gzip")
+	if code != 0 || !strings.Contains(stdout, "(gzip of ") {
+		t.Errorf("--compress gzip: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+// readCPIO reads the uncompressed archive at path into names and modes.
+func readCPIO(t *testing.T, path string) map[string]uint64 {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(data)))
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	names := map[string]uint64{}
+	for _, r := range recs {
+		names[r.Name] = r.Mode
+	}
+	return names
 }

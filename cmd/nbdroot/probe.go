@@ -22,6 +22,7 @@ type clientFlags struct {
 	spec config.Spec
 	ep   config.Endpoint
 	json bool
+	rest []string // arguments after SPEC
 }
 
 // parseClientFlags parses `[TLS flags] [--timeout DUR] [--json] SPEC` for
@@ -29,7 +30,10 @@ type clientFlags struct {
 // flag.ErrHelp after printing the usage for -h. Any TLS flag turns TLS on,
 // as nbds:// does; TLS is then required, never a downgrade. Flags go before
 // SPEC.
-func parseClientFlags(name string, sio stdio, args []string) (clientFlags, error) {
+//
+// more registers a command's own flags; the arguments after SPEC are
+// returned in rest.
+func parseClientFlags(name string, sio stdio, args []string, more func(*flag.FlagSet)) (clientFlags, error) {
 	// Parse quietly: a bad flag becomes main's one-line error, and -h prints
 	// the usage on stdout.
 	fs := flag.NewFlagSet("nbdroot "+name, flag.ContinueOnError)
@@ -44,6 +48,9 @@ func parseClientFlags(name string, sio stdio, args []string) (clientFlags, error
 		timeout  = fs.Duration("timeout", 0, "bound the TCP connect and, separately, the handshake (default: the spec's defaults)")
 		asJSON   = fs.Bool("json", false, "print JSON")
 	)
+	if more != nil {
+		more(fs)
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintf(sio.out, "usage: nbdroot %s [TLS flags] [--timeout DUR] [--json] SPEC\n\n", name)
@@ -56,8 +63,8 @@ func parseClientFlags(name string, sio stdio, args []string) (clientFlags, error
 		}
 		return clientFlags{}, usagef("%s: %v (try 'nbdroot %s -h')", name, err, name)
 	}
-	if fs.NArg() != 1 {
-		return clientFlags{}, usagef("%s: want exactly one SPEC (HOST[:PORT]/NAME or an nbd:// URI), got %d arguments", name, fs.NArg())
+	if fs.NArg() < 1 {
+		return clientFlags{}, usagef("%s: want exactly one SPEC (HOST[:PORT]/NAME or an nbd:// URI), got none", name)
 	}
 	if *timeout < 0 {
 		return clientFlags{}, usagef("%s: --timeout %v is negative", name, *timeout)
@@ -97,18 +104,21 @@ func parseClientFlags(name string, sio stdio, args []string) (clientFlags, error
 		spec.Server.ConnectTimeout = *timeout
 		spec.Server.HandshakeTimeout = *timeout
 	}
-	return clientFlags{spec: spec, ep: ep, json: *asJSON}, nil
+	return clientFlags{spec: spec, ep: ep, json: *asJSON, rest: fs.Args()[1:]}, nil
 }
 
 // runProbe implements `nbdroot probe`: negotiate with the server exactly as
 // boot does (boot.Dial), describe the export, and disconnect.
 func runProbe(ctx context.Context, sio stdio, args []string) error {
-	f, err := parseClientFlags("probe", sio, args)
+	f, err := parseClientFlags("probe", sio, args, nil)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
 	}
 	if err != nil {
 		return err
+	}
+	if len(f.rest) > 0 {
+		return usagef("probe: want exactly one SPEC, got %d arguments", 1+len(f.rest))
 	}
 	exp, conn, err := boot.Dial(ctx, f.spec, f.ep)
 	if err != nil {
