@@ -21,20 +21,12 @@ import (
 // dialSpec is a spec with short timeouts and one endpoint at addr.
 func dialSpec(t *testing.T, addr, export string) (config.Spec, config.Endpoint) {
 	t.Helper()
-	host, port, err := net.SplitHostPort(addr)
+	spec, err := config.ParseTarget(addr + "/" + export)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := strconv.Atoi(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := config.Endpoint{Host: host, Port: uint16(p), Export: export}
-	spec := config.Spec{Server: config.Server{
-		Endpoints:        []config.Endpoint{ep},
-		ConnectTimeout:   2 * time.Second,
-		HandshakeTimeout: 5 * time.Second,
-	}}
+	spec.Server.ConnectTimeout, spec.Server.HandshakeTimeout = 2*time.Second, 5*time.Second
+	ep := spec.Server.Endpoints[0]
 	return spec, ep
 }
 

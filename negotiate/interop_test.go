@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"net"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,20 +23,12 @@ import (
 // interopSpec is a spec reaching addr's export, with TLS when tlsCfg is set.
 func interopSpec(t testing.TB, addr, export string, tlsCfg *config.TLS) (config.Spec, config.Endpoint) {
 	t.Helper()
-	host, port, err := net.SplitHostPort(addr)
+	spec, err := config.ParseTarget(addr + "/" + export)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := strconv.Atoi(port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := config.Endpoint{Host: host, Port: uint16(p), Export: export}
-	spec := config.Spec{Server: config.Server{
-		Endpoints:        []config.Endpoint{ep},
-		ConnectTimeout:   5 * time.Second,
-		HandshakeTimeout: 10 * time.Second,
-	}}
+	spec.Server.ConnectTimeout, spec.Server.HandshakeTimeout = 5*time.Second, 10*time.Second
+	ep := spec.Server.Endpoints[0]
 	if tlsCfg != nil {
 		spec.TLS = *tlsCfg
 	}
