@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -32,6 +33,7 @@ type rig struct {
 	dir       string
 	nbdroot   string // static nbdroot binary
 	testinit  string // static test init for the root image
+	benchinit string // static init of the benchmark's root image
 	initramfs string
 	kernel    string
 	mkLog     string // what mkinitramfs printed
@@ -43,8 +45,8 @@ var buildRig = sync.OnceValues(func() (*rig, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &rig{dir: dir, nbdroot: filepath.Join(dir, "nbdroot"), testinit: filepath.Join(dir, "testinit")}
-	for _, b := range []struct{ out, pkg string }{{r.nbdroot, "../cmd/nbdroot"}, {r.testinit, "./testinit"}} {
+	r := &rig{dir: dir, nbdroot: filepath.Join(dir, "nbdroot"), testinit: filepath.Join(dir, "testinit"), benchinit: filepath.Join(dir, "benchinit")}
+	for _, b := range []struct{ out, pkg string }{{r.nbdroot, "../cmd/nbdroot"}, {r.testinit, "./testinit"}, {r.benchinit, "./benchinit"}} {
 		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", b.out, b.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -98,7 +100,14 @@ func setup(t testing.TB) *rig {
 // mount points every root has.
 func (r *rig) rootImage(t testing.TB) string {
 	t.Helper()
-	init, err := os.ReadFile(r.testinit)
+	return r.rootImageWith(t, r.testinit, 64<<20)
+}
+
+// rootImageWith writes an ext4 root of size bytes whose /sbin/init is the
+// binary init.
+func (r *rig) rootImageWith(t testing.TB, initPath string, size int64) string {
+	t.Helper()
+	init, err := os.ReadFile(initPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +121,7 @@ func (r *rig) rootImage(t testing.TB) string {
 			t.Fatal(err)
 		}
 	}
-	return testrig.Ext4FromDir(t, filepath.Join(t.TempDir(), "root.img"), 64<<20, src)
+	return testrig.Ext4FromDir(t, filepath.Join(t.TempDir(), "root.img"), size, src)
 }
 
 // guest is one QEMU run.
@@ -120,6 +129,7 @@ type guest struct {
 	initramfs string // default: the rig's
 	append    string // kernel command line after the console settings
 	timeout   time.Duration
+	cpus      int // virtual CPUs (default 1)
 }
 
 // console is what a guest printed on its serial console.
@@ -158,8 +168,9 @@ func (r *rig) start(t testing.TB, g guest) *running {
 	if extra := os.Getenv("NBDROOT_TEST_APPEND"); extra != "" {
 		cmdline += " " + extra
 	}
+	cpus := max(g.cpus, 1)
 	p := testrig.Start(t, "qemu-system-x86_64",
-		"-accel", "tcg", "-m", "512", "-smp", "1",
+		"-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(cpus),
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", r.kernel, "-initrd", initrd, "-append", cmdline,
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
