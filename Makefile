@@ -69,3 +69,36 @@ demo: deps build
 
 clean:
 	rm -rf bin
+
+# uroot-initramfs builds a u-root image: one gobusybox binary holding
+# nbdroot (as /init) and a few u-root core commands, gosh as /bin/sh, on a
+# base archive of nbdroot's kernel modules and standard files from
+# `nbdroot mkinitramfs --base-only`. u-root and the commands are the
+# versions in go.mod (pinned by tools.go), built from the module cache.
+# UROOT_MKFLAGS go to mkinitramfs (e.g. --kernel /boot/vmlinuz-VERSION
+# --config nbdroot.toml); UROOT_CMDS are the u-root commands. goshsmall
+# gives gosh a plain line reader that works on a serial console.
+UROOT         := bin/u-root
+UROOT_CMDS    ?= gosh ls cat ip dmesg mount ps
+UROOT_MKFLAGS ?=
+UROOT_IMG     := bin/uroot-initramfs.cpio.gz
+
+.PHONY: uroot uroot-initramfs gosh
+
+uroot:
+	@mkdir -p bin
+	$(GO) build $(GOFLAGS) -o $(UROOT) github.com/u-root/u-root
+
+uroot-initramfs: build uroot
+	$(BIN) mkinitramfs --base-only -o bin/uroot-base.cpio $(UROOT_MKFLAGS)
+	GOROOT="$$($(GO) env GOROOT)" $(UROOT) -o bin/uroot-initramfs.cpio -base bin/uroot-base.cpio \
+		-initcmd=nbdroot -defaultsh=gosh -go-build-tags=goshsmall \
+		./cmd/nbdroot $(addprefix github.com/u-root/u-root/cmds/core/,$(UROOT_CMDS))
+	gzip -9nf bin/uroot-initramfs.cpio
+	@echo "uroot-initramfs: $(UROOT_IMG) ($$(du -k $(UROOT_IMG) | cut -f1) KiB)"
+
+# gosh builds u-root's shell alone, static, as a rescue shell for nbdroot's
+# own initramfs: bin/nbdroot mkinitramfs -o FILE --shell bin/gosh.
+gosh:
+	@mkdir -p bin
+	$(GO) build $(GOFLAGS) -tags goshsmall -ldflags '$(LDFLAGS)' -o bin/gosh github.com/u-root/u-root/cmds/core/gosh

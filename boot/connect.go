@@ -53,7 +53,7 @@ func Connect(ctx context.Context, log *Logger, d *Dialer) (*negotiate.Export, ne
 			}
 			if permanent(err) {
 				live[i] = false
-				log.Errorf("connect", "%s: %v (not retrying this server)", ep, err)
+				log.Errorf("connect", "%v (not retrying this server)", err)
 				continue
 			}
 			alive++

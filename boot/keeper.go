@@ -2,6 +2,7 @@ package boot
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -43,6 +44,9 @@ const (
 	// chroots into PID 1's root so as not to pin the initramfs.
 	SigFollowRoot = unix.SIGUSR2
 )
+
+// reconnectBackoffMax caps the backoff between reconnect attempts.
+const reconnectBackoffMax = time.Second
 
 // keeperArgs is what the parent tells the keeper.
 type keeperArgs struct {
@@ -91,8 +95,22 @@ func stopPath(index int) string { return filepath.Join(RunDir, "nbd"+strconv.Ito
 // pidPath is the keeper's pid file.
 func pidPath(index int) string { return filepath.Join(RunDir, "nbd"+strconv.Itoa(index)+".pid") }
 
-// IsKeeper reports whether argv is a keeper's.
-func IsKeeper(argv []string) bool { return len(argv) > 0 && argv[0] == KeeperName }
+// keeperArgv is the keeper's argv. A plain nbdroot binary ignores the
+// second word; a u-root busybox (gobusybox) needs it: its dispatcher knows
+// no command "@nbdroot", so it drops argv[0] and runs the command the next
+// word names, with os.Args shifted.
+func keeperArgv() []string { return []string{KeeperName, "nbdroot"} }
+
+// IsKeeper reports whether argv, or the argv the kernel started the process
+// with, is a keeper's. The kernel's copy (/proc/self/cmdline) still starts
+// with KeeperName when a u-root busybox has shifted os.Args.
+func IsKeeper(argv []string) bool {
+	if len(argv) > 0 && argv[0] == KeeperName {
+		return true
+	}
+	b, err := os.ReadFile("/proc/self/cmdline")
+	return err == nil && bytes.HasPrefix(b, []byte(KeeperName+"\x00"))
+}
 
 // StartKeeper starts the keeper process for spec on /dev/nbdN and waits
 // until it reports the device live or gives up. The keeper's console is
@@ -114,7 +132,7 @@ func StartKeeper(ctx context.Context, log *Logger, spec config.Spec, device int,
 		self = "/proc/self/exe"
 	}
 	cmd := exec.Command(self)
-	cmd.Args = []string{KeeperName}
+	cmd.Args = keeperArgv()
 	cmd.Env = append(os.Environ(), keeperEnv+"="+string(args))
 	if console != nil {
 		cmd.Stdout, cmd.Stderr = console, console
@@ -259,9 +277,12 @@ func (k *keeper) run(ctx context.Context) error {
 		k.report(Report{Ready: true, Endpoint: ep.String(), Export: exp, Connect: time.Since(t0) - attach, Attach: attach})
 	}
 	// A root device has nowhere else to go: once attached, reconnect until
-	// the server comes back.
+	// the server comes back, trying at least every reconnectBackoffMax so
+	// that I/O resumes soon after it does (jitter still spreads a fleet).
 	again := *d
 	again.spec.Server.Deadline = 0
+	again.spec.Server.BackoffMax = min(again.spec.Server.BackoffMax, reconnectBackoffMax)
+	again.spec.Server.BackoffInitial = min(again.spec.Server.BackoffInitial, again.spec.Server.BackoffMax)
 	if iface == config.InterfaceNetlink {
 		return k.serveNetlink(ctx, nl, &again, exp, conns, params, ready)
 	}

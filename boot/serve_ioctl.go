@@ -15,7 +15,9 @@ import (
 // DO_IT returns without a detach request the connection was lost, and it
 // dials again and reattaches. Requests issued between the loss and the
 // reattach fail: the ioctl interface cannot queue them (README.md says what
-// that means for the filesystem).
+// that means for the filesystem). And the kernel (6.1) restarts the device
+// only once nobody holds it open: a mounted device stays dead, so the keeper
+// waits for it to be released instead of dialling in vain.
 func (k *keeper) serveIoctl(ctx context.Context, d *Dialer, exp *negotiate.Export, conn net.Conn, p ioctl.Params, ready func(time.Duration)) error {
 	for round := 0; ; round++ {
 		err := k.doIt(conn, p, func(attach time.Duration) {
@@ -34,7 +36,17 @@ func (k *keeper) serveIoctl(ctx context.Context, d *Dialer, exp *negotiate.Expor
 			k.log.Printf(k.step, "disconnected on request")
 			return nil
 		}
-		k.log.Errorf(k.step, "connection lost (%s); reconnecting", errOr(err, "DO_IT returned: the server closed the connection"))
+		k.log.Errorf(k.step, "connection lost (%s)", errOr(err, "DO_IT returned: the server closed the connection"))
+		if ioctl.InUse(k.dev) {
+			k.log.Errorf(k.step, "the kernel cannot restart %s while it is open (mounted?): the ioctl interface cannot reconnect it; I/O fails until it is released (device.interface=netlink keeps it alive)", ioctl.Path(k.dev))
+			for ioctl.InUse(k.dev) {
+				if k.stopRequested() || ctx.Err() != nil {
+					return nil
+				}
+				time.Sleep(time.Second)
+			}
+		}
+		k.log.Printf(k.step, "reconnecting")
 		if conn, err = k.reconnect(ctx, d); err != nil {
 			return err
 		}

@@ -15,8 +15,9 @@ import (
 // spec leaves device.timeout at 0. The kernel resends a request that was in
 // flight when its connection died only once the request times out, so an
 // unset timeout (the kernel's 30 s) would stall I/O that long after every
-// server restart.
-const defaultNetlinkTimeout = 5 * time.Second
+// server restart. A request that outlives it on a live but slow server costs
+// a reconnect, not an error.
+const defaultNetlinkTimeout = 3 * time.Second
 
 // serveNetlink attaches conns through the netlink interface and keeps the
 // device connected: on every link-dead event for the device it dials again

@@ -3,7 +3,11 @@
 // directories and device nodes PID 1 needs before it mounts anything, the
 // kernel modules of config.BaseModules and any others asked for (with their
 // dependencies from modules.dep), the spec as /etc/nbdroot.toml and the TLS
-// files it names.
+// files it names, and optionally a rescue shell.
+//
+// The same plan, without /init, is a base archive for other initramfs
+// builders (u-root's -base), and its module tree alone can be written to a
+// directory (WriteModuleTree): the module closure is decided here only.
 //
 // Archives are reproducible: the same inputs give the same bytes. Entries
 // are sorted by path, every timestamp is 0, every owner is root, inode
@@ -69,6 +73,14 @@ type Options struct {
 	Files []File
 	// Compression is how the archive is compressed; empty means Gzip.
 	Compression Compression
+	// Shell, if set, is a static shell for the failure policy's rescue
+	// shell (see PlanShell for where it goes). With a shell, /bin/nbdroot
+	// links to /init so that nbdroot's subcommands are on its PATH.
+	Shell string
+	// BaseOnly leaves out /init (Binary is then ignored and may be empty):
+	// the archive is a base for a builder that brings nbdroot as its own
+	// init, such as u-root's -base FILE with -initcmd=nbdroot.
+	BaseOnly bool
 }
 
 // Report says what went into an image.
@@ -94,6 +106,13 @@ type Report struct {
 	TLSFiles []string
 	// Files are the image paths of the extra files.
 	Files []string
+	// Shell is the host path of the rescue shell, ShellPath its path in
+	// the image and ShellSize its size; Links are the symbolic links
+	// made for it and for nbdroot, as "PATH -> TARGET".
+	Shell     string
+	ShellPath string
+	ShellSize int64
+	Links     []string
 	// Entries is the number of archive records (without the trailer).
 	Entries int
 	// Compression is what the archive was compressed with.
@@ -117,6 +136,20 @@ type entry struct {
 }
 
 func (e *entry) isDir() bool { return e.mode&cpio.S_IFMT == cpio.S_IFDIR }
+
+// symlink plans a symbolic link at the image path link pointing to target.
+func (im *image) symlink(link, target, origin string) error {
+	name, err := imagePath(link)
+	if err != nil {
+		return fmt.Errorf("%s: %w", origin, err)
+	}
+	e := &entry{name: name, mode: cpio.S_IFLNK | 0o777, data: []byte(target), size: int64(len(target)), origin: origin}
+	if err := im.add(e); err != nil {
+		return err
+	}
+	im.report.Links = append(im.report.Links, "/"+name+" -> "+target)
+	return nil
+}
 
 // image is the planned contents of an archive.
 type image struct {
@@ -302,17 +335,19 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 		}
 	}
 
-	if opts.Binary == "" {
-		return nil, errors.New("no nbdroot binary to install as /init")
+	if !opts.BaseOnly {
+		if opts.Binary == "" {
+			return nil, errors.New("no nbdroot binary to install as /init")
+		}
+		e, err := im.hostFile(opts.Binary, "/init", 0o755, "the nbdroot binary")
+		if err != nil {
+			return nil, err
+		}
+		if err := checkStatic("nbdroot binary", opts.Binary); err != nil {
+			return nil, err
+		}
+		r.Binary, r.BinarySize = opts.Binary, e.size
 	}
-	e, err := im.hostFile(opts.Binary, "/init", 0o755, "the nbdroot binary")
-	if err != nil {
-		return nil, err
-	}
-	if err := checkStatic(opts.Binary); err != nil {
-		return nil, err
-	}
-	r.Binary, r.BinarySize = opts.Binary, e.size
 
 	if spec != nil {
 		if _, err := im.hostFile(opts.ConfigFile, ConfigPath, 0o644, "the config file"); err != nil {
@@ -349,28 +384,43 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 		}
 		r.Files = append(r.Files, "/"+e.name)
 	}
+
+	if opts.Shell != "" {
+		if err := im.addShell(opts.Shell, !opts.BaseOnly); err != nil {
+			return nil, err
+		}
+	}
 	return im, im.addDirs()
 }
 
-// checkStatic makes sure the binary can run as /init: an ELF executable
-// without a program interpreter.
-func checkStatic(bin string) error {
+// checkStatic makes sure the binary (what names it in errors) can run in
+// an initramfs that has no shared libraries: an ELF executable without a
+// program interpreter.
+func checkStatic(what, bin string) error {
 	f, err := elf.Open(bin)
 	if err != nil {
-		return fmt.Errorf("nbdroot binary %s: not an ELF executable: %w", bin, err)
+		return fmt.Errorf("%s %s: not an ELF executable: %w", what, bin, err)
 	}
 	defer f.Close()
 	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
-		return fmt.Errorf("nbdroot binary %s: ELF type %v is not an executable", bin, f.Type)
+		return fmt.Errorf("%s %s: ELF type %v is not an executable", what, bin, f.Type)
 	}
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
 			interp, _ := io.ReadAll(io.LimitReader(p.Open(), 256))
-			return fmt.Errorf("nbdroot binary %s is dynamically linked (interpreter %s), which an initramfs cannot run; build it with CGO_ENABLED=0",
-				bin, strings.TrimRight(string(interp), "\x00"))
+			return fmt.Errorf("%s %s is dynamically linked (interpreter %s), which an initramfs cannot run; %s",
+				what, bin, strings.TrimRight(string(interp), "\x00"), staticHint(what))
 		}
 	}
 	return nil
+}
+
+// staticHint says how to get a static build of what.
+func staticHint(what string) string {
+	if what == "shell" {
+		return "use a static shell such as /bin/busybox from busybox-static"
+	}
+	return "build it with CGO_ENABLED=0"
 }
 
 // Write writes an initramfs archive to w and reports what went in. Nothing

@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -162,6 +163,10 @@ type session struct {
 	oldstyle *Export
 
 	tlsVersion, tlsCipher uint16
+	// firstAfterTLS is true until the first reply read over TLS: under
+	// TLS 1.3 a server checks the client's certificate after the
+	// handshake and resets the connection right there if it refuses it.
+	firstAfterTLS bool
 
 	buf [zeroPad + 12]byte // scratch for fixed-size reads
 }
@@ -460,6 +465,7 @@ func (s *session) startTLS() error {
 	st := tc.ConnectionState()
 	s.tlsVersion, s.tlsCipher = st.Version, st.CipherSuite
 	s.canAbort = true
+	s.firstAfterTLS = true
 	return nil
 }
 
@@ -689,8 +695,12 @@ func (s *session) sendOption(opt uint32, data []byte) error {
 func (s *session) replyHeader(opt uint32) (typ, length uint32, err error) {
 	b := s.buf[:20]
 	if err := s.readFull(b, "reading the reply header"); err != nil {
+		if s.firstAfterTLS && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+			err = fmt.Errorf("%w (the server hung up right after the TLS handshake: did it reject the client certificate?)", err)
+		}
 		return 0, 0, err
 	}
+	s.firstAfterTLS = false
 	if m := binary.BigEndian.Uint64(b[0:]); m != magicReply {
 		return 0, 0, protocolError("bad option reply magic %#016x, want %#016x", m, magicReply)
 	}

@@ -120,3 +120,24 @@ func median(v []float64) float64 {
 	sort.Float64s(s)
 	return s[len(s)/2]
 }
+
+// BenchmarkResume restarts the server twice (2 s outages) under the stress
+// load of TestRestartUnderLoadNetlink and reports the median time from the
+// server being back to the guest's first completed write.
+func BenchmarkResume(b *testing.B) {
+	var resumes []float64
+	for i := 0; i < b.N; i++ {
+		run := restartUnderLoad(b, "netlink", false)
+		if run.errs != 0 {
+			b.Fatalf("errors=%d", run.errs)
+		}
+		for _, d := range run.resumes {
+			resumes = append(resumes, d.Seconds())
+		}
+	}
+	if len(resumes) == 0 {
+		b.Fatal("no resume measured")
+	}
+	b.ReportMetric(median(resumes), "s-resume-after-server-back")
+	b.ReportMetric(0, "ns/op")
+}

@@ -14,7 +14,7 @@ import (
 const staticIP = "ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off"
 
 // token returns a string unique to this test run, for the guest to write.
-func token(t *testing.T) string {
+func token(t testing.TB) string {
 	return t.Name() + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 }
 

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,10 +35,15 @@ func main() {
 	if _, err := os.Stat("/init"); err == nil {
 		say("initramfs-leftover=/init")
 	}
+	clean := true
 	switch args["testinit.mode"] {
 	case "ro":
 		err := os.WriteFile("/should-fail", []byte("x"), 0o644)
 		say("write-ro=%v", errName(err))
+	case "stress":
+		stress(args)
+	case "sigstop":
+		clean = sigstop(args)
 	default:
 		token := args["testinit.token"]
 		if err := writeSynced("/nbdroot-test/written", token); err != nil {
@@ -47,13 +53,35 @@ func main() {
 		}
 	}
 	say("done")
-	unix.Sync()
-	_ = unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
-	unix.Sync()
+	if clean {
+		// A device whose I/O hangs would hang these too: a scenario that
+		// saw a hang powers off without them.
+		unix.Sync()
+		_ = unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+		unix.Sync()
+	}
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// uptime returns the seconds since boot (CLOCK_BOOTTIME), the clock the
+// kernel's console timestamps and nbdroot's log use.
+func uptime() float64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	return float64(ts.Nano()) / 1e9
+}
+
+// intArg returns the integer value of args[key], or def when it is absent
+// or not a positive integer.
+func intArg(args map[string]string, key string, def int) int {
+	n, err := strconv.Atoi(args[key])
+	if err != nil || n <= 0 {
+		return def
+	}
+	return n
 }
 
 func errName(err error) string {

@@ -1,0 +1,220 @@
+package qemutest
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nbdroot/nbdroot/internal/testrig"
+)
+
+// terminal is a guest whose serial console the test can type into: QEMU's
+// -serial stdio reads the guest's console input from a pipe. The rig's
+// start gives QEMU no stdin, hence this runner.
+type terminal struct {
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	out     *syncBuffer
+	done    chan struct{} // closed when QEMU has exited
+	err     error         // QEMU's exit, valid after done
+	timeout time.Duration
+	started time.Time
+	seen    int // console offset up to which expect has matched
+}
+
+// syncBuffer is a bytes.Buffer for one writer and concurrent readers.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// startTerminal starts g like rig.start does, with the console's input
+// open for send. QEMU is killed when the test ends.
+func (r *rig) startTerminal(t testing.TB, g guest) *terminal {
+	t.Helper()
+	initrd := g.initramfs
+	if initrd == "" {
+		initrd = r.initramfs
+	}
+	if g.timeout == 0 {
+		g.timeout = bootTimeout
+	}
+	cmdline := "console=ttyS0 panic=-1 " + g.append
+	if extra := os.Getenv("NBDROOT_TEST_APPEND"); extra != "" {
+		cmdline += " " + extra
+	}
+	cmd := exec.Command("qemu-system-x86_64",
+		"-accel", "tcg", "-m", "512", "-smp", "1",
+		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+		"-kernel", r.kernel, "-initrd", initrd, "-append", cmdline,
+		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+		"-device", "virtio-rng-pci",
+	)
+	term := &terminal{out: &syncBuffer{}, done: make(chan struct{}), timeout: g.timeout}
+	cmd.Stdout, cmd.Stderr = term.out, term.out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatalf("qemu: %v", err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting qemu: %v", err)
+	}
+	term.cmd, term.stdin, term.started = cmd, stdin, time.Now()
+	go func() {
+		term.err = cmd.Wait()
+		close(term.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-term.done:
+		default:
+			_ = cmd.Process.Kill()
+			<-term.done
+		}
+		if t.Failed() || os.Getenv("NBDROOT_TEST_CONSOLE") != "" {
+			t.Logf("--- console ---\n%s", term.console())
+		}
+	})
+	return term
+}
+
+// console returns what the guest printed so far.
+func (g *terminal) console() console {
+	return console(strings.ReplaceAll(g.out.String(), "\r\n", "\n"))
+}
+
+// expect waits until the console, after what earlier expects matched,
+// matches pattern, and returns the match. It fails the test if QEMU exits
+// or the guest's timeout passes first.
+func (g *terminal) expect(t testing.TB, pattern string) string {
+	t.Helper()
+	re := regexp.MustCompile(pattern)
+	for {
+		c := string(g.console())
+		if loc := re.FindStringIndex(c[g.seen:]); loc != nil {
+			m := c[g.seen+loc[0] : g.seen+loc[1]]
+			g.seen += loc[1]
+			return m
+		}
+		select {
+		case <-g.done:
+			t.Fatalf("qemu exited (%v) before the console matched %q", g.err, pattern)
+		default:
+		}
+		if time.Since(g.started) > g.timeout {
+			t.Fatalf("console did not match %q within %v", pattern, g.timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// send types line and a newline on the console.
+func (g *terminal) send(t testing.TB, line string) {
+	t.Helper()
+	if _, err := io.WriteString(g.stdin, line+"\n"); err != nil {
+		t.Fatalf("typing %q: %v", line, err)
+	}
+}
+
+// wait waits for QEMU to exit by itself (the guest powered off, or
+// rebooted under -no-reboot) and returns the console.
+func (g *terminal) wait(t testing.TB) console {
+	t.Helper()
+	select {
+	case <-g.done:
+	case <-time.After(g.timeout - time.Since(g.started)):
+		t.Fatalf("qemu still running after %v", g.timeout)
+	}
+	if g.err != nil {
+		t.Fatalf("qemu: %v", g.err)
+	}
+	return g.console()
+}
+
+// shellInitramfs builds the rig's initramfs with the static shell sh as
+// the rescue shell.
+func (r *rig) shellInitramfs(t testing.TB, sh string) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "initramfs-shell.img")
+	out, err := exec.Command(r.nbdroot, "mkinitramfs", "-o", img, "--binary", r.nbdroot, "--kernel", r.kernel, "--shell", sh).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nbdroot mkinitramfs --shell %s: %v\n%s", sh, err, out)
+	}
+	if !regexpMatch(`shell     \S+ \([0-9.]+ [KM]iB\) as /bin/busybox; [0-9]+ links`, string(out)) {
+		t.Fatalf("mkinitramfs did not report the shell:\n%s", out)
+	}
+	return img
+}
+
+// probeSize is what `nbdroot probe` prints for the export img.
+func probeSize(t testing.TB, img string) string {
+	t.Helper()
+	fi, err := os.Stat(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf(`size:\s+%d \(`, fi.Size())
+}
+
+// TestShellOnFailure: nbdroot's own initramfs with BusyBox as its rescue
+// shell. The export does not exist, so the boot fails; with on_failure =
+// shell the console shows the failure, then the shell, where nbdroot's
+// subcommands are at hand: `nbdroot probe` reaches the server over the
+// network the boot brought up. Leaving the shell reboots the machine
+// (QEMU exits under -no-reboot).
+func TestShellOnFailure(t *testing.T) {
+	r := setup(t)
+	testrig.Need(t, "busybox")
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	initrd := r.shellInitramfs(t, busybox)
+	img := r.rootImage(t)
+	srv := testrig.QemuNBD(t, img, "rootfs")
+
+	g := r.startTerminal(t, guest{initramfs: initrd, append: fmt.Sprintf(
+		"%s nbdroot=10.0.2.2:%d/nosuch nbdroot.boot.on_failure=shell nbdroot.boot.failure_delay=0s", staticIP, srv.Port)})
+	g.expect(t, `nbdroot: boot failed: connect: .*nosuch.*NBD_REP_ERR_UNKNOWN`)
+	g.expect(t, `nbdroot: boot failed: starting /bin/sh`)
+	g.expect(t, `\(nbdroot\) # `)
+
+	g.send(t, fmt.Sprintf("nbdroot probe 10.0.2.2:%d/rootfs; echo probe-status=$?", srv.Port))
+	g.expect(t, `export:\s+rootfs`)
+	g.expect(t, probeSize(t, img))
+	g.expect(t, `probe-status=0`)
+	g.expect(t, `\(nbdroot\) # `)
+
+	// The applet links and the kernel's view of the failed boot.
+	g.send(t, "ls -l /bin/nbdroot; dmesg | grep -c 'nbdroot: boot failed'")
+	g.expect(t, `/bin/nbdroot -> \.\./init`)
+	g.expect(t, `\n[1-9][0-9]*\n`)
+	g.expect(t, `\(nbdroot\) # `)
+
+	g.send(t, "exit")
+	c := g.wait(t)
+	c.must(t, `nbdroot: boot failed: rebooting`, `reboot: Restarting system`)
+	c.mustNot(t, `Kernel panic`, `Attempted to kill init`, `TESTINIT:`)
+}
