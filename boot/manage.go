@@ -63,7 +63,30 @@ func readState(index int) (State, error) {
 	return st, nil
 }
 
-func alive(pid int) bool { return pid > 0 && unix.Kill(pid, 0) == nil }
+// alive reports whether pid is a running keeper: not a zombie waiting for
+// its parent (an exited keeper whose parent is an init that does not reap),
+// and not another process that reused the pid.
+func alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	dir := filepath.Join("/proc", strconv.Itoa(pid))
+	cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
+	if err != nil || !strings.HasPrefix(string(cmdline), KeeperName+"\x00") {
+		return false
+	}
+	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: the state follows the last ')'.
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 || i+2 >= len(stat) {
+		return false
+	}
+	state := stat[i+2]
+	return state != 'Z' && state != 'X'
+}
 
 // Detach disconnects /dev/nbdN cleanly: it refuses a device that is mounted
 // unless force, flushes the device's cache to the server, tells the keeper

@@ -84,7 +84,7 @@ func BenchmarkKeeper(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			r := setup(b)
-			img := r.rootImageWith(b, r.benchinit, 320<<20)
+			img := r.rootImageWith(b, r.benchinit, 320<<20, nil)
 			srv := testrig.QemuNBD(b, img, "rootfs", testrig.Shared(4))
 			var reads, rss []float64
 			for i := 0; i < b.N; i++ {

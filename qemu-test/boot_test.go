@@ -3,6 +3,7 @@ package qemutest
 import (
 	"fmt"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -28,6 +29,7 @@ func rootReached(t *testing.T, c console, mountOpts string) {
 		`TESTINIT: pid=1\n`,
 		`TESTINIT: root=\S+ fstype=\S+ opts=`+mountOpts,
 		`TESTINIT: keeper=[0-9]+:@nbdroot\n`,
+		`TESTINIT: keeper_root=same\n`, // it followed PID 1 out of the initramfs
 		`TESTINIT: done`,
 	)
 	c.mustNot(t, `TESTINIT: initramfs-leftover`, `Kernel panic`, `panic:`, `nbdroot: boot failed`)
@@ -148,4 +150,53 @@ func TestBootServerLate(t *testing.T) {
 	c := g.wait(t)
 	rootReached(t, c, "rw")
 	c.must(t, `TESTINIT: write=ok token=late`)
+}
+
+// TestBootMultiConn boots with four connections to nbdkit (which sets
+// CAN_MULTI_CONN) on a two-CPU guest: the kernel spreads requests over the
+// connections by CPU.
+func TestBootMultiConn(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	srv := testrig.Nbdkit(t, "file", img)
+	tok := token(t)
+	c := r.boot(t, guest{cpus: 2, append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs nbdroot.device.connections=4 rw testinit.token=%s", staticIP, srv.Port, tok)})
+	rootReached(t, c, "rw")
+	c.must(t, `CAN_MULTI_CONN`, `nbdroot: keeper nbd0: .* 4 connection\(s\), netlink`, `TESTINIT: write=ok`)
+	srv.Stop()
+	if got := readBack(t, img, "/nbdroot-test/written"); got != tok {
+		t.Fatalf("image holds %q, want %q", got, tok)
+	}
+}
+
+// TestBootMultiConnRefused: a server without CAN_MULTI_CONN (qemu-nbd with
+// one client) gets one connection, and the console says why.
+func TestBootMultiConnRefused(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	srv := testrig.QemuNBD(t, img, "rootfs")
+	c := r.boot(t, guest{append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs nbdroot.device.connections=4 ro testinit.mode=ro", staticIP, srv.Port)})
+	rootReached(t, c, "ro")
+	c.must(t, `one connection, not 4: the server does not allow multiple connections \(no CAN_MULTI_CONN\)`, `1 connection\(s\), netlink`)
+}
+
+// TestAttachStatusDetachInGuest runs nbdroot attach, status and detach on
+// the booted system against a second export.
+func TestAttachStatusDetachInGuest(t *testing.T) {
+	r := setup(t)
+	img := r.rootImageWith(t, r.testinit, 64<<20, map[string]string{"usr/sbin/nbdroot": r.nbdroot})
+	srv := testrig.QemuNBD(t, img, "rootfs")
+	second := testrig.QemuNBD(t, testrig.RawImage(t, filepath.Join(t.TempDir(), "second.img"), 16<<20), "second")
+	c := r.boot(t, guest{append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs ro testinit.mode=attach testinit.attach=10.0.2.2:%d/second", staticIP, srv.Port, second.Port)})
+	rootReached(t, c, "ro")
+	c.must(t,
+		`TESTINIT: attach=/dev/nbd1 err=ok`,
+		`TESTINIT: status: DEVICE\s+SERVER\s+EXPORT`,
+		`TESTINIT: status: /dev/nbd0\s+10\.0\.2\.2:\d+\s+rootfs\s+64 MiB\s+netlink\s+1\s+false\s+\d+\s+0\s+connected`,
+		`TESTINIT: status: /dev/nbd1\s+10\.0\.2\.2:\d+\s+second\s+16 MiB\s+netlink\s+1\s+false\s+\d+\s+0\s+connected`,
+		`TESTINIT: read=ok`,
+		`TESTINIT: detach=ok`,
+		`TESTINIT: status-after: /dev/nbd0 `,
+	)
+	c.mustNot(t, `TESTINIT: status-after: /dev/nbd1`)
 }

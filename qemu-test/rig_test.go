@@ -100,22 +100,26 @@ func setup(t testing.TB) *rig {
 // mount points every root has.
 func (r *rig) rootImage(t testing.TB) string {
 	t.Helper()
-	return r.rootImageWith(t, r.testinit, 64<<20)
+	return r.rootImageWith(t, r.testinit, 64<<20, nil)
 }
 
 // rootImageWith writes an ext4 root of size bytes whose /sbin/init is the
-// binary init.
-func (r *rig) rootImageWith(t testing.TB, initPath string, size int64) string {
+// binary init, with extra files (path in the root → file on the host).
+func (r *rig) rootImageWith(t testing.TB, initPath string, size int64, extra map[string]string) string {
 	t.Helper()
-	init, err := os.ReadFile(initPath)
-	if err != nil {
-		t.Fatal(err)
+	files := map[string][]byte{"nbdroot-test/README": []byte("written by the nbdroot QEMU tests\n")}
+	for dst, src := range map[string]string{"sbin/init": initPath} {
+		extra = mapWith(extra, dst, src)
+	}
+	for dst, src := range extra {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files[dst] = b
 	}
 	src := t.TempDir()
-	testrig.WriteTree(t, src, map[string][]byte{
-		"sbin/init":           init,
-		"nbdroot-test/README": []byte("written by the nbdroot QEMU tests\n"),
-	})
+	testrig.WriteTree(t, src, files)
 	for _, d := range []string{"proc", "sys", "dev", "run", "tmp"} {
 		if err := os.Mkdir(filepath.Join(src, d), 0o755); err != nil {
 			t.Fatal(err)
@@ -253,3 +257,12 @@ func readBack(t testing.TB, img, path string) string {
 
 // regexpMatch reports whether pattern matches s.
 func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }
+
+// mapWith returns a copy of m with k set to v.
+func mapWith(m map[string]string, k, v string) map[string]string {
+	out := map[string]string{k: v}
+	for mk, mv := range m {
+		out[mk] = mv
+	}
+	return out
+}

@@ -31,6 +31,7 @@ func main() {
 	root, fstype, opts := rootMount()
 	say("root=%s fstype=%s opts=%s", root, fstype, opts)
 	say("keeper=%s", keeper())
+	say("keeper_root=%s", keeperRoot())
 	say("argv=%s", strings.Join(os.Args[1:], ","))
 	if _, err := os.Stat("/init"); err == nil {
 		say("initramfs-leftover=/init")
@@ -44,6 +45,8 @@ func main() {
 		stress(args)
 	case "sigstop":
 		clean = sigstop(args)
+	case "attach":
+		attachScenario(args)
 	default:
 		token := args["testinit.token"]
 		if err := writeSynced("/nbdroot-test/written", token); err != nil {
@@ -169,4 +172,26 @@ func keeper() string {
 		return "none"
 	}
 	return strings.Join(found, ",")
+}
+
+// keeperRoot says whether the keeper's root directory is this root ("same")
+// or another ("other": it still holds the initramfs). PID 1 tells the keeper
+// to follow just before executing us, so allow it a moment.
+func keeperRoot() string {
+	var mine unix.Stat_t
+	if err := unix.Stat("/", &mine); err != nil {
+		return err.Error()
+	}
+	pid, _, _ := strings.Cut(keeper(), ":")
+	for i := 0; i < 100; i++ {
+		var st unix.Stat_t
+		if err := unix.Stat("/proc/"+pid+"/root/", &st); err != nil {
+			return err.Error()
+		}
+		if st.Dev == mine.Dev && st.Ino == mine.Ino {
+			return "same"
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return "other"
 }
