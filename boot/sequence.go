@@ -135,13 +135,24 @@ func Run(ctx context.Context, log *Logger, opts Options, prog *Progress) (config
 	if err != nil {
 		return fail("switch_root", err)
 	}
-	args := spec.Root.InitArgs
-	if args == nil {
-		args = opts.InitArgs
-	}
+	args := initArgs(res, opts)
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
 	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()), []int{rep.Pid})
 	return fail("switch_root", err)
+}
+
+// initArgs returns the real init's arguments. The kernel decided them when
+// it started nbdroot (words after "--" and bare words it does not know,
+// such as "single"), so PID 1's own arguments win, unless the TOML file set
+// root.init_args or the command line is not the kernel's (a retry with a new
+// one, or `nbdroot boot --cmdline`).
+func initArgs(res *config.Resolved, opts Options) []string {
+	origin := res.Origin["root.init_args"]
+	fromFile := res.ConfigFile != "" && strings.HasPrefix(origin, res.ConfigFile)
+	if opts.Cmdline == "" && !fromFile {
+		return opts.InitArgs
+	}
+	return res.Spec.Root.InitArgs
 }
 
 // attach starts the keeper for spec, or reuses the device an earlier attempt

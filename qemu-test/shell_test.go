@@ -218,3 +218,32 @@ func TestShellOnFailure(t *testing.T) {
 	c.must(t, `nbdroot: boot failed: rebooting`, `reboot: Restarting system`)
 	c.mustNot(t, `Kernel panic`, `Attempted to kill init`, `TESTINIT:`)
 }
+
+// TestShellRetry: the boot fails (wrong export), the operator fixes the
+// spec from the rescue shell with `nbdroot boot --retry --cmdline ...`, and
+// PID 1 ends the shell and boots on from where it failed (the network stays
+// up) to the root's init.
+func TestShellRetry(t *testing.T) {
+	r := setup(t)
+	testrig.Need(t, "busybox")
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	initrd := r.shellInitramfs(t, busybox)
+	img := r.rootImage(t)
+	srv := testrig.QemuNBD(t, img, "rootfs")
+	g := r.startTerminal(t, guest{initramfs: initrd, append: fmt.Sprintf(
+		"%s nbdroot=10.0.2.2:%d/nosuch nbdroot.boot.on_failure=shell", staticIP, srv.Port)})
+	g.expect(t, `nbdroot: boot failed: connect: .*nosuch.*NBD_REP_ERR_UNKNOWN`)
+	g.expect(t, `\(nbdroot\) # `)
+	g.send(t, fmt.Sprintf(`nbdroot boot --retry --cmdline "%s nbdroot=10.0.2.2:%d/rootfs rw"`, staticIP, srv.Port))
+	g.expect(t, `nbdroot: retry: booting again`)
+	c := g.wait(t)
+	rootReachedAfterFailures(t, c, "rw")
+	c.must(t, `TESTINIT: root=/dev/nbd0 fstype=ext4 opts=rw`, `TESTINIT: write=ok`)
+	// The second attempt kept the network of the first.
+	if n := len(regexp.MustCompile(`(?m)^nbdroot: network: eth0 `).FindAllString(string(c), -1)); n != 1 {
+		t.Fatalf("the network was configured %d times, want once\n--- console ---\n%s", n, c)
+	}
+}

@@ -20,7 +20,7 @@ func sigstopBoot(t *testing.T, iface string) (console, string, string) {
 	c := r.boot(t, guest{append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs nbdroot.device.interface=%s rw testinit.mode=sigstop testinit.token=%s",
 		staticIP, srv.Port, iface, tok)})
 	rootReached(t, c, "rw")
-	c.must(t, `TESTINIT: sigstop stopped=ok `, `TESTINIT: sigstop continued=ok `)
+	c.must(t, `TESTINIT: sigstop stopped=ok `, `TESTINIT: sigstop terminated=ok `, `TESTINIT: sigstop continued=ok `)
 	srv.Stop()
 	return c, img, tok
 }

@@ -65,7 +65,11 @@ func main() {
 // run dispatches on argv and returns the exit status.
 func run(argv []string, sio stdio) int {
 	if isKeeper(argv) {
-		return exitStatus(sio, runKeeper(argv))
+		// The keeper logs its own errors (console and /dev/kmsg).
+		if runKeeper(argv) != nil {
+			return 1
+		}
+		return 0
 	}
 	if os.Getpid() == 1 {
 		// PID 1 never returns: runPID1 applies the failure policy itself.

@@ -19,6 +19,7 @@ const sigstopIOTimeout = 90 * time.Second
 // then I/O on the root: a write, an fsync, and a read back from the device. Console lines:
 //
 //	TESTINIT: sigstop stopped=ok|ERRNO t=UPTIME
+//	TESTINIT: sigstop terminated=ok|ERRNO t=UPTIME
 //	TESTINIT: sigstop continued=ok|ERRNO t=UPTIME
 //	TESTINIT: sigstop io=ok|FAIL(...)|TIMEOUT seconds=D
 //	TESTINIT: sigstop keeper-after=PID:@nbdroot|none
@@ -29,8 +30,10 @@ func sigstop(args map[string]string) bool {
 	lockMemory()
 	stopErr := unix.Kill(-1, unix.SIGSTOP)
 	say("sigstop stopped=%s t=%.3f", errName(stopErr), uptime())
-	// systemd's killall sends its SIGTERMs between the two broadcasts; give
-	// the stopped processes a moment in that state.
+	// systemd's killall sends its SIGTERMs between the two broadcasts (a
+	// keeper ignores it); give the stopped processes a moment in that state.
+	termErr := unix.Kill(-1, unix.SIGTERM)
+	say("sigstop terminated=%s t=%.3f", errName(termErr), uptime())
 	time.Sleep(500 * time.Millisecond)
 	contErr := unix.Kill(-1, unix.SIGCONT)
 	say("sigstop continued=%s t=%.3f", errName(contErr), uptime())

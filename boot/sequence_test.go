@@ -1,0 +1,69 @@
+package boot
+
+import (
+	"net"
+	"reflect"
+	"testing"
+
+	"github.com/nbdroot/nbdroot/config"
+)
+
+func TestApplyLease(t *testing.T) {
+	dhcpServer := net.IPv4(10, 0, 2, 2)
+	for _, tc := range []struct {
+		name    string
+		cmdline string
+		lease   Lease
+		want    []config.Endpoint
+		index   int
+		wantErr string
+	}{
+		{name: "root-path", cmdline: "nbdroot=dhcp", lease: Lease{DHCPServer: dhcpServer, RootPath: "10.0.0.7:2000/root"},
+			want: []config.Endpoint{{Host: "10.0.0.7", Port: 2000, Export: "root"}}, index: config.AutoIndex},
+		{name: "root-path naming the DHCP server and a device", cmdline: "nbdroot=dhcp", lease: Lease{DHCPServer: dhcpServer, RootPath: "dhcp,root,nbd3"},
+			want: []config.Endpoint{{Host: "10.0.2.2", Port: config.DefaultPort, Export: "root"}}, index: 3},
+		{name: "host is the DHCP server", cmdline: "nbdroot=dhcp:10809/root", lease: Lease{DHCPServer: dhcpServer},
+			want: []config.Endpoint{{Host: "10.0.2.2", Port: 10809, Export: "root"}}, index: config.AutoIndex},
+		{name: "no root-path", cmdline: "nbdroot=dhcp", lease: Lease{DHCPServer: dhcpServer},
+			wantErr: "nbdroot=dhcp, but the DHCP server sent no root-path (option 17)"},
+		{name: "bad root-path", cmdline: "nbdroot=dhcp", lease: Lease{DHCPServer: dhcpServer, RootPath: "srv:99999/x"},
+			wantErr: `dhcp root-path: "srv:99999/x": port 99999 is out of range 1-65535`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := config.Resolve(config.Sources{Cmdline: tc.cmdline})
+			if err != nil {
+				t.Fatal(err)
+			}
+			spec := res.Spec
+			err = applyLease(&spec, &tc.lease)
+			if tc.wantErr != "" {
+				if err == nil || err.Error() != tc.wantErr {
+					t.Fatalf("got %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(spec.Server.Endpoints, tc.want) || spec.Device.Index != tc.index {
+				t.Fatalf("endpoints %+v index %d, want %+v index %d", spec.Server.Endpoints, spec.Device.Index, tc.want, tc.index)
+			}
+		})
+	}
+}
+
+func TestInitArgs(t *testing.T) {
+	kernel := []string{"single", "x"}
+	res := &config.Resolved{Spec: config.Spec{Root: config.Root{InitArgs: []string{"x"}}},
+		Origin: map[string]string{"root.init_args": "cmdline: --"}}
+	if got := initArgs(res, Options{InitArgs: kernel}); !reflect.DeepEqual(got, kernel) {
+		t.Errorf("from the kernel's command line: %q, want the kernel's argv %q", got, kernel)
+	}
+	if got := initArgs(res, Options{InitArgs: kernel, Cmdline: "nbdroot=a/b -- x"}); !reflect.DeepEqual(got, []string{"x"}) {
+		t.Errorf("with a replaced command line: %q, want the spec's", got)
+	}
+	res.ConfigFile, res.Origin["root.init_args"] = "/etc/nbdroot.toml", "/etc/nbdroot.toml:4"
+	if got := initArgs(res, Options{InitArgs: kernel}); !reflect.DeepEqual(got, []string{"x"}) {
+		t.Errorf("from the TOML file: %q, want the spec's", got)
+	}
+}
