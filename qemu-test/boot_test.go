@@ -2,6 +2,7 @@ package qemutest
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -207,4 +208,29 @@ func TestAttachStatusDetachInGuest(t *testing.T) {
 		`TESTINIT: status-after: /dev/nbd0 `,
 	)
 	c.mustNot(t, `TESTINIT: status-after: /dev/nbd1`)
+}
+
+// TestBootPartition mounts the root from the first partition of the export
+// (root=/dev/nbd0p1): the partition table is read after the attach.
+func TestBootPartition(t *testing.T) {
+	r := setup(t)
+	disk := testrig.PartitionedExt4(t, filepath.Join(t.TempDir(), "disk.img"), 65<<20, r.rootTree(t, r.testinit, nil))
+	srv := testrig.QemuNBD(t, disk, "disk")
+	tok := token(t)
+	c := r.boot(t, guest{append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/disk root=/dev/nbd0p1 rw testinit.token=%s", staticIP, srv.Port, tok)})
+	rootReached(t, c, "rw")
+	c.must(t, `TESTINIT: root=/dev/nbd0p1 fstype=ext4`, `TESTINIT: write=ok`)
+	srv.Stop()
+	// e2fsck and debugfs want the filesystem on its own.
+	part := filepath.Join(t.TempDir(), "part.img")
+	b, err := os.ReadFile(disk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(part, b[testrig.PartitionOffset:], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := readBack(t, part, "/nbdroot-test/written"); got != tok {
+		t.Fatalf("partition holds %q, want %q", got, tok)
+	}
 }

@@ -107,6 +107,13 @@ func (r *rig) rootImage(t testing.TB) string {
 // binary init, with extra files (path in the root → file on the host).
 func (r *rig) rootImageWith(t testing.TB, initPath string, size int64, extra map[string]string) string {
 	t.Helper()
+	return testrig.Ext4FromDir(t, filepath.Join(t.TempDir(), "root.img"), size, r.rootTree(t, initPath, extra))
+}
+
+// rootTree writes the tree of a root image: /sbin/init, the extra files
+// and the mount points every root has; it returns its directory.
+func (r *rig) rootTree(t testing.TB, initPath string, extra map[string]string) string {
+	t.Helper()
 	files := map[string][]byte{"nbdroot-test/README": []byte("written by the nbdroot QEMU tests\n")}
 	for dst, src := range map[string]string{"sbin/init": initPath} {
 		extra = mapWith(extra, dst, src)
@@ -125,7 +132,7 @@ func (r *rig) rootImageWith(t testing.TB, initPath string, size int64, extra map
 			t.Fatal(err)
 		}
 	}
-	return testrig.Ext4FromDir(t, filepath.Join(t.TempDir(), "root.img"), size, src)
+	return src
 }
 
 // guest is one QEMU run.

@@ -9,9 +9,11 @@
 package testrig
 
 import (
+	"encoding/binary"
 	"net"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -133,4 +135,41 @@ func RawImage(t testing.TB, path string, size int64) string {
 		t.Fatalf("testrig: writing %s: %v", path, err)
 	}
 	return path
+}
+
+// PartitionOffset is where PartitionedExt4 puts its one partition.
+const PartitionOffset = 1 << 20
+
+// PartitionedExt4 writes a disk image at img: an MBR partition table with
+// one Linux partition from PartitionOffset to the end, holding an ext4
+// filesystem with a copy of the tree at src. It returns img.
+func PartitionedExt4(t testing.TB, img string, size int64, src string) string {
+	t.Helper()
+	Need(t, "mkfs.ext4")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatalf("testrig: %v", err)
+	}
+	mbr := make([]byte, 512)
+	entry := mbr[446:462]
+	entry[4] = 0x83 // Linux
+	binary.LittleEndian.PutUint32(entry[8:], PartitionOffset/512)
+	binary.LittleEndian.PutUint32(entry[12:], uint32((size-PartitionOffset)/512))
+	mbr[510], mbr[511] = 0x55, 0xaa
+	_, err = f.Write(mbr)
+	if err == nil {
+		err = f.Truncate(size)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		t.Fatalf("testrig: writing %s: %v", img, err)
+	}
+	fsSize := strconv.FormatInt((size-PartitionOffset)>>10, 10) + "k"
+	out, err := exec.Command("mkfs.ext4", "-q", "-F", "-E", "offset="+strconv.Itoa(PartitionOffset), "-d", src, img, fsSize).CombinedOutput()
+	if err != nil {
+		t.Fatalf("testrig: mkfs.ext4 -E offset=%d -d %s %s: %v\n%s", PartitionOffset, src, img, err, out)
+	}
+	return img
 }
