@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -174,6 +175,9 @@ func RunKeeper() error {
 		return fmt.Errorf("keeper: bad %s: %w", keeperEnv, err)
 	}
 	os.Unsetenv(keeperEnv)
+	// ps and top show the command name, which would be the initramfs's
+	// "init" otherwise.
+	_ = unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte("nbdroot-keeper\x00")[0])), 0, 0, 0)
 	// The signals that systemd and the console broadcast do not stop a
 	// keeper: only `nbdroot detach` (or the kernel) does.
 	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGPIPE)

@@ -56,7 +56,8 @@ mkfs.ext4 -q -F -d "$root" "$work/root.img"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 qemu-nbd -x rootfs -b 127.0.0.1 -p "$port" -f raw --persistent "$work/root.img" &
 srv_pid=$!
-for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/"$port") 2>/dev/null && break; sleep 0.1; done
+# Wait until it serves, asking politely (nbdroot probe ends with NBD_CMD_DISC).
+for _ in $(seq 50); do bin/nbdroot probe --timeout 1s "127.0.0.1:$port/rootfs" >/dev/null 2>&1 && break; sleep 0.1; done
 echo "demo: qemu-nbd (pid $srv_pid) serves $work/root.img as 'rootfs' on 127.0.0.1:$port"
 
 append="console=ttyS0 panic=-1 nbdroot=10.0.2.2:$port/rootfs rw"
