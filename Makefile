@@ -6,7 +6,8 @@
 #   make demo       boot QEMU from an NBD root served on loopback
 #   make lint       gofmt + go vet
 #   make fuzz       every fuzz target for FUZZTIME (60s) each
-#   make bench      handshake benchmarks; make bench-boot: boot timeline
+#   make bench      handshake, keeper and reconnect benchmarks
+#   make bench-boot the boot timeline under QEMU
 
 GO        ?= go
 BIN       := bin/nbdroot
@@ -58,8 +59,12 @@ fuzz:
 		done; \
 	done
 
+# bench: the handshake (5 runs), then under QEMU the keeper's memory and
+# sequential read (BenchmarkKeeper) and I/O resumption after a server
+# restart (BenchmarkResume). Figures are medians; see README.md.
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./negotiate/
+	$(GO) test -run '^$$' -bench 'BenchmarkKeeper|BenchmarkResume' -benchtime 3x -timeout 30m ./qemu-test/
 
 bench-boot: deps build
 	$(GO) test -run '^$$' -bench BenchmarkBoot -benchtime 5x -timeout 30m ./qemu-test/
