@@ -344,21 +344,37 @@ func (k *keeper) connect(ctx context.Context, d *Dialer, iface config.Interface)
 	return exp, conns, ep, nil
 }
 
-// reconnect dials until the export answers again, and checks that it is
-// the same size: a different export behind the same name must not be
-// attached under a mounted filesystem.
+// reconnect dials until the export answers again with the same size, and
+// returns the connection, or an error once ctx ends. It never gives up on
+// its own: the device has nowhere else to go. A server that refuses (say, an
+// export not configured yet after a restart) or that offers a different size
+// (a different export behind the same name must not be attached under a
+// mounted filesystem) is logged loudly and tried again, more slowly.
 func (k *keeper) reconnect(ctx context.Context, d *Dialer) (net.Conn, error) {
-	exp, conn, ep, err := Connect(ctx, k.log, d)
-	if err != nil {
-		return nil, err
+	for {
+		exp, conn, ep, err := Connect(ctx, k.log, d)
+		if err == nil && exp.Size == k.exportSize {
+			k.state.Server = ep.Server()
+			return conn, nil
+		}
+		if err == nil {
+			conn.Close()
+			err = fmt.Errorf("%s: export size changed from %d to %d bytes; refusing to reattach", ep, k.exportSize, exp.Size)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		k.log.Errorf(k.step, "reconnect: %v; trying again in %v", err, refusedRetry)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(refusedRetry):
+		}
 	}
-	if exp.Size != k.exportSize {
-		conn.Close()
-		return nil, fmt.Errorf("reconnect: %s: export size changed from %d to %d bytes; refusing to reattach", ep, k.exportSize, exp.Size)
-	}
-	k.state.Server = ep.Server()
-	return conn, nil
 }
+
+// refusedRetry is the pause before reconnecting to servers that all refused.
+const refusedRetry = 10 * time.Second
 
 // stopRequested reports whether `nbdroot detach` asked for the disconnect.
 func (k *keeper) stopRequested() bool {

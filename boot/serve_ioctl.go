@@ -48,6 +48,9 @@ func (k *keeper) serveIoctl(ctx context.Context, d *Dialer, exp *negotiate.Expor
 		}
 		k.log.Printf(k.step, "reconnecting")
 		if conn, err = k.reconnect(ctx, d); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return err
 		}
 	}

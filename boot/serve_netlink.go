@@ -102,6 +102,10 @@ func (k *keeper) serveNetlink(ctx context.Context, nl *netlink.Client, d *Dialer
 		lost := time.Now()
 		k.log.Errorf(k.step, "connection to %s lost; I/O waits up to %v for a new one", k.state.Server, k.spec.Device.DeadConnTimeout)
 		if err := k.replaceSocket(ctx, nl, d, backend); err != nil {
+			if ctx.Err() != nil {
+				k.log.Printf(k.step, "detached on request")
+				return nil
+			}
 			return err
 		}
 		k.state.Reconnects++

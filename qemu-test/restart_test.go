@@ -249,3 +249,41 @@ func TestRestartUnderLoadIoctl(t *testing.T) {
 	}
 	t.Logf("ioctl: %d blocks written, %d failed after the connection was lost", run.blocks, run.errs)
 }
+
+// TestReconnectSizeChanged: the server comes back with a bigger export
+// behind the same name. The keeper must refuse to reattach it under the
+// mounted root, and say so; once the export is back to its size the keeper
+// reattaches, and the writes queued meanwhile (netlink) complete unharmed.
+func TestReconnectSizeChanged(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	tok := token(t)
+	srv := testrig.QemuNBD(t, img, "rootfs")
+	g := r.start(t, guest{append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs rw testinit.mode=stress testinit.stress_seconds=25 testinit.token=%s",
+		staticIP, srv.Port, tok)})
+	g.waitFor(t, `TESTINIT: stress started`)
+	fi, err := os.Stat(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	if err := os.Truncate(img, fi.Size()+1<<20); err != nil {
+		t.Fatal(err)
+	}
+	srv.Restart()
+	g.waitFor(t, `nbdroot: keeper nbd0: reconnect: .*export size changed from 67108864 to 68157440 bytes; refusing to reattach`)
+	srv.Stop()
+	if err := os.Truncate(img, fi.Size()); err != nil {
+		t.Fatal(err)
+	}
+	srv.Restart()
+	c := g.wait(t)
+	c.must(t, `nbdroot: keeper nbd0: reconnected to 10\.0\.2\.2:\d+ `, `TESTINIT: done`)
+	c.mustNot(t, `Kernel panic`, `panic:`, `EXT4-fs error`)
+	run := parseStress(t, c)
+	if run.errs != 0 || run.verify != "ok" {
+		t.Fatalf("errors=%d verify=%s, want errors=0 verify=ok\n--- console ---\n%s", run.errs, run.verify, c)
+	}
+	srv.Stop()
+	checkStressImage(t, readBack(t, img, stressPath), tok, run)
+}
