@@ -63,7 +63,7 @@ fuzz:
 # sequential read (BenchmarkKeeper) and I/O resumption after a server
 # restart (BenchmarkResume). Figures are medians; see README.md.
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./negotiate/
+	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./negotiate/ ./boot/
 	$(GO) test -run '^$$' -bench 'BenchmarkKeeper|BenchmarkResume' -benchtime 3x -timeout 30m ./qemu-test/
 
 bench-boot: deps build

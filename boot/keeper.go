@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -274,7 +275,7 @@ func (k *keeper) run(ctx context.Context) error {
 		Size: params.Size, BlockSize: params.BlockSize, Interface: iface, Connections: len(conns),
 		TLS: k.spec.TLS.Enabled, Pid: os.Getpid(), Since: time.Now(),
 	}
-	k.log.Printf(k.step, "%s: %d bytes, flags %s, via %s, %d connection(s), %s", ep, exp.Size, exp.Flags, exp.Path, len(conns), iface)
+	k.log.Printf(k.step, "%s: %d bytes, flags %s, via %s, %d connection(s), %s%s", ep, exp.Size, exp.Flags, exp.Path, len(conns), iface, tlsNote(exp))
 	ready := func(attach time.Duration) {
 		k.publish()
 		setQueueLimits(k.log, k.step, k.dev, exp)
@@ -418,4 +419,12 @@ func closeAll(conns []net.Conn) {
 	for _, c := range conns {
 		c.Close()
 	}
+}
+
+// tlsNote describes the TLS session for the log, or "" without TLS.
+func tlsNote(exp *negotiate.Export) string {
+	if exp.TLSVersion == 0 {
+		return ""
+	}
+	return ", " + tls.VersionName(exp.TLSVersion) + " " + tls.CipherSuiteName(exp.TLSCipher)
 }

@@ -75,20 +75,35 @@ func runInitToInit(c console) (float64, error) {
 // requests over connections by CPU, so that guest gets two).
 func BenchmarkKeeper(b *testing.B) {
 	for _, tc := range []struct {
-		name  string
-		conns int
-		cpus  int
+		name     string
+		conns    int
+		cpus     int
+		tls      bool
+		cpuModel string
 	}{
-		{"conn1", 1, 1},
-		{"conn4-smp2", 4, 2},
+		{"conn1", 1, 1, false, ""},
+		{"conn4-smp2", 4, 2, false, ""},
+		// The keeper relays every byte; under TCG the guest's emulated
+		// crypto dominates (boot.BenchmarkRelay measures the relay itself).
+		{"conn1-tls", 1, 1, true, ""},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			r := setup(b)
 			img := r.rootImageWith(b, r.benchinit, 320<<20, nil)
-			srv := testrig.QemuNBD(b, img, "rootfs", testrig.Shared(4))
+			g := guest{cpus: tc.cpus, cpuModel: tc.cpuModel}
+			var srv *testrig.Server
+			if tc.tls {
+				certs := testrig.Certs(b, b.TempDir())
+				srv = testrig.QemuNBD(b, img, "rootfs", testrig.Shared(4), testrig.TLS(certs.Dir))
+				g.initramfs = r.initramfsWith(b, map[string]string{guestCA: certs.CA})
+				g.append = fmt.Sprintf("%s nbdroot=nbds://10.0.2.2:%d/rootfs nbdroot.tls.ca=%s ro", staticIP, srv.Port, guestCA)
+			} else {
+				srv = testrig.QemuNBD(b, img, "rootfs", testrig.Shared(4))
+				g.append = fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs ro nbdroot.device.connections=%d", staticIP, srv.Port, tc.conns)
+			}
 			var reads, rss []float64
 			for i := 0; i < b.N; i++ {
-				c := r.boot(b, guest{cpus: tc.cpus, append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs ro nbdroot.device.connections=%d", staticIP, srv.Port, tc.conns)})
+				c := r.boot(b, g)
 				c.must(b, fmt.Sprintf(`nbdroot: keeper nbd0: .* %d connection\(s\), netlink`, tc.conns))
 				reads = append(reads, benchValue(b, c, `BENCH: read_mib=256 seconds=([0-9.]+)`))
 				rss = append(rss, benchValue(b, c, `BENCH: keeper_rss_after_kib=([0-9]+)`))

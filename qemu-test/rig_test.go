@@ -140,7 +140,8 @@ type guest struct {
 	initramfs string // default: the rig's
 	append    string // kernel command line after the console settings
 	timeout   time.Duration
-	cpus      int // virtual CPUs (default 1)
+	cpus      int    // virtual CPUs (default 1)
+	cpuModel  string // QEMU -cpu (default QEMU's qemu64, which lacks AES-NI)
 }
 
 // console is what a guest printed on its serial console.
@@ -180,13 +181,16 @@ func (r *rig) start(t testing.TB, g guest) *running {
 		cmdline += " " + extra
 	}
 	cpus := max(g.cpus, 1)
-	p := testrig.Start(t, "qemu-system-x86_64",
-		"-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(cpus),
+	args := []string{"-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(cpus)}
+	if g.cpuModel != "" {
+		args = append(args, "-cpu", g.cpuModel)
+	}
+	p := testrig.Start(t, append([]string{"qemu-system-x86_64"}, append(args,
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", r.kernel, "-initrd", initrd, "-append", cmdline,
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
 		"-device", "virtio-rng-pci",
-	)
+	)...)...)
 	return &running{p: p, timeout: g.timeout, started: time.Now()}
 }
 

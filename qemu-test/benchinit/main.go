@@ -76,11 +76,20 @@ func keeperRSS() string {
 		if err != nil || !bytes.HasPrefix(b, []byte("@nbdroot\x00")) {
 			continue
 		}
+		var rss, anon, file string
 		for _, line := range strings.Split(readFile(filepath.Join("/proc", e.Name(), "status")), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				return strings.TrimSuffix(strings.TrimSpace(v), " kB")
+			k, v, _ := strings.Cut(line, ":")
+			v = strings.TrimSuffix(strings.TrimSpace(v), " kB")
+			switch k {
+			case "VmRSS":
+				rss = v
+			case "RssAnon":
+				anon = v
+			case "RssFile":
+				file = v
 			}
 		}
+		return rss + " anon_kib=" + anon + " file_kib=" + file
 	}
 	return "none"
 }
