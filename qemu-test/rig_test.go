@@ -164,6 +164,13 @@ type running struct {
 // start starts g and returns at once.
 func (r *rig) start(t testing.TB, g guest) *running {
 	t.Helper()
+	argv, timeout := r.qemu(g)
+	p := testrig.Start(t, argv...)
+	return &running{p: p, timeout: timeout, started: time.Now()}
+}
+
+// qemu returns the QEMU command line that boots g, and g's timeout.
+func (r *rig) qemu(g guest) ([]string, time.Duration) {
 	initrd := g.initramfs
 	if initrd == "" {
 		initrd = r.initramfs
@@ -180,18 +187,16 @@ func (r *rig) start(t testing.TB, g guest) *running {
 	if extra := os.Getenv("NBDROOT_TEST_APPEND"); extra != "" {
 		cmdline += " " + extra
 	}
-	cpus := max(g.cpus, 1)
-	args := []string{"-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(cpus)}
+	argv := []string{"qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(max(g.cpus, 1))}
 	if g.cpuModel != "" {
-		args = append(args, "-cpu", g.cpuModel)
+		argv = append(argv, "-cpu", g.cpuModel)
 	}
-	p := testrig.Start(t, append([]string{"qemu-system-x86_64"}, append(args,
+	return append(argv,
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", r.kernel, "-initrd", initrd, "-append", cmdline,
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
 		"-device", "virtio-rng-pci",
-	)...)...)
-	return &running{p: p, timeout: g.timeout, started: time.Now()}
+	), g.timeout
 }
 
 // console returns what the guest printed so far.

@@ -53,25 +53,9 @@ func (b *syncBuffer) String() string {
 // open for send. QEMU is killed when the test ends.
 func (r *rig) startTerminal(t testing.TB, g guest) *terminal {
 	t.Helper()
-	initrd := g.initramfs
-	if initrd == "" {
-		initrd = r.initramfs
-	}
-	if g.timeout == 0 {
-		g.timeout = bootTimeout
-	}
-	cmdline := "console=ttyS0 panic=-1 " + g.append
-	if extra := os.Getenv("NBDROOT_TEST_APPEND"); extra != "" {
-		cmdline += " " + extra
-	}
-	cmd := exec.Command("qemu-system-x86_64",
-		"-accel", "tcg", "-m", "512", "-smp", "1",
-		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
-		"-kernel", r.kernel, "-initrd", initrd, "-append", cmdline,
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
-		"-device", "virtio-rng-pci",
-	)
-	term := &terminal{out: &syncBuffer{}, done: make(chan struct{}), timeout: g.timeout}
+	argv, timeout := r.qemu(g)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	term := &terminal{out: &syncBuffer{}, done: make(chan struct{}), timeout: timeout}
 	cmd.Stdout, cmd.Stderr = term.out, term.out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
@@ -178,13 +162,12 @@ func probeSize(t testing.TB, img string) string {
 	return fmt.Sprintf(`size:\s+%d \(`, fi.Size())
 }
 
-// TestShellOnFailure: nbdroot's own initramfs with BusyBox as its rescue
-// shell. The export does not exist, so the boot fails; with on_failure =
-// shell the console shows the failure, then the shell, where nbdroot's
-// subcommands are at hand: `nbdroot probe` reaches the server over the
-// network the boot brought up. Leaving the shell reboots the machine
-// (QEMU exits under -no-reboot).
-func TestShellOnFailure(t *testing.T) {
+// failToBusybox boots nbdroot's own initramfs with BusyBox as the rescue
+// shell against a server that lacks the export asked for, so that the boot
+// fails into the shell; it returns the guest at the failure, the root
+// image and the server (which does have "rootfs").
+func failToBusybox(t *testing.T) (*terminal, string, *testrig.Server) {
+	t.Helper()
 	r := setup(t)
 	testrig.Need(t, "busybox")
 	busybox, err := exec.LookPath("busybox")
@@ -194,10 +177,20 @@ func TestShellOnFailure(t *testing.T) {
 	initrd := r.shellInitramfs(t, busybox)
 	img := r.rootImage(t)
 	srv := testrig.QemuNBD(t, img, "rootfs")
-
 	g := r.startTerminal(t, guest{initramfs: initrd, append: fmt.Sprintf(
 		"%s nbdroot=10.0.2.2:%d/nosuch nbdroot.boot.on_failure=shell nbdroot.boot.failure_delay=0s", staticIP, srv.Port)})
 	g.expect(t, `nbdroot: boot failed: connect: .*nosuch.*NBD_REP_ERR_UNKNOWN`)
+	return g, img, srv
+}
+
+// TestShellOnFailure: nbdroot's own initramfs with BusyBox as its rescue
+// shell. The export does not exist, so the boot fails; with on_failure =
+// shell the console shows the failure, then the shell, where nbdroot's
+// subcommands are at hand: `nbdroot probe` reaches the server over the
+// network the boot brought up. Leaving the shell reboots the machine
+// (QEMU exits under -no-reboot).
+func TestShellOnFailure(t *testing.T) {
+	g, img, srv := failToBusybox(t)
 	g.expect(t, `nbdroot: boot failed: starting /bin/sh`)
 	g.expect(t, `\(nbdroot\) # `)
 
@@ -224,18 +217,7 @@ func TestShellOnFailure(t *testing.T) {
 // PID 1 ends the shell and boots on from where it failed (the network stays
 // up) to the root's init.
 func TestShellRetry(t *testing.T) {
-	r := setup(t)
-	testrig.Need(t, "busybox")
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	initrd := r.shellInitramfs(t, busybox)
-	img := r.rootImage(t)
-	srv := testrig.QemuNBD(t, img, "rootfs")
-	g := r.startTerminal(t, guest{initramfs: initrd, append: fmt.Sprintf(
-		"%s nbdroot=10.0.2.2:%d/nosuch nbdroot.boot.on_failure=shell", staticIP, srv.Port)})
-	g.expect(t, `nbdroot: boot failed: connect: .*nosuch.*NBD_REP_ERR_UNKNOWN`)
+	g, _, srv := failToBusybox(t)
 	g.expect(t, `\(nbdroot\) # `)
 	g.send(t, fmt.Sprintf(`nbdroot boot --retry --cmdline "%s nbdroot=10.0.2.2:%d/rootfs rw"`, staticIP, srv.Port))
 	g.expect(t, `nbdroot: retry: booting again`)
