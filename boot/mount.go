@@ -80,10 +80,7 @@ func fsFromSuperblock(b []byte) string {
 // rootflags, ro or rw, and, with overlay "tmpfs", a tmpfs upper layer over a
 // read-only lower mount so that many clients can share one export.
 func MountRoot(log *Logger, dev, fstype string, r config.Root) error {
-	// What an earlier attempt of this boot mounted goes first (a retry).
-	for _, p := range []string{NewRoot, filepath.Join(RunDir, "lower"), filepath.Join(RunDir, "overlay")} {
-		_ = unix.Unmount(p, unix.MNT_DETACH)
-	}
+	unmountLeftovers()
 	flags, data := mountOptions(r.Flags)
 	if r.ReadOnly || r.Overlay == config.OverlayTmpfs {
 		flags |= unix.MS_RDONLY
@@ -115,6 +112,14 @@ func MountRoot(log *Logger, dev, fstype string, r config.Root) error {
 	}
 	log.Printf("mount", "%s (%s, %s) on %s", dev, fstype, mode, NewRoot)
 	return nil
+}
+
+// unmountLeftovers detaches what an earlier attempt of this boot mounted
+// (a retry from the rescue shell); on a first attempt there is nothing.
+func unmountLeftovers() {
+	for _, p := range []string{NewRoot, filepath.Join(RunDir, "lower"), filepath.Join(RunDir, "overlay")} {
+		_ = unix.Unmount(p, unix.MNT_DETACH)
+	}
 }
 
 // mountOverlay mounts a tmpfs-backed overlay of lower on NewRoot.

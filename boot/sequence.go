@@ -168,6 +168,7 @@ func attach(ctx context.Context, log *Logger, spec config.Spec, prog *Progress) 
 			rep.Connect, rep.Attach = 0, 0
 			return &rep, nil
 		}
+		unmountLeftovers() // the last attempt's root, if it got that far
 		if err := Detach(prog.keeper.Device, true); err != nil {
 			log.Errorf("attach", "detaching the last attempt's device: %v", err)
 		}
