@@ -19,25 +19,11 @@ import (
 // is ours.
 func BenchmarkHandshakeNbdkit(b *testing.B) {
 	s := testrig.Nbdkit(b, "memory", "64M")
-	ctx := context.Background()
-	var d net.Dialer
-	b.ReportAllocs()
-	for b.Loop() {
-		conn, err := d.DialContext(ctx, "tcp", s.Addr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		exp, conn, err := negotiate.Handshake(ctx, conn, negotiate.Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
+	benchHandshake(b, s.Addr, negotiate.Options{}, func(exp *negotiate.Export) {
 		if exp.Path != negotiate.PathGo {
 			b.Fatalf("path %q, want %q", exp.Path, negotiate.PathGo)
 		}
-		if err := negotiate.Disconnect(conn); err != nil {
-			b.Fatal(err)
-		}
-	}
+	})
 }
 
 // BenchmarkHandshakeNbdkitTLS is BenchmarkHandshakeNbdkit with STARTTLS and a
@@ -52,11 +38,21 @@ func BenchmarkHandshakeNbdkitTLS(b *testing.B) {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(pem)
 	opts := negotiate.Options{TLS: &tls.Config{RootCAs: roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}}
+	benchHandshake(b, s.Addr, opts, func(exp *negotiate.Export) {
+		if exp.TLSVersion == 0 {
+			b.Fatal("no TLS")
+		}
+	})
+}
+
+// benchHandshake times dial, Handshake with opts, check and Disconnect
+// against the server at addr.
+func benchHandshake(b *testing.B, addr string, opts negotiate.Options, check func(*negotiate.Export)) {
 	ctx := context.Background()
 	var d net.Dialer
 	b.ReportAllocs()
 	for b.Loop() {
-		conn, err := d.DialContext(ctx, "tcp", s.Addr)
+		conn, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -64,9 +60,7 @@ func BenchmarkHandshakeNbdkitTLS(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if exp.TLSVersion == 0 {
-			b.Fatal("no TLS")
-		}
+		check(exp)
 		if err := negotiate.Disconnect(conn); err != nil {
 			b.Fatal(err)
 		}

@@ -1,7 +1,6 @@
 package negotiate
 
 import (
-	"bytes"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -401,15 +400,4 @@ func (r *run) wait(t testing.TB) *fake {
 		t.Fatal("fake server did not finish")
 	}
 	return r.f
-}
-
-// recorder captures what a script writes, to build fuzz seeds.
-type recorder struct {
-	net.Conn
-	out *bytes.Buffer
-}
-
-func (r recorder) Write(b []byte) (int, error) {
-	r.out.Write(b)
-	return r.Conn.Write(b)
 }

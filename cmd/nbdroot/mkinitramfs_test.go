@@ -155,27 +155,7 @@ func TestMkinitramfsWrites(t *testing.T) {
 			t.Errorf("stdout lacks %q:\n%s", want, stdout)
 		}
 	}
-	f, err := os.Open(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	zr, err := gzip.NewReader(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := map[string]uint64{}
-	for _, r := range recs {
-		names[r.Name] = r.Mode
-	}
+	names := readCPIO(t, out)
 	for name, mode := range map[string]uint64{
 		"init":        cpio.S_IFREG | 0o755,
 		"dev/console": cpio.S_IFCHR | 0o600,
@@ -275,6 +255,15 @@ func readCPIO(t *testing.T, path string) map[string]uint64 {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if bytes.HasPrefix(data, []byte{0x1f, 0x8b}) {
+		zr, err := gzip.NewReader(bytes.NewReader(data))
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if data, err = io.ReadAll(zr); err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
 	}
 	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(data)))
 	if err != nil {
