@@ -113,10 +113,14 @@ func kernelParams(d config.Device, exp *negotiate.Export) (ioctl.Params, error) 
 	if exp.Size < uint64(bs) {
 		return ioctl.Params{}, fmt.Errorf("attach: export of %d bytes is smaller than one %d-byte block", exp.Size, bs)
 	}
+	flags := exp.Flags
+	if d.ReadOnly {
+		flags |= negotiate.FlagReadOnly // the kernel makes the disk read-only
+	}
 	return ioctl.Params{
 		Size:      exp.Size - exp.Size%uint64(bs),
 		BlockSize: bs,
-		Flags:     uint16(exp.Flags),
+		Flags:     uint16(flags),
 		Timeout:   d.Timeout,
 		ReadOnly:  d.ReadOnly,
 	}, nil

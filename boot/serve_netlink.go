@@ -47,10 +47,6 @@ func (k *keeper) serveNetlink(ctx context.Context, nl *netlink.Client, d *Dialer
 		}
 		socks, releases = append(socks, s), append(releases, release)
 	}
-	flags := uint64(p.Flags)
-	if p.ReadOnly {
-		flags |= uint64(negotiate.FlagReadOnly)
-	}
 	timeout := p.Timeout
 	if timeout == 0 {
 		timeout = defaultNetlinkTimeout
@@ -60,7 +56,7 @@ func (k *keeper) serveNetlink(ctx context.Context, nl *netlink.Client, d *Dialer
 	backend := "nbdroot " + k.state.Server + "/" + exp.Name
 	idx, err := nl.Connect(netlink.Config{
 		Index: k.dev, Sockets: socks, Size: p.Size, BlockSize: uint64(p.BlockSize),
-		ServerFlags: flags, Timeout: timeout, DeadConnTimeout: k.spec.Device.DeadConnTimeout,
+		ServerFlags: uint64(p.Flags), Timeout: timeout, DeadConnTimeout: k.spec.Device.DeadConnTimeout,
 		BackendID: backend,
 	})
 	// The kernel holds its own references to the sockets.

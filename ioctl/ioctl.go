@@ -45,21 +45,19 @@ const (
 	nbdSetFlags      = 0xab0a
 )
 
-// Transmission flag the kernel reads from NBD_SET_FLAGS to make the disk
-// read-only (NBD_FLAG_READ_ONLY).
-const flagReadOnly = 1 << 1
-
 // Params are what the kernel needs to know about the export.
 type Params struct {
 	// Size is the export size in bytes.
 	Size uint64
 	// BlockSize is the logical block size: a power of two, 512..page size.
 	BlockSize uint32
-	// Flags are the server's transmission flags, passed to NBD_SET_FLAGS.
+	// Flags are the transmission flags passed to NBD_SET_FLAGS: the
+	// server's, with NBD_FLAG_READ_ONLY added for a read-only attach.
 	Flags uint16
 	// Timeout is the per-request timeout; 0 leaves the kernel's default.
 	Timeout time.Duration
-	// ReadOnly forces the device read-only even if the server allows writes.
+	// ReadOnly also sets the block device read-only with BLKROSET, for
+	// kernels that ignore the flag.
 	ReadOnly bool
 }
 
@@ -140,10 +138,6 @@ func (d *Device) configure(sock int, p Params) error {
 	if p.Size == 0 || p.Size%uint64(p.BlockSize) != 0 {
 		return fmt.Errorf("ioctl: %s: size %d is not a positive multiple of block size %d", Path(d.index), p.Size, p.BlockSize)
 	}
-	flags := p.Flags
-	if p.ReadOnly {
-		flags |= flagReadOnly
-	}
 	steps := []struct {
 		name string
 		req  uintptr
@@ -155,7 +149,7 @@ func (d *Device) configure(sock int, p Params) error {
 		{"NBD_SET_BLKSIZE", nbdSetBlksize, uintptr(p.BlockSize)},
 		{"NBD_SET_SIZE", nbdSetSize, uintptr(p.Size)},
 		{"NBD_SET_TIMEOUT", nbdSetTimeout, uintptr(p.Timeout / time.Second)},
-		{"NBD_SET_FLAGS", nbdSetFlags, uintptr(flags)},
+		{"NBD_SET_FLAGS", nbdSetFlags, uintptr(p.Flags)},
 		{"NBD_SET_SOCK", nbdSetSock, uintptr(sock)},
 	}
 	for _, s := range steps {
