@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -264,10 +265,36 @@ func (s *Server) Stop() {
 		return
 	}
 	if s.pid > 0 {
+		// nbd-server forks a child per connection, in the process group
+		// it made when it daemonized (setsid): stop the group, or a child
+		// still holding the listening socket keeps the port answering.
+		pgid, gerr := syscall.Getpgid(s.pid)
 		if err := killPid(s.pid); err != nil {
 			s.t.Errorf("testrig: stopping %s: %v", s.Kind, err)
 		}
+		if gerr == nil && pgid == s.pid {
+			_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		}
 		s.pid = 0
+		if err := waitClosed(s.Addr, StopTimeout); err != nil {
+			s.t.Errorf("testrig: stopping %s: %v", s.Kind, err)
+		}
+	}
+}
+
+// waitClosed polls until nothing accepts connections on addr.
+func waitClosed(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return nil
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s still accepts connections after %v", addr, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
