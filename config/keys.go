@@ -2,13 +2,14 @@ package config
 
 import (
 	"fmt"
-	"math/bits"
 	"net/netip"
 	"path"
 	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/nbdroot/nbdroot/nbddev"
 )
 
 // kind is the type of a TOML key's value.
@@ -226,9 +227,8 @@ const (
 	MaxConnections = 64
 	// MaxPartition bounds root.partition.
 	MaxPartition = 255
-	// MaxIndex bounds device.index: the nbd driver's minors are 20 bits
-	// shifted by the partition bits.
-	MaxIndex = 65535
+	// MaxIndex bounds device.index (nbddev.MaxIndex).
+	MaxIndex = nbddev.MaxIndex
 	// MaxExportName is the NBD protocol's limit on export names, in bytes.
 	MaxExportName = 4096
 )
@@ -359,8 +359,11 @@ func convBlockSize(v any) (any, error) {
 	if n == 0 {
 		return "auto", nil
 	}
-	if n < 512 || n > 4096 || bits.OnesCount64(uint64(n)) != 1 {
-		return nil, fmt.Errorf("%d is not a power of two between 512 and 4096", n)
+	if n < 0 {
+		return nil, nbddev.CheckBlockSize(0)
+	}
+	if err := nbddev.CheckBlockSize(uint64(n)); err != nil {
+		return nil, err
 	}
 	return n, nil
 }

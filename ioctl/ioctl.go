@@ -27,6 +27,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nbdroot/nbdroot/nbddev"
 	"golang.org/x/sys/unix"
 )
 
@@ -132,8 +133,8 @@ func (d *Device) Serve(sock int, p Params, ready func()) error {
 
 // configure runs the setup ioctls in the order the kernel expects.
 func (d *Device) configure(sock int, p Params) error {
-	if err := validBlockSize(p.BlockSize); err != nil {
-		return fmt.Errorf("ioctl: %s: %w", Path(d.index), err)
+	if err := nbddev.CheckBlockSize(uint64(p.BlockSize)); err != nil {
+		return fmt.Errorf("ioctl: %s: block size %w", Path(d.index), err)
 	}
 	if p.Size == 0 || p.Size%uint64(p.BlockSize) != 0 {
 		return fmt.Errorf("ioctl: %s: size %d is not a positive multiple of block size %d", Path(d.index), p.Size, p.BlockSize)
@@ -179,14 +180,6 @@ func (d *Device) configure(sock int, p Params) error {
 func (d *Device) Disconnect() error {
 	if err := d.ioctl(nbdDisconnect, 0); err != nil {
 		return fmt.Errorf("ioctl: %s: NBD_DISCONNECT: %w", Path(d.index), err)
-	}
-	return nil
-}
-
-func validBlockSize(bs uint32) error {
-	page := uint32(os.Getpagesize())
-	if bs < 512 || bs > page || bs&(bs-1) != 0 {
-		return fmt.Errorf("block size %d is not a power of two between 512 and %d", bs, page)
 	}
 	return nil
 }

@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 	"time"
 
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
+	"github.com/nbdroot/nbdroot/nbddev"
 )
 
 // Names and version from the kernel's include/uapi/linux/nbd-netlink.h.
@@ -146,8 +146,8 @@ func connectMessage(cfg Config) (genetlink.Message, error) {
 		return genetlink.Message{}, fmt.Errorf("size %d is not valid", cfg.Size)
 	}
 	if cfg.BlockSize != 0 {
-		if err := validBlockSize(cfg.BlockSize); err != nil {
-			return genetlink.Message{}, err
+		if err := nbddev.CheckBlockSize(cfg.BlockSize); err != nil {
+			return genetlink.Message{}, fmt.Errorf("block size %w", err)
 		}
 	}
 	ae := netlink.NewAttributeEncoder()
@@ -222,16 +222,6 @@ func statusMessage(index int) (genetlink.Message, error) {
 func validIndex(index int) error {
 	if index < 0 || index > maxIndex {
 		return fmt.Errorf("device index %d is not valid", index)
-	}
-	return nil
-}
-
-// validBlockSize mirrors the kernel's blk_validate_block_size: a power of
-// two from 512 to the page size.
-func validBlockSize(bs uint64) error {
-	page := uint64(os.Getpagesize())
-	if bs < 512 || bs > page || bs&(bs-1) != 0 {
-		return fmt.Errorf("block size %d is not a power of two between 512 and %d", bs, page)
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/nbdroot/nbdroot/boot"
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/ioctl"
+	"github.com/nbdroot/nbdroot/nbddev"
 )
 
 // runAttach implements `nbdroot attach [flags] SPEC [/dev/nbdN]`: like
@@ -57,8 +58,10 @@ func runAttach(ctx context.Context, sio stdio, args []string) error {
 	if conns < 1 || conns > config.MaxConnections {
 		return usagef("attach: --connections %d: want 1 to %d", conns, config.MaxConnections)
 	}
-	if bs != 0 && (bs < 512 || bs > 4096 || bs&(bs-1) != 0) {
-		return usagef("attach: --block-size %d: want a power of two from 512 to 4096", bs)
+	if bs != 0 {
+		if err := nbddev.CheckBlockSize(uint64(bs)); err != nil {
+			return usagef("attach: --block-size: %v", err)
+		}
 	}
 	d.Connections, d.ReadOnly, d.BlockSize = conns, ro, uint32(bs)
 	d.Timeout, d.DeadConnTimeout = reqTO.Round(time.Second), deadConn.Round(time.Second)
