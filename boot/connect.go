@@ -10,6 +10,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/negotiate"
 )
@@ -21,7 +22,7 @@ import (
 // its cause. An endpoint whose server refused outright (an NBD error reply
 // such as an unknown export, or a certificate that does not verify) is not
 // retried: waiting will not change its answer.
-func Connect(ctx context.Context, log *Logger, d *Dialer) (*negotiate.Export, net.Conn, config.Endpoint, error) {
+func Connect(ctx context.Context, log *bootlog.Logger, d *Dialer) (*negotiate.Export, net.Conn, config.Endpoint, error) {
 	spec := d.spec
 	if len(spec.Server.Endpoints) == 0 {
 		return nil, nil, config.Endpoint{}, errors.New("connect: no server configured (nbdroot=HOST:PORT/NAME)")

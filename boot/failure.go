@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 )
 
@@ -72,7 +73,7 @@ func RequestRetry(r RetryRequest) error {
 // initramfs has one (reboot otherwise), or reboot, poweroff or halt after
 // b.FailureDelay. PID 1 must never exit: Fail returns only when the
 // operator asked for a retry from the shell.
-func Fail(log *Logger, b config.Boot, err error) RetryRequest {
+func Fail(log *bootlog.Logger, b config.Boot, err error) RetryRequest {
 	log.Errorf("boot failed", "%v", err)
 	action := b.OnFailure
 	if action == config.FailShell {
@@ -121,7 +122,7 @@ func findShell() string {
 // runShell runs sh on the console as the session leader with the console
 // as its controlling terminal, until it exits or a retry is requested; then
 // it ends the shell's session and returns the request.
-func runShell(log *Logger, sh string) (RetryRequest, bool) {
+func runShell(log *bootlog.Logger, sh string) (RetryRequest, bool) {
 	retry := make(chan os.Signal, 1)
 	signal.Notify(retry, SigRetry)
 	defer signal.Stop(retry)

@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/negotiate"
 	"github.com/nbdroot/nbdroot/netlink"
@@ -119,7 +120,7 @@ func IsKeeper(argv []string) bool {
 // console (nil: none; it logs to /dev/kmsg as well). The keeper dials,
 // negotiates and attaches by itself: TLS state cannot cross an exec, and the
 // process that serves the device must be the one that reconnects it.
-func StartKeeper(ctx context.Context, log *Logger, spec config.Spec, device int, console *os.File) (*Report, error) {
+func StartKeeper(ctx context.Context, log *bootlog.Logger, spec config.Spec, device int, console *os.File) (*Report, error) {
 	args, err := json.Marshal(keeperArgs{Spec: spec, Device: device, Start: log.Start()})
 	if err != nil {
 		return nil, fmt.Errorf("keeper: encode spec: %w", err)
@@ -184,7 +185,7 @@ func RunKeeper() error {
 	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), SigDetach)
 	defer stop()
-	log := NewLogger(os.Stderr, a.Start)
+	log := bootlog.New(os.Stderr, a.Start)
 	log.OpenKmsg()
 	k := &keeper{log: log, step: "keeper nbd" + strconv.Itoa(a.Device), spec: a.Spec, dev: a.Device, status: os.NewFile(3, "status")}
 	k.followRoot()
@@ -200,7 +201,7 @@ func RunKeeper() error {
 
 // keeper is the state of one keeper process.
 type keeper struct {
-	log    *Logger
+	log    *bootlog.Logger
 	step   string
 	spec   config.Spec
 	dev    int

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/u-root/u-root/pkg/kmodule"
 	"golang.org/x/sys/unix"
 )
@@ -31,7 +32,7 @@ import (
 // A Modules is safe for concurrent use, so that a module the root will need
 // can load while the network step waits.
 type Modules struct {
-	log      *Logger
+	log      *bootlog.Logger
 	prober   *kmodule.Prober
 	aliases  []moduleAlias
 	softdeps map[string][]string
@@ -45,7 +46,7 @@ type moduleAlias struct{ pattern, module string }
 
 // NewModules reads the module index of the running kernel. Without one (a
 // kernel with everything built in) every load is a no-op.
-func NewModules(log *Logger) *Modules {
+func NewModules(log *bootlog.Logger) *Modules {
 	m := &Modules{log: log, softdeps: map[string][]string{}, tried: map[string]bool{}}
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/ioctl"
 )
@@ -79,7 +80,7 @@ func fsFromSuperblock(b []byte) string {
 // MountRoot mounts dev, a filesystem of type fstype, on NewRoot as r says:
 // rootflags, ro or rw, and, with overlay "tmpfs", a tmpfs upper layer over a
 // read-only lower mount so that many clients can share one export.
-func MountRoot(log *Logger, dev, fstype string, r config.Root) error {
+func MountRoot(log *bootlog.Logger, dev, fstype string, r config.Root) error {
 	unmountLeftovers()
 	flags, data := mountOptions(r.Flags)
 	if r.ReadOnly || r.Overlay == config.OverlayTmpfs {

@@ -16,6 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 )
 
@@ -32,7 +33,7 @@ type Lease struct {
 }
 
 // BringUpNetwork configures the network as n says and returns the lease.
-func BringUpNetwork(ctx context.Context, log *Logger, n config.Network) (*Lease, error) {
+func BringUpNetwork(ctx context.Context, log *bootlog.Logger, n config.Network) (*Lease, error) {
 	if lo, err := netlink.LinkByName("lo"); err == nil {
 		_ = netlink.LinkSetUp(lo)
 	}
@@ -113,7 +114,7 @@ func waitCarrier(l netlink.Link, timeout time.Duration) error {
 	}
 }
 
-func configureStatic(log *Logger, n config.Network, links []netlink.Link) (*Lease, error) {
+func configureStatic(log *bootlog.Logger, n config.Network, links []netlink.Link) (*Lease, error) {
 	l := links[0]
 	name := l.Attrs().Name
 	if err := waitCarrier(l, n.LinkTimeout); err != nil {
@@ -146,7 +147,7 @@ func configureStatic(log *Logger, n config.Network, links []netlink.Link) (*Leas
 
 // configureDHCP asks for a DHCPv4 lease on every candidate link at once and
 // configures the first link that gets one.
-func configureDHCP(ctx context.Context, log *Logger, n config.Network, links []netlink.Link) (*Lease, error) {
+func configureDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []netlink.Link) (*Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.LinkTimeout+n.DHCPTimeout)
 	defer cancel()
 	type result struct {

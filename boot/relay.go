@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/negotiate"
 )
 
@@ -83,7 +84,7 @@ const (
 // setQueueLimits sizes the device's requests: up to requestKiB, within the
 // server's maximum payload (a server refuses larger requests) and the
 // driver's hardware limit; and readahead to match.
-func setQueueLimits(log *Logger, step string, index int, exp *negotiate.Export) {
+func setQueueLimits(log *bootlog.Logger, step string, index int, exp *negotiate.Export) {
 	queue := filepath.Join("/sys/block", "nbd"+strconv.Itoa(index), "queue")
 	payload := uint64(defaultMaxPayload)
 	if exp.MaxBlock != 0 && exp.MaxBlock != 0xffffffff {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/ioctl"
 )
@@ -43,7 +44,7 @@ type Progress struct {
 // real init replaces it. On failure it returns the error, wrapped in a
 // *StepError naming the step, and the failure policy to apply (the defaults'
 // when the spec itself could not be read).
-func Run(ctx context.Context, log *Logger, opts Options, prog *Progress) (config.Boot, error) {
+func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress) (config.Boot, error) {
 	policy := config.Defaults().Boot
 	fail := func(step string, err error) (config.Boot, error) {
 		return policy, &StepError{Step: step, Err: err}
@@ -158,7 +159,7 @@ func initArgs(res *config.Resolved, opts Options) []string {
 // attach starts the keeper for spec, or reuses the device an earlier attempt
 // attached if it is still live and was attached for the same server and
 // device settings.
-func attach(ctx context.Context, log *Logger, spec config.Spec, prog *Progress) (*Report, error) {
+func attach(ctx context.Context, log *bootlog.Logger, spec config.Spec, prog *Progress) (*Report, error) {
 	if prog.keeper != nil {
 		same := reflect.DeepEqual(prog.keepSpec.Server, spec.Server) && reflect.DeepEqual(prog.keepSpec.TLS, spec.TLS) &&
 			reflect.DeepEqual(prog.keepSpec.Device, spec.Device)

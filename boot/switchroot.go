@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"golang.org/x/sys/unix"
 )
 
@@ -94,7 +95,7 @@ func resolveIn(root, path string) (string, error) {
 // root without /run) is detached instead, as util-linux's switch_root does.
 // The keepers (pids) are told to follow into the new root before the exec.
 // It returns only on failure, and log says what was detached.
-func SwitchRoot(log *Logger, newRoot, init string, args, env []string, keepers []int) error {
+func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string, keepers []int) error {
 	for _, m := range apiMounts() {
 		dst := filepath.Join(newRoot, m.target)
 		if err := os.MkdirAll(dst, 0o755); err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nbdroot/nbdroot/boot"
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/ioctl"
 	"github.com/nbdroot/nbdroot/nbddev"
@@ -67,7 +68,7 @@ func runAttach(ctx context.Context, sio stdio, args []string) error {
 	d.Timeout, d.DeadConnTimeout = reqTO.Round(time.Second), deadConn.Round(time.Second)
 	f.spec.Server.Deadline = deadline
 
-	log := boot.NewLogger(sio.err, time.Now())
+	log := bootlog.New(sio.err, time.Now())
 	log.SetQuiet(true)
 	if _, err := os.Stat("/sys/module/nbd"); err != nil {
 		boot.NewModules(log).Load("nbd")

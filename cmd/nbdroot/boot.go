@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nbdroot/nbdroot/boot"
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 )
 
@@ -38,7 +39,7 @@ func runBoot(ctx context.Context, sio stdio, args []string) error {
 		fmt.Fprintln(sio.out, "nbdroot: asked PID 1 to boot again")
 		return nil
 	}
-	log := boot.NewLogger(sio.err, time.Now())
+	log := bootlog.New(sio.err, time.Now())
 	quietStdlog(log)
 	_, err := boot.Run(ctx, log, boot.Options{Cmdline: *cmdline, ConfigPath: *cfg, InitArgs: fs.Args()}, &boot.Progress{})
 	return err
@@ -55,7 +56,7 @@ func runKeeper(argv []string) error { return boot.RunKeeper() }
 // policy returns only when the operator asks for a retry from the rescue
 // shell; the next attempt resumes where the last one failed.
 func runPID1(sio stdio) {
-	log := boot.NewLogger(sio.err, time.Now())
+	log := bootlog.New(sio.err, time.Now())
 	quietStdlog(log)
 	prog := &boot.Progress{}
 	opts := boot.Options{InitArgs: os.Args[1:]}
@@ -67,7 +68,7 @@ func runPID1(sio stdio) {
 }
 
 // attempt is one run of the boot, with panics turned into errors.
-func attempt(log *boot.Logger, opts boot.Options, prog *boot.Progress) (policy config.Boot, err error) {
+func attempt(log *bootlog.Logger, opts boot.Options, prog *boot.Progress) (policy config.Boot, err error) {
 	policy = config.Defaults().Boot
 	defer func() {
 		if r := recover(); r != nil {
@@ -87,7 +88,7 @@ func attempt(log *boot.Logger, opts boot.Options, prog *boot.Progress) (policy c
 
 // quietStdlog sends the standard logger (used by u-root's DHCP client) to
 // debug lines of the boot log.
-func quietStdlog(log *boot.Logger) {
+func quietStdlog(log *bootlog.Logger) {
 	stdlog.SetFlags(0)
 	stdlog.SetOutput(log.DebugWriter("dhcp"))
 }

@@ -1,30 +1,42 @@
-package boot
+// Package bootlog is nbdroot's log: one line per event, written once to the
+// console and as a record to /dev/kmsg, with the time since boot began. PID 1,
+// the keeper and the interactive subcommands share it. It imports only the
+// standard library and x/sys/unix.
+package bootlog
 
 import (
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Logger writes one line per event to the console and to /dev/kmsg, so that
 // `dmesg | grep nbdroot` tells the story of the boot after the fact:
 //
 //	nbdroot: network: eth0 10.0.2.15/24 from DHCP server 10.0.2.2 (+0.09s)
+//
+// When the console is the kernel's console, a line the kernel will echo from
+// /dev/kmsg (its level is below the console log level) is not written to the
+// console as well: each line appears once.
 type Logger struct {
 	start   time.Time
 	console io.Writer
 	mu      sync.Mutex
 	kmsg    io.WriteCloser // nil until /dev is mounted
+	echoed  bool           // console is /dev/console: the kernel echoes kmsg there
 	debug   bool
 	quiet   bool // errors only on the console
 }
 
-// NewLogger returns a Logger writing to console, measuring elapsed time from
+// New returns a Logger writing to console, measuring elapsed time from
 // start.
-func NewLogger(console io.Writer, start time.Time) *Logger {
+func New(console io.Writer, start time.Time) *Logger {
 	return &Logger{start: start, console: console}
 }
 
@@ -35,17 +47,59 @@ func (l *Logger) OpenKmsg() {
 	if err != nil {
 		return
 	}
+	echoed := isKernelConsole(l.console)
 	l.mu.Lock()
-	l.kmsg = f
+	l.kmsg, l.echoed = f, echoed
 	l.mu.Unlock()
+}
+
+// isKernelConsole reports whether w is /dev/console (character device 5:1),
+// where the kernel prints kmsg records itself.
+func isKernelConsole(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return false
+	}
+	return st.Mode&unix.S_IFMT == unix.S_IFCHR && unix.Major(uint64(st.Rdev)) == 5 && unix.Minor(uint64(st.Rdev)) == 1
+}
+
+// consoleLevel is the kernel's console log level (the first field of
+// /proc/sys/kernel/printk): records below it are printed on the console.
+// It is read per line because systemd and sysctl change it at run time.
+func consoleLevel() int {
+	b, err := os.ReadFile("/proc/sys/kernel/printk")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // SetQuiet keeps all but errors off the console (an interactive command
 // such as attach); /dev/kmsg still gets every line.
-func (l *Logger) SetQuiet(on bool) { l.quiet = on }
+func (l *Logger) SetQuiet(on bool) {
+	l.mu.Lock()
+	l.quiet = on
+	l.mu.Unlock()
+}
 
 // SetDebug enables Debugf output.
-func (l *Logger) SetDebug(on bool) { l.debug = on }
+func (l *Logger) SetDebug(on bool) {
+	l.mu.Lock()
+	l.debug = on
+	l.mu.Unlock()
+}
 
 // Elapsed returns the time since the logger's start.
 func (l *Logger) Elapsed() time.Duration { return time.Since(l.start) }
@@ -65,7 +119,10 @@ func (l *Logger) Errorf(step, format string, a ...any) {
 
 // Debugf logs one line for step when debug logging is on.
 func (l *Logger) Debugf(step, format string, a ...any) {
-	if l.debug {
+	l.mu.Lock()
+	on := l.debug
+	l.mu.Unlock()
+	if on {
 		l.emit(7, step, fmt.Sprintf(format, a...))
 	}
 }
@@ -78,7 +135,8 @@ func (l *Logger) emit(level int, step, msg string) {
 	line := fmt.Sprintf("nbdroot: %s (+%.2fs)", msg, l.Elapsed().Seconds())
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.quiet || level <= 3 {
+	kernelPrints := l.kmsg != nil && l.echoed && level < consoleLevel()
+	if (!l.quiet || level <= 3) && !kernelPrints {
 		fmt.Fprintln(l.console, line)
 	}
 	if l.kmsg != nil {
