@@ -30,11 +30,11 @@ func apiMounts() []apiMount {
 func MountEarly() error {
 	for _, m := range apiMounts() {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
-			return fmt.Errorf("early mounts: %w", err)
+			return err
 		}
 		err := unix.Mount(m.fstype, m.target, m.fstype, m.flags, m.data)
 		if err != nil && !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("early mounts: mount %s on %s: %w", m.fstype, m.target, err)
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
 	}
 	return nil

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -14,21 +13,20 @@ import (
 
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/keeper"
 )
 
-// StepError records which step of the boot failed.
+// StepError is the boot's error: which step failed, and why. Step is one of
+// "early mounts", "config", "modules", "network", "connect", "attach",
+// "mount" and "switch_root"; connect and attach run in the keeper, which
+// names the one that failed (keeper.Error). The steps' own errors do not
+// repeat the step's name.
 type StepError struct {
 	Step string
 	Err  error
 }
 
-func (e *StepError) Error() string {
-	msg := e.Err.Error()
-	if strings.HasPrefix(msg, e.Step+":") {
-		return msg
-	}
-	return e.Step + ": " + msg
-}
+func (e *StepError) Error() string { return e.Step + ": " + e.Err.Error() }
 func (e *StepError) Unwrap() error { return e.Err }
 
 // Shells are looked for, in order, when the failure action is a shell.
@@ -39,7 +37,7 @@ func shells() []string { return []string{"/bin/sh", "/bin/gosh", "/bbin/gosh", "
 const SigRetry = unix.SIGUSR1
 
 // retryPath holds the RetryRequest that comes with SigRetry.
-const retryPath = RunDir + "/retry.json"
+const retryPath = keeper.DefaultRunDir + "/retry.json"
 
 // RetryRequest is what `nbdroot boot --retry` asks of PID 1: boot again,
 // optionally with another command line or configuration file.
@@ -56,7 +54,7 @@ func RequestRetry(r RetryRequest) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(RunDir, 0o755); err != nil {
+	if err := os.MkdirAll(keeper.DefaultRunDir, 0o755); err != nil {
 		return fmt.Errorf("retry: %w", err)
 	}
 	if err := os.WriteFile(retryPath, b, 0o644); err != nil {

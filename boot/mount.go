@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
-	"github.com/nbdroot/nbdroot/ioctl"
+	"github.com/nbdroot/nbdroot/internal/poll"
+	"github.com/nbdroot/nbdroot/keeper"
+	"github.com/nbdroot/nbdroot/nbddev"
 )
 
 // NewRoot is where the root is mounted before switch_root.
@@ -23,12 +26,12 @@ const NewRoot = "/newroot"
 // RootDevice returns the block device holding the root, /dev/nbdN or
 // /dev/nbdNpM, once its node exists. Partitions show up after the kernel
 // rescans the table, which opening the whole device triggers.
-func RootDevice(index int, r config.Root) (string, error) {
-	dev := ioctl.Path(index)
+func RootDevice(ctx context.Context, index int, r config.Root) (string, error) {
+	dev := nbddev.Path(index)
 	if r.Partition > 0 {
 		dev += "p" + strconv.Itoa(r.Partition)
 	}
-	if err := waitNode(dev, ioctl.Path(index), 5*time.Second); err != nil {
+	if err := waitNode(ctx, dev, nbddev.Path(index), 5*time.Second); err != nil {
 		return "", err
 	}
 	return dev, nil
@@ -39,18 +42,18 @@ func RootDevice(index int, r config.Root) (string, error) {
 func DetectFS(dev string) (string, error) {
 	f, err := os.Open(dev)
 	if err != nil {
-		return "", fmt.Errorf("mount: %w", err)
+		return "", err
 	}
 	defer f.Close()
 	buf := make([]byte, fsProbeSize)
 	n, err := io.ReadFull(f, buf)
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
-		return "", fmt.Errorf("mount: %s: read superblock: %w", dev, err)
+		return "", fmt.Errorf("%s: read superblock: %w", dev, err)
 	}
 	if t := fsFromSuperblock(buf[:n]); t != "" {
 		return t, nil
 	}
-	return "", fmt.Errorf("mount: %s: no known filesystem signature (ext2/3/4, xfs, btrfs, squashfs, erofs); set rootfstype=", dev)
+	return "", fmt.Errorf("%s: no known filesystem signature (ext2/3/4, xfs, btrfs, squashfs, erofs); set rootfstype=", dev)
 }
 
 // fsProbeSize covers every signature fsFromSuperblock looks at.
@@ -90,13 +93,13 @@ func MountRoot(log *bootlog.Logger, dev, fstype string, r config.Root) error {
 	if r.Overlay == config.OverlayTmpfs {
 		// The layers live under /run, which moves into the new root, so an
 		// operator finds them at /run/nbdroot/{lower,overlay} afterwards.
-		target = filepath.Join(RunDir, "lower")
+		target = filepath.Join(keeper.DefaultRunDir, "lower")
 	}
 	if err := os.MkdirAll(target, 0o755); err != nil {
-		return fmt.Errorf("mount: %w", err)
+		return err
 	}
 	if err := unix.Mount(dev, target, fstype, flags, data); err != nil {
-		return fmt.Errorf("mount: %s on %s as %s (flags %q): %w", dev, target, fstype, r.Flags, err)
+		return fmt.Errorf("%s on %s as %s (flags %q): %w", dev, target, fstype, r.Flags, err)
 	}
 	if r.Overlay == config.OverlayTmpfs {
 		if err := mountOverlay(target, r.ReadOnly); err != nil {
@@ -118,19 +121,19 @@ func MountRoot(log *bootlog.Logger, dev, fstype string, r config.Root) error {
 // unmountLeftovers detaches what an earlier attempt of this boot mounted
 // (a retry from the rescue shell); on a first attempt there is nothing.
 func unmountLeftovers() {
-	for _, p := range []string{NewRoot, filepath.Join(RunDir, "lower"), filepath.Join(RunDir, "overlay")} {
+	for _, p := range []string{NewRoot, filepath.Join(keeper.DefaultRunDir, "lower"), filepath.Join(keeper.DefaultRunDir, "overlay")} {
 		_ = unix.Unmount(p, unix.MNT_DETACH)
 	}
 }
 
 // mountOverlay mounts a tmpfs-backed overlay of lower on NewRoot.
 func mountOverlay(lower string, ro bool) error {
-	up := filepath.Join(RunDir, "overlay")
+	up := filepath.Join(keeper.DefaultRunDir, "overlay")
 	if err := os.MkdirAll(up, 0o755); err != nil {
-		return fmt.Errorf("mount: overlay: %w", err)
+		return fmt.Errorf("overlay: %w", err)
 	}
 	if err := unix.Mount("nbdroot-overlay", up, "tmpfs", 0, "mode=0755"); err != nil {
-		return fmt.Errorf("mount: overlay: tmpfs on %s: %w", up, err)
+		return fmt.Errorf("overlay: tmpfs on %s: %w", up, err)
 	}
 	for _, d := range []string{"upper", "work", NewRoot} {
 		p := d
@@ -138,7 +141,7 @@ func mountOverlay(lower string, ro bool) error {
 			p = filepath.Join(up, d)
 		}
 		if err := os.MkdirAll(p, 0o755); err != nil {
-			return fmt.Errorf("mount: overlay: %w", err)
+			return fmt.Errorf("overlay: %w", err)
 		}
 	}
 	var flags uintptr
@@ -147,28 +150,28 @@ func mountOverlay(lower string, ro bool) error {
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, up, up)
 	if err := unix.Mount("overlay", NewRoot, "overlay", flags, opts); err != nil {
-		return fmt.Errorf("mount: overlay %s on %s: %w", opts, NewRoot, err)
+		return fmt.Errorf("overlay %s on %s: %w", opts, NewRoot, err)
 	}
 	return nil
 }
 
 // waitNode waits for a device node to appear. Partitions show up after the
 // kernel rescans the table, which opening the whole device triggers.
-func waitNode(dev, whole string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		_, err := os.Stat(dev)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
-			return fmt.Errorf("mount: %s did not appear within %v: %w", dev, timeout, err)
+func waitNode(ctx context.Context, dev, whole string, timeout time.Duration) error {
+	var statErr error
+	err := poll.For(ctx, timeout, 10*time.Millisecond, func() (bool, error) {
+		if _, statErr = os.Stat(dev); statErr == nil || !errors.Is(statErr, os.ErrNotExist) {
+			return statErr == nil, statErr
 		}
 		if f, err := os.Open(whole); err == nil {
 			f.Close()
 		}
-		time.Sleep(10 * time.Millisecond)
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%s did not appear within %v: %w", dev, timeout, statErr)
 	}
+	return nil
 }
 
 // mountOptions splits rootflags as mount(8) does: the generic options

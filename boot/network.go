@@ -55,7 +55,7 @@ func BringUpNetwork(ctx context.Context, log *bootlog.Logger, n config.Network) 
 	case config.NetworkDHCP:
 		return configureDHCP(ctx, log, n, links)
 	}
-	return nil, fmt.Errorf("network: unknown mode %q", n.Mode)
+	return nil, fmt.Errorf("unknown mode %q", n.Mode)
 }
 
 // candidateLinks returns the links to configure: the named ones, or every
@@ -63,7 +63,7 @@ func BringUpNetwork(ctx context.Context, log *bootlog.Logger, n config.Network) 
 func candidateLinks(names []string) ([]netlink.Link, error) {
 	all, err := netlink.LinkList()
 	if err != nil {
-		return nil, fmt.Errorf("network: list links: %w", err)
+		return nil, fmt.Errorf("list links: %w", err)
 	}
 	var out []netlink.Link
 	for _, l := range all {
@@ -82,9 +82,9 @@ func candidateLinks(names []string) ([]netlink.Link, error) {
 			have = append(have, l.Attrs().Name)
 		}
 		if len(names) > 0 {
-			return nil, fmt.Errorf("network: no interface named %s (have: %s)", strings.Join(names, ", "), strings.Join(have, ", "))
+			return nil, fmt.Errorf("no interface named %s (have: %s)", strings.Join(names, ", "), strings.Join(have, ", "))
 		}
-		return nil, fmt.Errorf("network: no network interface besides loopback (have: %s); is the NIC driver in the initramfs?", strings.Join(have, ", "))
+		return nil, fmt.Errorf("no network interface besides loopback (have: %s); is the NIC driver in the initramfs?", strings.Join(have, ", "))
 	}
 	return out, nil
 }
@@ -96,19 +96,19 @@ func candidateLinks(names []string) ([]netlink.Link, error) {
 func waitCarrier(l netlink.Link, timeout time.Duration) error {
 	name := l.Attrs().Name
 	if err := netlink.LinkSetUp(l); err != nil {
-		return fmt.Errorf("network: %s: set up: %w", name, err)
+		return fmt.Errorf("%s: set up: %w", name, err)
 	}
 	deadline := time.Now().Add(timeout)
 	for {
 		cur, err := netlink.LinkByName(name)
 		if err != nil {
-			return fmt.Errorf("network: %s: %w", name, err)
+			return fmt.Errorf("%s: %w", name, err)
 		}
 		if cur.Attrs().RawFlags&unix.IFF_LOWER_UP != 0 {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("network: %s: no carrier after %v (is the cable plugged in?)", name, timeout)
+			return fmt.Errorf("%s: no carrier after %v (is the cable plugged in?)", name, timeout)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -122,12 +122,12 @@ func configureStatic(log *bootlog.Logger, n config.Network, links []netlink.Link
 	}
 	ipnet := &net.IPNet{IP: n.Address.Addr().AsSlice(), Mask: net.CIDRMask(n.Address.Bits(), n.Address.Addr().BitLen())}
 	if err := netlink.AddrReplace(l, &netlink.Addr{IPNet: ipnet}); err != nil {
-		return nil, fmt.Errorf("network: %s: add address %s: %w", name, n.Address, err)
+		return nil, fmt.Errorf("%s: add address %s: %w", name, n.Address, err)
 	}
 	if n.Gateway.IsValid() {
 		r := &netlink.Route{LinkIndex: l.Attrs().Index, Gw: n.Gateway.AsSlice()}
 		if err := netlink.RouteReplace(r); err != nil {
-			return nil, fmt.Errorf("network: %s: default route via %s: %w", name, n.Gateway, err)
+			return nil, fmt.Errorf("%s: default route via %s: %w", name, n.Gateway, err)
 		}
 	}
 	var dns []net.IP
@@ -173,7 +173,7 @@ func configureDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l
 		name := r.link.Attrs().Name
 		p4 := dhclient.NewPacket4(r.link, r.ack)
 		if err := p4.Configure(); err != nil {
-			return nil, fmt.Errorf("network: %s: configure lease: %w", name, err)
+			return nil, fmt.Errorf("%s: configure lease: %w", name, err)
 		}
 		ns, _, _ := p4.GatherDNSSettings()
 		if err := writeResolvConf(ns); err != nil {
@@ -191,7 +191,7 @@ func configureDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l
 		log.Printf("network", "%s %s from DHCP server %s", name, lease.Address, lease.DHCPServer)
 		return lease, nil
 	}
-	return nil, fmt.Errorf("network: DHCP failed: %w", errors.Join(errs...))
+	return nil, fmt.Errorf("DHCP failed: %w", errors.Join(errs...))
 }
 
 // dhcpLease brings l up and runs DISCOVER/OFFER/REQUEST/ACK on it, asking
@@ -204,12 +204,12 @@ func dhcpLease(ctx context.Context, l netlink.Link, n config.Network) (*dhcpv4.D
 	const perTry = 2 * time.Second
 	c, err := nclient4.New(name, nclient4.WithTimeout(perTry), nclient4.WithRetry(int(n.DHCPTimeout/perTry)+1))
 	if err != nil {
-		return nil, fmt.Errorf("network: %s: DHCP client: %w", name, err)
+		return nil, fmt.Errorf("%s: DHCP client: %w", name, err)
 	}
 	defer c.Close()
 	lease, err := c.Request(ctx, dhcpv4.WithRequestedOptions(dhcpv4.OptionRootPath))
 	if err != nil {
-		return nil, fmt.Errorf("network: %s: DHCP: %w", name, err)
+		return nil, fmt.Errorf("%s: DHCP: %w", name, err)
 	}
 	return lease.ACK, nil
 }
@@ -226,10 +226,10 @@ func writeResolvConf(ns []net.IP) error {
 		fmt.Fprintf(&b, "nameserver %s\n", s)
 	}
 	if err := os.MkdirAll("/etc", 0o755); err != nil {
-		return fmt.Errorf("network: %w", err)
+		return err
 	}
 	if err := os.WriteFile("/etc/resolv.conf", []byte(b.String()), 0o644); err != nil {
-		return fmt.Errorf("network: write resolv.conf: %w", err)
+		return fmt.Errorf("write resolv.conf: %w", err)
 	}
 	return nil
 }

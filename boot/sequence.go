@@ -11,7 +11,9 @@ import (
 
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
-	"github.com/nbdroot/nbdroot/ioctl"
+	"github.com/nbdroot/nbdroot/keeper"
+	"github.com/nbdroot/nbdroot/kmod"
+	"github.com/nbdroot/nbdroot/nbddev"
 )
 
 // Options configure Run.
@@ -32,11 +34,11 @@ type Options struct {
 // reused if its server and device spec did not change (and detached
 // otherwise). The zero value is a first attempt.
 type Progress struct {
-	mods     *Modules
+	mods     *kmod.Modules
 	netSpec  config.Network
 	lease    *Lease
 	keepSpec config.Spec // the spec the keeper was started with
-	keeper   *Report
+	keeper   *keeper.Report
 }
 
 // Run is the boot: early mounts, spec, modules, network, connect and attach
@@ -75,7 +77,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	var tl timeline
 	t := time.Now()
 	if prog.mods == nil {
-		prog.mods = NewModules(log)
+		prog.mods = kmod.New(log)
 	}
 	mods := prog.mods
 	mods.Load("nbd")
@@ -107,16 +109,19 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 
 	t = time.Now()
 	rep, err := attach(ctx, log, spec, prog)
+	if ke := (*keeper.Error)(nil); errors.As(err, &ke) {
+		return fail(ke.Op, ke.Err) // the keeper names its step
+	}
 	if err != nil {
-		return fail("connect", err)
+		return fail("attach", err)
 	}
 	tl.addDur("connect", rep.Connect)
 	tl.addDur("attach", time.Since(t)-rep.Connect)
 	dev := rep.Device
-	log.Printf("attach", "%s is export %q (%d bytes) from %s, keeper pid %d", ioctl.Path(dev), rep.Export.Name, rep.Export.Size, rep.Endpoint, rep.Pid)
+	log.Printf("attach", "%s is export %q (%d bytes) from %s, keeper pid %d", nbddev.Path(dev), rep.Export.Name, rep.Export.Size, rep.Endpoint, rep.Pid)
 
 	t = time.Now()
-	rootDev, err := RootDevice(dev, spec.Root)
+	rootDev, err := RootDevice(ctx, dev, spec.Root)
 	if err != nil {
 		return fail("mount", err)
 	}
@@ -159,18 +164,19 @@ func initArgs(res *config.Resolved, opts Options) []string {
 // attach starts the keeper for spec, or reuses the device an earlier attempt
 // attached if it is still live and was attached for the same server and
 // device settings.
-func attach(ctx context.Context, log *bootlog.Logger, spec config.Spec, prog *Progress) (*Report, error) {
+func attach(ctx context.Context, log *bootlog.Logger, spec config.Spec, prog *Progress) (*keeper.Report, error) {
+	var sys nbddev.Sysfs
 	if prog.keeper != nil {
 		same := reflect.DeepEqual(prog.keepSpec.Server, spec.Server) && reflect.DeepEqual(prog.keepSpec.TLS, spec.TLS) &&
 			reflect.DeepEqual(prog.keepSpec.Device, spec.Device)
-		if same && ioctl.Live(prog.keeper.Device) && alive(prog.keeper.Pid) {
-			log.Printf("attach", "%s is still attached from the last attempt", ioctl.Path(prog.keeper.Device))
+		if same && sys.Live(prog.keeper.Device) && keeper.Alive(prog.keeper.Pid) {
+			log.Printf("attach", "%s is still attached from the last attempt", nbddev.Path(prog.keeper.Device))
 			rep := *prog.keeper
 			rep.Connect, rep.Attach = 0, 0
 			return &rep, nil
 		}
 		unmountLeftovers() // the last attempt's root, if it got that far
-		if err := Detach(prog.keeper.Device, true); err != nil {
+		if err := keeper.Detach(ctx, prog.keeper.Device, true); err != nil {
 			log.Errorf("attach", "detaching the last attempt's device: %v", err)
 		}
 		prog.keeper = nil
@@ -178,11 +184,11 @@ func attach(ctx context.Context, log *bootlog.Logger, spec config.Spec, prog *Pr
 	dev := spec.Device.Index
 	if dev == config.AutoIndex {
 		var err error
-		if dev, err = ioctl.FirstFree(); err != nil {
+		if dev, err = sys.FirstFree(); err != nil {
 			return nil, err
 		}
 	}
-	rep, err := StartKeeper(ctx, log, spec, dev, os.Stderr)
+	rep, err := keeper.Start(ctx, log, spec, dev, os.Stderr)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/nbdroot/nbdroot/bootlog"
+	"github.com/nbdroot/nbdroot/keeper"
 	"golang.org/x/sys/unix"
 )
 
@@ -33,9 +34,9 @@ func FindInit(newRoot, want string) (string, error) {
 		}
 	}
 	if want != "" {
-		return "", fmt.Errorf("switch_root: init=%s is not an executable file in the root", want)
+		return "", fmt.Errorf("init=%s is not an executable file in the root", want)
 	}
-	return "", fmt.Errorf("switch_root: no init in the root (tried %s); set init=", strings.Join(cands, ", "))
+	return "", fmt.Errorf("no init in the root (tried %s); set init=", strings.Join(cands, ", "))
 }
 
 // executableIn reports whether path, resolved inside root, is an executable
@@ -104,15 +105,15 @@ func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string, k
 			continue
 		}
 		if err := unix.Mount(m.target, dst, "", unix.MS_MOVE, ""); err != nil {
-			return fmt.Errorf("switch_root: move %s to %s: %w", m.target, dst, err)
+			return fmt.Errorf("move %s to %s: %w", m.target, dst, err)
 		}
 	}
 	if err := unix.Chdir(newRoot); err != nil {
-		return fmt.Errorf("switch_root: chdir %s: %w", newRoot, err)
+		return fmt.Errorf("chdir %s: %w", newRoot, err)
 	}
 	old, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return fmt.Errorf("switch_root: open /: %w", err)
+		return fmt.Errorf("open /: %w", err)
 	}
 	// Free the initramfs before the move hides it. Only files on the
 	// initramfs itself go: deleteTree does not cross into other mounts.
@@ -122,20 +123,20 @@ func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string, k
 	}
 	unix.Close(old)
 	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
-		return fmt.Errorf("switch_root: move %s to /: %w", newRoot, err)
+		return fmt.Errorf("move %s to /: %w", newRoot, err)
 	}
 	if err := unix.Chroot("."); err != nil {
-		return fmt.Errorf("switch_root: chroot: %w", err)
+		return fmt.Errorf("chroot: %w", err)
 	}
 	if err := unix.Chdir("/"); err != nil {
-		return fmt.Errorf("switch_root: chdir /: %w", err)
+		return fmt.Errorf("chdir /: %w", err)
 	}
 	for _, pid := range keepers {
-		_ = unix.Kill(pid, SigFollowRoot)
+		_ = unix.Kill(pid, keeper.SigFollowRoot)
 	}
 	argv := append([]string{init}, args...)
 	err = unix.Exec(init, argv, env)
-	return fmt.Errorf("switch_root: exec %s: %w", init, err)
+	return fmt.Errorf("exec %s: %w", init, err)
 }
 
 // deleteTree removes everything under the directory dirfd that lives on the

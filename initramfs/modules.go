@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/nbdroot/nbdroot/kmod"
 )
 
 // DefaultModulesDir is where kernel module trees live, one directory per
@@ -46,12 +48,6 @@ type Module struct {
 	Deps []string
 }
 
-// CanonicalModuleName returns the kernel's spelling of a module name: '-'
-// and '_' are interchangeable in module names and the kernel uses '_'.
-func CanonicalModuleName(name string) string {
-	return strings.ReplaceAll(name, "-", "_")
-}
-
 // moduleNameFromPath returns the canonical module name of a module file path.
 func moduleNameFromPath(p string) string {
 	base := path.Base(p)
@@ -62,7 +58,7 @@ func moduleNameFromPath(p string) string {
 			break
 		}
 	}
-	return CanonicalModuleName(base)
+	return kmod.Canonical(base)
 }
 
 // depFile is a parsed modules.dep.
@@ -175,7 +171,7 @@ func ModuleClosure(modulesDir, kver string, required, optional []string) (*Closu
 	var unknown []string
 	seenName := map[string]bool{}
 	want := func(name string, isRequired bool) {
-		canon := CanonicalModuleName(strings.TrimSpace(name))
+		canon := kmod.Canonical(strings.TrimSpace(name))
 		if canon == "" || seenName[canon] {
 			return
 		}
@@ -277,11 +273,11 @@ func (c *Closure) metadata() ([]metadataFile, error) {
 		{"modules.order", func(line string) bool { return byPath[strings.TrimSpace(line)] }},
 		{"modules.alias", func(line string) bool {
 			f := strings.Fields(line)
-			return len(f) == 3 && f[0] == "alias" && byName[CanonicalModuleName(f[2])]
+			return len(f) == 3 && f[0] == "alias" && byName[kmod.Canonical(f[2])]
 		}},
 		{"modules.softdep", func(line string) bool {
 			f := strings.Fields(line)
-			return len(f) >= 2 && f[0] == "softdep" && byName[CanonicalModuleName(f[1])]
+			return len(f) >= 2 && f[0] == "softdep" && byName[kmod.Canonical(f[1])]
 		}},
 		{"modules.builtin", nil},
 	}

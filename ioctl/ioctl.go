@@ -20,11 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nbdroot/nbdroot/nbddev"
@@ -62,8 +58,26 @@ type Params struct {
 	ReadOnly bool
 }
 
-// Path returns the device node of /dev/nbdN.
-func Path(index int) string { return "/dev/nbd" + strconv.Itoa(index) }
+// Error is a failed operation on a device, as in
+// "ioctl: /dev/nbd0: NBD_SET_SOCK: device or resource busy".
+type Error struct {
+	// Device is the device node.
+	Device string
+	// Op is the operation (an ioctl's name, "open"), or empty when Err
+	// says it.
+	Op  string
+	Err error
+}
+
+func (e *Error) Error() string {
+	s := "ioctl: " + e.Device + ": "
+	if e.Op != "" {
+		s += e.Op + ": "
+	}
+	return s + e.Err.Error()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
 
 // Device is an open /dev/nbdN.
 type Device struct {
@@ -73,9 +87,9 @@ type Device struct {
 
 // Open opens /dev/nbdN for configuration.
 func Open(index int) (*Device, error) {
-	f, err := os.OpenFile(Path(index), os.O_RDWR|unix.O_CLOEXEC, 0)
+	f, err := os.OpenFile(nbddev.Path(index), os.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("ioctl: open %s: %w", Path(index), err)
+		return nil, &Error{Device: nbddev.Path(index), Op: "open", Err: errors.Unwrap(err)}
 	}
 	return &Device{f: f, index: index}, nil
 }
@@ -85,6 +99,11 @@ func (d *Device) Index() int { return d.index }
 
 // Close closes the device file. It does not disconnect the device.
 func (d *Device) Close() error { return d.f.Close() }
+
+// err is the package's error for an operation on d.
+func (d *Device) err(op string, err error) error {
+	return &Error{Device: nbddev.Path(d.index), Op: op, Err: err}
+}
 
 func (d *Device) ioctl(req uintptr, arg uintptr) error {
 	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, d.f.Fd(), req, arg); errno != 0 {
@@ -98,7 +117,7 @@ func (d *Device) ioctl(req uintptr, arg uintptr) error {
 // NBD_DO_IT until the device is disconnected or the connection dies.
 //
 // ready is called after the configuration succeeded, just before DO_IT; the
-// device becomes usable once DO_IT has started it (InUse reports that).
+// device becomes usable once DO_IT has started it (nbddev.Sysfs.Live reports that).
 // Serve returns nil after a requested disconnect and an error otherwise.
 // It locks the calling goroutine to its thread and blocks signals there for
 // its whole duration, and the thread is discarded afterwards.
@@ -112,7 +131,7 @@ func (d *Device) Serve(sock int, p Params, ready func()) error {
 		all.Val[i] = ^uint64(0)
 	}
 	if err := unix.PthreadSigmask(unix.SIG_BLOCK, &all, &old); err != nil {
-		return fmt.Errorf("ioctl: %s: block signals: %w", Path(d.index), err)
+		return d.err("block signals", err)
 	}
 	if err := d.configure(sock, p); err != nil {
 		return err
@@ -126,7 +145,7 @@ func (d *Device) Serve(sock int, p Params, ready func()) error {
 	_ = d.ioctl(nbdClearQue, 0)
 	_ = d.ioctl(nbdClearSock, 0)
 	if err != nil {
-		return fmt.Errorf("ioctl: %s: NBD_DO_IT: %w", Path(d.index), err)
+		return d.err("NBD_DO_IT", err)
 	}
 	return nil
 }
@@ -134,10 +153,10 @@ func (d *Device) Serve(sock int, p Params, ready func()) error {
 // configure runs the setup ioctls in the order the kernel expects.
 func (d *Device) configure(sock int, p Params) error {
 	if err := nbddev.CheckBlockSize(uint64(p.BlockSize)); err != nil {
-		return fmt.Errorf("ioctl: %s: block size %w", Path(d.index), err)
+		return d.err("", fmt.Errorf("block size %w", err))
 	}
 	if p.Size == 0 || p.Size%uint64(p.BlockSize) != 0 {
-		return fmt.Errorf("ioctl: %s: size %d is not a positive multiple of block size %d", Path(d.index), p.Size, p.BlockSize)
+		return d.err("", fmt.Errorf("size %d is not a positive multiple of block size %d", p.Size, p.BlockSize))
 	}
 	steps := []struct {
 		name string
@@ -159,9 +178,9 @@ func (d *Device) configure(sock int, p Params) error {
 		}
 		if err := d.ioctl(s.req, s.arg); err != nil {
 			if errors.Is(err, unix.EBUSY) {
-				return fmt.Errorf("ioctl: %s: %s: device is in use (attached by another process?): %w", Path(d.index), s.name, err)
+				err = fmt.Errorf("device is in use (attached by another process?): %w", err)
 			}
-			return fmt.Errorf("ioctl: %s: %s: %w", Path(d.index), s.name, err)
+			return d.err(s.name, err)
 		}
 	}
 	if p.ReadOnly {
@@ -169,7 +188,7 @@ func (d *Device) configure(sock int, p Params) error {
 		// BLKROSET also covers kernels that ignore the flag.
 		one := 1
 		if err := unix.IoctlSetPointerInt(int(d.f.Fd()), unix.BLKROSET, one); err != nil {
-			return fmt.Errorf("ioctl: %s: BLKROSET: %w", Path(d.index), err)
+			return d.err("BLKROSET", err)
 		}
 	}
 	return nil
@@ -179,70 +198,7 @@ func (d *Device) configure(sock int, p Params) error {
 // to the server after in-flight requests and makes DO_IT return.
 func (d *Device) Disconnect() error {
 	if err := d.ioctl(nbdDisconnect, 0); err != nil {
-		return fmt.Errorf("ioctl: %s: NBD_DISCONNECT: %w", Path(d.index), err)
+		return d.err("NBD_DISCONNECT", err)
 	}
 	return nil
-}
-
-// sysBlock is where the kernel publishes the devices' state.
-const sysBlock = "/sys/block"
-
-// InUse reports whether /dev/nbdN is connected: the kernel creates the
-// "pid" attribute when the device starts and removes it when it stops.
-func InUse(index int) bool {
-	_, err := os.Stat(filepath.Join(sysBlock, "nbd"+strconv.Itoa(index), "pid"))
-	return err == nil
-}
-
-// Live reports whether /dev/nbdN is connected and has its size: the kernel
-// starts the device (InUse) a moment before it sets the capacity, and a
-// reader in between sees an empty disk.
-func Live(index int) bool {
-	if !InUse(index) {
-		return false
-	}
-	b, err := os.ReadFile(filepath.Join(sysBlock, "nbd"+strconv.Itoa(index), "size"))
-	if err != nil {
-		return false
-	}
-	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	return err == nil && n > 0
-}
-
-// Devices lists the indexes of the nbd devices the kernel has created, in
-// ascending order.
-func Devices() ([]int, error) {
-	ents, err := os.ReadDir(sysBlock)
-	if err != nil {
-		return nil, fmt.Errorf("ioctl: list devices: %w", err)
-	}
-	var idx []int
-	for _, e := range ents {
-		n, ok := strings.CutPrefix(e.Name(), "nbd")
-		if !ok {
-			continue
-		}
-		if i, err := strconv.Atoi(n); err == nil {
-			idx = append(idx, i)
-		}
-	}
-	slices.Sort(idx)
-	return idx, nil
-}
-
-// FirstFree returns the lowest-numbered nbd device that is not connected.
-func FirstFree() (int, error) {
-	idx, err := Devices()
-	if err != nil {
-		return 0, err
-	}
-	for _, i := range idx {
-		if !InUse(i) {
-			return i, nil
-		}
-	}
-	if len(idx) == 0 {
-		return 0, errors.New("ioctl: no nbd devices (is the nbd module loaded?)")
-	}
-	return 0, fmt.Errorf("ioctl: all %d nbd devices are in use", len(idx))
 }

@@ -48,7 +48,7 @@ func TestValidBlockSize(t *testing.T) {
 }
 
 func TestPath(t *testing.T) {
-	if got := Path(12); got != "/dev/nbd12" {
+	if got := nbddev.Path(12); got != "/dev/nbd12" {
 		t.Errorf("Path(12) = %q", got)
 	}
 }

@@ -10,13 +10,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbdroot/nbdroot/boot"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/dial"
 	"github.com/nbdroot/nbdroot/internal/testrig"
 	"github.com/nbdroot/nbdroot/negotiate"
 )
 
-// The interop tests run nbdroot's handshake, through boot.Dial exactly as
+// The interop tests run nbdroot's handshake, through dial.Dial exactly as
 // boot and `nbdroot probe` run it, against real servers on 127.0.0.1:
 // qemu-nbd, nbdkit and nbd-server, in plain text and with TLS.
 
@@ -157,7 +157,7 @@ func TestInteropHandshake(t *testing.T) {
 				tlsCfg = &r.certs
 			}
 			spec, ep := interopSpec(t, s.Addr, tc.export, tlsCfg)
-			exp, conn, err := boot.Dial(context.Background(), spec, ep)
+			exp, conn, err := dial.Dial(context.Background(), spec, ep)
 			if err != nil {
 				t.Fatalf("Dial: %v\n%s", err, s.Output())
 			}
@@ -221,7 +221,7 @@ func TestInteropTLSFailures(t *testing.T) {
 
 	dial := func(s *testrig.Server, cfg *config.TLS) (config.Endpoint, error) {
 		spec, ep := interopSpec(t, s.Addr, "", cfg)
-		_, conn, err := boot.Dial(context.Background(), spec, ep)
+		_, conn, err := dial.Dial(context.Background(), spec, ep)
 		if err == nil {
 			negotiate.Disconnect(conn)
 		}
@@ -290,7 +290,7 @@ func TestInteropUnknownExport(t *testing.T) {
 	} {
 		t.Run(s.Kind, func(t *testing.T) {
 			spec, ep := interopSpec(t, s.Addr, "nosuch", nil)
-			_, _, err := boot.Dial(context.Background(), spec, ep)
+			_, _, err := dial.Dial(context.Background(), spec, ep)
 			wantErr(t, err, ep, "nosuch")
 			if !errors.Is(err, negotiate.ErrExportNotFound) {
 				t.Errorf("errors.Is(%v, ErrExportNotFound) = false", err)
@@ -362,10 +362,10 @@ func TestInteropList(t *testing.T) {
 	}
 }
 
-// mustDialer returns a boot.Dialer for spec or fails the test.
-func mustDialer(t *testing.T, spec config.Spec) *boot.Dialer {
+// mustDialer returns a dial.Dialer for spec or fails the test.
+func mustDialer(t *testing.T, spec config.Spec) *dial.Dialer {
 	t.Helper()
-	d, err := boot.NewDialer(spec)
+	d, err := dial.NewDialer(spec)
 	if err != nil {
 		t.Fatalf("NewDialer: %v", err)
 	}

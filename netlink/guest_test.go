@@ -21,7 +21,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/nbdroot/nbdroot/ioctl"
+	"github.com/nbdroot/nbdroot/nbddev"
 )
 
 // inGuestEnv marks the QEMU guest of qemu-test's TestGuest.
@@ -125,7 +125,7 @@ func sysBlock(t *testing.T, index int, attr string) string {
 // reaches the driver instead of the page cache.
 func openDev(t *testing.T, index int) *os.File {
 	t.Helper()
-	f, err := os.OpenFile(ioctl.Path(index), os.O_RDWR|unix.O_DIRECT, 0)
+	f, err := os.OpenFile(nbddev.Path(index), os.O_RDWR|unix.O_DIRECT, 0)
 	if err != nil {
 		t.Fatalf("open: %v", err)
 	}
@@ -263,7 +263,7 @@ func TestGuestConnectOneSocket(t *testing.T) {
 	if got := sysBlock(t, index, "backend"); got != "guest-test" {
 		t.Errorf("backend %q, want guest-test", got)
 	}
-	if !ioctl.Live(index) {
+	if !(nbddev.Sysfs{}).Live(index) {
 		t.Error("ioctl.Live is false for a netlink-connected device")
 	}
 	if !connected(t, c, index) {
@@ -316,7 +316,7 @@ func TestGuestConnectOneSocket(t *testing.T) {
 	d := waitFor(t, 5*time.Second, "Status after Disconnect", func() bool { return !connected(t, c, index) })
 	t.Logf("Status reported the device disconnected %v after Disconnect returned", d.Round(time.Millisecond))
 	waitFor(t, 5*time.Second, "NBD_CMD_DISC at the server", func() bool { return s.count(k.id, nbdDisc) == 1 })
-	if ioctl.InUse(index) {
+	if (nbddev.Sysfs{}).InUse(index) {
 		t.Error("ioctl.InUse after Disconnect")
 	}
 	if err := c.Disconnect(index); err != nil {
@@ -392,7 +392,7 @@ func TestGuestBusy(t *testing.T) {
 	t.Logf("Connect of a connected index: %v", err)
 
 	// A netlink-configured device refuses the setup ioctls.
-	f, err := os.OpenFile(ioctl.Path(index), os.O_RDWR, 0)
+	f, err := os.OpenFile(nbddev.Path(index), os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +407,7 @@ func TestGuestBusy(t *testing.T) {
 	if connected(t, c, idle) {
 		t.Fatalf("/dev/nbd%d is connected before the test", idle)
 	}
-	held, err := os.Open(ioctl.Path(idle))
+	held, err := os.Open(nbddev.Path(idle))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -602,7 +602,7 @@ func TestGuestClientFlags(t *testing.T) {
 
 	// DISCONNECT_ON_CLOSE: the last close disconnects.
 	index, ks := attach(t, c, s, Config{Index: 7, ClientFlags: ClientFlagDisconnectOnClose}, 1)
-	f, err := os.Open(ioctl.Path(index))
+	f, err := os.Open(nbddev.Path(index))
 	if err != nil {
 		t.Fatal(err)
 	}

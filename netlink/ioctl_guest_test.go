@@ -13,13 +13,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/ioctl"
+	"github.com/nbdroot/nbdroot/nbddev"
 )
 
 // serveIoctl attaches a fresh connection to s on the first free device with
 // ioctl.Device.Serve and waits until the device is live.
 func serveIoctl(t *testing.T, s *memServer) (int, *ioctl.Device, *kernelSide, <-chan error) {
 	t.Helper()
-	index, err := ioctl.FirstFree()
+	index, err := (nbddev.Sysfs{}).FirstFree()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +39,7 @@ func serveIoctl(t *testing.T, s *memServer) (int, *ioctl.Device, *kernelSide, <-
 			t.Fatalf("Serve returned before the device was live: %v", err)
 		default:
 		}
-		return ioctl.Live(index)
+		return (nbddev.Sysfs{}).Live(index)
 	})
 	return index, dev, k, done
 }
@@ -90,11 +91,11 @@ func TestGuestIoctlServe(t *testing.T) {
 // descriptor holds one.
 func stopped(t *testing.T, index int, dev *ioctl.Device) {
 	t.Helper()
-	if !ioctl.InUse(index) {
+	if !(nbddev.Sysfs{}).InUse(index) {
 		t.Error("ioctl.InUse is false while the device is still open; the kernel changed")
 	}
 	dev.Close()
-	waitFor(t, 5*time.Second, "ioctl.InUse false after the close", func() bool { return !ioctl.InUse(index) })
+	waitFor(t, 5*time.Second, "ioctl.InUse false after the close", func() bool { return !(nbddev.Sysfs{}).InUse(index) })
 }
 
 func TestGuestIoctlServerGone(t *testing.T) {

@@ -11,10 +11,10 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nbdroot/nbdroot/boot"
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
-	"github.com/nbdroot/nbdroot/ioctl"
+	"github.com/nbdroot/nbdroot/keeper"
+	"github.com/nbdroot/nbdroot/kmod"
 	"github.com/nbdroot/nbdroot/nbddev"
 )
 
@@ -71,32 +71,32 @@ func runAttach(ctx context.Context, sio stdio, args []string) error {
 	log := bootlog.New(sio.err, time.Now())
 	log.SetQuiet(true)
 	if _, err := os.Stat("/sys/module/nbd"); err != nil {
-		boot.NewModules(log).Load("nbd")
+		kmod.New(log).Load("nbd")
 	}
 	index := config.AutoIndex
 	switch len(f.rest) {
 	case 0:
-		if index, err = ioctl.FirstFree(); err != nil {
+		if index, err = (nbddev.Sysfs{}).FirstFree(); err != nil {
 			return fmt.Errorf("attach: %w", err)
 		}
 	case 1:
 		if index, err = deviceIndex(f.rest[0]); err != nil {
 			return err
 		}
-		if ioctl.InUse(index) {
-			return fmt.Errorf("attach: %s is in use", ioctl.Path(index))
+		if (nbddev.Sysfs{}).InUse(index) {
+			return fmt.Errorf("attach: %s is in use", nbddev.Path(index))
 		}
 	default:
 		return usagef("attach: want SPEC [/dev/nbdN], got %d arguments after SPEC", len(f.rest))
 	}
-	rep, err := boot.StartKeeper(ctx, log, f.spec, index, nil)
+	rep, err := keeper.Start(ctx, log, f.spec, index, nil)
 	if err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}
 	if f.json {
 		return writeJSON(sio.out, rep)
 	}
-	_, err = fmt.Fprintln(sio.out, ioctl.Path(rep.Device))
+	_, err = fmt.Fprintln(sio.out, nbddev.Path(rep.Device))
 	return err
 }
 
@@ -118,7 +118,7 @@ func runDetach(ctx context.Context, sio stdio, args []string) error {
 	if err != nil {
 		return err
 	}
-	return boot.Detach(index, *force)
+	return keeper.Detach(ctx, index, *force)
 }
 
 // runStatus implements `nbdroot status [--json]`.
@@ -135,13 +135,13 @@ func runStatus(ctx context.Context, sio stdio, args []string) error {
 	if fs.NArg() != 0 {
 		return usagef("status: takes no arguments")
 	}
-	list, err := boot.Status()
+	list, err := keeper.Status()
 	if err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
 	if *asJSON {
 		if list == nil {
-			list = []boot.DeviceStatus{}
+			list = []keeper.DeviceStatus{}
 		}
 		return writeJSON(sio.out, list)
 	}
@@ -166,7 +166,7 @@ func runStatus(ctx context.Context, sio stdio, args []string) error {
 	return tw.Flush()
 }
 
-func connState(s boot.DeviceStatus) string {
+func connState(s keeper.DeviceStatus) string {
 	if s.Connected {
 		return "connected"
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/nbdroot/nbdroot/boot"
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/keeper"
 )
 
 // runBoot runs the boot sequence from a shell (to try a spec), or, with
@@ -45,10 +46,10 @@ func runBoot(ctx context.Context, sio stdio, args []string) error {
 	return err
 }
 
-func isKeeper(argv []string) bool { return boot.IsKeeper(argv) }
+func isKeeper(argv []string) bool { return keeper.Is(argv) }
 
-// runKeeper is the @nbdroot process (package boot, keeper.go).
-func runKeeper(argv []string) error { return boot.RunKeeper() }
+// runKeeper is the @nbdroot process (package keeper).
+func runKeeper(argv []string) error { return keeper.Main() }
 
 // runPID1 is main for PID 1. It never returns: it either execs the real
 // init or applies the failure policy, and a panic is caught and treated as

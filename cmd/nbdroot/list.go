@@ -9,7 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/nbdroot/nbdroot/boot"
+	"github.com/nbdroot/nbdroot/dial"
 )
 
 // runList implements `nbdroot list`: connect as boot would (TLS included),
@@ -27,7 +27,7 @@ func runList(ctx context.Context, sio stdio, args []string) error {
 	if len(f.rest) > 0 {
 		return usagef("list: want exactly one SPEC, got %d arguments", 1+len(f.rest))
 	}
-	d, err := boot.NewDialer(f.spec)
+	d, err := dial.NewDialer(f.spec)
 	if err != nil {
 		return fmt.Errorf("list: %s: %w", f.ep, err)
 	}

@@ -3,7 +3,7 @@
 //
 // As PID 1 of an initramfs (or as `nbdroot boot`) it runs the boot sequence in
 // package boot. Started with argv[0] "@nbdroot" it is the keeper that holds a
-// device (package boot). Otherwise the first argument names a subcommand.
+// device (package keeper). Otherwise the first argument names a subcommand.
 //
 // Exit status: 0 on success, 1 on a runtime failure, 2 on a usage or spec
 // error. Errors are one line on stderr starting with "nbdroot:".
@@ -16,7 +16,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/nbdroot/nbdroot/config"
@@ -101,8 +100,7 @@ func exitStatus(sio stdio, err error) int {
 	if err == nil {
 		return 0
 	}
-	msg := strings.TrimPrefix(err.Error(), "nbdroot: ")
-	fmt.Fprintf(sio.err, "nbdroot: %s\n", msg)
+	fmt.Fprintf(sio.err, "nbdroot: %v\n", err)
 	var ue usageError
 	if errors.As(err, &ue) || isSpecError(err) {
 		return 2

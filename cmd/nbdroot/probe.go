@@ -12,8 +12,8 @@ import (
 	"strings"
 	"unicode"
 
-	"github.com/nbdroot/nbdroot/boot"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/dial"
 	"github.com/nbdroot/nbdroot/negotiate"
 )
 
@@ -108,7 +108,7 @@ func parseClientFlags(name string, sio stdio, args []string, more func(*flag.Fla
 }
 
 // runProbe implements `nbdroot probe`: negotiate with the server exactly as
-// boot does (boot.Dial), describe the export, and disconnect.
+// the keeper does (dial.Dial), describe the export, and disconnect.
 func runProbe(ctx context.Context, sio stdio, args []string) error {
 	f, err := parseClientFlags("probe", sio, args, nil)
 	if errors.Is(err, flag.ErrHelp) {
@@ -120,7 +120,7 @@ func runProbe(ctx context.Context, sio stdio, args []string) error {
 	if len(f.rest) > 0 {
 		return usagef("probe: want exactly one SPEC, got %d arguments", 1+len(f.rest))
 	}
-	exp, conn, err := boot.Dial(ctx, f.spec, f.ep)
+	exp, conn, err := dial.Dial(ctx, f.spec, f.ep)
 	if err != nil {
 		return fmt.Errorf("probe: %w", err)
 	}

@@ -1,13 +1,11 @@
-package boot
+package keeper
 
 import (
 	"context"
 	"errors"
-	"net"
 	"time"
 
-	"github.com/nbdroot/nbdroot/ioctl"
-	"github.com/nbdroot/nbdroot/negotiate"
+	"github.com/nbdroot/nbdroot/dial"
 	"github.com/nbdroot/nbdroot/netlink"
 )
 
@@ -24,13 +22,14 @@ const defaultNetlinkTimeout = 3 * time.Second
 // and hands the kernel the new socket with RECONFIGURE. With a
 // dead-connection timeout the kernel queues I/O meanwhile, so no request
 // fails while the server is away for less than that.
-func (k *keeper) serveNetlink(ctx context.Context, nl *netlink.Client, d *Dialer, exp *negotiate.Export, conns []net.Conn, p ioctl.Params, ready func(time.Duration)) error {
+func (k *keeper) serveNetlink(ctx context.Context, a *attachment) error {
+	nl, p := a.nl, a.params
 	// Subscribe before CONNECT: a link that dies at once must not go
 	// unnoticed.
 	events, err := nl.WatchLinkDead(ctx)
 	if err != nil {
-		closeAll(conns)
-		return k.fail(err)
+		closeAll(a.conns)
+		return err
 	}
 	t0 := time.Now()
 	var socks []int
@@ -40,10 +39,10 @@ func (k *keeper) serveNetlink(ctx context.Context, nl *netlink.Client, d *Dialer
 			r()
 		}
 	}()
-	for _, c := range conns {
+	for _, c := range a.conns {
 		s, release, err := kernelSocket(c)
 		if err != nil {
-			return k.fail(err)
+			return err
 		}
 		socks, releases = append(socks, s), append(releases, release)
 	}
@@ -53,7 +52,7 @@ func (k *keeper) serveNetlink(ctx context.Context, nl *netlink.Client, d *Dialer
 	}
 	// The kernel insists on the same backend identifier in every
 	// RECONFIGURE; it also shows in /sys/block/nbdN/backend.
-	backend := "nbdroot " + k.state.Server + "/" + exp.Name
+	backend := "nbdroot " + k.state.Server + "/" + a.exp.Name
 	idx, err := nl.Connect(netlink.Config{
 		Index: k.dev, Sockets: socks, Size: p.Size, BlockSize: uint64(p.BlockSize),
 		ServerFlags: uint64(p.Flags), Timeout: timeout, DeadConnTimeout: k.spec.Device.DeadConnTimeout,
@@ -65,12 +64,12 @@ func (k *keeper) serveNetlink(ctx context.Context, nl *netlink.Client, d *Dialer
 	}
 	releases = nil
 	if err != nil {
-		return k.fail(err)
+		return err
 	}
 	if idx != k.dev {
-		return k.fail(errors.New("attach: the kernel connected another device than asked"))
+		return errors.New("the kernel connected another device than asked")
 	}
-	ready(time.Since(t0))
+	a.ready(time.Since(t0))
 	for {
 		var ev netlink.LinkDead
 		var ok bool
@@ -97,7 +96,7 @@ func (k *keeper) serveNetlink(ctx context.Context, nl *netlink.Client, d *Dialer
 		}
 		lost := time.Now()
 		k.log.Errorf(k.step, "connection to %s lost; I/O waits up to %v for a new one", k.state.Server, k.spec.Device.DeadConnTimeout)
-		if err := k.replaceSocket(ctx, nl, d, backend); err != nil {
+		if err := k.replaceSocket(ctx, nl, a.again, backend); err != nil {
 			if ctx.Err() != nil {
 				k.log.Printf(k.step, "detached on request")
 				return nil
@@ -112,7 +111,7 @@ func (k *keeper) serveNetlink(ctx context.Context, nl *netlink.Client, d *Dialer
 
 // replaceSocket dials until the export answers and gives the kernel the new
 // socket in place of the dead one.
-func (k *keeper) replaceSocket(ctx context.Context, nl *netlink.Client, d *Dialer, backend string) error {
+func (k *keeper) replaceSocket(ctx context.Context, nl *netlink.Client, d *dial.Dialer, backend string) error {
 	for {
 		conn, err := k.reconnect(ctx, d)
 		if err != nil {

@@ -1,20 +1,20 @@
-package boot
+package keeper
 
 import (
 	"bufio"
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/internal/poll"
 	"github.com/nbdroot/nbdroot/ioctl"
+	"github.com/nbdroot/nbdroot/nbddev"
 	"github.com/nbdroot/nbdroot/netlink"
 )
 
@@ -34,97 +34,72 @@ type DeviceStatus struct {
 // Status returns every device nbdroot manages and every other connected nbd
 // device, in index order.
 func Status() ([]DeviceStatus, error) {
-	idx, err := ioctl.Devices()
+	var sys nbddev.Sysfs
+	idx, err := sys.Devices()
 	if err != nil {
 		return nil, err
 	}
 	var out []DeviceStatus
 	for _, i := range idx {
-		st, err := readState(i)
+		st, err := RunDir{}.State(i)
 		switch {
 		case err == nil:
-			out = append(out, DeviceStatus{State: st, Connected: ioctl.Live(i), KeeperAlive: alive(st.Pid), Managed: true})
-		case ioctl.InUse(i):
-			out = append(out, DeviceStatus{State: State{Device: ioctl.Path(i), Index: i}, Connected: ioctl.Live(i)})
+			out = append(out, DeviceStatus{State: st, Connected: sys.Live(i), KeeperAlive: Alive(st.Pid), Managed: true})
+		case sys.InUse(i):
+			out = append(out, DeviceStatus{State: State{Device: nbddev.Path(i), Index: i}, Connected: sys.Live(i)})
 		}
 	}
 	return out, nil
 }
 
-func readState(index int) (State, error) {
-	var st State
-	b, err := os.ReadFile(StatePath(index))
-	if err != nil {
-		return st, err
-	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("%s: %w", StatePath(index), err)
-	}
-	return st, nil
-}
-
-// alive reports whether pid is a running keeper: not a zombie waiting for
-// its parent (an exited keeper whose parent is an init that does not reap),
-// and not another process that reused the pid.
-func alive(pid int) bool {
-	if pid <= 0 {
-		return false
-	}
-	dir := filepath.Join("/proc", strconv.Itoa(pid))
-	cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
-	if err != nil || !strings.HasPrefix(string(cmdline), KeeperName+"\x00") {
-		return false
-	}
-	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
-	if err != nil {
-		return false
-	}
-	// pid (comm) state ...: the state follows the last ')'.
-	i := strings.LastIndexByte(string(stat), ')')
-	if i < 0 || i+2 >= len(stat) {
-		return false
-	}
-	state := stat[i+2]
-	return state != 'Z' && state != 'X'
-}
+// detachWait bounds how long Detach waits for the keeper to exit.
+const detachWait = 10 * time.Second
 
 // Detach disconnects /dev/nbdN cleanly: it refuses a device that is mounted
 // unless force, flushes the device's cache to the server, tells the keeper
 // the disconnect is wanted, disconnects through the interface the device was
-// attached with, and waits for the keeper to exit.
-func Detach(index int, force bool) error {
-	dev := ioctl.Path(index)
-	if where, ok := mountedAt(index); ok && !force {
-		return fmt.Errorf("detach: %s is mounted on %s: unmount it first (or --force)", dev, where)
+// attached with, and waits for the keeper to exit. Its errors start with
+// "detach: ".
+func Detach(ctx context.Context, index int, force bool) error {
+	err := detach(ctx, index, force)
+	if err != nil {
+		return fmt.Errorf("detach: %w", err)
 	}
-	st, stErr := readState(index)
-	if stErr != nil && !ioctl.InUse(index) {
-		return fmt.Errorf("detach: %s is not attached", dev)
+	return nil
+}
+
+func detach(ctx context.Context, index int, force bool) error {
+	var (
+		sys nbddev.Sysfs
+		dir RunDir
+		dev = nbddev.Path(index)
+	)
+	if where, ok := mountedAt(sys, index); ok && !force {
+		return fmt.Errorf("%s is mounted on %s: unmount it first (or --force)", dev, where)
+	}
+	st, stErr := dir.State(index)
+	if stErr != nil && !sys.InUse(index) {
+		return fmt.Errorf("%s is not attached", dev)
 	}
 	if err := flush(dev); err != nil {
-		return fmt.Errorf("detach: %w", err)
+		return err
 	}
-	if err := os.MkdirAll(RunDir, 0o755); err != nil {
-		return fmt.Errorf("detach: %w", err)
-	}
-	if err := os.WriteFile(stopPath(index), nil, 0o644); err != nil {
-		return fmt.Errorf("detach: %w", err)
+	if err := dir.RequestStop(index); err != nil {
+		return err
 	}
 	if err := disconnect(index, st.Interface); err != nil {
-		return fmt.Errorf("detach: %w", err)
+		return err
 	}
-	if stErr != nil || !alive(st.Pid) {
-		_ = os.Remove(stopPath(index))
+	if stErr != nil || !Alive(st.Pid) {
+		dir.CancelStop(index)
 		return nil
 	}
 	_ = unix.Kill(st.Pid, SigDetach)
-	for deadline := time.Now().Add(10 * time.Second); alive(st.Pid); {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("detach: %s is disconnected, but its keeper (pid %d) did not exit", dev, st.Pid)
-		}
-		time.Sleep(10 * time.Millisecond)
+	err := poll.For(ctx, detachWait, 10*time.Millisecond, func() (bool, error) { return !Alive(st.Pid), nil })
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s is disconnected, but its keeper (pid %d) did not exit", dev, st.Pid)
 	}
-	return nil
+	return err
 }
 
 // flush writes the device's dirty cache out and has the server make it
@@ -166,14 +141,10 @@ func disconnect(index int, iface config.Interface) error {
 }
 
 // mountedAt reports where /dev/nbdN or one of its partitions is mounted.
-func mountedAt(index int) (string, bool) {
+func mountedAt(sys nbddev.Sysfs, index int) (string, bool) {
 	devs := map[string]bool{}
-	base := filepath.Join("/sys/block", "nbd"+strconv.Itoa(index))
-	files, _ := filepath.Glob(filepath.Join(base, "nbd*", "dev"))
-	for _, f := range append(files, filepath.Join(base, "dev")) {
-		if b, err := os.ReadFile(f); err == nil {
-			devs[strings.TrimSpace(string(b))] = true
-		}
+	for _, d := range sys.DevNumbers(index) {
+		devs[d] = true
 	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {

@@ -1,4 +1,4 @@
-package boot
+package keeper
 
 import (
 	"crypto/tls"
@@ -6,13 +6,11 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/bootlog"
+	"github.com/nbdroot/nbdroot/nbddev"
 	"github.com/nbdroot/nbdroot/negotiate"
 )
 
@@ -26,19 +24,19 @@ func kernelSocket(conn net.Conn) (int, func(), error) {
 		f, err := fc.File()
 		conn.Close()
 		if err != nil {
-			return 0, nil, fmt.Errorf("attach: socket: %w", err)
+			return 0, nil, fmt.Errorf("socket: %w", err)
 		}
 		return int(f.Fd()), func() { f.Close() }, nil
 	}
 	tc, ok := conn.(*tls.Conn)
 	if !ok {
 		conn.Close()
-		return 0, nil, fmt.Errorf("attach: cannot hand a %T to the kernel", conn)
+		return 0, nil, fmt.Errorf("cannot hand a %T to the kernel", conn)
 	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		tc.Close()
-		return 0, nil, fmt.Errorf("attach: socketpair: %w", err)
+		return 0, nil, fmt.Errorf("socketpair: %w", err)
 	}
 	kernel := os.NewFile(uintptr(fds[0]), "nbd-kernel")
 	local := os.NewFile(uintptr(fds[1]), "nbd-relay")
@@ -47,7 +45,7 @@ func kernelSocket(conn net.Conn) (int, func(), error) {
 	if err != nil {
 		kernel.Close()
 		tc.Close()
-		return 0, nil, fmt.Errorf("attach: relay: %w", err)
+		return 0, nil, fmt.Errorf("relay: %w", err)
 	}
 	go relay(lc, tc)
 	return int(kernel.Fd()), func() { kernel.Close() }, nil
@@ -84,14 +82,13 @@ const (
 // setQueueLimits sizes the device's requests: up to requestKiB, within the
 // server's maximum payload (a server refuses larger requests) and the
 // driver's hardware limit; and readahead to match.
-func setQueueLimits(log *bootlog.Logger, step string, index int, exp *negotiate.Export) {
-	queue := filepath.Join("/sys/block", "nbd"+strconv.Itoa(index), "queue")
+func setQueueLimits(log *bootlog.Logger, step string, sys nbddev.Sysfs, index int, exp *negotiate.Export) {
 	payload := uint64(defaultMaxPayload)
 	if exp.MaxBlock != 0 && exp.MaxBlock != 0xffffffff {
 		payload = uint64(exp.MaxBlock)
 	}
 	kb := min(uint64(requestKiB), payload/1024)
-	if hw, err := readUint(filepath.Join(queue, "max_hw_sectors_kb")); err == nil {
+	if hw, err := sys.Queue(index, "max_hw_sectors_kb"); err == nil {
 		kb = min(kb, hw)
 	}
 	if kb < 4 {
@@ -99,16 +96,8 @@ func setQueueLimits(log *bootlog.Logger, step string, index int, exp *negotiate.
 		return
 	}
 	for _, f := range []string{"max_sectors_kb", "read_ahead_kb"} {
-		if err := os.WriteFile(filepath.Join(queue, f), []byte(strconv.FormatUint(kb, 10)), 0o644); err != nil {
+		if err := sys.SetQueue(index, f, kb); err != nil {
 			log.Errorf(step, "set %s to %d: %v", f, kb, err)
 		}
 	}
-}
-
-func readUint(path string) (uint64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 }

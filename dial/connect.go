@@ -1,4 +1,4 @@
-package boot
+package dial
 
 import (
 	"context"
@@ -21,11 +21,12 @@ import (
 // negotiates or Server.Deadline passes. Every failed attempt is logged with
 // its cause. An endpoint whose server refused outright (an NBD error reply
 // such as an unknown export, or a certificate that does not verify) is not
-// retried: waiting will not change its answer.
-func Connect(ctx context.Context, log *bootlog.Logger, d *Dialer) (*negotiate.Export, net.Conn, config.Endpoint, error) {
+// retried: waiting will not change its answer. Its errors say why it gave
+// up, wrapping the last attempt's *Error; the caller names the step.
+func (d *Dialer) Connect(ctx context.Context, log *bootlog.Logger) (*negotiate.Export, net.Conn, config.Endpoint, error) {
 	spec := d.spec
 	if len(spec.Server.Endpoints) == 0 {
-		return nil, nil, config.Endpoint{}, errors.New("connect: no server configured (nbdroot=HOST:PORT/NAME)")
+		return nil, nil, config.Endpoint{}, errors.New("no server configured (nbdroot=HOST:PORT/NAME)")
 	}
 	if spec.Server.Deadline > 0 {
 		var cancel context.CancelFunc
@@ -61,12 +62,12 @@ func Connect(ctx context.Context, log *bootlog.Logger, d *Dialer) (*negotiate.Ex
 			log.Errorf("connect", "attempt %d: %v", attempt, err)
 		}
 		if alive == 0 && ctx.Err() == nil {
-			return nil, nil, config.Endpoint{}, fmt.Errorf("connect: every server refused: %w", last)
+			return nil, nil, config.Endpoint{}, fmt.Errorf("every server refused: %w", last)
 		}
 		wait := jitter(backoff)
 		select {
 		case <-ctx.Done():
-			return nil, nil, config.Endpoint{}, fmt.Errorf("connect: gave up after %d attempts (deadline %v): %w", attempt, spec.Server.Deadline, last)
+			return nil, nil, config.Endpoint{}, fmt.Errorf("gave up after %d attempts (deadline %v): %w", attempt, spec.Server.Deadline, last)
 		case <-time.After(wait):
 		}
 		backoff = min(2*backoff, spec.Server.BackoffMax)

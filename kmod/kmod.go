@@ -1,4 +1,11 @@
-package boot
+// Package kmod loads kernel modules from the running kernel's module tree
+// the way udev and modprobe would, and owns the rule for spelling a module
+// name. The boot loads nbd, the present devices' drivers and the root's
+// filesystem with it, attach loads nbd, and initramfs writes the names the
+// same way.
+//
+// It may import bootlog, u-root's kmodule and x/sys/unix.
+package kmod
 
 import (
 	"bufio"
@@ -44,9 +51,9 @@ type Modules struct {
 
 type moduleAlias struct{ pattern, module string }
 
-// NewModules reads the module index of the running kernel. Without one (a
+// New reads the module index of the running kernel. Without one (a
 // kernel with everything built in) every load is a no-op.
-func NewModules(log *bootlog.Logger) *Modules {
+func New(log *bootlog.Logger) *Modules {
 	m := &Modules{log: log, softdeps: map[string][]string{}, tried: map[string]bool{}}
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err != nil {
@@ -63,14 +70,14 @@ func NewModules(log *bootlog.Logger) *Modules {
 	dir := filepath.Join("/lib/modules", kver)
 	eachLine(filepath.Join(dir, "modules.alias"), func(f []string) {
 		if len(f) == 3 && f[0] == "alias" {
-			m.aliases = append(m.aliases, moduleAlias{normalize(f[1]), normalize(f[2])})
+			m.aliases = append(m.aliases, moduleAlias{Canonical(f[1]), Canonical(f[2])})
 		}
 	})
 	eachLine(filepath.Join(dir, "modules.softdep"), func(f []string) {
 		if len(f) < 3 || f[0] != "softdep" {
 			return
 		}
-		mod := normalize(f[1])
+		mod := Canonical(f[1])
 		pre := false
 		for _, w := range f[2:] {
 			switch w {
@@ -114,7 +121,7 @@ func (m *Modules) Load(names ...string) {
 }
 
 func (m *Modules) load(name string, depth int) {
-	name = normalize(name)
+	name = Canonical(name)
 	if m.prober == nil || depth > 8 || !m.try(name) {
 		return
 	}
@@ -151,7 +158,7 @@ func (m *Modules) Coldplug() {
 	for pass := 0; pass < 4; pass++ {
 		before := m.triedCount()
 		for _, alias := range modaliases() {
-			alias = normalize(alias)
+			alias = Canonical(alias)
 			for _, a := range m.aliases {
 				if ok, _ := path.Match(a.pattern, alias); ok {
 					m.load(a.module, 0)
@@ -183,8 +190,9 @@ func modaliases() []string {
 	return out
 }
 
-// normalize makes a module name canonical: modprobe treats - and _ alike.
-func normalize(name string) string { return strings.ReplaceAll(name, "-", "_") }
+// Canonical returns the kernel's spelling of a module name: modprobe treats
+// '-' and '_' alike, and the kernel uses '_'.
+func Canonical(name string) string { return strings.ReplaceAll(name, "-", "_") }
 
 // eachLine calls fn with the fields of each line of a file, if it exists.
 func eachLine(file string, fn func([]string)) {

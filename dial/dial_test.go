@@ -1,4 +1,4 @@
-package boot_test
+package dial_test
 
 import (
 	"context"
@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nbdroot/nbdroot/boot"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/dial"
 	"github.com/nbdroot/nbdroot/internal/testrig"
 	"github.com/nbdroot/nbdroot/negotiate"
 )
@@ -32,7 +32,7 @@ func dialSpec(t *testing.T, addr, export string) (config.Spec, config.Endpoint) 
 
 func TestTLSConfig(t *testing.T) {
 	cs := testrig.Certs(t, t.TempDir())
-	cfg, err := boot.TLSConfig(config.TLS{Enabled: true, CAFile: cs.CA, CertFile: cs.ClientCert, KeyFile: cs.ClientKey, VerifyPeer: true}, "10.0.2.2")
+	cfg, err := dial.TLSConfig(config.TLS{Enabled: true, CAFile: cs.CA, CertFile: cs.ClientCert, KeyFile: cs.ClientKey, VerifyPeer: true}, "10.0.2.2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestTLSConfig(t *testing.T) {
 		t.Errorf("config = ServerName %q, InsecureSkipVerify %v, MinVersion %#x, RootCAs %v, %d certificates",
 			cfg.ServerName, cfg.InsecureSkipVerify, cfg.MinVersion, cfg.RootCAs != nil, len(cfg.Certificates))
 	}
-	cfg, err = boot.TLSConfig(config.TLS{Enabled: true, ServerName: "nbd.example", VerifyPeer: false}, "10.0.2.2")
+	cfg, err = dial.TLSConfig(config.TLS{Enabled: true, ServerName: "nbd.example", VerifyPeer: false}, "10.0.2.2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestTLSConfig(t *testing.T) {
 		{"key mismatch", config.TLS{CertFile: cs.ClientCert, KeyFile: cs.ServerKey, VerifyPeer: true}, "h", "loading client certificate"},
 		{"no name", config.TLS{VerifyPeer: true}, "", "no server name"},
 	} {
-		if _, err := boot.TLSConfig(tc.tls, tc.host); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := dial.TLSConfig(tc.tls, tc.host); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want it to contain %q", tc.name, err, tc.want)
 		}
 	}
@@ -73,7 +73,7 @@ func TestTLSConfig(t *testing.T) {
 func TestDialNbdkit(t *testing.T) {
 	s := testrig.Nbdkit(t, "memory", "64M")
 	spec, ep := dialSpec(t, s.Addr, "")
-	exp, conn, err := boot.Dial(context.Background(), spec, ep)
+	exp, conn, err := dial.Dial(context.Background(), spec, ep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestDialTLS(t *testing.T) {
 	s := testrig.Nbdkit(t, "--tls=require", "--tls-certificates="+cs.Dir, "--tls-verify-peer", "memory", "1M")
 	spec, ep := dialSpec(t, s.Addr, "")
 	spec.TLS = config.TLS{Enabled: true, CAFile: cs.CA, CertFile: cs.ClientCert, KeyFile: cs.ClientKey, VerifyPeer: true}
-	exp, conn, err := boot.Dial(context.Background(), spec, ep)
+	exp, conn, err := dial.Dial(context.Background(), spec, ep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,14 +102,14 @@ func TestDialTLS(t *testing.T) {
 
 	// The wrong CA: a certificate error, naming the endpoint.
 	spec.TLS.CAFile = cs.WrongCA
-	_, _, err = boot.Dial(context.Background(), spec, ep)
+	_, _, err = dial.Dial(context.Background(), spec, ep)
 	if err == nil || !strings.Contains(err.Error(), ep.String()) || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("wrong CA: err = %v", err)
 	}
 	// The same without verification succeeds (the client certificate is
 	// still the right one).
 	spec.TLS.VerifyPeer = false
-	if _, conn, err := boot.Dial(context.Background(), spec, ep); err != nil {
+	if _, conn, err := dial.Dial(context.Background(), spec, ep); err != nil {
 		t.Errorf("no-verify: %v", err)
 	} else {
 		negotiate.Disconnect(conn)
@@ -132,7 +132,7 @@ func TestDialUnixSocket(t *testing.T) {
 	}
 	spec, _ := dialSpec(t, "127.0.0.1:1", "")
 	ep := config.Endpoint{Socket: sock}
-	exp, conn, err := boot.Dial(context.Background(), spec, ep)
+	exp, conn, err := dial.Dial(context.Background(), spec, ep)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +145,7 @@ func TestDialUnixSocket(t *testing.T) {
 func TestDialRefused(t *testing.T) {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(testrig.FreePort(t)))
 	spec, ep := dialSpec(t, addr, "rootfs")
-	_, _, err := boot.Dial(context.Background(), spec, ep)
+	_, _, err := dial.Dial(context.Background(), spec, ep)
 	want := addr + "/rootfs: connect: "
 	if err == nil || !strings.HasPrefix(err.Error(), want) || !strings.Contains(err.Error(), "connection refused") {
 		t.Errorf("err = %v, want %q... connection refused", err, want)
@@ -172,7 +172,7 @@ func TestDialHandshakeTimeout(t *testing.T) {
 	spec, ep := dialSpec(t, l.Addr().String(), "x")
 	spec.Server.HandshakeTimeout = 300 * time.Millisecond
 	start := time.Now()
-	_, _, err = boot.Dial(context.Background(), spec, ep)
+	_, _, err = dial.Dial(context.Background(), spec, ep)
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("Dial took %v with a 300ms handshake timeout", took)
 	}

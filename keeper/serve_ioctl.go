@@ -1,4 +1,4 @@
-package boot
+package keeper
 
 import (
 	"context"
@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/internal/poll"
 	"github.com/nbdroot/nbdroot/ioctl"
+	"github.com/nbdroot/nbdroot/nbddev"
 	"github.com/nbdroot/nbdroot/negotiate"
 )
 
@@ -18,11 +20,12 @@ import (
 // that means for the filesystem). And the kernel (6.1) restarts the device
 // only once nobody holds it open: a mounted device stays dead, so the keeper
 // waits for it to be released instead of dialling in vain.
-func (k *keeper) serveIoctl(ctx context.Context, d *Dialer, exp *negotiate.Export, conn net.Conn, p ioctl.Params, ready func(time.Duration)) error {
+func (k *keeper) serveIoctl(ctx context.Context, a *attachment) error {
+	conn := a.conns[0]
 	for round := 0; ; round++ {
-		err := k.doIt(conn, p, func(attach time.Duration) {
+		err := k.doIt(conn, a.params, func(attach time.Duration) {
 			if round == 0 {
-				ready(attach)
+				a.ready(attach)
 				return
 			}
 			k.state.Reconnects++
@@ -37,17 +40,15 @@ func (k *keeper) serveIoctl(ctx context.Context, d *Dialer, exp *negotiate.Expor
 			return nil
 		}
 		k.log.Errorf(k.step, "connection lost (%s)", errOr(err, "DO_IT returned: the server closed the connection"))
-		if ioctl.InUse(k.dev) {
-			k.log.Errorf(k.step, "the kernel cannot restart %s while it is open (mounted?): the ioctl interface cannot reconnect it; I/O fails until it is released (device.interface=netlink keeps it alive)", ioctl.Path(k.dev))
-			for ioctl.InUse(k.dev) {
-				if k.stopRequested() || ctx.Err() != nil {
-					return nil
-				}
-				time.Sleep(time.Second)
+		if k.sys.InUse(k.dev) {
+			k.log.Errorf(k.step, "the kernel cannot restart %s while it is open (mounted?): the ioctl interface cannot reconnect it; I/O fails until it is released (device.interface=netlink keeps it alive)", nbddev.Path(k.dev))
+			_ = poll.Until(ctx, time.Second, func() (bool, error) { return !k.sys.InUse(k.dev) || k.stopRequested(), nil })
+			if k.stopRequested() || ctx.Err() != nil {
+				return nil
 			}
 		}
 		k.log.Printf(k.step, "reconnecting")
-		if conn, err = k.reconnect(ctx, d); err != nil {
+		if conn, err = k.reconnect(ctx, a.again); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -79,7 +80,7 @@ func (k *keeper) doIt(conn net.Conn, p ioctl.Params, live func(attach time.Durat
 	case <-configured:
 	}
 	// DO_IT starts the device from the other thread; wait until it is live.
-	for !ioctl.Live(k.dev) {
+	for !k.sys.Live(k.dev) {
 		select {
 		case err := <-done:
 			return err
@@ -108,10 +109,10 @@ func kernelParams(d config.Device, exp *negotiate.Export) (ioctl.Params, error) 
 		bs = max(512, exp.MinBlock)
 	}
 	if exp.MinBlock != 0 && bs < exp.MinBlock {
-		return ioctl.Params{}, fmt.Errorf("attach: block size %d is below the server's minimum %d", bs, exp.MinBlock)
+		return ioctl.Params{}, fmt.Errorf("block size %d is below the server's minimum %d", bs, exp.MinBlock)
 	}
 	if exp.Size < uint64(bs) {
-		return ioctl.Params{}, fmt.Errorf("attach: export of %d bytes is smaller than one %d-byte block", exp.Size, bs)
+		return ioctl.Params{}, fmt.Errorf("export of %d bytes is smaller than one %d-byte block", exp.Size, bs)
 	}
 	flags := exp.Flags
 	if d.ReadOnly {

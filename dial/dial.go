@@ -1,4 +1,14 @@
-package boot
+// Package dial reaches an NBD export: it opens the transport (TCP, or a
+// Unix socket), sets up TLS from a spec's certificate files, negotiates with
+// package negotiate, and, in Connect, tries a spec's servers round after
+// round with backoff until one answers. The boot's keeper, probe and list
+// all connect through it, so they behave alike.
+//
+// It owns the connection attempt and its retry policy, not the connection
+// afterwards (the keeper hands it to the kernel). It may import config,
+// negotiate, bootlog and the standard library; nothing that makes Linux
+// calls.
+package dial
 
 import (
 	"context"
@@ -15,7 +25,33 @@ import (
 	"github.com/nbdroot/nbdroot/negotiate"
 )
 
-// Dialer makes connection attempts exactly as boot does: a TCP dial bounded
+// Error is a failed attempt to reach one endpoint, as in
+// "10.0.2.2:10809/root: connect: connection refused" or
+// "10.0.2.2:10809/root: negotiate: ...".
+type Error struct {
+	// Endpoint is the server (and export) attempted; empty when the
+	// failure came before any was.
+	Endpoint string
+	// Op is what failed: "connect" (the transport), "tls" (setting it up),
+	// or empty when Err names it (negotiate's errors do).
+	Op  string
+	Err error
+}
+
+func (e *Error) Error() string {
+	s := ""
+	if e.Endpoint != "" {
+		s = e.Endpoint + ": "
+	}
+	if e.Op != "" {
+		s += e.Op + ": "
+	}
+	return s + e.Err.Error()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Dialer makes connection attempts exactly as the keeper does: a TCP dial bounded
 // by Server.ConnectTimeout (or a Unix socket connection when the endpoint has
 // a Socket), then negotiate.Handshake bounded by Server.HandshakeTimeout,
 // with STARTTLS when TLS.Enabled. It reads the TLS files once, when it is
@@ -28,6 +64,15 @@ type Dialer struct {
 
 // NewDialer returns a Dialer for spec, with its TLS material loaded.
 func NewDialer(spec config.Spec) (*Dialer, error) {
+	d, err := newDialer(spec)
+	if err != nil {
+		return nil, &Error{Op: "tls", Err: err}
+	}
+	return d, nil
+}
+
+// newDialer is NewDialer with the TLS files' error unwrapped.
+func newDialer(spec config.Spec) (*Dialer, error) {
 	d := &Dialer{spec: spec}
 	if spec.TLS.Enabled {
 		cfg, err := loadTLS(spec.TLS)
@@ -37,6 +82,17 @@ func NewDialer(spec config.Spec) (*Dialer, error) {
 		d.tls = cfg
 	}
 	return d, nil
+}
+
+// Persistent returns a copy of d for reconnecting a device that has
+// nowhere else to go: no deadline, and at most backoffMax between rounds.
+func (d *Dialer) Persistent(backoffMax time.Duration) *Dialer {
+	again := *d
+	s := &again.spec.Server
+	s.Deadline = 0
+	s.BackoffMax = min(s.BackoffMax, backoffMax)
+	s.BackoffInitial = min(s.BackoffInitial, s.BackoffMax)
+	return &again
 }
 
 // Dial makes one attempt to reach ep and negotiate its export. The returned
@@ -49,7 +105,7 @@ func (d *Dialer) Dial(ctx context.Context, ep config.Endpoint) (*negotiate.Expor
 	}
 	exp, conn, err := negotiate.Handshake(ctx, conn, opts)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", ep, err)
+		return nil, nil, &Error{Endpoint: ep.String(), Err: err}
 	}
 	return exp, conn, nil
 }
@@ -63,16 +119,16 @@ func (d *Dialer) List(ctx context.Context, ep config.Endpoint) ([]negotiate.Expo
 	}
 	exps, err := negotiate.List(ctx, conn, opts)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", ep.Server(), err)
+		return nil, &Error{Endpoint: ep.Server(), Err: err}
 	}
 	return exps, nil
 }
 
 // Dial is a one-off attempt: NewDialer(spec) and Dial(ep).
 func Dial(ctx context.Context, spec config.Spec, ep config.Endpoint) (*negotiate.Export, net.Conn, error) {
-	d, err := NewDialer(spec)
+	d, err := newDialer(spec)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", ep, err)
+		return nil, nil, &Error{Endpoint: ep.String(), Op: "tls", Err: err}
 	}
 	return d.Dial(ctx, ep)
 }
@@ -83,13 +139,13 @@ func (d *Dialer) open(ctx context.Context, ep config.Endpoint) (negotiate.Option
 	if d.tls != nil {
 		cfg, err := withServerName(d.tls, d.spec.TLS, ep.Host)
 		if err != nil {
-			return opts, nil, fmt.Errorf("%s: %w", ep, err)
+			return opts, nil, &Error{Endpoint: ep.String(), Op: "tls", Err: err}
 		}
 		opts.TLS = cfg
 	}
 	conn, err := dialTransport(ctx, d.spec.Server.ConnectTimeout, ep)
 	if err != nil {
-		return opts, nil, fmt.Errorf("%s: connect: %w", ep, err)
+		return opts, nil, &Error{Endpoint: ep.String(), Op: "connect", Err: err}
 	}
 	return opts, conn, nil
 }
@@ -115,10 +171,13 @@ func dialTransport(ctx context.Context, timeout time.Duration, ep config.Endpoin
 // t.Enabled.
 func TLSConfig(t config.TLS, host string) (*tls.Config, error) {
 	cfg, err := loadTLS(t)
-	if err != nil {
-		return nil, err
+	if err == nil {
+		cfg, err = withServerName(cfg, t, host)
 	}
-	return withServerName(cfg, t, host)
+	if err != nil {
+		return nil, &Error{Op: "tls", Err: err}
+	}
+	return cfg, nil
 }
 
 // withServerName returns a copy of cfg checking the name t.ServerName, or
@@ -130,7 +189,7 @@ func withServerName(cfg *tls.Config, t config.TLS, host string) (*tls.Config, er
 		cfg.ServerName = host
 	}
 	if cfg.ServerName == "" && t.VerifyPeer {
-		return nil, errors.New("tls: no server name to check the certificate against (set tls-hostname)")
+		return nil, errors.New("no server name to check the certificate against (set tls-hostname)")
 	}
 	return cfg, nil
 }
@@ -145,21 +204,21 @@ func loadTLS(t config.TLS) (*tls.Config, error) {
 	if t.CAFile != "" {
 		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("tls: reading CA certificates: %w", err)
+			return nil, fmt.Errorf("reading CA certificates: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("tls: no PEM certificate in CA file %s", t.CAFile)
+			return nil, fmt.Errorf("no PEM certificate in CA file %s", t.CAFile)
 		}
 		cfg.RootCAs = pool
 	}
 	if t.CertFile != "" || t.KeyFile != "" {
 		if t.CertFile == "" || t.KeyFile == "" {
-			return nil, errors.New("tls: a client certificate needs both a certificate and a key file")
+			return nil, errors.New("a client certificate needs both a certificate and a key file")
 		}
 		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("tls: loading client certificate %s with key %s: %w", t.CertFile, t.KeyFile, err)
+			return nil, fmt.Errorf("loading client certificate %s with key %s: %w", t.CertFile, t.KeyFile, err)
 		}
 		cfg.Certificates = []tls.Certificate{cert}
 	}

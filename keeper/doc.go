@@ -1,0 +1,25 @@
+// Package keeper is the @nbdroot process that holds an NBD device: the
+// process that dials, negotiates, hands the connection to the kernel, relays
+// it under TLS and reconnects it for as long as the device is attached. A
+// root device has nowhere else to go, so the keeper outlives the boot.
+//
+// It owns four things, one file each:
+//
+//	spawn.go         the spawn protocol: argv, the environment, the one-line report on fd 3
+//	daemon.go        the daemon's identity: argv[0] "@nbdroot", its name, its signals,
+//	                 following PID 1 into the real root; Main
+//	rundir.go        the run-directory protocol, /run/nbdroot/nbdN.{json,pid,stop} (RunDir)
+//	manage.go        the commands that use it on a running system: Status and Detach
+//	keeper.go        one keeper's run: connect, attach, then its duties under one context
+//	serve_netlink.go the serve duty by netlink: attach, and RECONFIGURE on link-dead
+//	serve_ioctl.go   the serve duty by ioctl: DO_IT on a locked thread, reattach
+//	relay.go         the socket the kernel gets (TLS relay), queue limits
+//
+// After the attach a keeper's work is a set of duties (serving the device,
+// following PID 1's root, ...), each a goroutine under one context that
+// ends when the device is detached or any duty returns; a new job of the
+// keeper is a new duty.
+//
+// It may import dial, ioctl, netlink, nbddev, config, negotiate, bootlog,
+// internal/poll and x/sys/unix; nothing of the boot sequence.
+package keeper

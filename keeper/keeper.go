@@ -1,0 +1,271 @@
+package keeper
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"github.com/nbdroot/nbdroot/bootlog"
+	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/dial"
+	"github.com/nbdroot/nbdroot/ioctl"
+	"github.com/nbdroot/nbdroot/nbddev"
+	"github.com/nbdroot/nbdroot/negotiate"
+	"github.com/nbdroot/nbdroot/netlink"
+)
+
+// reconnectBackoffMax caps the backoff between reconnect attempts.
+const reconnectBackoffMax = time.Second
+
+// refusedRetry is the pause before reconnecting to servers that all refused.
+const refusedRetry = 10 * time.Second
+
+// keeper is the state of one keeper process.
+type keeper struct {
+	log    *bootlog.Logger
+	step   string // the log's step: "keeper nbdN"
+	spec   config.Spec
+	dev    int
+	sys    nbddev.Sysfs
+	dir    RunDir
+	status *os.File // the pipe to the starter, until the report is sent
+	state  State
+	// exportSize is the export's size at the first attach: a reconnect
+	// must find the same.
+	exportSize uint64
+}
+
+// A duty is one job of an attached keeper. It runs in a goroutine of its
+// own and returns when ctx ends (or when its job is over).
+type duty func(ctx context.Context) error
+
+// runDuties runs the duties under one context, which ends with ctx or as
+// soon as any duty returns; it waits for all and returns the first
+// duty's error. Nil duties are skipped.
+func runDuties(ctx context.Context, duties ...duty) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, len(duties))
+	n := 0
+	for _, d := range duties {
+		if d != nil {
+			n++
+			go func() { errs <- d(ctx) }()
+		}
+	}
+	var first error
+	for i := range n {
+		err := <-errs
+		if i == 0 {
+			first = err
+			cancel()
+		}
+	}
+	return first
+}
+
+// report sends the one Report to the starter and closes the pipe.
+func (k *keeper) report(rep Report) {
+	if k.status == nil {
+		return
+	}
+	rep.Device, rep.Pid = k.dev, os.Getpid()
+	b, _ := json.Marshal(rep)
+	_, _ = k.status.Write(append(b, '\n'))
+	k.status.Close()
+	k.status = nil
+}
+
+// fail is the keeper's failure in step op; it tells the starter, if the
+// device never became ready.
+func (k *keeper) fail(op string, err error) error {
+	k.report(Report{Op: op, Error: err.Error()})
+	return &Error{Op: op, Err: err}
+}
+
+// publish writes the state file.
+func (k *keeper) publish() { _ = k.dir.Publish(k.state) }
+
+// attachment is what the connect step hands the serve duty.
+type attachment struct {
+	nl     *netlink.Client // nil with the ioctl interface
+	exp    *negotiate.Export
+	conns  []net.Conn
+	params ioctl.Params
+	again  *dial.Dialer // for reconnecting
+	ready  func(attach time.Duration)
+}
+
+// run connects, then serves the device and does the keeper's other duties
+// until ctx ends or the device is gone. followRoot is that duty, prepared
+// before anything else. Its errors are *Error.
+func (k *keeper) run(ctx context.Context, followRoot duty) error {
+	defer k.report(Report{Op: "keeper", Error: "stopped before the device was ready"})
+	k.dir.Claim(k.dev, os.Getpid())
+	_ = os.Chdir("/")
+	d, err := dial.NewDialer(k.spec)
+	if err != nil {
+		return k.fail("connect", err)
+	}
+	iface, nl, err := k.chooseInterface()
+	if err != nil {
+		return k.fail("attach", err)
+	}
+	if nl != nil {
+		defer nl.Close()
+	}
+	a, err := k.connect(ctx, d, iface)
+	if err != nil {
+		return err
+	}
+	a.nl = nl
+	serve := func(ctx context.Context) error {
+		if nl != nil {
+			return k.serveNetlink(ctx, a)
+		}
+		return k.serveIoctl(ctx, a)
+	}
+	if err := runDuties(ctx, serve, followRoot); err != nil {
+		if k.status != nil { // not reported ready: the attach failed
+			return k.fail("attach", err)
+		}
+		return &Error{Op: "serve", Err: err}
+	}
+	return nil
+}
+
+// connect reaches the export through d and derives the device's
+// parameters. Its errors are *Error.
+func (k *keeper) connect(ctx context.Context, d *dial.Dialer, iface config.Interface) (*attachment, error) {
+	t0 := time.Now()
+	exp, conns, ep, err := k.dialAll(ctx, d, iface)
+	if err != nil {
+		return nil, k.fail("connect", err)
+	}
+	params, err := kernelParams(k.spec.Device, exp)
+	if err != nil {
+		closeAll(conns)
+		return nil, k.fail("attach", err)
+	}
+	k.exportSize = exp.Size
+	k.state = State{
+		Device: nbddev.Path(k.dev), Index: k.dev, Server: ep.Server(), Export: exp.Name,
+		Size: params.Size, BlockSize: params.BlockSize, Interface: iface, Connections: len(conns),
+		TLS: k.spec.TLS.Enabled, Pid: os.Getpid(), Since: time.Now(),
+	}
+	k.log.Printf(k.step, "%s: %d bytes, flags %s, via %s, %d connection(s), %s%s", ep, exp.Size, exp.Flags, exp.Path, len(conns), iface, tlsNote(exp))
+	return &attachment{
+		exp: exp, conns: conns, params: params,
+		// A root device has nowhere else to go: once attached, reconnect
+		// until the server comes back, trying at least every
+		// reconnectBackoffMax so that I/O resumes soon after it does
+		// (jitter still spreads a fleet).
+		again: d.Persistent(reconnectBackoffMax),
+		ready: func(attach time.Duration) {
+			k.publish()
+			setQueueLimits(k.log, k.step, k.sys, k.dev, exp)
+			k.report(Report{Ready: true, Endpoint: ep.String(), Export: exp, Connect: time.Since(t0) - attach, Attach: attach})
+		},
+	}, nil
+}
+
+// chooseInterface resolves device.interface: "auto" is netlink where the
+// kernel has the nbd family, ioctl otherwise.
+func (k *keeper) chooseInterface() (config.Interface, *netlink.Client, error) {
+	want := k.spec.Device.Interface
+	if want == config.InterfaceIoctl {
+		return want, nil, nil
+	}
+	nl, err := netlink.Dial()
+	if err == nil {
+		return config.InterfaceNetlink, nl, nil
+	}
+	if want == config.InterfaceNetlink {
+		return "", nil, fmt.Errorf("device.interface is netlink: %w", err)
+	}
+	k.log.Printf(k.step, "netlink unavailable (%v); using ioctl", err)
+	return config.InterfaceIoctl, nil, nil
+}
+
+// dialAll reaches the export and opens the extra connections of a
+// multi-connection device: device.connections when the server allows it
+// (NBD_FLAG_CAN_MULTI_CONN) and the interface is netlink, one otherwise.
+func (k *keeper) dialAll(ctx context.Context, d *dial.Dialer, iface config.Interface) (*negotiate.Export, []net.Conn, config.Endpoint, error) {
+	exp, conn, ep, err := d.Connect(ctx, k.log)
+	if err != nil {
+		return nil, nil, ep, err
+	}
+	conns := []net.Conn{conn}
+	want := k.spec.Device.Connections
+	switch {
+	case want <= 1:
+	case iface != config.InterfaceNetlink:
+		k.log.Printf(k.step, "one connection, not %d: multi-connection needs the netlink interface", want)
+	case !exp.Flags.Has(negotiate.FlagCanMultiConn):
+		k.log.Printf(k.step, "one connection, not %d: the server does not allow multiple connections (no CAN_MULTI_CONN)", want)
+	default:
+		for len(conns) < want {
+			more, c, err := d.Dial(ctx, ep)
+			if err == nil && more.Size != exp.Size {
+				c.Close()
+				err = fmt.Errorf("export size %d differs from the first connection's %d", more.Size, exp.Size)
+			}
+			if err != nil {
+				k.log.Errorf(k.step, "connection %d of %d: %v; going on with %d", len(conns)+1, want, err, len(conns))
+				break
+			}
+			conns = append(conns, c)
+		}
+	}
+	return exp, conns, ep, nil
+}
+
+// reconnect dials until the export answers again with the same size, and
+// returns the connection, or an error once ctx ends. It never gives up on
+// its own: the device has nowhere else to go. A server that refuses (say, an
+// export not configured yet after a restart) or that offers a different size
+// (a different export behind the same name must not be attached under a
+// mounted filesystem) is logged loudly and tried again, more slowly.
+func (k *keeper) reconnect(ctx context.Context, d *dial.Dialer) (net.Conn, error) {
+	for {
+		exp, conn, ep, err := d.Connect(ctx, k.log)
+		if err == nil && exp.Size == k.exportSize {
+			k.state.Server = ep.Server()
+			return conn, nil
+		}
+		if err == nil {
+			conn.Close()
+			err = fmt.Errorf("%s: export size changed from %d to %d bytes; refusing to reattach", ep, k.exportSize, exp.Size)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		k.log.Errorf(k.step, "reconnect: %v; trying again in %v", err, refusedRetry)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(refusedRetry):
+		}
+	}
+}
+
+// stopRequested reports whether `nbdroot detach` asked for the disconnect.
+func (k *keeper) stopRequested() bool { return k.dir.StopRequested(k.dev) }
+
+func closeAll(conns []net.Conn) {
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// tlsNote describes the TLS session for the log, or "" without TLS.
+func tlsNote(exp *negotiate.Export) string {
+	if exp.TLSVersion == 0 {
+		return ""
+	}
+	return ", " + tls.VersionName(exp.TLSVersion) + " " + tls.CipherSuiteName(exp.TLSCipher)
+}
