@@ -42,6 +42,7 @@ import (
 
 	"github.com/mdlayher/genetlink"
 	"github.com/mdlayher/netlink"
+	"github.com/nbdroot/nbdroot/nbddev"
 	"golang.org/x/sys/unix"
 )
 
@@ -425,7 +426,7 @@ func unwrapOp(err error) error {
 // commandError says what a refused request means for the device at index
 // (-1: none given). The errno stays available to errors.Is.
 func commandError(cmd uint8, index int, err error) error {
-	dev := "/dev/nbd" + strconv.Itoa(index)
+	dev := nbddev.Path(index)
 	if index < 0 {
 		dev = "all devices"
 		if cmd == cmdConnect {
