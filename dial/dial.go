@@ -64,20 +64,11 @@ type Dialer struct {
 
 // NewDialer returns a Dialer for spec, with its TLS material loaded.
 func NewDialer(spec config.Spec) (*Dialer, error) {
-	d, err := newDialer(spec)
-	if err != nil {
-		return nil, &Error{Op: "tls", Err: err}
-	}
-	return d, nil
-}
-
-// newDialer is NewDialer with the TLS files' error unwrapped.
-func newDialer(spec config.Spec) (*Dialer, error) {
 	d := &Dialer{spec: spec}
 	if spec.TLS.Enabled {
 		cfg, err := loadTLS(spec.TLS)
 		if err != nil {
-			return nil, err
+			return nil, &Error{Op: "tls", Err: err}
 		}
 		d.tls = cfg
 	}
@@ -126,9 +117,9 @@ func (d *Dialer) List(ctx context.Context, ep config.Endpoint) ([]negotiate.Expo
 
 // Dial is a one-off attempt: NewDialer(spec) and Dial(ep).
 func Dial(ctx context.Context, spec config.Spec, ep config.Endpoint) (*negotiate.Export, net.Conn, error) {
-	d, err := newDialer(spec)
+	d, err := NewDialer(spec)
 	if err != nil {
-		return nil, nil, &Error{Endpoint: ep.String(), Op: "tls", Err: err}
+		return nil, nil, &Error{Endpoint: ep.String(), Op: "tls", Err: errors.Unwrap(err)}
 	}
 	return d.Dial(ctx, ep)
 }

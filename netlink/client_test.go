@@ -328,3 +328,22 @@ func TestWatchEndsOnReceiveError(t *testing.T) {
 		t.Fatal("channel not closed after a receive error")
 	}
 }
+
+func TestCommandErrorMessage(t *testing.T) {
+	for _, tc := range []struct {
+		cmd   uint8
+		index int
+		err   error
+		want  string
+	}{
+		{cmdConnect, 1, unix.EBUSY, "netlink: NBD_CMD_CONNECT /dev/nbd1: device is in use (connected, or held open by another process): device or resource busy"},
+		{cmdConnect, -1, unix.ENOENT, "netlink: NBD_CMD_CONNECT a free device: " + ErrNotSupported.Error() + " (no such file or directory)"},
+		{cmdDisconnect, 2, unix.EIO, "netlink: NBD_CMD_DISCONNECT /dev/nbd2: input/output error"},
+	} {
+		err := commandError(tc.cmd, tc.index, tc.err)
+		var ce *CommandError
+		if !errors.As(err, &ce) || err.Error() != tc.want || !errors.Is(err, tc.err) {
+			t.Errorf("commandError(%d, %d, %v) = %q, want a *CommandError %q wrapping the errno", tc.cmd, tc.index, tc.err, err, tc.want)
+		}
+	}
+}

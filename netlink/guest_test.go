@@ -264,7 +264,7 @@ func TestGuestConnectOneSocket(t *testing.T) {
 		t.Errorf("backend %q, want guest-test", got)
 	}
 	if !(nbddev.Sysfs{}).Live(index) {
-		t.Error("ioctl.Live is false for a netlink-connected device")
+		t.Error("Sysfs.Live is false for a netlink-connected device")
 	}
 	if !connected(t, c, index) {
 		t.Error("Status: not connected")
@@ -317,7 +317,7 @@ func TestGuestConnectOneSocket(t *testing.T) {
 	t.Logf("Status reported the device disconnected %v after Disconnect returned", d.Round(time.Millisecond))
 	waitFor(t, 5*time.Second, "NBD_CMD_DISC at the server", func() bool { return s.count(k.id, nbdDisc) == 1 })
 	if (nbddev.Sysfs{}).InUse(index) {
-		t.Error("ioctl.InUse after Disconnect")
+		t.Error("Sysfs.InUse after Disconnect")
 	}
 	if err := c.Disconnect(index); err != nil {
 		t.Errorf("Disconnect of a disconnected device: %v", err)

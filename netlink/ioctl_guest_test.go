@@ -33,7 +33,7 @@ func serveIoctl(t *testing.T, s *memServer) (int, *ioctl.Device, *kernelSide, <-
 	p := ioctl.Params{Size: k.export.Size, BlockSize: 512, Flags: uint16(k.export.Flags)}
 	done := make(chan error, 1)
 	go func() { done <- dev.Serve(k.fd(), p, nil) }()
-	waitFor(t, 5*time.Second, "ioctl.Live", func() bool {
+	waitFor(t, 5*time.Second, "Sysfs.Live", func() bool {
 		select {
 		case err := <-done:
 			t.Fatalf("Serve returned before the device was live: %v", err)
@@ -92,10 +92,10 @@ func TestGuestIoctlServe(t *testing.T) {
 func stopped(t *testing.T, index int, dev *ioctl.Device) {
 	t.Helper()
 	if !(nbddev.Sysfs{}).InUse(index) {
-		t.Error("ioctl.InUse is false while the device is still open; the kernel changed")
+		t.Error("Sysfs.InUse is false while the device is still open; the kernel changed")
 	}
 	dev.Close()
-	waitFor(t, 5*time.Second, "ioctl.InUse false after the close", func() bool { return !(nbddev.Sysfs{}).InUse(index) })
+	waitFor(t, 5*time.Second, "Sysfs.InUse false after the close", func() bool { return !(nbddev.Sysfs{}).InUse(index) })
 }
 
 func TestGuestIoctlServerGone(t *testing.T) {

@@ -423,41 +423,58 @@ func unwrapOp(err error) error {
 	return oe.Err
 }
 
+// CommandError is a request the kernel refused, as in "netlink:
+// NBD_CMD_CONNECT /dev/nbd0: device is in use (...): device or resource
+// busy". The errno stays available to errors.Is.
+type CommandError struct {
+	// Cmd is the command's name (NBD_CMD_CONNECT, ...).
+	Cmd string
+	// Device is the device's path, "all devices" or "a free device".
+	Device string
+	// Hint says what the error means for the device, if known.
+	Hint string
+	Err  error
+}
+
+func (e *CommandError) Error() string {
+	s := "netlink: " + e.Cmd + " " + e.Device + ": "
+	if e.Hint != "" {
+		s += e.Hint + ": "
+	}
+	return s + e.Err.Error()
+}
+
+func (e *CommandError) Unwrap() error { return e.Err }
+
 // commandError says what a refused request means for the device at index
-// (-1: none given). The errno stays available to errors.Is.
+// (-1: none given).
 func commandError(cmd uint8, index int, err error) error {
-	dev := nbddev.Path(index)
+	e := &CommandError{Cmd: cmdName(cmd), Device: nbddev.Path(index), Err: unwrapOp(err)}
 	if index < 0 {
-		dev = "all devices"
+		e.Device = "all devices"
 		if cmd == cmdConnect {
-			dev = "a free device"
+			e.Device = "a free device"
 		}
 	}
-	prefix := "netlink: " + cmdName(cmd) + " " + dev
-	err = unwrapOp(err)
-	var hint string
-	switch {
+	switch err := e.Err; {
 	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.EOPNOTSUPP):
 		// The family went away (module unloaded) or lacks the command.
-		return fmt.Errorf("%s: %w (%w)", prefix, ErrNotSupported, err)
+		e.Err = fmt.Errorf("%w (%w)", ErrNotSupported, err)
 	case errors.Is(err, unix.EPERM):
-		hint = "permission denied (needs CAP_SYS_ADMIN)"
+		e.Hint = "permission denied (needs CAP_SYS_ADMIN)"
 	case errors.Is(err, unix.EBUSY) && cmd == cmdConnect:
-		hint = "device is in use (connected, or held open by another process)"
+		e.Hint = "device is in use (connected, or held open by another process)"
 	case errors.Is(err, unix.EINVAL):
 		switch cmd {
 		case cmdConnect:
-			hint = "the kernel refused the configuration (its log says why)"
+			e.Hint = "the kernel refused the configuration (its log says why)"
 		case cmdReconfigure:
-			hint = "no such device, not connected through netlink, or a backend identifier mismatch (the kernel log says which)"
+			e.Hint = "no such device, not connected through netlink, or a backend identifier mismatch (the kernel log says which)"
 		case cmdDisconnect:
-			hint = "no such device, or it is going away"
+			e.Hint = "no such device, or it is going away"
 		}
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		hint = "no answer from the kernel within " + requestTimeout.String()
+		e.Hint = "no answer from the kernel within " + requestTimeout.String()
 	}
-	if hint == "" {
-		return fmt.Errorf("%s: %w", prefix, err)
-	}
-	return fmt.Errorf("%s: %s: %w", prefix, hint, err)
+	return e
 }
