@@ -17,10 +17,10 @@ import (
 )
 
 // StepError is the boot's error: which step failed, and why. Step is one of
-// "early mounts", "config", "modules", "network", "connect", "attach",
-// "mount" and "switch_root"; connect and attach run in the keeper, which
-// names the one that failed (keeper.Error). The steps' own errors do not
-// repeat the step's name.
+// "early mounts", "config", "network", "connect", "attach", "mount" and
+// "switch_root", or "keeper" when the keeper process itself failed; the
+// keeper runs connect and attach and names the one that failed
+// (keeper.Error). The steps' own errors do not repeat the step's name.
 type StepError struct {
 	Step string
 	Err  error

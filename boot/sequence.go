@@ -109,11 +109,8 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 
 	t = time.Now()
 	rep, err := attach(ctx, log, spec, prog)
-	if ke := (*keeper.Error)(nil); errors.As(err, &ke) {
-		return fail(ke.Op, ke.Err) // the keeper names its step
-	}
 	if err != nil {
-		return fail("attach", err)
+		return policy, keeperStepError(err)
 	}
 	tl.addDur("connect", rep.Connect)
 	tl.addDur("attach", time.Since(t)-rep.Connect)
@@ -194,6 +191,15 @@ func attach(ctx context.Context, log *bootlog.Logger, spec config.Spec, prog *Pr
 	}
 	prog.keepSpec, prog.keeper = spec, rep
 	return rep, nil
+}
+
+// keeperStepError is the StepError of a failed attach: the keeper names
+// the step that failed (keeper.Error); anything else failed in attach.
+func keeperStepError(err error) *StepError {
+	if ke := (*keeper.Error)(nil); errors.As(err, &ke) {
+		return &StepError{Step: ke.Op, Err: ke.Err}
+	}
+	return &StepError{Step: "attach", Err: err}
 }
 
 // rootModules are the modules the root mount needs that are known before

@@ -1,11 +1,14 @@
 package boot
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"reflect"
 	"testing"
 
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/keeper"
 )
 
 func TestApplyLease(t *testing.T) {
@@ -65,5 +68,26 @@ func TestInitArgs(t *testing.T) {
 	res.ConfigFile, res.Origin["root.init_args"] = "/etc/nbdroot.toml", "/etc/nbdroot.toml:4"
 	if got := initArgs(res, Options{InitArgs: kernel}); !reflect.DeepEqual(got, []string{"x"}) {
 		t.Errorf("from the TOML file: %q, want the spec's", got)
+	}
+}
+
+// TestStepErrorNamesTheStepOnce: the final messages name the step once,
+// whichever layer failed.
+func TestStepErrorNamesTheStepOnce(t *testing.T) {
+	refused := errors.New(`every server refused: 10.0.2.2:10809/nosuch: negotiate: NBD_OPT_GO "nosuch": server refused: NBD_REP_ERR_UNKNOWN`)
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{keeperStepError(&keeper.Error{Op: "connect", Err: refused}),
+			`connect: every server refused: 10.0.2.2:10809/nosuch: negotiate: NBD_OPT_GO "nosuch": server refused: NBD_REP_ERR_UNKNOWN`},
+		{keeperStepError(fmt.Errorf("start: %w", &keeper.Error{Op: "keeper", Err: errors.New("exited without reporting (exit status 1)")})),
+			"keeper: exited without reporting (exit status 1)"},
+		{keeperStepError(errors.New("no nbd devices (is the nbd module loaded?)")), "attach: no nbd devices (is the nbd module loaded?)"},
+		{&StepError{Step: "mount", Err: errors.New("/dev/nbd0p1 did not appear within 5s")}, "mount: /dev/nbd0p1 did not appear within 5s"},
+	} {
+		if got := tc.err.Error(); got != tc.want {
+			t.Errorf("got %q\nwant %q", got, tc.want)
+		}
 	}
 }

@@ -3,13 +3,13 @@
 // it under TLS and reconnects it for as long as the device is attached. A
 // root device has nowhere else to go, so the keeper outlives the boot.
 //
-// It owns four things, one file each:
+// It owns, one file each:
 //
-//	spawn.go         the spawn protocol: argv, the environment, the one-line report on fd 3
-//	daemon.go        the daemon's identity: argv[0] "@nbdroot", its name, its signals,
-//	                 following PID 1 into the real root; Main
-//	rundir.go        the run-directory protocol, /run/nbdroot/nbdN.{json,pid,stop} (RunDir)
-//	manage.go        the commands that use it on a running system: Status and Detach
+//	daemon.go        the spawn protocol (argv, environment, the one-line report on fd 3)
+//	                 and the daemon's identity: argv[0] "@nbdroot", its name, its
+//	                 signals, following PID 1 into the real root; Start and Main
+//	rundir.go        the run-directory protocol, /run/nbdroot/nbdN.{json,pid,stop}
+//	                 (RunDir), and its users on a running system: Status and Detach
 //	keeper.go        one keeper's run: connect, attach, then its duties under one context
 //	serve_netlink.go the serve duty by netlink: attach, and RECONFIGURE on link-dead
 //	serve_ioctl.go   the serve duty by ioctl: DO_IT on a locked thread, reattach
