@@ -117,8 +117,8 @@ func (c *command) newFlagSet() *flag.FlagSet {
 	return fs
 }
 
-// main parses c's flags and runs it.
-func (c *command) main(ctx context.Context, sio stdio, args []string) error {
+// execute parses c's flags and runs it.
+func (c *command) execute(ctx context.Context, sio stdio, args []string) error {
 	fs := c.newFlagSet()
 	run := c.flags(fs)
 	if err := fs.Parse(args); err != nil {

@@ -70,7 +70,7 @@ func run(argv []string, sio stdio) int {
 	case c != nil:
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return exitStatus(sio, c.name, c.main(ctx, sio, rest))
+		return exitStatus(sio, c.name, c.execute(ctx, sio, rest))
 	case len(group) > 0 && len(args) > 1 && isHelp(args[1]):
 		return exitStatus(sio, args[0], printHelp(sio.out, group))
 	case len(group) > 0:
