@@ -18,152 +18,265 @@ import (
 	"github.com/nbdroot/nbdroot/nbddev"
 )
 
-// runAttach implements `nbdroot attach [flags] SPEC [/dev/nbdN]`: like
-// nbd-client, it attaches the export and leaves a keeper process holding
-// the device; it prints the device.
-func runAttach(ctx context.Context, sio stdio, args []string) error {
-	var (
-		iface    string
-		conns    int
-		ro       bool
-		bs       uint
-		reqTO    time.Duration
-		deadConn time.Duration
-		deadline time.Duration
-	)
-	f, err := parseClientFlags("attach", sio, args, func(fs *flag.FlagSet) {
-		fs.StringVar(&iface, "interface", string(config.InterfaceAuto), "kernel interface: auto, netlink or ioctl")
-		fs.IntVar(&conns, "connections", 1, "`N` connections (netlink, if the server allows several)")
-		fs.BoolVar(&ro, "read-only", false, "attach read-only")
-		fs.UintVar(&bs, "block-size", 0, "logical block size, a power of two 512..4096 (default: the server's minimum, at least 512)")
-		fs.DurationVar(&reqTO, "request-timeout", 0, "per-request timeout (default: the kernel's; 5s with netlink)")
-		fs.DurationVar(&deadConn, "dead-conn-timeout", 2*time.Minute, "how long I/O waits for a reconnect (netlink)")
-		fs.DurationVar(&deadline, "deadline", 15*time.Second, "give up connecting after `DUR`")
-	})
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
+// attachKey is one of attach's own flags: each sets one spec key, with the
+// checks the key has in nbdroot.toml.
+type attachKey struct {
+	flag, key, usage string
+	def              string // attach's default, where it is not the spec's
+}
+
+// attachKeys is the table of attach's own flags.
+func attachKeys() []attachKey {
+	return []attachKey{
+		{"interface", "device.interface", "kernel interface `auto|netlink|ioctl`", ""},
+		{"connections", "device.connections", "`N` connections (netlink, if the server allows several)", ""},
+		{"read-only", "device.read_only", "attach read-only", ""},
+		{"block-size", "device.block_size", "logical block size `N`, a power of two 512..4096 (default: the server's minimum, at least 512)", ""},
+		{"request-timeout", "device.timeout", "per-request timeout `DUR` (default: the kernel's; 5s with netlink)", ""},
+		{"dead-conn-timeout", "device.dead_conn_timeout", "how long I/O waits for a reconnect, `DUR` (netlink)", ""},
+		{"deadline", "server.deadline", "give up connecting after `DUR`", "15s"},
 	}
+}
+
+// attachCmd holds attach's flags.
+type attachCmd struct {
+	client clientFlags
+	// keys holds the values of attachKeys: the spec's defaults, then
+	// attach's own, then the flags'.
+	keys config.Spec
+}
+
+// attachFlags registers attach's flags. Like nbd-client, attach attaches
+// the export and leaves a keeper process holding the device; it prints the
+// device.
+func attachFlags(fs *flag.FlagSet) runFunc { return newAttach(fs).run }
+
+// newAttach registers attach's flags on fs: probe's, and those of
+// attachKeys.
+func newAttach(fs *flag.FlagSet) *attachCmd {
+	a := &attachCmd{keys: config.Defaults()}
+	a.client.register(fs)
+	var zero config.Spec
+	for _, k := range attachKeys() {
+		v := specField(&a.keys, k.key)
+		if k.def != "" {
+			if err := v.Set(k.def); err != nil {
+				panic(fmt.Sprintf("attach: default of --%s: %v", k.flag, err)) // a bug in the table
+			}
+		}
+		fs.Var(v, k.flag, k.usage)
+		if v.String() == specField(&zero, k.key).String() {
+			// Help leaves a zero default unsaid, as for the flag package's
+			// own types.
+			fs.Lookup(k.flag).DefValue = ""
+		}
+	}
+	return a
+}
+
+// spec returns the spec attach hands the keeper: SPEC's, with the values
+// of attachKeys.
+func (a *attachCmd) spec(arg string) (config.Spec, config.Endpoint, error) {
+	spec, ep, err := a.client.target(arg)
+	if err != nil {
+		return config.Spec{}, ep, err
+	}
+	if ep.Socket == "" && ep.Host == "" {
+		return config.Spec{}, ep, usagef("SPEC names no server")
+	}
+	for _, k := range attachKeys() {
+		if err := specField(&spec, k.key).Set(specField(&a.keys, k.key).String()); err != nil {
+			return config.Spec{}, ep, fmt.Errorf("--%s: %w", k.flag, err)
+		}
+	}
+	return spec, ep, nil
+}
+
+func (a *attachCmd) run(ctx context.Context, sio stdio, args []string) error {
+	index := config.AutoIndex
+	switch len(args) {
+	case 0:
+		return oneSpec(args)
+	case 1:
+	case 2:
+		var err error
+		if index, err = deviceIndex(args[1]); err != nil {
+			return err
+		}
+	default:
+		return usagef("want SPEC [/dev/nbdN], got %d arguments after SPEC", len(args)-1)
+	}
+	spec, _, err := a.spec(args[0])
 	if err != nil {
 		return err
 	}
-	if f.ep.Socket == "" && f.ep.Host == "" {
-		return usagef("attach: SPEC names no server")
-	}
-	d := &f.spec.Device
-	switch config.Interface(iface) {
-	case config.InterfaceAuto, config.InterfaceNetlink, config.InterfaceIoctl:
-		d.Interface = config.Interface(iface)
-	default:
-		return usagef("attach: --interface %q: want auto, netlink or ioctl", iface)
-	}
-	if conns < 1 || conns > config.MaxConnections {
-		return usagef("attach: --connections %d: want 1 to %d", conns, config.MaxConnections)
-	}
-	if bs != 0 {
-		if err := nbddev.CheckBlockSize(uint64(bs)); err != nil {
-			return usagef("attach: --block-size: %v", err)
-		}
-	}
-	d.Connections, d.ReadOnly, d.BlockSize = conns, ro, uint32(bs)
-	d.Timeout, d.DeadConnTimeout = reqTO.Round(time.Second), deadConn.Round(time.Second)
-	f.spec.Server.Deadline = deadline
 
 	log := bootlog.New(sio.err, time.Now())
 	log.SetQuiet(true)
 	if _, err := os.Stat("/sys/module/nbd"); err != nil {
 		boot.NewModules(log).Load("nbd")
 	}
-	index := config.AutoIndex
-	switch len(f.rest) {
-	case 0:
+	if index == config.AutoIndex {
 		if index, err = ioctl.FirstFree(); err != nil {
 			return fmt.Errorf("attach: %w", err)
 		}
-	case 1:
-		if index, err = deviceIndex(f.rest[0]); err != nil {
-			return err
-		}
-		if ioctl.InUse(index) {
-			return fmt.Errorf("attach: %s is in use", ioctl.Path(index))
-		}
-	default:
-		return usagef("attach: want SPEC [/dev/nbdN], got %d arguments after SPEC", len(f.rest))
+	} else if ioctl.InUse(index) {
+		return fmt.Errorf("attach: %s is in use", ioctl.Path(index))
 	}
-	rep, err := boot.StartKeeper(ctx, log, f.spec, index, nil)
+	rep, err := boot.StartKeeper(ctx, log, spec, index, nil)
 	if err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}
-	if f.json {
+	if a.client.json {
 		return writeJSON(sio.out, rep)
 	}
 	_, err = fmt.Fprintln(sio.out, ioctl.Path(rep.Device))
 	return err
 }
 
-// runDetach implements `nbdroot detach [--force] /dev/nbdN`.
-func runDetach(ctx context.Context, sio stdio, args []string) error {
-	fs := flag.NewFlagSet("nbdroot detach", flag.ContinueOnError)
-	fs.SetOutput(sio.err)
-	force := fs.Bool("force", false, "detach even if the device is mounted")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError{err}
-	}
-	if fs.NArg() != 1 {
-		return usagef("detach: want one device (/dev/nbdN), got %d arguments", fs.NArg())
-	}
-	index, err := deviceIndex(fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	return boot.Detach(index, *force)
+// specValue is a spec key as a flag.Value.
+type specValue struct {
+	get    func() string
+	set    func(string) error
+	isBool bool
 }
 
-// runStatus implements `nbdroot status [--json]`.
-func runStatus(ctx context.Context, sio stdio, args []string) error {
-	fs := flag.NewFlagSet("nbdroot status", flag.ContinueOnError)
-	fs.SetOutput(sio.err)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+func (v *specValue) String() string {
+	if v.get == nil { // the flag package's zero value
+		return ""
+	}
+	return v.get()
+}
+
+func (v *specValue) Set(s string) error { return v.set(s) }
+
+// IsBoolFlag lets a boolean key's flag go without a value.
+func (v *specValue) IsBoolFlag() bool { return v.isBool }
+
+// specField returns spec key key of s as a flag.Value that formats it and
+// sets it with the key's checks. It knows the keys of attachKeys: it stands
+// in for the config schema's own setter.
+func specField(s *config.Spec, key string) *specValue {
+	d := &s.Device
+	switch key {
+	case "device.interface":
+		return &specValue{get: func() string { return string(d.Interface) }, set: func(v string) error {
+			switch i := config.Interface(v); i {
+			case config.InterfaceAuto, config.InterfaceNetlink, config.InterfaceIoctl:
+				d.Interface = i
+				return nil
+			}
+			return errors.New("want auto, netlink or ioctl")
+		}}
+	case "device.connections":
+		return &specValue{get: func() string { return strconv.Itoa(d.Connections) }, set: func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > config.MaxConnections {
+				return fmt.Errorf("want 1 to %d", config.MaxConnections)
+			}
+			d.Connections = n
 			return nil
+		}}
+	case "device.read_only":
+		return &specValue{isBool: true, get: func() string { return strconv.FormatBool(d.ReadOnly) }, set: func(v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return errors.New("want true or false")
+			}
+			d.ReadOnly = b
+			return nil
+		}}
+	case "device.block_size":
+		return &specValue{get: func() string { return strconv.FormatUint(uint64(d.BlockSize), 10) }, set: func(v string) error {
+			n, err := strconv.ParseUint(v, 0, 32)
+			if err != nil {
+				return errors.New("not a number")
+			}
+			if n != 0 {
+				if err := nbddev.CheckBlockSize(n); err != nil {
+					return err
+				}
+			}
+			d.BlockSize = uint32(n)
+			return nil
+		}}
+	case "device.timeout":
+		return durationField(&d.Timeout, time.Second)
+	case "device.dead_conn_timeout":
+		return durationField(&d.DeadConnTimeout, time.Second)
+	case "server.deadline":
+		return durationField(&s.Server.Deadline, 0)
+	}
+	return nil
+}
+
+// durationField is a duration key as a flag.Value, rounded to round if not 0.
+func durationField(p *time.Duration, round time.Duration) *specValue {
+	return &specValue{get: func() string { return p.String() }, set: func(v string) error {
+		t, err := time.ParseDuration(v)
+		if err != nil {
+			return errors.New("not a duration")
 		}
-		return usageError{err}
-	}
-	if fs.NArg() != 0 {
-		return usagef("status: takes no arguments")
-	}
-	list, err := boot.Status()
-	if err != nil {
-		return fmt.Errorf("status: %w", err)
-	}
-	if *asJSON {
-		if list == nil {
-			list = []boot.DeviceStatus{}
+		if round != 0 {
+			t = t.Round(round)
 		}
-		return writeJSON(sio.out, list)
-	}
-	if len(list) == 0 {
-		_, err := fmt.Fprintln(sio.out, "no nbd device is attached")
-		return err
-	}
-	tw := tabwriter.NewWriter(sio.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tSERVER\tEXPORT\tSIZE\tINTERFACE\tCONN\tTLS\tKEEPER\tRECONNECTS\tSTATE")
-	for _, s := range list {
-		if !s.Managed {
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s (not nbdroot's)\n", s.Device, connState(s))
-			continue
+		*p = t
+		return nil
+	}}
+}
+
+// detachFlags registers detach's flags.
+func detachFlags(fs *flag.FlagSet) runFunc {
+	force := fs.Bool("force", false, "detach even if the device is mounted")
+	return func(ctx context.Context, sio stdio, args []string) error {
+		if len(args) != 1 {
+			return usagef("want one device (/dev/nbdN), got %d arguments", len(args))
 		}
-		keeper := strconv.Itoa(s.Pid)
-		if !s.KeeperAlive {
-			keeper += " (gone)"
+		index, err := deviceIndex(args[0])
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%v\t%s\t%d\t%s\n", s.Device, s.Server, s.Export,
-			humanSize(s.Size), s.Interface, s.Connections, s.TLS, keeper, s.Reconnects, connState(s))
+		return boot.Detach(index, *force)
 	}
-	return tw.Flush()
+}
+
+// statusFlags registers status's flags.
+func statusFlags(fs *flag.FlagSet) runFunc {
+	asJSON := fs.Bool("json", false, "print JSON")
+	return func(ctx context.Context, sio stdio, args []string) error {
+		if len(args) != 0 {
+			return usagef("takes no arguments")
+		}
+		list, err := boot.Status()
+		if err != nil {
+			return fmt.Errorf("status: %w", err)
+		}
+		if *asJSON {
+			if list == nil {
+				list = []boot.DeviceStatus{}
+			}
+			return writeJSON(sio.out, list)
+		}
+		if len(list) == 0 {
+			_, err := fmt.Fprintln(sio.out, "no nbd device is attached")
+			return err
+		}
+		tw := tabwriter.NewWriter(sio.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DEVICE\tSERVER\tEXPORT\tSIZE\tINTERFACE\tCONN\tTLS\tKEEPER\tRECONNECTS\tSTATE")
+		for _, s := range list {
+			if !s.Managed {
+				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s (not nbdroot's)\n", s.Device, connState(s))
+				continue
+			}
+			keeper := strconv.Itoa(s.Pid)
+			if !s.KeeperAlive {
+				keeper += " (gone)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%v\t%s\t%d\t%s\n", s.Device, s.Server, s.Export,
+				humanSize(s.Size), s.Interface, s.Connections, s.TLS, keeper, s.Reconnects, connState(s))
+		}
+		return tw.Flush()
+	}
 }
 
 func connState(s boot.DeviceStatus) string {
