@@ -3,8 +3,10 @@
 // rename a link that is up, so a root whose configuration says `ens3` would
 // otherwise find only the initramfs's `eth0`.
 //
-// It follows systemd v252 (Debian 12) exactly where it applies: the net_id
-// builtin (src/udev/udev-builtin-net_id.c) with naming scheme "v252", and the
+// It follows systemd v252 as Debian 12 ships it (252.39, whose only change
+// here ignores a phys_port_name with control characters) exactly where it
+// applies: the net_id builtin (src/udev/udev-builtin-net_id.c) with naming
+// scheme "v252", Debian's default, and the
 // policy of 99-default.link, `NamePolicy=keep kernel database onboard slot
 // path`, as link-config.c applies it:
 //
@@ -43,6 +45,13 @@
 //   - the order in which udev meets two hotplug slots claiming one device: the
 //     directory order of the sysfs given is used, which on a real sysfs is
 //     the order udev sees.
+//
+// Alternative names (AlternativeNamesPolicy=) are not set: the root's udev
+// adds them itself when it meets the link, and keeps a name given here, as
+// the link's name_assign_type then says "renamed".
+//
+// Only links that are down are renamed. Linux 6.1 answers EBUSY for a link
+// that is up (later kernels may rename it); RenameAll does not try.
 //
 // `net.ifnames=0` on the kernel command line turns it all off, as it does
 // for udev: see Disabled.

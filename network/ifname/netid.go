@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // IDs are the names udev's net_id builtin offers for one link, its
@@ -104,6 +105,9 @@ func (s sysfs) netID(dev device) (IDs, error) {
 		prefix = "ww"
 	}
 	info := linkInfo{iftype: iftype, physPort: s.optAttr(dev, "phys_port_name")}
+	if !utf8.ValidString(info.physPort) || strings.ContainsFunc(info.physPort, isControl) {
+		info.physPort = "" // Debian 252.39's fix for CVE-2026-40225
+	}
 	n, ok := s.pciNames(dev, info)
 	if !ok {
 		return IDs{}, nil
@@ -412,6 +416,9 @@ func parseUnsigned(s string, base, bits int) (uint64, error) {
 	}
 	return strconv.ParseUint(s, base, bits)
 }
+
+// isControl is systemd's char_is_cc.
+func isControl(r rune) bool { return r < ' ' || r == 127 }
 
 // allDigits reports whether s is a non-empty string of decimal digits.
 func allDigits(s string) bool {

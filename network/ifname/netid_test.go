@@ -254,6 +254,15 @@ func TestNetIDAndPolicy(t *testing.T) {
 			link: "eth1", want: IDs{Slot: "ens3f0np1", Path: "enp0s3f0np1"}, wantName: "ens3f0np1",
 		},
 		{
+			name: "phys_port_name with a control character is ignored (Debian's CVE-2026-40225 fix)",
+			build: func(f *fakeSys) {
+				f.i440fxSlots()
+				f.pci("pci0000:00/0000:00:03.0", pciOpts{})
+				f.link("eth1", "pci0000:00/0000:00:03.0", netOpts{devPort: "1", physPort: "p\x1b1"})
+			},
+			link: "eth1", want: IDs{Slot: "ens3d1", Path: "enp0s3d1"}, wantName: "ens3d1",
+		},
+		{
 			name: "ARI folds the slot into the function",
 			build: func(f *fakeSys) {
 				f.pci("pci0000:00/0000:00:02.0", pciOpts{bridge: true})

@@ -128,6 +128,7 @@ func TestQEMUGuests(t *testing.T) {
 
 	for _, name := range []string{"pc", "q35"} {
 		t.Run(name, func(t *testing.T) {
+			t.Parallel()
 			argv := []string{"qemu-system-x86_64", "-accel", "tcg", "-m", "512",
 				"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 				"-kernel", kernel, "-initrd", img,
