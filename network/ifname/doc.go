@@ -42,6 +42,8 @@
 //   - links that are not on PCI (USB, whose stock policy is the MAC address;
 //     platform, devicetree, CCW, VIO, Xen, netdevsim, BCMA): they keep their
 //     kernel names here;
+//   - devicetree aliases (`end0`, from an `ethernetN` alias of the parent's
+//     of_node on boards with a devicetree), which v252 tries before PCI;
 //   - the order in which udev meets two hotplug slots claiming one device: the
 //     directory order of the sysfs given is used, which on a real sysfs is
 //     the order udev sees.
