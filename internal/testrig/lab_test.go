@@ -16,8 +16,8 @@ func TestConfigWith(t *testing.T) {
 }
 
 // TestLab builds a lab and checks what the QEMU lab tests rely on: a server
-// in the lab is reachable from inside it, dnsmasq
-// starts on the lab's bridge, the lab has no route out with docs/lab/dnsmasq.conf, taps attach to the
+// in the lab is reachable from inside it, the lab has no route out, dnsmasq
+// starts on the lab's bridge with docs/lab/dnsmasq.conf, taps attach to the
 // bridge, and the namespace is gone after the test.
 func TestLab(t *testing.T) {
 	if testing.Short() {
