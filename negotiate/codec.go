@@ -17,20 +17,20 @@ import (
 
 // Record sizes.
 const (
-	greetingLen      = 8 + 8           // "NBDMAGIC" and the second magic
-	newstyleLen      = greetingLen + 2 // ... and the handshake flags
-	oldstyleLen      = greetingLen + 8 + 4 + zeroPad
-	clientFlagsLen   = 4                     // the client's answer to the greeting
-	optionHeaderLen  = 8 + 4 + 4             // magic, option, data length
-	replyHeaderLen   = 8 + 4 + 4 + 4         // magic, option, reply type, payload length
-	exportNameLen    = 8 + 2                 // NBD_OPT_EXPORT_NAME reply without its zero padding
-	exportInfoLen    = 2 + 8 + 2             // NBD_INFO_EXPORT
-	blockSizeInfoLen = 2 + 4 + 4 + 4         // NBD_INFO_BLOCK_SIZE
-	requestLen       = 4 + 2 + 2 + 8 + 8 + 4 // transmission request
-	infoTypeLen      = 2                     // the information type opening NBD_REP_INFO
-	serverNameLen    = 4                     // the name length opening NBD_REP_SERVER
-	infoRequestLen   = 4 + 2                 // name length and request count of NBD_OPT_INFO/GO
-	maxServerReply   = serverNameLen + 2*MaxStringSize
+	greetingLen      = 8 + 8                           // "NBDMAGIC" and the second magic
+	newstyleLen      = greetingLen + 2                 // ... and the handshake flags
+	oldstyleLen      = greetingLen + 8 + 4 + zeroPad   // ... and size, flags, reserved bytes
+	clientFlagsLen   = 4                               // the client's answer to the greeting
+	optionHeaderLen  = 8 + 4 + 4                       // magic, option, data length
+	replyHeaderLen   = 8 + 4 + 4 + 4                   // magic, option, reply type, payload length
+	exportNameLen    = 8 + 2                           // NBD_OPT_EXPORT_NAME reply without its zero padding
+	exportInfoLen    = 2 + 8 + 2                       // NBD_INFO_EXPORT
+	blockSizeInfoLen = 2 + 4 + 4 + 4                   // NBD_INFO_BLOCK_SIZE
+	requestLen       = 4 + 2 + 2 + 8 + 8 + 4           // transmission request
+	infoTypeLen      = 2                               // the information type opening NBD_REP_INFO
+	serverNameLen    = 4                               // the name length opening NBD_REP_SERVER
+	infoRequestLen   = 4 + 2                           // name length and request count of NBD_OPT_INFO/GO
+	maxServerReply   = serverNameLen + 2*MaxStringSize // NBD_REP_SERVER with the longest name and description
 )
 
 // newstyleGreeting opens a newstyle handshake: "NBDMAGIC", "IHAVEOPT" and the

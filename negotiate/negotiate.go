@@ -192,6 +192,7 @@ func begin(ctx context.Context, conn net.Conn, opts Options) (*session, error) {
 		conn:      conn,
 		deadline:  now.Add(timeout),
 		cancelled: make(chan struct{}),
+		buf:       make([]byte, 0, oldstyleLen), // the largest fixed-size record
 	}
 	if d, ok := ctx.Deadline(); ok && !d.After(s.deadline) {
 		s.deadline, s.ctxSets = d, true
