@@ -162,62 +162,59 @@ func SplitCmdline(cmdline string) (args []string, initArgs []string) {
 	return args, initArgs
 }
 
-// cmdFamily says which command-line argument family a belongs to, or "" if
-// nbdroot ignores it. Within a family the last argument wins, as in the
-// kernel; different families that set one key to different values are a
-// contradiction.
-func cmdFamily(a karg) string {
-	switch a.name {
-	case "nbdroot", "nbddev", "root", "netroot", "ip", "rootfstype", "rootflags", "init":
-		if a.name != "nbdroot" && !a.hasVal {
-			return ""
-		}
-		return a.name
-	case "ro", "rw":
+// cmdRule says how nbdroot reads a kernel argument: the family it belongs
+// to ("" if nbdroot ignores it) and its parser. Within a family the last
+// argument wins, as in the kernel; different families that set one key to
+// different values are a contradiction. Besides nbdroot.KEY=VALUE and the
+// aliases named by Spec's cmdline tags (rootfstype=…), nbdroot reads the
+// grammars of nbdroot=, nbddev=, root=, netroot=, ip=, ro and rw.
+func cmdRule(a karg, keys map[string]*keyDef) (family string, parse func() ([]assign, error)) {
+	v := a.val
+	key := func(name string, val any) func() ([]assign, error) {
+		return func() ([]assign, error) { return keys[name].assigns(val) }
+	}
+	switch {
+	case a.name == "nbdroot":
+		return a.name, func() ([]assign, error) { return parseNbdroot(v) }
+	case a.name == "ro" || a.name == "rw":
 		if a.hasVal {
-			return "" // the kernel only honours bare ro and rw
+			return "", nil // the kernel only honours bare ro and rw
 		}
-		return "ro/rw"
+		return "ro/rw", key("root.read_only", a.name == "ro")
+	case strings.HasPrefix(a.name, "nbdroot."):
+		return a.name, func() ([]assign, error) { return parseKeyArg(a, keys) }
+	case !a.hasVal:
+		return "", nil
 	}
-	if strings.HasPrefix(a.name, "nbdroot.") {
-		return a.name
+	switch a.name {
+	case "nbddev":
+		return a.name, func() ([]assign, error) {
+			n, err := parseNbdDev(v)
+			if err != nil {
+				return nil, err
+			}
+			return keys["device.index"].assigns(int64(n))
+		}
+	case "root", "netroot":
+		return a.name, func() ([]assign, error) { return parseRoot(v, a.name == "root", keys) }
+	case "ip":
+		return a.name, func() ([]assign, error) { return parseIP(v, keys) }
 	}
-	return ""
+	for _, k := range keys {
+		if k.alias == a.name {
+			return a.name, key(k.name, v)
+		}
+	}
+	return "", nil
 }
 
-// cmdAssigns parses one recognized argument into key assignments.
-func cmdAssigns(a karg, keys map[string]*keyDef) ([]assign, error) {
-	v := a.val
-	key := func(name string, val any) ([]assign, error) { return keys[name].assigns(val) }
-	switch a.name {
-	case "nbdroot":
-		return parseNbdroot(v)
-	case "nbddev":
-		n, err := parseNbdDev(v)
-		if err != nil {
-			return nil, err
-		}
-		return key("device.index", int64(n))
-	case "root", "netroot":
-		return parseRoot(v, a.name == "root", keys)
-	case "ip":
-		return parseIP(v, keys)
-	case "rootfstype":
-		return key("root.fstype", v)
-	case "rootflags":
-		return key("root.flags", v)
-	case "init":
-		return key("root.init", v)
-	case "ro":
-		return key("root.read_only", true)
-	case "rw":
-		return key("root.read_only", false)
-	}
+// parseKeyArg parses nbdroot.KEY=VALUE.
+func parseKeyArg(a karg, keys map[string]*keyDef) ([]assign, error) {
 	name := strings.TrimPrefix(a.name, "nbdroot.")
 	k, ok := keys[name]
 	if !ok {
 		msg := "unknown key"
-		if s := suggest(name, knownCmdKeys(keys)); s != "" {
+		if s := suggest(name, append(knownKeys(), "config")); s != "" {
 			msg += " (did you mean nbdroot." + s + "?)"
 		}
 		return nil, errors.New(msg)
@@ -225,19 +222,11 @@ func cmdAssigns(a karg, keys map[string]*keyDef) ([]assign, error) {
 	if !a.hasVal {
 		return nil, fmt.Errorf("needs a value: nbdroot.%s=VALUE", name)
 	}
-	val, err := fromString(k.kind, v)
+	val, err := fromString(k.kind, a.val)
 	if err != nil {
 		return nil, err
 	}
 	return k.assigns(val)
-}
-
-func knownCmdKeys(keys map[string]*keyDef) []string {
-	out := []string{"config"}
-	for _, k := range keyTable() {
-		out = append(out, k.name)
-	}
-	return out
 }
 
 // parseNbdroot parses Debian's nbdroot= value (and nbdroot's URI forms).

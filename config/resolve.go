@@ -350,12 +350,12 @@ func unknownKeyMsg(name string, known, leaves []string) string {
 func (r *resolver) loadCmdline(args, initArgs []karg) {
 	last := map[string]int{}
 	for i, a := range args {
-		if f := cmdFamily(a); f != "" {
+		if f, _ := cmdRule(a, r.keys); f != "" {
 			last[f] = i
 		}
 	}
 	for i, a := range args {
-		f := cmdFamily(a)
+		f, parse := cmdRule(a, r.keys)
 		if f == "" || last[f] != i || f == "nbdroot.config" {
 			continue
 		}
@@ -364,7 +364,7 @@ func (r *resolver) loadCmdline(args, initArgs []karg) {
 			r.fail(o, "value is not valid UTF-8")
 			continue
 		}
-		as, err := cmdAssigns(a, r.keys)
+		as, err := parse()
 		if err != nil {
 			r.fail(o, err.Error())
 			continue
