@@ -256,11 +256,11 @@ func parseNbdrootCommas(v string) ([]assign, error) {
 	case host == "" || host == "dhcp":
 		ep.HostFromDHCP = true
 	case strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]"):
-		a, err := netip.ParseAddr(host[1 : len(host)-1])
-		if err != nil || !a.Is6() {
-			return nil, fmt.Errorf("%q is not an IPv6 address", host[1:len(host)-1])
+		h, _, err := cutBracketed(host, "")
+		if err != nil {
+			return nil, err
 		}
-		ep.Host = a.String()
+		ep.Host = h
 	default:
 		h, err := checkHost(host)
 		if err != nil {
@@ -268,18 +268,8 @@ func parseNbdrootCommas(v string) ([]assign, error) {
 		}
 		ep.Host = h
 	}
-	second := parts[1]
-	if second != "" && strings.Trim(second, "0123456789") == "" {
-		p, err := parsePort(second)
-		if err != nil {
-			return nil, err
-		}
-		ep.Port = p
-	} else {
-		ep.Export = second
-		if err := checkExport(second); err != nil {
-			return nil, err
-		}
+	if err := ep.setPortOrName(parts[1]); err != nil {
+		return nil, err
 	}
 	out, err := serverAssigns([]target{{ep: ep}})
 	if err != nil {
@@ -370,17 +360,9 @@ func parseRoot(v string, isRoot bool, keys map[string]*keyDef) ([]assign, error)
 func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
 	var host, rest string
 	if strings.HasPrefix(v, "[") {
-		i := strings.IndexByte(v, ']')
-		if i < 0 {
-			return nil, fmt.Errorf("IPv6 address %q has no closing ]", v)
-		}
-		a, err := netip.ParseAddr(v[1:i])
-		if err != nil || !a.Is6() {
-			return nil, fmt.Errorf("%q is not an IPv6 address", v[1:i])
-		}
-		host, rest = a.String(), v[i+1:]
-		if rest != "" && rest[0] != ':' {
-			return nil, fmt.Errorf("unexpected %q after ]", rest)
+		var err error
+		if host, rest, err = cutBracketed(v, ":"); err != nil {
+			return nil, err
 		}
 		rest = strings.TrimPrefix(rest, ":")
 	} else {
@@ -400,17 +382,8 @@ func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
 	}
 	portOrName, fstype, flags, opts := fields[0], fields[1], fields[2], fields[3]
 	ep := Endpoint{Host: host, Port: DefaultPort}
-	if portOrName != "" && strings.Trim(portOrName, "0123456789") == "" {
-		p, err := parsePort(portOrName)
-		if err != nil {
-			return nil, err
-		}
-		ep.Port = p
-	} else {
-		ep.Export = portOrName
-		if err := checkExport(portOrName); err != nil {
-			return nil, err
-		}
+	if err := ep.setPortOrName(portOrName); err != nil {
+		return nil, err
 	}
 	out, err := serverAssigns([]target{{ep: ep}})
 	if err != nil {

@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
@@ -17,32 +17,20 @@ import (
 // nbdroot.config= names one. It may be absent.
 const DefaultConfigPath = "/etc/nbdroot.toml"
 
-// Defaults returns the built-in spec: the lowest layer of Resolve. It names
-// no server.
+// Defaults returns the built-in spec, made of the default tags of Spec's
+// fields: the lowest layer of Resolve. It names no server.
 func Defaults() Spec {
-	return Spec{
-		Server: Server{
-			ConnectTimeout:   5 * time.Second,
-			HandshakeTimeout: 10 * time.Second,
-			Deadline:         5 * time.Minute,
-			BackoffInitial:   250 * time.Millisecond,
-			BackoffMax:       5 * time.Second,
-		},
-		TLS: TLS{VerifyPeer: true},
-		Device: Device{
-			Index:           AutoIndex,
-			Interface:       InterfaceAuto,
-			DeadConnTimeout: 2 * time.Minute,
-			Connections:     1,
-		},
-		Network: Network{
-			Mode:        NetworkDHCP,
-			LinkTimeout: 10 * time.Second,
-			DHCPTimeout: 30 * time.Second,
-		},
-		Root: Root{ReadOnly: true, Overlay: OverlayNone},
-		Boot: Boot{OnFailure: FailShell, FailureDelay: 10 * time.Second, LogLevel: "info"},
+	var s Spec
+	keys := keyIndex()
+	for _, k := range keys {
+		if k.def == "" {
+			continue
+		}
+		if err := s.setText(keys, k, k.def); err != nil {
+			panic("config: default of " + err.Error())
+		}
 	}
+	return s
 }
 
 // Sources are the inputs of Resolve.
@@ -249,14 +237,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 	}
 	tables := map[string]map[string]toml.Primitive{}
 	bad := map[string]bool{}
-	isSection := map[string]bool{}
-	for _, s := range sections() {
-		isSection[s] = true
-	}
-	var known []string
-	for _, k := range keyTable() {
-		known = append(known, k.name)
-	}
+	known := knownKeys()
 	for _, k := range md.Keys() {
 		if bad[k[0]] || len(k) > 2 && bad[k[0]+"."+k[1]] {
 			continue
@@ -266,7 +247,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 			line := lineOf(&md, top[k[0]])
 			o := origin{layer: layerFile, source: at(line), field: name}
 			switch {
-			case !isSection[k[0]]:
+			case !slices.Contains(sections(), k[0]):
 				bad[k[0]] = true
 				r.fail(o, unknownKeyMsg(k[0], sections(), known))
 			case md.Type(k[0]) != "Hash":
@@ -558,21 +539,13 @@ func specEqual(a, b Spec) bool {
 	return reflect.DeepEqual(normalize(a), normalize(b))
 }
 
+// normalize makes the empty lists of s nil.
 func normalize(s Spec) Spec {
-	if len(s.Server.Endpoints) == 0 {
-		s.Server.Endpoints = nil
-	}
-	if len(s.Network.Interfaces) == 0 {
-		s.Network.Interfaces = nil
-	}
-	if len(s.Network.DNS) == 0 {
-		s.Network.DNS = nil
-	}
-	if len(s.Root.InitArgs) == 0 {
-		s.Root.InitArgs = nil
-	}
-	if len(s.Boot.Modules) == 0 {
-		s.Boot.Modules = nil
+	v := reflect.ValueOf(&s).Elem()
+	for _, k := range keyTable() {
+		if f := v.FieldByIndex(k.field); k.kind == kList && f.Len() == 0 {
+			f.SetZero()
+		}
 	}
 	return s
 }

@@ -59,6 +59,7 @@ type keyDef struct {
 	field []int        // the field's index path in Spec
 	typ   reflect.Type // the field's type
 	alias string       // the kernel argument that sets it too ("rootfstype")
+	def   string       // the default as text; "" for the zero value
 	auto  int64        // kAutoInt: the value "auto" stands for
 	// check is the field's check tag made a function: func(any) (any,
 	// error) sees and normalizes every value; func(string) error sees
@@ -106,7 +107,8 @@ func keyTable() []keyDef {
 // newKeyDef derives a key from a field. A field the schema cannot express is
 // a programming error, caught by every test.
 func newKeyDef(name string, index []int, f reflect.StructField) keyDef {
-	k := keyDef{name: name, field: index, typ: f.Type, alias: f.Tag.Get("cmdline"), check: namedCheck(f.Tag.Get("check"))}
+	k := keyDef{name: name, field: index, typ: f.Type, alias: f.Tag.Get("cmdline"), def: f.Tag.Get("default"),
+		check: namedCheck(f.Tag.Get("check"))}
 	switch t := f.Type; {
 	case t == reflect.TypeFor[time.Duration]():
 		k.kind = kDuration
@@ -388,13 +390,18 @@ func (s *Spec) Set(key, value string) error {
 	if !ok {
 		return &Error{Field: key, Msg: unknownKeyMsg(key, knownKeys(), nil)}
 	}
-	v, err := fromString(k.kind, value)
+	return s.setText(keys, k, value)
+}
+
+// setText is Set for a known key.
+func (s *Spec) setText(keys map[string]*keyDef, k *keyDef, text string) error {
+	v, err := fromString(k.kind, text)
 	var as []assign
 	if err == nil {
 		as, err = k.assigns(v)
 	}
 	if err != nil {
-		return &Error{Field: key, Msg: err.Error()}
+		return &Error{Field: k.name, Msg: err.Error()}
 	}
 	for _, a := range as {
 		keys[a.key].set(s, a.val)

@@ -32,9 +32,11 @@ const DefaultPort = 10809
 // ParseTarget.
 //
 // Its TOML form has one table per field and one key per field of that
-// table, named by the fields' toml tags. A field's check tag names the check
-// its values pass (see namedCheck), its auto tag the value "auto" stands for,
-// and its cmdline tag the kernel argument that sets it too. Any key can also
+// table, named by the fields' toml tags. A field's default tag is its
+// default (in the text form of nbdroot.KEY=VALUE; none means the zero
+// value), its check tag names the check its values pass (see namedCheck),
+// its auto tag the value "auto" stands for, and its cmdline tag the kernel
+// argument that sets it too. Any key can also
 // be set on the kernel command line as nbdroot.TABLE.KEY=VALUE, or with
 // Spec.Set. The field docs are the user documentation of the keys:
 // docs/nbdroot.toml is generated from them.
@@ -64,16 +66,16 @@ type Server struct {
 	// Endpoints is then empty.
 	FromDHCP bool `toml:"-"`
 	// Bounds one TCP dial.
-	ConnectTimeout time.Duration `toml:"connect_timeout" check:"positive"`
+	ConnectTimeout time.Duration `toml:"connect_timeout" check:"positive" default:"5s"`
 	// Bounds one NBD negotiation, TLS included.
-	HandshakeTimeout time.Duration `toml:"handshake_timeout" check:"positive"`
+	HandshakeTimeout time.Duration `toml:"handshake_timeout" check:"positive" default:"10s"`
 	// Bounds the whole connect phase, across retries and servers.
-	Deadline time.Duration `toml:"deadline" check:"positive"`
+	Deadline time.Duration `toml:"deadline" check:"positive" default:"5m"`
 	// First delay of the exponential backoff (with jitter) between rounds of
 	// attempts; at most backoff_max.
-	BackoffInitial time.Duration `toml:"backoff_initial" check:"positive"`
+	BackoffInitial time.Duration `toml:"backoff_initial" check:"positive" default:"250ms"`
 	// Cap of the backoff between rounds of attempts.
-	BackoffMax time.Duration `toml:"backoff_max" check:"positive"`
+	BackoffMax time.Duration `toml:"backoff_max" check:"positive" default:"5s"`
 }
 
 // Endpoint is one NBD server and export.
@@ -110,7 +112,7 @@ type TLS struct {
 	// Name checked in the server's certificate; "" means the server's host.
 	ServerName string `toml:"server_name" check:"servername"`
 	// Check the server's certificate (the URI's tls-verify-peer).
-	VerifyPeer bool `toml:"verify_peer"`
+	VerifyPeer bool `toml:"verify_peer" default:"true"`
 }
 
 // Interface names a kernel interface for attaching the device.
@@ -131,10 +133,10 @@ type Device struct {
 	// N in /dev/nbdN (0-65535), or "auto" (AutoIndex) for the first free
 	// device. Command line: nbddev=/dev/nbdN, root=/dev/nbdN[pM],
 	// nbdroot=HOST,NAME,nbdN.
-	Index int `toml:"index" check:"index" auto:"-1"`
+	Index int `toml:"index" check:"index" auto:"-1" default:"auto"`
 	// How the device is configured: "auto" (netlink when the kernel has
 	// it), "netlink" or "ioctl".
-	Interface Interface `toml:"interface" check:"interface"`
+	Interface Interface `toml:"interface" check:"interface" default:"auto"`
 	// Logical block size: "auto" (0: the server's preferred size) or a power
 	// of two from 512 to 4096.
 	BlockSize uint32 `toml:"block_size" check:"blocksize" auto:"0"`
@@ -143,9 +145,9 @@ type Device struct {
 	Timeout time.Duration `toml:"timeout" check:"seconds"`
 	// How long I/O waits for a reconnect after the connection dies
 	// (netlink), whole seconds.
-	DeadConnTimeout time.Duration `toml:"dead_conn_timeout" check:"seconds"`
+	DeadConnTimeout time.Duration `toml:"dead_conn_timeout" check:"seconds" default:"2m"`
 	// Sockets per device (multi-connection, netlink), 1-64.
-	Connections int `toml:"connections" check:"connections"`
+	Connections int `toml:"connections" check:"connections" default:"1"`
 	// Attach the device read-only. A read-only device with a read-write
 	// root needs overlay = "tmpfs".
 	ReadOnly bool `toml:"read_only"`
@@ -165,7 +167,7 @@ const (
 type Network struct {
 	// "dhcp", "static" (needs address) or "none". Command line: ip=dhcp,
 	// ip=off, ip=CLIENT:SERVER:GW:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1:NTP0.
-	Mode NetworkMode `toml:"mode" check:"mode"`
+	Mode NetworkMode `toml:"mode" check:"mode" default:"dhcp"`
 	// Interfaces to use; [] means every link but loopback, in kernel order.
 	Interfaces []string `toml:"interfaces" check:"ifname"`
 	// Static address with prefix length ("192.0.2.10/24"); static mode only.
@@ -177,9 +179,9 @@ type Network struct {
 	// Host name given to the kernel; "" leaves it alone.
 	Hostname string `toml:"hostname" check:"hostname"`
 	// Wait for carrier at most this long.
-	LinkTimeout time.Duration `toml:"link_timeout" check:"positive"`
+	LinkTimeout time.Duration `toml:"link_timeout" check:"positive" default:"10s"`
 	// Wait for a DHCP lease at most this long.
-	DHCPTimeout time.Duration `toml:"dhcp_timeout" check:"positive"`
+	DHCPTimeout time.Duration `toml:"dhcp_timeout" check:"positive" default:"30s"`
 }
 
 // Overlay modes for the root.
@@ -197,13 +199,13 @@ type Root struct {
 	Flags string `toml:"flags" check:"nocontrol" cmdline:"rootflags"`
 	// Mount the root read-only (the kernel's default; a bare `rw` on the
 	// command line clears it, `ro` sets it).
-	ReadOnly bool `toml:"read_only"`
+	ReadOnly bool `toml:"read_only" default:"true"`
 	// M in /dev/nbdNpM; 0 mounts the whole device. Command line:
 	// root=/dev/nbd0p1.
 	Partition int `toml:"partition" check:"partition"`
 	// "none", or "tmpfs" (OverlayTmpfs): a tmpfs upper layer over the
 	// read-only root, so many clients can share one export.
-	Overlay string `toml:"overlay" check:"overlay"`
+	Overlay string `toml:"overlay" check:"overlay" default:"none"`
 	// The real init inside the root; "" searches /sbin/init, /etc/init,
 	// /bin/init, /bin/sh.
 	Init string `toml:"init" check:"abspath" cmdline:"init"`
@@ -225,9 +227,9 @@ type Boot struct {
 	Modules []string `toml:"modules" check:"module"`
 	// What to do when the boot fails: "shell", "reboot", "poweroff" or
 	// "halt" (FailShell…).
-	OnFailure string `toml:"on_failure" check:"on_failure"`
+	OnFailure string `toml:"on_failure" check:"on_failure" default:"shell"`
 	// Wait this long before reboot, poweroff or halt.
-	FailureDelay time.Duration `toml:"failure_delay" check:"nonnegative"`
+	FailureDelay time.Duration `toml:"failure_delay" check:"nonnegative" default:"10s"`
 	// "error", "info" or "debug".
-	LogLevel string `toml:"log_level" check:"log_level"`
+	LogLevel string `toml:"log_level" check:"log_level" default:"info"`
 }

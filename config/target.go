@@ -63,18 +63,9 @@ func parseHostForm(s string) (Endpoint, error) {
 	ep := Endpoint{Port: DefaultPort}
 	var rest string
 	if strings.HasPrefix(s, "[") {
-		i := strings.IndexByte(s, ']')
-		if i < 0 {
-			return ep, fmt.Errorf("IPv6 address %q has no closing ]", s)
-		}
-		a, err := netip.ParseAddr(s[1:i])
-		if err != nil || !a.Is6() {
-			return ep, fmt.Errorf("%q is not an IPv6 address", s[1:i])
-		}
-		ep.Host = a.String()
-		rest = s[i+1:]
-		if rest != "" && rest[0] != ':' && rest[0] != '/' {
-			return ep, fmt.Errorf("unexpected %q after ]", rest)
+		var err error
+		if ep.Host, rest, err = cutBracketed(s, ":/"); err != nil {
+			return ep, err
 		}
 	} else {
 		i := strings.IndexAny(s, ":/")
@@ -120,6 +111,36 @@ func parseHostForm(s string) (Endpoint, error) {
 		ep.Export = rest[1:]
 	}
 	return ep, checkExport(ep.Export)
+}
+
+// cutBracketed parses the bracketed IPv6 address that starts s
+// ("[2001:db8::1]:10809/x") and returns it in canonical form, and the rest
+// of s, which must be empty or start with one of the bytes in next.
+func cutBracketed(s, next string) (host, rest string, err error) {
+	i := strings.IndexByte(s, ']')
+	if i < 0 {
+		return "", "", fmt.Errorf("IPv6 address %q has no closing ]", s)
+	}
+	a, err := netip.ParseAddr(s[1:i])
+	if err != nil || !a.Is6() {
+		return "", "", fmt.Errorf("%q is not an IPv6 address", s[1:i])
+	}
+	if rest = s[i+1:]; rest != "" && !strings.Contains(next, rest[:1]) {
+		return "", "", fmt.Errorf("unexpected %q after ]", rest)
+	}
+	return a.String(), rest, nil
+}
+
+// setPortOrName reads a field that is a port when it is all digits and an
+// export name otherwise (Debian's HOST,PORT|NAME, dracut's SERVER:PORT|NAME).
+func (e *Endpoint) setPortOrName(s string) error {
+	if s != "" && strings.Trim(s, "0123456789") == "" {
+		p, err := parsePort(s)
+		e.Port = p
+		return err
+	}
+	e.Export = s
+	return checkExport(s)
 }
 
 // checkHost validates a DNS name or an IPv4 literal and returns it in
@@ -281,11 +302,11 @@ func parseURI(s string) (target, error) {
 	case host == "":
 		t.ep.HostFromDHCP = true
 	case strings.HasPrefix(u.Host, "["):
-		a, err := netip.ParseAddr(host)
-		if err != nil || !a.Is6() {
-			return t, fmt.Errorf("%q is not an IPv6 address", host)
+		h, _, err := cutBracketed(u.Host, ":")
+		if err != nil {
+			return t, err
 		}
-		t.ep.Host = a.String()
+		t.ep.Host = h
 	default:
 		h, err := checkHost(host)
 		if err != nil {
