@@ -234,10 +234,7 @@ func parseNbdroot(v string) ([]assign, error) {
 	if strings.Contains(v, ",") && !isURI(v) {
 		return parseNbdrootCommas(v)
 	}
-	t, err := parseTarget(v, true)
-	if err == nil {
-		err = checkBootTarget(t, 1)
-	}
+	t, err := bootTarget(v, true, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -251,22 +248,14 @@ func parseNbdrootCommas(v string) ([]assign, error) {
 		return nil, errors.New("too many commas (want HOST,PORT or HOST,NAME,nbdN)")
 	}
 	ep := Endpoint{Port: DefaultPort}
-	host := parts[0]
-	switch {
-	case host == "" || host == "dhcp":
-		ep.HostFromDHCP = true
-	case strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]"):
-		h, _, err := cutBracketed(host, "")
-		if err != nil {
-			return nil, err
-		}
-		ep.Host = h
-	default:
-		h, err := checkHost(host)
-		if err != nil {
-			return nil, err
-		}
-		ep.Host = h
+	var err error
+	if host := parts[0]; strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		ep.Host, _, err = cutBracketed(host, "")
+	} else {
+		err = ep.setHost(host)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if err := ep.setPortOrName(parts[1]); err != nil {
 		return nil, err
@@ -332,10 +321,7 @@ func smallInt(s string, max int) (int, error) {
 func parseRoot(v string, isRoot bool, keys map[string]*keyDef) ([]assign, error) {
 	switch {
 	case isURI(v) && (strings.HasPrefix(v, "nbd") || strings.HasPrefix(v, "NBD")):
-		t, err := parseTarget(v, false)
-		if err == nil {
-			err = checkBootTarget(t, 1)
-		}
+		t, err := bootTarget(v, false, 1)
 		if err != nil {
 			return nil, err
 		}

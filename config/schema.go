@@ -28,21 +28,9 @@ const (
 
 // want says what a kind accepts, for error messages.
 func (k kind) want() string {
-	switch k {
-	case kString:
-		return "a string"
-	case kInt:
-		return "an integer"
-	case kBool:
-		return "true or false"
-	case kDuration:
-		return `a duration string such as "5s"`
-	case kList:
-		return `a list of strings such as ["a", "b"]`
-	case kAutoInt:
-		return `"auto" or an integer`
-	}
-	return "a value"
+	return [...]string{kString: "a string", kInt: "an integer", kBool: "true or false",
+		kDuration: `a duration string such as "5s"`, kList: `a list of strings such as ["a", "b"]`,
+		kAutoInt: `"auto" or an integer`}[k]
 }
 
 // assign is one value for one key, normalized to the key's Go form:
@@ -238,46 +226,32 @@ func (k *keyDef) set(s *Spec, v any) {
 		return
 	}
 	f := reflect.ValueOf(s).Elem().FieldByIndex(k.field)
-	setText := func(f reflect.Value, s string) {
-		_ = f.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s)) // checked by conv
-	}
-	switch k.kind {
-	case kBool:
-		f.SetBool(v.(bool))
-	case kDuration:
-		f.SetInt(int64(v.(time.Duration)))
-	case kInt, kAutoInt:
-		n, ok := v.(int64)
-		if !ok {
-			n = k.auto
-		}
-		if f.CanInt() {
-			f.SetInt(n)
-		} else {
-			f.SetUint(uint64(n))
-		}
-	case kString:
-		if f.Kind() == reflect.String {
-			f.SetString(v.(string))
-		} else {
-			setText(f, v.(string))
-		}
-	case kList:
-		l := v.([]string)
+	switch x := v.(type) {
+	case []string:
 		f.SetZero()
-		if len(l) == 0 {
-			return
-		}
-		out := reflect.MakeSlice(f.Type(), len(l), len(l))
-		for i, e := range l {
-			if el := out.Index(i); el.Kind() == reflect.String {
-				el.SetString(e)
-			} else {
-				setText(el, e)
+		if len(x) > 0 {
+			f.Set(reflect.MakeSlice(f.Type(), len(x), len(x)))
+			for i, e := range x {
+				setScalar(f.Index(i), e)
 			}
 		}
-		f.Set(out)
+	case string:
+		if k.kind == kAutoInt {
+			v = k.auto // "auto"
+		}
+		setScalar(f, v)
+	default:
+		setScalar(f, v)
 	}
+}
+
+// setScalar stores a normalized scalar in f, parsing the text of text types.
+func setScalar(f reflect.Value, v any) {
+	if s, ok := v.(string); ok && isText(f.Type()) {
+		_ = f.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s)) // checked by conv
+		return
+	}
+	f.Set(reflect.ValueOf(v).Convert(f.Type()))
 }
 
 // get reads the key's value from s in the form set takes.
@@ -285,38 +259,33 @@ func (k *keyDef) get(s *Spec) any {
 	if isServers(k.typ) {
 		return getServers(s)
 	}
-	text := func(f reflect.Value) string {
-		if f.Kind() == reflect.String {
-			return f.String()
+	f := reflect.ValueOf(s).Elem().FieldByIndex(k.field)
+	if k.kind == kList {
+		var out []string
+		for i := range f.Len() {
+			out = append(out, getScalar(f.Index(i)).(string))
 		}
+		return out
+	}
+	v := getScalar(f)
+	if k.kind == kAutoInt && v == k.auto {
+		return "auto"
+	}
+	return v
+}
+
+// getScalar reads f as string, bool, time.Duration or int64.
+func getScalar(f reflect.Value) any {
+	switch {
+	case isText(f.Type()):
 		b, _ := f.Interface().(encoding.TextMarshaler).MarshalText()
 		return string(b)
+	case f.Kind() == reflect.String:
+		return f.String()
+	case f.Kind() == reflect.Bool || f.Type() == reflect.TypeFor[time.Duration]():
+		return f.Interface()
 	}
-	f := reflect.ValueOf(s).Elem().FieldByIndex(k.field)
-	switch k.kind {
-	case kBool:
-		return f.Bool()
-	case kDuration:
-		return time.Duration(f.Int())
-	case kInt, kAutoInt:
-		n := int64(0)
-		if f.CanInt() {
-			n = f.Int()
-		} else {
-			n = int64(f.Uint())
-		}
-		if k.kind == kAutoInt && n == k.auto {
-			return "auto"
-		}
-		return n
-	case kString:
-		return text(f)
-	}
-	var out []string
-	for i := range f.Len() {
-		out = append(out, text(f.Index(i)))
-	}
-	return out
+	return f.Convert(reflect.TypeFor[int64]()).Interface()
 }
 
 // namedCheck returns the check a field's check tag names (see keyDef.check).
@@ -442,6 +411,9 @@ func (f *KeyFlag) String() string {
 
 // Set applies text to the key with Spec.Set.
 func (f *KeyFlag) Set(text string) error { return f.spec.Set(f.key, text) }
+
+// IsBoolFlag makes a boolean key a flag that needs no value (--read-only).
+func (f *KeyFlag) IsBoolFlag() bool { return keyIndex()[f.key].kind == kBool }
 
 // knownKeys returns the name of every key.
 func knownKeys() []string {

@@ -80,14 +80,8 @@ func parseHostForm(s string) (Endpoint, error) {
 			}
 			return ep, fmt.Errorf("%q has more than one colon before the export name (IPv6 addresses go in brackets)", hostPart)
 		}
-		if host == "" || host == "dhcp" {
-			ep.HostFromDHCP = true
-		} else {
-			h, err := checkHost(host)
-			if err != nil {
-				return ep, err
-			}
-			ep.Host = h
+		if err := ep.setHost(host); err != nil {
+			return ep, err
 		}
 	}
 	switch {
@@ -141,6 +135,17 @@ func (e *Endpoint) setPortOrName(s string) error {
 	}
 	e.Export = s
 	return checkExport(s)
+}
+
+// setHost reads a DNS name or an IPv4 address, or "" or "dhcp" for the
+// DHCP server (Debian's forms).
+func (e *Endpoint) setHost(h string) (err error) {
+	if h == "" || h == "dhcp" {
+		e.HostFromDHCP = true
+		return nil
+	}
+	e.Host, err = checkHost(h)
+	return err
 }
 
 // checkHost validates a DNS name or an IPv4 literal and returns it in
@@ -351,10 +356,7 @@ func expandServers(v any) ([]assign, error) {
 	list := v.([]string)
 	ts := make([]target, 0, len(list))
 	for _, s := range list {
-		t, err := parseTarget(s, true)
-		if err == nil {
-			err = checkBootTarget(t, len(list))
-		}
+		t, err := bootTarget(s, true, len(list))
 		if err != nil {
 			return nil, fmt.Errorf("%q: %v", s, err)
 		}
@@ -363,15 +365,18 @@ func expandServers(v any) ([]assign, error) {
 	return serverAssigns(ts)
 }
 
-// checkBootTarget rejects what parses but cannot be booted from.
-func checkBootTarget(t target, n int) error {
-	if t.dhcp && n > 1 {
-		return errors.New("the server from DHCP's root-path cannot be combined with other servers")
+// bootTarget parses one of n server strings and rejects what parses but
+// cannot be booted from.
+func bootTarget(s string, withDHCP bool, n int) (target, error) {
+	t, err := parseTarget(s, withDHCP)
+	switch {
+	case err != nil:
+	case t.dhcp && n > 1:
+		err = errors.New("the server from DHCP's root-path cannot be combined with other servers")
+	case t.ep.Socket != "":
+		err = errors.New("a Unix socket is for probe, list and attach on a running system; boot needs a TCP server")
 	}
-	if t.ep.Socket != "" {
-		return errors.New("a Unix socket is for probe, list and attach on a running system; boot needs a TCP server")
-	}
-	return nil
+	return t, err
 }
 
 // serverAssigns returns what a list of parsed servers sets: server.servers
