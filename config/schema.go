@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -76,21 +77,34 @@ func sections() []string {
 }
 
 // keyTable returns every key of the schema, derived from Spec's fields and
-// their tags, grouped by section in output order.
-func keyTable() []keyDef {
-	var out []keyDef
+// their tags, grouped by section in output order. The table is built once
+// and never changes; callers only read it.
+func keyTable() []keyDef { t, _ := schema(); return t }
+
+// keyIndex returns keyTable indexed by name.
+func keyIndex() map[string]*keyDef { _, m := schema(); return m }
+
+// schema derives the key table on first use, as encoding/json caches what it
+// derives from a type. It is not mutable state: every call sees the same
+// table.
+var schema = sync.OnceValues(func() ([]keyDef, map[string]*keyDef) {
+	var keys []keyDef
 	t := reflect.TypeFor[Spec]()
 	for i := range t.NumField() {
 		sec := t.Field(i)
 		for j := range sec.Type.NumField() {
 			f := sec.Type.Field(j)
 			if name := f.Tag.Get("toml"); name != "-" {
-				out = append(out, newKeyDef(sec.Tag.Get("toml")+"."+name, []int{i, j}, f))
+				keys = append(keys, newKeyDef(sec.Tag.Get("toml")+"."+name, []int{i, j}, f))
 			}
 		}
 	}
-	return out
-}
+	m := make(map[string]*keyDef, len(keys))
+	for i := range keys {
+		m[keys[i].name] = &keys[i]
+	}
+	return keys, m
+})
 
 // newKeyDef derives a key from a field. A field the schema cannot express is
 // a programming error, caught by every test.
@@ -119,16 +133,6 @@ func newKeyDef(name string, index []int, f reflect.StructField) keyDef {
 		panic("config: " + name + ": no TOML form for " + t.String())
 	}
 	return k
-}
-
-// keyIndex returns keyTable indexed by name.
-func keyIndex() map[string]*keyDef {
-	t := keyTable()
-	m := make(map[string]*keyDef, len(t))
-	for i := range t {
-		m[t[i].name] = &t[i]
-	}
-	return m
 }
 
 // assigns validates v for the key and returns what it sets: the key, and

@@ -95,8 +95,8 @@ type Endpoint struct {
 	Socket string
 }
 
-// TLS configures STARTTLS. When it is required (Enabled), a server that
-// refuses it is an error, never a downgrade.
+// TLS configures STARTTLS. When TLS is required, a server that refuses it
+// is an error, never a downgrade.
 type TLS struct {
 	// Require STARTTLS. Unset: off, unless a server is nbds://… or
 	// ca/cert/key is set (then on). Setting it to false while ca/cert/key
@@ -130,15 +130,15 @@ const AutoIndex = -1
 
 // Device configures the /dev/nbdN the root is attached to.
 type Device struct {
-	// N in /dev/nbdN (0-65535), or "auto" (AutoIndex) for the first free
-	// device. Command line: nbddev=/dev/nbdN, root=/dev/nbdN[pM],
+	// N in /dev/nbdN (0-65535), or "auto" (stored as AutoIndex) for the
+	// first free device. Command line: nbddev=/dev/nbdN, root=/dev/nbdN[pM],
 	// nbdroot=HOST,NAME,nbdN.
 	Index int `toml:"index" check:"index" auto:"-1" default:"auto"`
 	// How the device is configured: "auto" (netlink when the kernel has
 	// it), "netlink" or "ioctl".
 	Interface Interface `toml:"interface" check:"interface" default:"auto"`
-	// Logical block size: "auto" (0: the server's preferred size) or a power
-	// of two from 512 to 4096.
+	// Logical block size: "auto" (stored as 0), the server's preferred size,
+	// or a power of two from 512 to 4096.
 	BlockSize uint32 `toml:"block_size" check:"blocksize" auto:"0"`
 	// The kernel's per-request timeout, whole seconds; "0s" keeps the
 	// kernel's.
@@ -203,8 +203,8 @@ type Root struct {
 	// M in /dev/nbdNpM; 0 mounts the whole device. Command line:
 	// root=/dev/nbd0p1.
 	Partition int `toml:"partition" check:"partition"`
-	// "none", or "tmpfs" (OverlayTmpfs): a tmpfs upper layer over the
-	// read-only root, so many clients can share one export.
+	// "none", or "tmpfs": a tmpfs upper layer over the read-only root, so
+	// many clients can share one export.
 	Overlay string `toml:"overlay" check:"overlay" default:"none"`
 	// The real init inside the root; "" searches /sbin/init, /etc/init,
 	// /bin/init, /bin/sh.
@@ -226,7 +226,7 @@ type Boot struct {
 	// Kernel modules loaded in addition to the built-in list.
 	Modules []string `toml:"modules" check:"module"`
 	// What to do when the boot fails: "shell", "reboot", "poweroff" or
-	// "halt" (FailShell…).
+	// "halt".
 	OnFailure string `toml:"on_failure" check:"on_failure" default:"shell"`
 	// Wait this long before reboot, poweroff or halt.
 	FailureDelay time.Duration `toml:"failure_delay" check:"nonnegative" default:"10s"`
