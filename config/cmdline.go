@@ -168,10 +168,10 @@ func SplitCmdline(cmdline string) (args []string, initArgs []string) {
 // different values are a contradiction. Besides nbdroot.KEY=VALUE and the
 // aliases named by Spec's cmdline tags (rootfstype=…), nbdroot reads the
 // grammars of nbdroot=, nbddev=, root=, netroot=, ip=, ro and rw.
-func cmdRule(a karg, keys map[string]*keyDef) (family string, parse func() ([]assign, error)) {
+func cmdRule(a karg) (family string, parse func() ([]assign, error)) {
 	v := a.val
 	key := func(name string, val any) func() ([]assign, error) {
-		return func() ([]assign, error) { return keys[name].assigns(val) }
+		return func() ([]assign, error) { return keyIndex()[name].assigns(val) }
 	}
 	switch {
 	case a.name == "nbdroot":
@@ -182,7 +182,7 @@ func cmdRule(a karg, keys map[string]*keyDef) (family string, parse func() ([]as
 		}
 		return "ro/rw", key("root.read_only", a.name == "ro")
 	case strings.HasPrefix(a.name, "nbdroot."):
-		return a.name, func() ([]assign, error) { return parseKeyArg(a, keys) }
+		return a.name, func() ([]assign, error) { return parseKeyArg(a) }
 	case !a.hasVal:
 		return "", nil
 	}
@@ -193,14 +193,14 @@ func cmdRule(a karg, keys map[string]*keyDef) (family string, parse func() ([]as
 			if err != nil {
 				return nil, err
 			}
-			return keys["device.index"].assigns(int64(n))
+			return keyIndex()["device.index"].assigns(int64(n))
 		}
 	case "root", "netroot":
-		return a.name, func() ([]assign, error) { return parseRoot(v, a.name == "root", keys) }
+		return a.name, func() ([]assign, error) { return parseRoot(v, a.name == "root") }
 	case "ip":
-		return a.name, func() ([]assign, error) { return parseIP(v, keys) }
+		return a.name, func() ([]assign, error) { return parseIP(v) }
 	}
-	for _, k := range keys {
+	for _, k := range keyTable() {
 		if k.alias == a.name {
 			return a.name, key(k.name, v)
 		}
@@ -209,9 +209,9 @@ func cmdRule(a karg, keys map[string]*keyDef) (family string, parse func() ([]as
 }
 
 // parseKeyArg parses nbdroot.KEY=VALUE.
-func parseKeyArg(a karg, keys map[string]*keyDef) ([]assign, error) {
+func parseKeyArg(a karg) ([]assign, error) {
 	name := strings.TrimPrefix(a.name, "nbdroot.")
-	k, ok := keys[name]
+	k, ok := keyIndex()[name]
 	if !ok {
 		msg := "unknown key"
 		if s := suggest(name, append(knownKeys(), "config")); s != "" {
@@ -318,7 +318,7 @@ func smallInt(s string, max int) (int, error) {
 
 // parseRoot parses root= and netroot=. Values that are not nbdroot's
 // (root=/dev/sda1, netroot=iscsi:…) set nothing.
-func parseRoot(v string, isRoot bool, keys map[string]*keyDef) ([]assign, error) {
+func parseRoot(v string, isRoot bool) ([]assign, error) {
 	switch {
 	case isURI(v) && (strings.HasPrefix(v, "nbd") || strings.HasPrefix(v, "NBD")):
 		t, err := bootTarget(v, false, 1)
@@ -327,7 +327,7 @@ func parseRoot(v string, isRoot bool, keys map[string]*keyDef) ([]assign, error)
 		}
 		return serverAssigns([]target{t})
 	case strings.HasPrefix(v, "nbd:"):
-		return parseDracut(v[len("nbd:"):], keys)
+		return parseDracut(v[len("nbd:"):])
 	case isRoot && strings.HasPrefix(v, "/dev/nbd"):
 		n, part, err := parseDevNbd(v)
 		if err != nil {
@@ -343,7 +343,7 @@ func parseRoot(v string, isRoot bool, keys map[string]*keyDef) ([]assign, error)
 
 // parseDracut parses dracut's SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]
 // (after "nbd:"). SERVER may be a bracketed IPv6 address.
-func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
+func parseDracut(v string) ([]assign, error) {
 	var host, rest string
 	if strings.HasPrefix(v, "[") {
 		var err error
@@ -356,11 +356,10 @@ func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
 		if host == "" {
 			return nil, errors.New("no server (want nbd:SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]])")
 		}
-		h, err := checkHost(host)
-		if err != nil {
+		var err error
+		if host, err = checkHost(host); err != nil {
 			return nil, err
 		}
-		host = h
 	}
 	fields := strings.SplitN(rest, ":", 4)
 	for len(fields) < 4 {
@@ -375,16 +374,8 @@ func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
 	if err != nil {
 		return nil, err
 	}
-	add := func(key string, val any) error {
-		as, err := keys[key].assigns(val)
-		if err != nil {
-			return fmt.Errorf("%s: %v", key, err)
-		}
-		out = append(out, as...)
-		return nil
-	}
 	if fstype != "" {
-		if err := add("root.fstype", fstype); err != nil {
+		if out, err = addKey(out, "root.fstype", "root.fstype", fstype); err != nil {
 			return nil, err
 		}
 	}
@@ -402,13 +393,13 @@ func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
 			}
 		}
 		if len(rest) > 0 {
-			if err := add("root.flags", strings.Join(rest, ",")); err != nil {
+			if out, err = addKey(out, "root.flags", "root.flags", strings.Join(rest, ",")); err != nil {
 				return nil, err
 			}
 		}
 	}
 	if opts != "" {
-		as, err := parseNBDOpts(opts, keys)
+		as, err := parseNBDOpts(opts)
 		if err != nil {
 			return nil, err
 		}
@@ -418,7 +409,7 @@ func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
 }
 
 // parseNBDOpts maps dracut's comma-separated nbd-client options.
-func parseNBDOpts(opts string, keys map[string]*keyDef) ([]assign, error) {
+func parseNBDOpts(opts string) ([]assign, error) {
 	var out []assign
 	for _, o := range strings.Split(opts, ",") {
 		if o == "" {
@@ -464,13 +455,21 @@ func parseNBDOpts(opts string, keys map[string]*keyDef) ([]assign, error) {
 			}
 			v = time.Duration(n) * time.Second
 		}
-		as, err := keys[key].assigns(v)
-		if err != nil {
-			return nil, fmt.Errorf("NBD option %q: %v", o, err)
+		if out, err = addKey(out, fmt.Sprintf("NBD option %q", o), key, v); err != nil {
+			return nil, err
 		}
-		out = append(out, as...)
 	}
 	return out, nil
+}
+
+// addKey appends what key = v sets to out; what names the input in an
+// error.
+func addKey(out []assign, what, key string, v any) ([]assign, error) {
+	as, err := keyIndex()[key].assigns(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", what, err)
+	}
+	return append(out, as...), nil
 }
 
 // splitIPFields splits ip='s value on colons outside [brackets].
@@ -519,7 +518,7 @@ func ipAddrField(name, s string) (netip.Addr, error) {
 // parseIP parses the kernel's ip= (Documentation/admin-guide/nfs/nfsroot.rst):
 // CLIENT:SERVER:GW:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1:NTP0, its
 // keywords, and dracut's DEVICE:AUTOCONF.
-func parseIP(v string, keys map[string]*keyDef) ([]assign, error) {
+func parseIP(v string) ([]assign, error) {
 	f := splitIPFields(v)
 	if len(f) == 1 && f[0] != "" {
 		if !strings.ContainsAny(f[0], ".:[") { // a keyword, not a client address
@@ -534,11 +533,7 @@ func parseIP(v string, keys map[string]*keyDef) ([]assign, error) {
 		if mode, err := autoconf(f[1]); err == nil && f[1] != "" {
 			if _, err := netip.ParseAddr(strings.Trim(f[0], "[]")); err != nil {
 				// dracut's ip=DEVICE:AUTOCONF.
-				as, err := keys["network.interfaces"].assigns([]string{f[0]})
-				if err != nil {
-					return nil, fmt.Errorf("device: %v", err)
-				}
-				return append(as, assign{"network.mode", string(mode)}), nil
+				return addKey([]assign{{"network.mode", string(mode)}}, "device", "network.interfaces", []string{f[0]})
 			}
 		}
 	}
@@ -593,18 +588,14 @@ func parseIP(v string, keys map[string]*keyDef) ([]assign, error) {
 		out = append(out, assign{"network.gateway", a.String()})
 	}
 	if host != "" {
-		as, err := keys["network.hostname"].assigns(host)
-		if err != nil {
-			return nil, fmt.Errorf("hostname: %v", err)
+		if out, err = addKey(out, "hostname", "network.hostname", host); err != nil {
+			return nil, err
 		}
-		out = append(out, as...)
 	}
 	if dev != "" {
-		as, err := keys["network.interfaces"].assigns([]string{dev})
-		if err != nil {
-			return nil, fmt.Errorf("device: %v", err)
+		if out, err = addKey(out, "device", "network.interfaces", []string{dev}); err != nil {
+			return nil, err
 		}
-		out = append(out, as...)
 	}
 	var dns []string
 	for i, d := range []string{dns0, dns1} {

@@ -147,7 +147,6 @@ type rec struct {
 
 // resolver accumulates layers into a Spec.
 type resolver struct {
-	keys    map[string]*keyDef
 	spec    Spec
 	recs    map[string]rec
 	implied map[string]string
@@ -155,7 +154,7 @@ type resolver struct {
 }
 
 func newResolver() *resolver {
-	return &resolver{keys: keyIndex(), spec: Defaults(), recs: map[string]rec{}, implied: map[string]string{}}
+	return &resolver{spec: Defaults(), recs: map[string]rec{}, implied: map[string]string{}}
 }
 
 func (r *resolver) fail(o origin, msg string) {
@@ -189,7 +188,7 @@ func (r *resolver) apply(as []assign, o origin) {
 			r.fail(o, fmt.Sprintf("sets %s = %s, but %s sets %s = %s", a.key, lit, desc(prev.origin), a.key, prev.lit))
 			continue
 		}
-		r.keys[a.key].set(&r.spec, a.val)
+		keyIndex()[a.key].set(&r.spec, a.val)
 		r.recs[a.key] = rec{o, lit}
 	}
 }
@@ -277,8 +276,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 			}
 			parent := k[0] + "." + k[1]
 			bad[parent] = true
-			if _, ok := r.keys[parent]; ok {
-				def := r.keys[parent]
+			if def, ok := keyIndex()[parent]; ok {
 				r.fail(origin{source: at(line), field: parent}, "is a table; want "+def.kind.want())
 			} else {
 				r.fail(origin{source: at(line), field: parent}, unknownKeyMsg(parent, known, nil))
@@ -288,7 +286,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 		p := sec[k[1]]
 		o := origin{layer: layerFile, family: name, source: at(lineOf(&md, p)), field: name}
 		o.text = o.source
-		def, ok := r.keys[name]
+		def, ok := keyIndex()[name]
 		if !ok {
 			bad[name] = true
 			r.fail(o, unknownKeyMsg(name, known, nil))
@@ -331,12 +329,12 @@ func unknownKeyMsg(name string, known, leaves []string) string {
 func (r *resolver) loadCmdline(args, initArgs []karg) {
 	last := map[string]int{}
 	for i, a := range args {
-		if f, _ := cmdRule(a, r.keys); f != "" {
+		if f, _ := cmdRule(a); f != "" {
 			last[f] = i
 		}
 	}
 	for i, a := range args {
-		f, parse := cmdRule(a, r.keys)
+		f, parse := cmdRule(a)
 		if f == "" || last[f] != i || f == "nbdroot.config" {
 			continue
 		}

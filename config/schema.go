@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -294,49 +295,22 @@ func getScalar(f reflect.Value) any {
 
 // namedCheck returns the check a field's check tag names (see keyDef.check).
 func namedCheck(name string) any {
-	switch name {
-	case "":
-		return nil
-	case "positive":
-		return durPositive
-	case "nonnegative":
-		return durNonNegative
-	case "seconds":
-		return durWholeSeconds
-	case "abspath":
-		return checkAbsPath
-	case "nocontrol":
-		return checkNoControl
-	case "servername":
-		return checkServerName
-	case "hostname":
-		return checkHostname
-	case "ifname":
-		return checkIfName
-	case "module":
-		return checkModule
-	case "fstype":
-		return convFSType
-	case "index":
-		return intRange(0, MaxIndex)
-	case "connections":
-		return intRange(1, MaxConnections)
-	case "partition":
-		return intRange(0, MaxPartition)
-	case "blocksize":
-		return checkBlockSize
-	case "interface":
-		return oneOf(InterfaceAuto, InterfaceNetlink, InterfaceIoctl)
-	case "mode":
-		return oneOf(NetworkDHCP, NetworkStatic, NetworkNone)
-	case "overlay":
-		return oneOf(OverlayNone, OverlayTmpfs)
-	case "on_failure":
-		return oneOf(FailShell, FailReboot, FailPoweroff, FailHalt)
-	case "log_level":
-		return oneOf("error", "info", "debug")
+	c, ok := map[string]any{"": nil,
+		"positive": durPositive, "nonnegative": durNonNegative, "seconds": durWholeSeconds,
+		"abspath": checkAbsPath, "nocontrol": checkNoControl, "servername": checkServerName,
+		"hostname": checkHostname, "ifname": checkIfName, "module": checkModule, "fstype": convFSType,
+		"index": intRange(0, MaxIndex), "connections": intRange(1, MaxConnections),
+		"partition": intRange(0, MaxPartition), "blocksize": checkBlockSize,
+		"interface":  oneOf(InterfaceAuto, InterfaceNetlink, InterfaceIoctl),
+		"mode":       oneOf(NetworkDHCP, NetworkStatic, NetworkNone),
+		"overlay":    oneOf(OverlayNone, OverlayTmpfs),
+		"on_failure": oneOf(FailShell, FailReboot, FailPoweroff, FailHalt),
+		"log_level":  oneOf("error", "info", "debug"),
+	}[name]
+	if !ok {
+		panic("config: unknown check " + strconv.Quote(name))
 	}
-	panic("config: unknown check " + strconv.Quote(name))
+	return c
 }
 
 // Limits enforced on the spec.
@@ -580,10 +554,8 @@ func fromString(k kind, s string) (any, error) {
 			return []string(nil), nil
 		}
 		l := strings.Split(s, ",")
-		for _, e := range l {
-			if e == "" {
-				return nil, fmt.Errorf("%q has an empty element", s)
-			}
+		if slices.Contains(l, "") {
+			return nil, fmt.Errorf("%q has an empty element", s)
 		}
 		return l, nil
 	}
@@ -592,43 +564,30 @@ func fromString(k kind, s string) (any, error) {
 
 // fromTOML converts a decoded TOML value to kind k.
 func fromTOML(k kind, v any) (any, error) {
-	bad := func() error {
-		return fmt.Errorf("%s is %s; want %s", tomlText(v), tomlTypeName(v), k.want())
-	}
-	switch k {
-	case kString:
-		if s, ok := v.(string); ok {
-			return s, nil
+	switch x := v.(type) {
+	case string:
+		switch {
+		case k == kString || k == kAutoInt && x == "auto":
+			return x, nil
+		case k == kDuration:
+			return parseDuration(x)
+		case k == kAutoInt:
+			return nil, fmt.Errorf("%q is not \"auto\" or an integer", x)
 		}
-	case kInt:
-		if n, ok := v.(int64); ok {
-			return n, nil
+	case int64:
+		if k == kInt || k == kAutoInt {
+			return x, nil
 		}
-	case kAutoInt:
-		if n, ok := v.(int64); ok {
-			return n, nil
+	case bool:
+		if k == kBool {
+			return x, nil
 		}
-		if s, ok := v.(string); ok {
-			if s == "auto" {
-				return s, nil
-			}
-			return nil, fmt.Errorf("%q is not \"auto\" or an integer", s)
-		}
-	case kBool:
-		if b, ok := v.(bool); ok {
-			return b, nil
-		}
-	case kDuration:
-		if s, ok := v.(string); ok {
-			return parseDuration(s)
-		}
-	case kList:
-		a, ok := v.([]any)
-		if !ok {
+	case []any:
+		if k != kList {
 			break
 		}
 		var out []string
-		for _, e := range a {
+		for _, e := range x {
 			s, ok := e.(string)
 			if !ok {
 				return nil, fmt.Errorf("list element %s is %s; want a string", tomlText(e), tomlTypeName(e))
@@ -637,7 +596,7 @@ func fromTOML(k kind, v any) (any, error) {
 		}
 		return out, nil
 	}
-	return nil, bad()
+	return nil, fmt.Errorf("%s is %s; want %s", tomlText(v), tomlTypeName(v), k.want())
 }
 
 func tomlTypeName(v any) string {
@@ -731,27 +690,15 @@ func tomlQuote(s string) string {
 	var b strings.Builder
 	b.WriteByte('"')
 	for _, r := range s {
-		switch r {
-		case '"':
-			b.WriteString(`\"`)
-		case '\\':
-			b.WriteString(`\\`)
-		case '\b':
-			b.WriteString(`\b`)
-		case '\t':
-			b.WriteString(`\t`)
-		case '\n':
-			b.WriteString(`\n`)
-		case '\f':
-			b.WriteString(`\f`)
-		case '\r':
-			b.WriteString(`\r`)
+		switch i := strings.IndexRune("\b\t\n\f\r", r); {
+		case r == '"' || r == '\\':
+			b.WriteString(`\` + string(r))
+		case i >= 0:
+			b.WriteString(`\` + "btnfr"[i:i+1])
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\u%04X`, r)
 		default:
-			if r < 0x20 || r == 0x7f {
-				fmt.Fprintf(&b, `\u%04X`, r)
-			} else {
-				b.WriteRune(r)
-			}
+			b.WriteRune(r)
 		}
 	}
 	b.WriteByte('"')

@@ -302,24 +302,15 @@ func parseURI(s string) (target, error) {
 		}
 		t.ep.Port = port
 	}
-	host := u.Hostname()
-	switch {
+	switch host := u.Hostname(); {
 	case host == "":
 		t.ep.HostFromDHCP = true
 	case strings.HasPrefix(u.Host, "["):
-		h, _, err := cutBracketed(u.Host, ":")
-		if err != nil {
-			return t, err
-		}
-		t.ep.Host = h
+		t.ep.Host, _, err = cutBracketed(u.Host, ":")
 	default:
-		h, err := checkHost(host)
-		if err != nil {
-			return t, err
-		}
-		t.ep.Host = h
+		t.ep.Host, err = checkHost(host)
 	}
-	return t, nil
+	return t, err
 }
 
 // String returns the endpoint in the form nbdroot reads back: Debian's
