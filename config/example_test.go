@@ -139,7 +139,7 @@ func TestExampleFileGenerated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(want, string(got)); diff != "" {
+	if diff := cmp.Diff(strings.Split(want, "\n"), strings.Split(string(got), "\n")); diff != "" {
 		t.Errorf("%s is out of date; run go generate ./config (-generated +file):\n%s", examplePath, diff)
 	}
 }
