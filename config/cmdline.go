@@ -214,7 +214,7 @@ func parseKeyArg(a karg) ([]assign, error) {
 	k, ok := keyIndex()[name]
 	if !ok {
 		msg := "unknown key"
-		if s := suggest(name, append(knownKeys(), "config")); s != "" {
+		if s := suggest(name, append([]string{"config"}, knownKeys()...)); s != "" {
 			msg += " (did you mean nbdroot." + s + "?)"
 		}
 		return nil, errors.New(msg)

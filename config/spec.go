@@ -8,13 +8,14 @@
 // defaults < TOML < command line, and every resolved value remembers where it
 // came from so `nbdroot config check` can say so.
 //
-// The package owns the schema of a boot: the Spec type, whose struct tags
-// are the single description of every key (its TOML name, its check, its
-// command-line alias), the defaults (Defaults), the grammars of the inputs,
-// and the rules between keys (resolve.go). docs/nbdroot.toml is generated
-// from it. It is pure — no syscalls, no globals — so it can be tested and
-// fuzzed on any machine, and it imports only the standard library,
-// BurntSushi/toml and nbddev (for the device rules it checks a spec against).
+// The package owns the schema of a boot: the Spec type, whose fields and
+// struct tags are the single description of every key (its TOML name,
+// default, check and command-line alias; docs/nbdroot.toml is generated from
+// them), the grammars of the inputs, and the rules between keys
+// (resolve.go). It is pure — no syscalls, no mutable globals (the key table
+// is derived from Spec once) — so it can be tested and fuzzed on any
+// machine. It imports only the standard library, BurntSushi/toml and nbddev,
+// whose device rules (index range, block size) it checks a spec against.
 package config
 
 //go:generate go test -run TestExampleFileGenerated -update
@@ -32,13 +33,12 @@ const DefaultPort = 10809
 // ParseTarget.
 //
 // Its TOML form has one table per field and one key per field of that
-// table, named by the fields' toml tags. A field's default tag is its
-// default (in the text form of nbdroot.KEY=VALUE; none means the zero
-// value), its check tag names the check its values pass (see namedCheck),
-// its auto tag the value "auto" stands for, and its cmdline tag the kernel
-// argument that sets it too. Any key can also
-// be set on the kernel command line as nbdroot.TABLE.KEY=VALUE, or with
-// Spec.Set. The field docs are the user documentation of the keys:
+// table, described by the field's tags: toml is the key's name, default its
+// default in the text form of nbdroot.KEY=VALUE (none: the zero value),
+// check the named check its values pass (schema.go), auto the value "auto"
+// stands for, and cmdline a kernel argument that sets the key too. Every
+// key can be set on the kernel command line as nbdroot.TABLE.KEY=VALUE and
+// with Spec.Set. The fields' docs are the keys' user documentation:
 // docs/nbdroot.toml is generated from them.
 type Spec struct {
 	Server  Server  `toml:"server"`
