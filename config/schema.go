@@ -231,20 +231,18 @@ func (k *keyDef) set(s *Spec, v any) {
 		return
 	}
 	f := reflect.ValueOf(s).Elem().FieldByIndex(k.field)
-	switch x := v.(type) {
-	case []string:
+	l, isList := v.([]string)
+	switch {
+	case isList:
 		f.SetZero()
-		if len(x) > 0 {
-			f.Set(reflect.MakeSlice(f.Type(), len(x), len(x)))
-			for i, e := range x {
-				setScalar(f.Index(i), e)
-			}
+		if len(l) > 0 {
+			f.Set(reflect.MakeSlice(f.Type(), len(l), len(l)))
 		}
-	case string:
-		if k.kind == kAutoInt {
-			v = k.auto // "auto"
+		for i, e := range l {
+			setScalar(f.Index(i), e)
 		}
-		setScalar(f, v)
+	case v == "auto" && k.kind == kAutoInt:
+		setScalar(f, k.auto)
 	default:
 		setScalar(f, v)
 	}
@@ -387,8 +385,15 @@ func (f *KeyFlag) String() string {
 	}
 }
 
-// Set applies text to the key with Spec.Set.
-func (f *KeyFlag) Set(text string) error { return f.spec.Set(f.key, text) }
+// Set applies text to the key with Spec.Set. Its *Error leaves the key
+// out: the flag package names the flag.
+func (f *KeyFlag) Set(text string) error {
+	err := f.spec.Set(f.key, text)
+	if e, ok := err.(*Error); ok {
+		e.Field = ""
+	}
+	return err
+}
 
 // IsBoolFlag makes a boolean key a flag that needs no value (--read-only).
 func (f *KeyFlag) IsBoolFlag() bool { return keyIndex()[f.key].kind == kBool }

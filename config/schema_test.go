@@ -101,7 +101,7 @@ func TestFlag(t *testing.T) {
 		t.Errorf("flags (-want +got):\n%s", diff)
 	}
 	err := fs.Parse([]string{"--block-size=3000"})
-	if want := `invalid value "3000" for flag -block-size: device.block_size: 3000 is not a power of two between 512 and 4096`; err == nil || err.Error() != want {
+	if want := `invalid value "3000" for flag -block-size: 3000 is not a power of two between 512 and 4096`; err == nil || err.Error() != want {
 		t.Errorf("bad flag: %v, want %s", err, want)
 	}
 	out.Reset()
