@@ -531,19 +531,13 @@ func fromString(k kind, s string) (any, error) {
 	switch k {
 	case kString:
 		return s, nil
-	case kInt:
-		n, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not an integer", s)
-		}
-		return n, nil
-	case kAutoInt:
-		if s == "auto" {
+	case kInt, kAutoInt:
+		if k == kAutoInt && s == "auto" {
 			return s, nil
 		}
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("%q is not \"auto\" or an integer", s)
+			return nil, fmt.Errorf("%q is not %s", s, k.want())
 		}
 		return n, nil
 	case kBool:
@@ -577,7 +571,7 @@ func fromTOML(k kind, v any) (any, error) {
 		case k == kDuration:
 			return parseDuration(x)
 		case k == kAutoInt:
-			return nil, fmt.Errorf("%q is not \"auto\" or an integer", x)
+			return nil, fmt.Errorf("%q is not %s", x, k.want())
 		}
 	case int64:
 		if k == kInt || k == kAutoInt {
@@ -674,10 +668,6 @@ func literal(v any) string {
 	switch x := v.(type) {
 	case string:
 		return tomlQuote(x)
-	case int64:
-		return strconv.FormatInt(x, 10)
-	case bool:
-		return strconv.FormatBool(x)
 	case time.Duration:
 		return tomlQuote(formatDuration(x))
 	case []string:
@@ -687,7 +677,7 @@ func literal(v any) string {
 		}
 		return "[" + strings.Join(q, ", ") + "]"
 	}
-	return fmt.Sprintf("%v", v)
+	return fmt.Sprint(v) // int64, bool
 }
 
 // tomlQuote returns s as a TOML basic string.
