@@ -421,7 +421,7 @@ func checkBlockSize(n int64) error {
 	if n == 0 {
 		return nil
 	}
-	return nbddev.CheckBlockSize(uint64(max(n, 0)))
+	return nbddev.CheckBlockSize(n)
 }
 
 func oneOf[T ~string](choices ...T) func(any) (any, error) {

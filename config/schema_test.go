@@ -45,7 +45,7 @@ func TestSet(t *testing.T) {
 	}
 	bad := []struct{ key, value, want string }{
 		{"device.block_size", "3000", "device.block_size: 3000 is not a power of two between 512 and 4096"},
-		{"device.block_size", "-512", "device.block_size: 0 is not a power of two between 512 and 4096"},
+		{"device.block_size", "-512", "device.block_size: -512 is not a power of two between 512 and 4096"},
 		{"device.connections", "0", "device.connections: 0 is out of range 1-64"},
 		{"device.interface", "kernel", `device.interface: "kernel" is not one of auto, netlink, ioctl`},
 		{"device.timeout", "1500ms", "device.timeout: 1.5s is not a whole number of seconds (the kernel counts seconds)"},

@@ -133,7 +133,7 @@ func (d *Device) Serve(sock int, p Params, ready func()) error {
 
 // configure runs the setup ioctls in the order the kernel expects.
 func (d *Device) configure(sock int, p Params) error {
-	if err := nbddev.CheckBlockSize(uint64(p.BlockSize)); err != nil {
+	if err := nbddev.CheckBlockSize(int64(p.BlockSize)); err != nil {
 		return fmt.Errorf("ioctl: %s: block size %w", Path(d.index), err)
 	}
 	if p.Size == 0 || p.Size%uint64(p.BlockSize) != 0 {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/ioctl"
-	"github.com/nbdroot/nbdroot/nbddev"
 )
 
 // attachKey is one of attach's own flags: each sets one spec key, with the
@@ -52,20 +50,20 @@ type attachCmd struct {
 func attachFlags(fs *flag.FlagSet) runFunc { return newAttach(fs).run }
 
 // newAttach registers attach's flags on fs: probe's, and those of
-// attachKeys.
+// attachKeys, each parsed and checked by the config schema as its key is.
 func newAttach(fs *flag.FlagSet) *attachCmd {
 	a := &attachCmd{keys: config.Defaults()}
 	a.client.register(fs)
-	var zero config.Spec
+	zero := config.Spec{}
 	for _, k := range attachKeys() {
-		v := specField(&a.keys, k.key)
+		v := a.keys.Flag(k.key)
 		if k.def != "" {
 			if err := v.Set(k.def); err != nil {
 				panic(fmt.Sprintf("attach: default of --%s: %v", k.flag, err)) // a bug in the table
 			}
 		}
 		fs.Var(v, k.flag, k.usage)
-		if v.String() == specField(&zero, k.key).String() {
+		if v.String() == zero.Flag(k.key).String() {
 			// Help leaves a zero default unsaid, as for the flag package's
 			// own types.
 			fs.Lookup(k.flag).DefValue = ""
@@ -85,7 +83,7 @@ func (a *attachCmd) spec(arg string) (config.Spec, config.Endpoint, error) {
 		return config.Spec{}, ep, usagef("SPEC names no server")
 	}
 	for _, k := range attachKeys() {
-		if err := specField(&spec, k.key).Set(specField(&a.keys, k.key).String()); err != nil {
+		if err := spec.Set(k.key, a.keys.Flag(k.key).String()); err != nil {
 			return config.Spec{}, ep, fmt.Errorf("--%s: %w", k.flag, err)
 		}
 	}
@@ -132,97 +130,6 @@ func (a *attachCmd) run(ctx context.Context, sio stdio, args []string) error {
 	}
 	_, err = fmt.Fprintln(sio.out, ioctl.Path(rep.Device))
 	return err
-}
-
-// specValue is a spec key as a flag.Value.
-type specValue struct {
-	get    func() string
-	set    func(string) error
-	isBool bool
-}
-
-func (v *specValue) String() string {
-	if v.get == nil { // the flag package's zero value
-		return ""
-	}
-	return v.get()
-}
-
-func (v *specValue) Set(s string) error { return v.set(s) }
-
-// IsBoolFlag lets a boolean key's flag go without a value.
-func (v *specValue) IsBoolFlag() bool { return v.isBool }
-
-// specField returns spec key key of s as a flag.Value that formats it and
-// sets it with the key's checks. It knows the keys of attachKeys: it stands
-// in for the config schema's own setter.
-func specField(s *config.Spec, key string) *specValue {
-	d := &s.Device
-	switch key {
-	case "device.interface":
-		return &specValue{get: func() string { return string(d.Interface) }, set: func(v string) error {
-			switch i := config.Interface(v); i {
-			case config.InterfaceAuto, config.InterfaceNetlink, config.InterfaceIoctl:
-				d.Interface = i
-				return nil
-			}
-			return errors.New("want auto, netlink or ioctl")
-		}}
-	case "device.connections":
-		return &specValue{get: func() string { return strconv.Itoa(d.Connections) }, set: func(v string) error {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || n > config.MaxConnections {
-				return fmt.Errorf("want 1 to %d", config.MaxConnections)
-			}
-			d.Connections = n
-			return nil
-		}}
-	case "device.read_only":
-		return &specValue{isBool: true, get: func() string { return strconv.FormatBool(d.ReadOnly) }, set: func(v string) error {
-			b, err := strconv.ParseBool(v)
-			if err != nil {
-				return errors.New("want true or false")
-			}
-			d.ReadOnly = b
-			return nil
-		}}
-	case "device.block_size":
-		return &specValue{get: func() string { return strconv.FormatUint(uint64(d.BlockSize), 10) }, set: func(v string) error {
-			n, err := strconv.ParseUint(v, 0, 32)
-			if err != nil {
-				return errors.New("not a number")
-			}
-			if n != 0 {
-				if err := nbddev.CheckBlockSize(n); err != nil {
-					return err
-				}
-			}
-			d.BlockSize = uint32(n)
-			return nil
-		}}
-	case "device.timeout":
-		return durationField(&d.Timeout, time.Second)
-	case "device.dead_conn_timeout":
-		return durationField(&d.DeadConnTimeout, time.Second)
-	case "server.deadline":
-		return durationField(&s.Server.Deadline, 0)
-	}
-	return nil
-}
-
-// durationField is a duration key as a flag.Value, rounded to round if not 0.
-func durationField(p *time.Duration, round time.Duration) *specValue {
-	return &specValue{get: func() string { return p.String() }, set: func(v string) error {
-		t, err := time.ParseDuration(v)
-		if err != nil {
-			return errors.New("not a duration")
-		}
-		if round != 0 {
-			t = t.Round(round)
-		}
-		*p = t
-		return nil
-	}}
 }
 
 // detachFlags registers detach's flags.

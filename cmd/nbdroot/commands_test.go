@@ -264,7 +264,7 @@ func TestAttachSpec(t *testing.T) {
 	}
 
 	got, err = spec("--interface", "ioctl", "--connections", "4", "--read-only", "--block-size", "4096",
-		"--request-timeout", "2.6s", "--dead-conn-timeout", "30s", "--deadline", "1m", "--tls", "srv:2000/x")
+		"--request-timeout", "3s", "--dead-conn-timeout", "30s", "--deadline", "1m", "--tls", "srv:2000/x")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,11 +280,12 @@ func TestAttachSpec(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--interface", "nbd"}, "want auto, netlink or ioctl"},
-		{[]string{"--connections", "0"}, "want 1 to 64"},
-		{[]string{"--connections", "65"}, "want 1 to 64"},
+		{[]string{"--interface", "nbd"}, `"nbd" is not one of auto, netlink, ioctl`},
+		{[]string{"--connections", "0"}, "0 is out of range 1-64"},
+		{[]string{"--connections", "65"}, "65 is out of range 1-64"},
 		{[]string{"--block-size", "3000"}, "not a power of two"},
-		{[]string{"--block-size", "-1"}, "not a number"},
+		{[]string{"--block-size", "-1"}, "-1 is not a power of two"},
+		{[]string{"--request-timeout", "2.5s"}, "not a whole number of seconds"},
 		{[]string{"--dead-conn-timeout", "soon"}, "not a duration"},
 		{[]string{"--read-only=maybe"}, "want true or false"},
 	} {
@@ -293,13 +294,13 @@ func TestAttachSpec(t *testing.T) {
 		}
 	}
 	status, _, errs := nbdroot(t, "attach", "--connections", "0", "srv:2000/x")
-	if want := `nbdroot: attach: invalid value "0" for flag -connections: want 1 to 64 (try 'nbdroot help attach')` + "\n"; status != 2 || errs != want {
+	if want := `nbdroot: attach: invalid value "0" for flag -connections: 0 is out of range 1-64 (try 'nbdroot help attach')` + "\n"; status != 2 || errs != want {
 		t.Errorf("attach --connections 0: exit %d, stderr %q; want 2 and %q", status, errs, want)
 	}
 
 	// Help shows the defaults: the spec's, and attach's own.
 	_, help, _ := nbdroot(t, "attach", "-h")
-	for _, want := range []string{"(default auto)", "(default 1)", "(default 2m0s)", "(default 15s)"} {
+	for _, want := range []string{"(default auto)", "(default 1)", "(default 2m)", "(default 15s)"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("attach -h lacks %q", want)
 		}
