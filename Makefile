@@ -4,7 +4,7 @@
 #   make deps       install what tests and the demo need (Debian; idempotent)
 #   make test       every test, QEMU boots included
 #   make demo       boot QEMU from an NBD root served on loopback
-#   make lint       gofmt + go vet
+#   make lint       gofmt, go mod tidy, go vet, staticcheck
 #   make fuzz       every fuzz target for FUZZTIME (60s) each
 #   make bench      handshake, keeper and reconnect benchmarks
 #   make bench-boot the boot timeline under QEMU
@@ -16,6 +16,9 @@ LDFLAGS   := -s -w
 FUZZTIME  ?= 60s
 APT_PKGS  := qemu-system-x86 qemu-utils nbdkit nbd-server linux-image-amd64 \
              e2fsprogs busybox-static openssl cpio
+# staticcheck runs from the Go module proxy at this version (go run caches
+# the build), so lint needs nothing installed beyond Go.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 export CGO_ENABLED := 0
 
 .PHONY: all build deps test test-short lint fuzz bench bench-boot demo clean
@@ -27,15 +30,22 @@ build:
 	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nbdroot
 
 # deps installs only what is missing, so a second run is quick and silent.
+# It says in one line what it installs; apt's output is shown only if apt
+# fails.
 deps:
 	@missing=$$(for p in $(APT_PKGS); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
 	done); \
 	if [ -n "$$missing" ]; then \
-		echo "deps: installing $$missing"; \
+		echo "deps: installing" $$missing; \
 		SUDO=$$( [ $$(id -u) -eq 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		log=$$(mktemp); \
+		if ! { $$SUDO apt-get update -qq && \
+			$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		} >$$log 2>&1; then \
+			cat $$log >&2; rm -f $$log; echo "deps: apt-get failed" >&2; exit 1; \
+		fi; \
+		rm -f $$log; \
 	fi
 	@$(GO) mod download
 
@@ -49,7 +59,9 @@ test-short: build
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@$(GO) mod tidy -diff || { echo "go.mod or go.sum is not tidy: run go mod tidy" >&2; exit 1; }
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 fuzz:
 	@for pkg in $$($(GO) list ./...); do \

@@ -162,62 +162,59 @@ func SplitCmdline(cmdline string) (args []string, initArgs []string) {
 	return args, initArgs
 }
 
-// cmdFamily says which command-line argument family a belongs to, or "" if
-// nbdroot ignores it. Within a family the last argument wins, as in the
-// kernel; different families that set one key to different values are a
-// contradiction.
-func cmdFamily(a karg) string {
-	switch a.name {
-	case "nbdroot", "nbddev", "root", "netroot", "ip", "rootfstype", "rootflags", "init":
-		if a.name != "nbdroot" && !a.hasVal {
-			return ""
-		}
-		return a.name
-	case "ro", "rw":
+// cmdRule says how nbdroot reads a kernel argument: the family it belongs
+// to ("" if nbdroot ignores it) and its parser. Within a family the last
+// argument wins, as in the kernel; different families that set one key to
+// different values are a contradiction. Besides nbdroot.KEY=VALUE and the
+// aliases named by Spec's cmdline tags (rootfstype=…), nbdroot reads the
+// grammars of nbdroot=, nbddev=, root=, netroot=, ip=, ro and rw.
+func cmdRule(a karg) (family string, parse func() ([]assign, error)) {
+	v := a.val
+	key := func(name string, val any) func() ([]assign, error) {
+		return func() ([]assign, error) { return keyIndex()[name].assigns(val) }
+	}
+	switch {
+	case a.name == "nbdroot":
+		return a.name, func() ([]assign, error) { return parseNbdroot(v) }
+	case a.name == "ro" || a.name == "rw":
 		if a.hasVal {
-			return "" // the kernel only honours bare ro and rw
+			return "", nil // the kernel only honours bare ro and rw
 		}
-		return "ro/rw"
+		return "ro/rw", key("root.read_only", a.name == "ro")
+	case strings.HasPrefix(a.name, "nbdroot."):
+		return a.name, func() ([]assign, error) { return parseKeyArg(a) }
+	case !a.hasVal:
+		return "", nil
 	}
-	if strings.HasPrefix(a.name, "nbdroot.") {
-		return a.name
+	switch a.name {
+	case "nbddev":
+		return a.name, func() ([]assign, error) {
+			n, err := parseNbdDev(v)
+			if err != nil {
+				return nil, err
+			}
+			return keyIndex()["device.index"].assigns(int64(n))
+		}
+	case "root", "netroot":
+		return a.name, func() ([]assign, error) { return parseRoot(v, a.name == "root") }
+	case "ip":
+		return a.name, func() ([]assign, error) { return parseIP(v) }
 	}
-	return ""
+	for _, k := range keyTable() {
+		if k.alias == a.name {
+			return a.name, key(k.name, v)
+		}
+	}
+	return "", nil
 }
 
-// cmdAssigns parses one recognized argument into key assignments.
-func cmdAssigns(a karg, keys map[string]*keyDef) ([]assign, error) {
-	v := a.val
-	key := func(name string, val any) ([]assign, error) { return keys[name].assigns(val) }
-	switch a.name {
-	case "nbdroot":
-		return parseNbdroot(v)
-	case "nbddev":
-		n, err := parseNbdDev(v)
-		if err != nil {
-			return nil, err
-		}
-		return key("device.index", int64(n))
-	case "root", "netroot":
-		return parseRoot(v, a.name == "root", keys)
-	case "ip":
-		return parseIP(v, keys)
-	case "rootfstype":
-		return key("root.fstype", v)
-	case "rootflags":
-		return key("root.flags", v)
-	case "init":
-		return key("root.init", v)
-	case "ro":
-		return key("root.read_only", true)
-	case "rw":
-		return key("root.read_only", false)
-	}
+// parseKeyArg parses nbdroot.KEY=VALUE.
+func parseKeyArg(a karg) ([]assign, error) {
 	name := strings.TrimPrefix(a.name, "nbdroot.")
-	k, ok := keys[name]
+	k, ok := keyIndex()[name]
 	if !ok {
 		msg := "unknown key"
-		if s := suggest(name, knownCmdKeys(keys)); s != "" {
+		if s := suggest(name, append([]string{"config"}, knownKeys()...)); s != "" {
 			msg += " (did you mean nbdroot." + s + "?)"
 		}
 		return nil, errors.New(msg)
@@ -225,19 +222,11 @@ func cmdAssigns(a karg, keys map[string]*keyDef) ([]assign, error) {
 	if !a.hasVal {
 		return nil, fmt.Errorf("needs a value: nbdroot.%s=VALUE", name)
 	}
-	val, err := fromString(k.kind, v)
+	val, err := fromString(k.kind, a.val)
 	if err != nil {
 		return nil, err
 	}
 	return k.assigns(val)
-}
-
-func knownCmdKeys(keys map[string]*keyDef) []string {
-	out := []string{"config"}
-	for _, k := range keyTable() {
-		out = append(out, k.name)
-	}
-	return out
 }
 
 // parseNbdroot parses Debian's nbdroot= value (and nbdroot's URI forms).
@@ -245,10 +234,7 @@ func parseNbdroot(v string) ([]assign, error) {
 	if strings.Contains(v, ",") && !isURI(v) {
 		return parseNbdrootCommas(v)
 	}
-	t, err := parseTarget(v, true)
-	if err == nil {
-		err = checkBootTarget(t, 1)
-	}
+	t, err := bootTarget(v, true, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -262,35 +248,17 @@ func parseNbdrootCommas(v string) ([]assign, error) {
 		return nil, errors.New("too many commas (want HOST,PORT or HOST,NAME,nbdN)")
 	}
 	ep := Endpoint{Port: DefaultPort}
-	host := parts[0]
-	switch {
-	case host == "" || host == "dhcp":
-		ep.HostFromDHCP = true
-	case strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]"):
-		a, err := netip.ParseAddr(host[1 : len(host)-1])
-		if err != nil || !a.Is6() {
-			return nil, fmt.Errorf("%q is not an IPv6 address", host[1:len(host)-1])
-		}
-		ep.Host = a.String()
-	default:
-		h, err := checkHost(host)
-		if err != nil {
-			return nil, err
-		}
-		ep.Host = h
-	}
-	second := parts[1]
-	if second != "" && strings.Trim(second, "0123456789") == "" {
-		p, err := parsePort(second)
-		if err != nil {
-			return nil, err
-		}
-		ep.Port = p
+	var err error
+	if host := parts[0]; strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		ep.Host, _, err = cutBracketed(host, "")
 	} else {
-		ep.Export = second
-		if err := checkExport(second); err != nil {
-			return nil, err
-		}
+		err = ep.setHost(host)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := ep.setPortOrName(parts[1]); err != nil {
+		return nil, err
 	}
 	out, err := serverAssigns([]target{{ep: ep}})
 	if err != nil {
@@ -350,19 +318,16 @@ func smallInt(s string, max int) (int, error) {
 
 // parseRoot parses root= and netroot=. Values that are not nbdroot's
 // (root=/dev/sda1, netroot=iscsi:…) set nothing.
-func parseRoot(v string, isRoot bool, keys map[string]*keyDef) ([]assign, error) {
+func parseRoot(v string, isRoot bool) ([]assign, error) {
 	switch {
 	case isURI(v) && (strings.HasPrefix(v, "nbd") || strings.HasPrefix(v, "NBD")):
-		t, err := parseTarget(v, false)
-		if err == nil {
-			err = checkBootTarget(t, 1)
-		}
+		t, err := bootTarget(v, false, 1)
 		if err != nil {
 			return nil, err
 		}
 		return serverAssigns([]target{t})
 	case strings.HasPrefix(v, "nbd:"):
-		return parseDracut(v[len("nbd:"):], keys)
+		return parseDracut(v[len("nbd:"):])
 	case isRoot && strings.HasPrefix(v, "/dev/nbd"):
 		n, part, err := parseDevNbd(v)
 		if err != nil {
@@ -378,20 +343,12 @@ func parseRoot(v string, isRoot bool, keys map[string]*keyDef) ([]assign, error)
 
 // parseDracut parses dracut's SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]
 // (after "nbd:"). SERVER may be a bracketed IPv6 address.
-func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
+func parseDracut(v string) ([]assign, error) {
 	var host, rest string
 	if strings.HasPrefix(v, "[") {
-		i := strings.IndexByte(v, ']')
-		if i < 0 {
-			return nil, fmt.Errorf("IPv6 address %q has no closing ]", v)
-		}
-		a, err := netip.ParseAddr(v[1:i])
-		if err != nil || !a.Is6() {
-			return nil, fmt.Errorf("%q is not an IPv6 address", v[1:i])
-		}
-		host, rest = a.String(), v[i+1:]
-		if rest != "" && rest[0] != ':' {
-			return nil, fmt.Errorf("unexpected %q after ]", rest)
+		var err error
+		if host, rest, err = cutBracketed(v, ":"); err != nil {
+			return nil, err
 		}
 		rest = strings.TrimPrefix(rest, ":")
 	} else {
@@ -399,11 +356,10 @@ func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
 		if host == "" {
 			return nil, errors.New("no server (want nbd:SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]])")
 		}
-		h, err := checkHost(host)
-		if err != nil {
+		var err error
+		if host, err = checkHost(host); err != nil {
 			return nil, err
 		}
-		host = h
 	}
 	fields := strings.SplitN(rest, ":", 4)
 	for len(fields) < 4 {
@@ -411,32 +367,15 @@ func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
 	}
 	portOrName, fstype, flags, opts := fields[0], fields[1], fields[2], fields[3]
 	ep := Endpoint{Host: host, Port: DefaultPort}
-	if portOrName != "" && strings.Trim(portOrName, "0123456789") == "" {
-		p, err := parsePort(portOrName)
-		if err != nil {
-			return nil, err
-		}
-		ep.Port = p
-	} else {
-		ep.Export = portOrName
-		if err := checkExport(portOrName); err != nil {
-			return nil, err
-		}
+	if err := ep.setPortOrName(portOrName); err != nil {
+		return nil, err
 	}
 	out, err := serverAssigns([]target{{ep: ep}})
 	if err != nil {
 		return nil, err
 	}
-	add := func(key string, val any) error {
-		as, err := keys[key].assigns(val)
-		if err != nil {
-			return fmt.Errorf("%s: %v", key, err)
-		}
-		out = append(out, as...)
-		return nil
-	}
 	if fstype != "" {
-		if err := add("root.fstype", fstype); err != nil {
+		if out, err = addKey(out, "root.fstype", "root.fstype", fstype); err != nil {
 			return nil, err
 		}
 	}
@@ -454,13 +393,13 @@ func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
 			}
 		}
 		if len(rest) > 0 {
-			if err := add("root.flags", strings.Join(rest, ",")); err != nil {
+			if out, err = addKey(out, "root.flags", "root.flags", strings.Join(rest, ",")); err != nil {
 				return nil, err
 			}
 		}
 	}
 	if opts != "" {
-		as, err := parseNBDOpts(opts, keys)
+		as, err := parseNBDOpts(opts)
 		if err != nil {
 			return nil, err
 		}
@@ -470,7 +409,7 @@ func parseDracut(v string, keys map[string]*keyDef) ([]assign, error) {
 }
 
 // parseNBDOpts maps dracut's comma-separated nbd-client options.
-func parseNBDOpts(opts string, keys map[string]*keyDef) ([]assign, error) {
+func parseNBDOpts(opts string) ([]assign, error) {
 	var out []assign
 	for _, o := range strings.Split(opts, ",") {
 		if o == "" {
@@ -516,13 +455,21 @@ func parseNBDOpts(opts string, keys map[string]*keyDef) ([]assign, error) {
 			}
 			v = time.Duration(n) * time.Second
 		}
-		as, err := keys[key].assigns(v)
-		if err != nil {
-			return nil, fmt.Errorf("NBD option %q: %v", o, err)
+		if out, err = addKey(out, fmt.Sprintf("NBD option %q", o), key, v); err != nil {
+			return nil, err
 		}
-		out = append(out, as...)
 	}
 	return out, nil
+}
+
+// addKey appends what key = v sets to out; what names the input in an
+// error.
+func addKey(out []assign, what, key string, v any) ([]assign, error) {
+	as, err := keyIndex()[key].assigns(v)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", what, err)
+	}
+	return append(out, as...), nil
 }
 
 // splitIPFields splits ip='s value on colons outside [brackets].
@@ -571,7 +518,7 @@ func ipAddrField(name, s string) (netip.Addr, error) {
 // parseIP parses the kernel's ip= (Documentation/admin-guide/nfs/nfsroot.rst):
 // CLIENT:SERVER:GW:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1:NTP0, its
 // keywords, and dracut's DEVICE:AUTOCONF.
-func parseIP(v string, keys map[string]*keyDef) ([]assign, error) {
+func parseIP(v string) ([]assign, error) {
 	f := splitIPFields(v)
 	if len(f) == 1 && f[0] != "" {
 		if !strings.ContainsAny(f[0], ".:[") { // a keyword, not a client address
@@ -586,11 +533,7 @@ func parseIP(v string, keys map[string]*keyDef) ([]assign, error) {
 		if mode, err := autoconf(f[1]); err == nil && f[1] != "" {
 			if _, err := netip.ParseAddr(strings.Trim(f[0], "[]")); err != nil {
 				// dracut's ip=DEVICE:AUTOCONF.
-				as, err := keys["network.interfaces"].assigns([]string{f[0]})
-				if err != nil {
-					return nil, fmt.Errorf("device: %v", err)
-				}
-				return append(as, assign{"network.mode", string(mode)}), nil
+				return addKey([]assign{{"network.mode", string(mode)}}, "device", "network.interfaces", []string{f[0]})
 			}
 		}
 	}
@@ -645,18 +588,14 @@ func parseIP(v string, keys map[string]*keyDef) ([]assign, error) {
 		out = append(out, assign{"network.gateway", a.String()})
 	}
 	if host != "" {
-		as, err := keys["network.hostname"].assigns(host)
-		if err != nil {
-			return nil, fmt.Errorf("hostname: %v", err)
+		if out, err = addKey(out, "hostname", "network.hostname", host); err != nil {
+			return nil, err
 		}
-		out = append(out, as...)
 	}
 	if dev != "" {
-		as, err := keys["network.interfaces"].assigns([]string{dev})
-		if err != nil {
-			return nil, fmt.Errorf("device: %v", err)
+		if out, err = addKey(out, "device", "network.interfaces", []string{dev}); err != nil {
+			return nil, err
 		}
-		out = append(out, as...)
 	}
 	var dns []string
 	for i, d := range []string{dns0, dns1} {

@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
@@ -17,32 +17,20 @@ import (
 // nbdroot.config= names one. It may be absent.
 const DefaultConfigPath = "/etc/nbdroot.toml"
 
-// Defaults returns the built-in spec: the lowest layer of Resolve. It names
-// no server.
+// Defaults returns the built-in spec, made of the default tags of Spec's
+// fields: the lowest layer of Resolve. It names no server.
 func Defaults() Spec {
-	return Spec{
-		Server: Server{
-			ConnectTimeout:   5 * time.Second,
-			HandshakeTimeout: 10 * time.Second,
-			Deadline:         5 * time.Minute,
-			BackoffInitial:   250 * time.Millisecond,
-			BackoffMax:       5 * time.Second,
-		},
-		TLS: TLS{VerifyPeer: true},
-		Device: Device{
-			Index:           AutoIndex,
-			Interface:       InterfaceAuto,
-			DeadConnTimeout: 2 * time.Minute,
-			Connections:     1,
-		},
-		Network: Network{
-			Mode:        NetworkDHCP,
-			LinkTimeout: 10 * time.Second,
-			DHCPTimeout: 30 * time.Second,
-		},
-		Root: Root{ReadOnly: true, Overlay: OverlayNone},
-		Boot: Boot{OnFailure: FailShell, FailureDelay: 10 * time.Second, LogLevel: "info"},
+	var s Spec
+	keys := keyIndex()
+	for _, k := range keys {
+		if k.def == "" {
+			continue
+		}
+		if err := s.setText(keys, k, k.def); err != nil {
+			panic("config: default of " + err.Error())
+		}
 	}
+	return s
 }
 
 // Sources are the inputs of Resolve.
@@ -159,7 +147,6 @@ type rec struct {
 
 // resolver accumulates layers into a Spec.
 type resolver struct {
-	keys    map[string]*keyDef
 	spec    Spec
 	recs    map[string]rec
 	implied map[string]string
@@ -167,7 +154,7 @@ type resolver struct {
 }
 
 func newResolver() *resolver {
-	return &resolver{keys: keyIndex(), spec: Defaults(), recs: map[string]rec{}, implied: map[string]string{}}
+	return &resolver{spec: Defaults(), recs: map[string]rec{}, implied: map[string]string{}}
 }
 
 func (r *resolver) fail(o origin, msg string) {
@@ -201,7 +188,7 @@ func (r *resolver) apply(as []assign, o origin) {
 			r.fail(o, fmt.Sprintf("sets %s = %s, but %s sets %s = %s", a.key, lit, desc(prev.origin), a.key, prev.lit))
 			continue
 		}
-		r.keys[a.key].set(&r.spec, a.val)
+		keyIndex()[a.key].set(&r.spec, a.val)
 		r.recs[a.key] = rec{o, lit}
 	}
 }
@@ -249,14 +236,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 	}
 	tables := map[string]map[string]toml.Primitive{}
 	bad := map[string]bool{}
-	isSection := map[string]bool{}
-	for _, s := range sections() {
-		isSection[s] = true
-	}
-	var known []string
-	for _, k := range keyTable() {
-		known = append(known, k.name)
-	}
+	known := knownKeys()
 	for _, k := range md.Keys() {
 		if bad[k[0]] || len(k) > 2 && bad[k[0]+"."+k[1]] {
 			continue
@@ -266,7 +246,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 			line := lineOf(&md, top[k[0]])
 			o := origin{layer: layerFile, source: at(line), field: name}
 			switch {
-			case !isSection[k[0]]:
+			case !slices.Contains(sections(), k[0]):
 				bad[k[0]] = true
 				r.fail(o, unknownKeyMsg(k[0], sections(), known))
 			case md.Type(k[0]) != "Hash":
@@ -296,8 +276,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 			}
 			parent := k[0] + "." + k[1]
 			bad[parent] = true
-			if _, ok := r.keys[parent]; ok {
-				def := r.keys[parent]
+			if def, ok := keyIndex()[parent]; ok {
 				r.fail(origin{source: at(line), field: parent}, "is a table; want "+def.kind.want())
 			} else {
 				r.fail(origin{source: at(line), field: parent}, unknownKeyMsg(parent, known, nil))
@@ -307,7 +286,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 		p := sec[k[1]]
 		o := origin{layer: layerFile, family: name, source: at(lineOf(&md, p)), field: name}
 		o.text = o.source
-		def, ok := r.keys[name]
+		def, ok := keyIndex()[name]
 		if !ok {
 			bad[name] = true
 			r.fail(o, unknownKeyMsg(name, known, nil))
@@ -350,12 +329,12 @@ func unknownKeyMsg(name string, known, leaves []string) string {
 func (r *resolver) loadCmdline(args, initArgs []karg) {
 	last := map[string]int{}
 	for i, a := range args {
-		if f := cmdFamily(a); f != "" {
+		if f, _ := cmdRule(a); f != "" {
 			last[f] = i
 		}
 	}
 	for i, a := range args {
-		f := cmdFamily(a)
+		f, parse := cmdRule(a)
 		if f == "" || last[f] != i || f == "nbdroot.config" {
 			continue
 		}
@@ -364,7 +343,7 @@ func (r *resolver) loadCmdline(args, initArgs []karg) {
 			r.fail(o, "value is not valid UTF-8")
 			continue
 		}
-		as, err := cmdAssigns(a, r.keys)
+		as, err := parse()
 		if err != nil {
 			r.fail(o, err.Error())
 			continue
@@ -558,21 +537,13 @@ func specEqual(a, b Spec) bool {
 	return reflect.DeepEqual(normalize(a), normalize(b))
 }
 
+// normalize makes the empty lists of s nil.
 func normalize(s Spec) Spec {
-	if len(s.Server.Endpoints) == 0 {
-		s.Server.Endpoints = nil
-	}
-	if len(s.Network.Interfaces) == 0 {
-		s.Network.Interfaces = nil
-	}
-	if len(s.Network.DNS) == 0 {
-		s.Network.DNS = nil
-	}
-	if len(s.Root.InitArgs) == 0 {
-		s.Root.InitArgs = nil
-	}
-	if len(s.Boot.Modules) == 0 {
-		s.Boot.Modules = nil
+	v := reflect.ValueOf(&s).Elem()
+	for _, k := range keyTable() {
+		if f := v.FieldByIndex(k.field); k.kind == kList && f.Len() == 0 {
+			f.SetZero()
+		}
 	}
 	return s
 }

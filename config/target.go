@@ -63,18 +63,9 @@ func parseHostForm(s string) (Endpoint, error) {
 	ep := Endpoint{Port: DefaultPort}
 	var rest string
 	if strings.HasPrefix(s, "[") {
-		i := strings.IndexByte(s, ']')
-		if i < 0 {
-			return ep, fmt.Errorf("IPv6 address %q has no closing ]", s)
-		}
-		a, err := netip.ParseAddr(s[1:i])
-		if err != nil || !a.Is6() {
-			return ep, fmt.Errorf("%q is not an IPv6 address", s[1:i])
-		}
-		ep.Host = a.String()
-		rest = s[i+1:]
-		if rest != "" && rest[0] != ':' && rest[0] != '/' {
-			return ep, fmt.Errorf("unexpected %q after ]", rest)
+		var err error
+		if ep.Host, rest, err = cutBracketed(s, ":/"); err != nil {
+			return ep, err
 		}
 	} else {
 		i := strings.IndexAny(s, ":/")
@@ -89,14 +80,8 @@ func parseHostForm(s string) (Endpoint, error) {
 			}
 			return ep, fmt.Errorf("%q has more than one colon before the export name (IPv6 addresses go in brackets)", hostPart)
 		}
-		if host == "" || host == "dhcp" {
-			ep.HostFromDHCP = true
-		} else {
-			h, err := checkHost(host)
-			if err != nil {
-				return ep, err
-			}
-			ep.Host = h
+		if err := ep.setHost(host); err != nil {
+			return ep, err
 		}
 	}
 	switch {
@@ -120,6 +105,47 @@ func parseHostForm(s string) (Endpoint, error) {
 		ep.Export = rest[1:]
 	}
 	return ep, checkExport(ep.Export)
+}
+
+// cutBracketed parses the bracketed IPv6 address that starts s
+// ("[2001:db8::1]:10809/x") and returns it in canonical form, and the rest
+// of s, which must be empty or start with one of the bytes in next.
+func cutBracketed(s, next string) (host, rest string, err error) {
+	i := strings.IndexByte(s, ']')
+	if i < 0 {
+		return "", "", fmt.Errorf("IPv6 address %q has no closing ]", s)
+	}
+	a, err := netip.ParseAddr(s[1:i])
+	if err != nil || !a.Is6() {
+		return "", "", fmt.Errorf("%q is not an IPv6 address", s[1:i])
+	}
+	if rest = s[i+1:]; rest != "" && !strings.Contains(next, rest[:1]) {
+		return "", "", fmt.Errorf("unexpected %q after ]", rest)
+	}
+	return a.String(), rest, nil
+}
+
+// setPortOrName reads a field that is a port when it is all digits and an
+// export name otherwise (Debian's HOST,PORT|NAME, dracut's SERVER:PORT|NAME).
+func (e *Endpoint) setPortOrName(s string) error {
+	if s != "" && strings.Trim(s, "0123456789") == "" {
+		p, err := parsePort(s)
+		e.Port = p
+		return err
+	}
+	e.Export = s
+	return checkExport(s)
+}
+
+// setHost reads a DNS name or an IPv4 address, or "" or "dhcp" for the
+// DHCP server (Debian's forms).
+func (e *Endpoint) setHost(h string) (err error) {
+	if h == "" || h == "dhcp" {
+		e.HostFromDHCP = true
+		return nil
+	}
+	e.Host, err = checkHost(h)
+	return err
 }
 
 // checkHost validates a DNS name or an IPv4 literal and returns it in
@@ -276,24 +302,15 @@ func parseURI(s string) (target, error) {
 		}
 		t.ep.Port = port
 	}
-	host := u.Hostname()
-	switch {
+	switch host := u.Hostname(); {
 	case host == "":
 		t.ep.HostFromDHCP = true
 	case strings.HasPrefix(u.Host, "["):
-		a, err := netip.ParseAddr(host)
-		if err != nil || !a.Is6() {
-			return t, fmt.Errorf("%q is not an IPv6 address", host)
-		}
-		t.ep.Host = a.String()
+		t.ep.Host, _, err = cutBracketed(u.Host, ":")
 	default:
-		h, err := checkHost(host)
-		if err != nil {
-			return t, err
-		}
-		t.ep.Host = h
+		t.ep.Host, err = checkHost(host)
 	}
-	return t, nil
+	return t, err
 }
 
 // String returns the endpoint in the form nbdroot reads back: Debian's
@@ -330,10 +347,7 @@ func expandServers(v any) ([]assign, error) {
 	list := v.([]string)
 	ts := make([]target, 0, len(list))
 	for _, s := range list {
-		t, err := parseTarget(s, true)
-		if err == nil {
-			err = checkBootTarget(t, len(list))
-		}
+		t, err := bootTarget(s, true, len(list))
 		if err != nil {
 			return nil, fmt.Errorf("%q: %v", s, err)
 		}
@@ -342,15 +356,18 @@ func expandServers(v any) ([]assign, error) {
 	return serverAssigns(ts)
 }
 
-// checkBootTarget rejects what parses but cannot be booted from.
-func checkBootTarget(t target, n int) error {
-	if t.dhcp && n > 1 {
-		return errors.New("the server from DHCP's root-path cannot be combined with other servers")
+// bootTarget parses one of n server strings and rejects what parses but
+// cannot be booted from.
+func bootTarget(s string, withDHCP bool, n int) (target, error) {
+	t, err := parseTarget(s, withDHCP)
+	switch {
+	case err != nil:
+	case t.dhcp && n > 1:
+		err = errors.New("the server from DHCP's root-path cannot be combined with other servers")
+	case t.ep.Socket != "":
+		err = errors.New("a Unix socket is for probe, list and attach on a running system; boot needs a TCP server")
 	}
-	if t.ep.Socket != "" {
-		return errors.New("a Unix socket is for probe, list and attach on a running system; boot needs a TCP server")
-	}
-	return nil
+	return t, err
 }
 
 // serverAssigns returns what a list of parsed servers sets: server.servers

@@ -152,7 +152,7 @@ func (d *Device) Serve(sock int, p Params, ready func()) error {
 
 // configure runs the setup ioctls in the order the kernel expects.
 func (d *Device) configure(sock int, p Params) error {
-	if err := nbddev.CheckBlockSize(uint64(p.BlockSize)); err != nil {
+	if err := nbddev.CheckBlockSize(int64(p.BlockSize)); err != nil {
 		return d.err("", fmt.Errorf("block size %w", err))
 	}
 	if p.Size == 0 || p.Size%uint64(p.BlockSize) != 0 {

@@ -41,7 +41,7 @@ func TestValidBlockSize(t *testing.T) {
 		{512, true}, {1024, true}, {2048, true}, {page, true},
 		{0, false}, {256, false}, {768, false}, {3000, false}, {2 * page, false},
 	} {
-		if err := nbddev.CheckBlockSize(uint64(tc.bs)); (err == nil) != tc.ok {
+		if err := nbddev.CheckBlockSize(int64(tc.bs)); (err == nil) != tc.ok {
 			t.Errorf("validBlockSize(%d) = %v, want ok=%v", tc.bs, err, tc.ok)
 		}
 	}

@@ -28,12 +28,13 @@ const MinBlockSize = 512
 
 // MaxBlockSize is the largest logical block size the block layer accepts:
 // the page size (Linux 6.1's blk_validate_block_size).
-func MaxBlockSize() uint64 { return uint64(os.Getpagesize()) }
+func MaxBlockSize() int64 { return int64(os.Getpagesize()) }
 
 // CheckBlockSize reports whether bs is a logical block size the kernel
 // accepts: a power of two from MinBlockSize to MaxBlockSize. Its error is
-// the rule in words, for callers to prefix with the input's name.
-func CheckBlockSize(bs uint64) error {
+// the rule in words, for callers to prefix with the input's name. It takes
+// a signed size so that a negative input is named as it was given.
+func CheckBlockSize(bs int64) error {
 	if bs < MinBlockSize || bs > MaxBlockSize() || bs&(bs-1) != 0 {
 		return fmt.Errorf("%d is not a power of two between %d and %d", bs, MinBlockSize, MaxBlockSize())
 	}

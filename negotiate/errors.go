@@ -97,3 +97,30 @@ func sanitize(s string) string {
 		return r
 	}, s)
 }
+
+// notFoundError reports an export missing from NBD_OPT_LIST.
+type notFoundError struct {
+	name   string
+	offers []Export
+}
+
+func (e *notFoundError) Error() string {
+	if len(e.offers) == 0 {
+		return fmt.Sprintf("negotiate: export %q not found on server; it lists no exports", e.name)
+	}
+	const show = 20
+	names := make([]string, 0, min(len(e.offers), show))
+	for i, ex := range e.offers {
+		if i == show {
+			break
+		}
+		names = append(names, sanitize(ex.Name))
+	}
+	more := ""
+	if len(e.offers) > show {
+		more = fmt.Sprintf(" and %d more", len(e.offers)-show)
+	}
+	return fmt.Sprintf("negotiate: export %q not found on server; it offers: %s%s", e.name, strings.Join(names, ", "), more)
+}
+
+func (e *notFoundError) Is(target error) bool { return target == ErrExportNotFound }

@@ -3,16 +3,11 @@ package negotiate
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"os"
-	"slices"
-	"strings"
-	"syscall"
 	"time"
 )
 
@@ -125,13 +120,9 @@ func List(ctx context.Context, conn net.Conn, opts Options) ([]Export, error) {
 // is not handed to the kernel, then closes it. The write is bounded by
 // DefaultTimeout.
 func Disconnect(conn net.Conn) error {
-	var req [28]byte
-	binary.BigEndian.PutUint32(req[0:], magicRequest)
-	binary.BigEndian.PutUint16(req[4:], 0) // command flags
-	binary.BigEndian.PutUint16(req[6:], cmdDisc)
-	// handle, offset and length stay zero.
+	req, _ := request{Type: cmdDisc}.MarshalBinary()
 	_ = conn.SetWriteDeadline(time.Now().Add(DefaultTimeout))
-	_, werr := conn.Write(req[:])
+	_, werr := conn.Write(req)
 	cerr := conn.Close()
 	if werr != nil {
 		return fmt.Errorf("negotiate: sending NBD_CMD_DISC: %w", werr)
@@ -168,7 +159,7 @@ type session struct {
 	// handshake and resets the connection right there if it refuses it.
 	firstAfterTLS bool
 
-	buf [zeroPad + 12]byte // scratch for fixed-size reads
+	buf []byte // scratch for reads, reused; see scratch
 }
 
 // begin validates opts, arms the deadline and the cancellation, and returns
@@ -201,6 +192,7 @@ func begin(ctx context.Context, conn net.Conn, opts Options) (*session, error) {
 		conn:      conn,
 		deadline:  now.Add(timeout),
 		cancelled: make(chan struct{}),
+		buf:       make([]byte, 0, oldstyleLen), // the largest fixed-size record
 	}
 	if d, ok := ctx.Deadline(); ok && !d.After(s.deadline) {
 		s.deadline, s.ctxSets = d, true
@@ -230,16 +222,8 @@ func (s *session) fail(err error) error {
 // left, then closes the connection (shutting TLS down first).
 func (s *session) end() {
 	live := s.ctx.Err() == nil && time.Now().Before(s.deadline)
-	if s.canAbort && live && s.sendOption(OptAbort, nil) == nil {
-		// Give the server a moment to send its NBD_REP_ACK (or hang
-		// up), so that neither side is left writing to a peer that no
-		// longer reads; the reply itself does not matter.
-		wait := time.Now().Add(abortGrace)
-		if s.deadline.Before(wait) {
-			wait = s.deadline
-		}
-		_ = s.conn.SetReadDeadline(wait)
-		_, _ = io.ReadFull(s.conn, s.buf[:20])
+	if s.canAbort && live {
+		s.abort()
 	}
 	if tc, ok := s.conn.(*tls.Conn); ok && live {
 		// tls.Conn.Close sends close_notify under a write deadline of its
@@ -251,497 +235,23 @@ func (s *session) end() {
 	s.raw.Close()
 }
 
-// handshake runs the whole negotiation for Handshake.
-func (s *session) handshake() (*Export, error) {
-	name := s.opts.Export
-	if err := s.greet(true); err != nil {
-		return nil, fmt.Errorf("negotiate: greeting: %w", err)
+// scratch returns n bytes of the session's scratch buffer, growing it as
+// needed and keeping what it held. The next read may overwrite them.
+func (s *session) scratch(n int) []byte {
+	if cap(s.buf) < n {
+		s.buf = append(s.buf[:cap(s.buf)], make([]byte, n-cap(s.buf))...)
 	}
-	if s.oldstyle != nil {
-		return s.oldstyle, nil
-	}
-	if !s.fixed {
-		// Non-fixed newstyle knows one option only.
-		ex, err := s.exportName(name)
-		if err != nil {
-			return nil, fmt.Errorf("negotiate: NBD_OPT_EXPORT_NAME %q: %w", name, err)
-		}
-		return ex, nil
-	}
-	if s.opts.TLS != nil {
-		if err := s.startTLS(); err != nil {
-			return nil, err
-		}
-	}
-
-	ex, err := s.info(OptGo, name)
-	if err == nil {
-		ex.Path = PathGo
-		return ex, nil
-	}
-	var oe *OptionError
-	if !errors.As(err, &oe) || oe.Code != RepErrUnsup {
-		return nil, fmt.Errorf("negotiate: NBD_OPT_GO %q: %w", name, err)
-	}
-
-	// An older server: NBD_OPT_EXPORT_NAME cannot report errors, so look
-	// the name up first to turn a typo into a clear message. The default
-	// export need not be listed.
-	if name != "" {
-		exports, err := s.list()
-		switch {
-		case err == nil:
-			if !slices.ContainsFunc(exports, func(e Export) bool { return e.Name == name }) {
-				return nil, &notFoundError{name: name, offers: exports}
-			}
-		case errors.As(err, &oe) && oe.Code != RepErrTLSReqd && oe.Code != RepErrShutdown:
-			// Listing is optional (unsupported, or forbidden by
-			// policy): go ahead without it.
-		default:
-			return nil, fmt.Errorf("negotiate: NBD_OPT_LIST: %w", err)
-		}
-	}
-	ex, err = s.exportName(name)
-	if err != nil {
-		return nil, fmt.Errorf("negotiate: NBD_OPT_EXPORT_NAME %q: %w", name, err)
-	}
-	return ex, nil
+	return s.buf[:n]
 }
 
-// listAll runs the negotiation for List.
-func (s *session) listAll() ([]Export, error) {
-	if err := s.greet(false); err != nil {
-		return nil, fmt.Errorf("negotiate: greeting: %w", err)
-	}
-	if s.oldstyle != nil {
-		return nil, errors.New("negotiate: greeting: the server uses oldstyle negotiation, which cannot list exports")
-	}
-	if !s.fixed {
-		return nil, errors.New("negotiate: greeting: the server uses non-fixed newstyle negotiation, which cannot list exports")
-	}
-	if s.opts.TLS != nil {
-		if err := s.startTLS(); err != nil {
-			return nil, err
-		}
-	}
-	exports, err := s.list()
-	if err != nil {
-		return nil, fmt.Errorf("negotiate: NBD_OPT_LIST: %w", err)
-	}
-	for i := range exports {
-		e := &exports[i]
-		ex, err := s.info(OptInfo, e.Name)
-		if err != nil {
-			var oe *OptionError
-			if !errors.As(err, &oe) || oe.Code == RepErrShutdown {
-				return nil, fmt.Errorf("negotiate: NBD_OPT_INFO %q: %w", e.Name, err)
-			}
-			if oe.Code == RepErrUnsup {
-				break // an older server: names and descriptions only
-			}
-			continue // refused for this export only
-		}
-		if ex.Description == "" {
-			ex.Description = e.Description
-		}
-		ex.Name = e.Name
-		*e = *ex
-	}
-	for i := range exports {
-		exports[i].TLSVersion, exports[i].TLSCipher = s.tlsVersion, s.tlsCipher
-	}
-	return exports, nil
-}
-
-// greet reads the server's greeting and, for newstyle, sends the client
-// flags. With forHandshake, an oldstyle greeting is refused if a name or TLS
-// was asked for.
-func (s *session) greet(forHandshake bool) error {
-	b := s.buf[:16]
-	if err := s.readFull(b, "reading the greeting"); err != nil {
-		return err
-	}
-	if m := binary.BigEndian.Uint64(b[0:]); m != magicInit {
-		return protocolError("bad greeting magic %#016x, want %#016x (\"NBDMAGIC\"); is this an NBD server?", m, magicInit)
-	}
-	switch m := binary.BigEndian.Uint64(b[8:]); m {
-	case magicOldstyle:
-		return s.greetOldstyle(forHandshake)
-	case magicOpt:
-	default:
-		return protocolError("bad greeting magic %#016x after NBDMAGIC, want %#016x (\"IHAVEOPT\", newstyle) or %#016x (oldstyle)", m, magicOpt, magicOldstyle)
-	}
-
-	b = s.buf[:2]
-	if err := s.readFull(b, "reading the handshake flags"); err != nil {
-		return err
-	}
-	hflags := binary.BigEndian.Uint16(b)
-	// Unknown handshake flags are ignored, as the spec asks.
-	s.fixed = hflags&hflagFixedNewstyle != 0
-	s.noZeroes = hflags&hflagNoZeroes != 0
-	if s.opts.TLS != nil && !s.fixed {
-		return fmt.Errorf("%w: the server uses non-fixed newstyle negotiation, which has no NBD_OPT_STARTTLS; refusing to continue without TLS", ErrTLSUnsupported)
-	}
-	// Only the flags the server offered, as the spec requires.
-	var cflags uint32
-	if s.fixed {
-		cflags |= cflagFixedNewstyle
-	}
-	if s.noZeroes {
-		cflags |= cflagNoZeroes
-	}
-	b = s.buf[:4]
-	binary.BigEndian.PutUint32(b, cflags)
-	if _, err := s.conn.Write(b); err != nil {
-		return s.ioError("sending the client flags", err)
-	}
-	s.canAbort = s.fixed
-	return nil
-}
-
-// greetOldstyle reads the rest of an oldstyle greeting, after the magic.
-func (s *session) greetOldstyle(forHandshake bool) error {
-	if forHandshake {
-		if s.opts.TLS != nil {
-			return fmt.Errorf("%w: the server uses oldstyle negotiation, which has no NBD_OPT_STARTTLS; refusing to continue without TLS", ErrTLSUnsupported)
-		}
-		if s.opts.Export != "" {
-			return fmt.Errorf("the server uses oldstyle negotiation, which has no export names, so it cannot select export %q; leave the export name empty", s.opts.Export)
-		}
-	}
-	b := s.buf[:8+4+zeroPad]
-	if err := s.readFull(b, "reading the oldstyle greeting"); err != nil {
-		return err
-	}
-	size := binary.BigEndian.Uint64(b[0:])
-	flags := binary.BigEndian.Uint32(b[8:])
-	if flags>>16 != 0 {
-		return protocolError("oldstyle export flags %#08x have bits above the 16 transmission flags set", flags)
-	}
-	if err := checkSize(size); err != nil {
-		return err
-	}
-	s.oldstyle = &Export{Size: size, Flags: Flags(flags), Path: PathOldstyle}
-	return nil
-}
-
-// startTLS sends NBD_OPT_STARTTLS and runs the TLS handshake. Every failure
-// is fatal: Options.TLS means TLS or nothing.
-func (s *session) startTLS() error {
-	if err := s.sendOption(OptStartTLS, nil); err != nil {
-		return fmt.Errorf("negotiate: NBD_OPT_STARTTLS: %w", err)
-	}
-	typ, n, err := s.replyHeader(OptStartTLS)
-	if err != nil {
-		return fmt.Errorf("negotiate: NBD_OPT_STARTTLS: %w", err)
-	}
-	switch {
-	case typ == RepAck:
-		if n != 0 {
-			return fmt.Errorf("negotiate: NBD_OPT_STARTTLS: %w", protocolError("NBD_REP_ACK carries a %d-byte payload, want none", n))
-		}
-	case typ&RepErrBit != 0:
-		err := s.errorReply(OptStartTLS, typ, n)
-		var oe *OptionError
-		if errors.As(err, &oe) {
-			return fmt.Errorf("negotiate: NBD_OPT_STARTTLS: %w; refusing to continue without TLS (%w)", ErrTLSUnsupported, oe)
-		}
-		return fmt.Errorf("negotiate: NBD_OPT_STARTTLS: %w", err)
-	default:
-		return fmt.Errorf("negotiate: NBD_OPT_STARTTLS: %w", protocolError("unexpected %s reply", ReplyName(typ)))
-	}
-
-	cfg := s.opts.TLS.Clone()
-	if cfg.MinVersion < tls.VersionTLS12 {
-		cfg.MinVersion = tls.VersionTLS12
-	}
-	tc := tls.Client(s.raw, cfg)
-	if err := tc.HandshakeContext(s.ctx); err != nil {
-		// Too late for NBD_OPT_ABORT: the spec wants a hard disconnect.
-		return fmt.Errorf("negotiate: TLS handshake: %w", s.ioError("", err))
-	}
-	s.conn = tc
-	st := tc.ConnectionState()
-	s.tlsVersion, s.tlsCipher = st.Version, st.CipherSuite
-	s.canAbort = true
-	s.firstAfterTLS = true
-	return nil
-}
-
-// info sends NBD_OPT_GO or NBD_OPT_INFO for name, asking for the block size
-// constraints (and name and description), and reads the replies up to the
-// final one.
-func (s *session) info(opt uint32, name string) (*Export, error) {
-	reqs := []uint16{infoName, infoDescription, infoBlockSize}
-	if opt == OptInfo {
-		reqs = reqs[1:] // List already knows the name
-	}
-	data := make([]byte, 0, 4+len(name)+2+2*len(reqs))
-	data = binary.BigEndian.AppendUint32(data, uint32(len(name)))
-	data = append(data, name...)
-	data = binary.BigEndian.AppendUint16(data, uint16(len(reqs)))
-	for _, r := range reqs {
-		data = binary.BigEndian.AppendUint16(data, r)
-	}
-	if err := s.sendOption(opt, data); err != nil {
+// readPayload reads an n-byte reply payload into the scratch buffer; n is
+// bounded by replyHeader.
+func (s *session) readPayload(n uint32, what string) ([]byte, error) {
+	b := s.scratch(int(n))
+	if err := s.readFull(b, what); err != nil {
 		return nil, err
 	}
-
-	ex := &Export{Name: name}
-	var haveExport, haveBlock bool
-	for i := 0; ; i++ {
-		if i > maxInfoReplies {
-			return nil, protocolError("more than %d replies", maxInfoReplies)
-		}
-		typ, n, err := s.replyHeader(opt)
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case typ == RepInfo:
-			block, err := s.infoReply(n, ex)
-			if err != nil {
-				return nil, err
-			}
-			switch block {
-			case infoExport:
-				haveExport = true
-			case infoBlockSize:
-				haveBlock = true
-			}
-		case typ == RepAck:
-			if n != 0 {
-				return nil, protocolError("NBD_REP_ACK carries a %d-byte payload, want none", n)
-			}
-			if !haveExport {
-				return nil, protocolError("NBD_REP_ACK without the mandatory NBD_INFO_EXPORT")
-			}
-			if haveBlock {
-				if err := checkBlockSizes(ex.MinBlock, ex.PrefBlock, ex.MaxBlock, ex.Size); err != nil {
-					return nil, err
-				}
-			}
-			// After NBD_OPT_GO the transmission phase has begun.
-			s.canAbort = opt != OptGo
-			return ex, nil
-		case typ&RepErrBit != 0:
-			return nil, s.errorReply(opt, typ, n)
-		default:
-			return nil, protocolError("unexpected %s reply", ReplyName(typ))
-		}
-	}
-}
-
-// infoReply reads the payload of one NBD_REP_INFO of n bytes into ex and
-// returns its information type.
-func (s *session) infoReply(n uint32, ex *Export) (uint16, error) {
-	if n < 2 {
-		return 0, protocolError("NBD_REP_INFO of %d bytes, too short for the information type", n)
-	}
-	b := s.buf[:2]
-	if err := s.readFull(b, "reading NBD_REP_INFO"); err != nil {
-		return 0, err
-	}
-	typ := binary.BigEndian.Uint16(b)
-	n -= 2
-	switch typ {
-	case infoExport:
-		if n != 10 {
-			return 0, protocolError("NBD_INFO_EXPORT of %d bytes, want 12", n+2)
-		}
-		b := s.buf[:10]
-		if err := s.readFull(b, "reading NBD_INFO_EXPORT"); err != nil {
-			return 0, err
-		}
-		ex.Size = binary.BigEndian.Uint64(b[0:])
-		ex.Flags = Flags(binary.BigEndian.Uint16(b[8:]))
-		if err := checkSize(ex.Size); err != nil {
-			return 0, err
-		}
-	case infoBlockSize:
-		if n != 12 {
-			return 0, protocolError("NBD_INFO_BLOCK_SIZE of %d bytes, want 14", n+2)
-		}
-		b := s.buf[:12]
-		if err := s.readFull(b, "reading NBD_INFO_BLOCK_SIZE"); err != nil {
-			return 0, err
-		}
-		ex.MinBlock = binary.BigEndian.Uint32(b[0:])
-		ex.PrefBlock = binary.BigEndian.Uint32(b[4:])
-		ex.MaxBlock = binary.BigEndian.Uint32(b[8:])
-	case infoName, infoDescription:
-		str, err := s.readString(n, infoTypeName(typ))
-		if err != nil {
-			return 0, err
-		}
-		if typ == infoName {
-			ex.Name = str
-		} else {
-			ex.Description = str
-		}
-	default:
-		// Unknown information types are skipped, as the spec asks; n is
-		// bounded by replyHeader.
-		if _, err := io.CopyN(io.Discard, s.conn, int64(n)); err != nil {
-			return 0, s.ioError("skipping "+infoTypeName(typ), err)
-		}
-	}
-	return typ, nil
-}
-
-// list sends NBD_OPT_LIST and returns the exports, with name and description.
-func (s *session) list() ([]Export, error) {
-	if err := s.sendOption(OptList, nil); err != nil {
-		return nil, err
-	}
-	var exports []Export
-	total := 0
-	for {
-		typ, n, err := s.replyHeader(OptList)
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case typ == RepServer:
-			if len(exports) >= maxListEntries {
-				return nil, protocolError("more than %d NBD_REP_SERVER replies", maxListEntries)
-			}
-			if n < 4 {
-				return nil, protocolError("NBD_REP_SERVER of %d bytes, too short for the name length", n)
-			}
-			if n > 4+2*MaxStringSize {
-				return nil, protocolError("NBD_REP_SERVER of %d bytes, longer than a name and a description of %d bytes each", n, MaxStringSize)
-			}
-			if total += int(n); total > maxListBytes {
-				return nil, protocolError("NBD_OPT_LIST replies exceed %d bytes", maxListBytes)
-			}
-			b := make([]byte, n)
-			if err := s.readFull(b, "reading NBD_REP_SERVER"); err != nil {
-				return nil, err
-			}
-			nameLen := binary.BigEndian.Uint32(b)
-			if nameLen > n-4 {
-				return nil, protocolError("NBD_REP_SERVER name length %d exceeds the %d-byte payload", nameLen, n-4)
-			}
-			if nameLen > MaxStringSize || n-4-nameLen > MaxStringSize {
-				return nil, protocolError("NBD_REP_SERVER string longer than %d bytes", MaxStringSize)
-			}
-			exports = append(exports, Export{
-				Name:        string(b[4 : 4+nameLen]),
-				Description: string(b[4+nameLen:]),
-			})
-		case typ == RepAck:
-			if n != 0 {
-				return nil, protocolError("NBD_REP_ACK carries a %d-byte payload, want none", n)
-			}
-			s.canAbort = true
-			return exports, nil
-		case typ&RepErrBit != 0:
-			return nil, s.errorReply(OptList, typ, n)
-		default:
-			return nil, protocolError("unexpected %s reply", ReplyName(typ))
-		}
-	}
-}
-
-// exportName sends NBD_OPT_EXPORT_NAME, which ends option haggling, and reads
-// the export description. The server's only way to refuse is to close the
-// connection.
-func (s *session) exportName(name string) (*Export, error) {
-	if err := s.sendOption(OptExportName, []byte(name)); err != nil {
-		return nil, err
-	}
-	s.canAbort = false
-	n := 10
-	if !s.noZeroes {
-		n += zeroPad
-	}
-	b := s.buf[:n]
-	if _, err := io.ReadFull(s.conn, b); err != nil {
-		if s.ctx.Err() == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
-			return nil, fmt.Errorf("server closed the connection instead of accepting the export (it does not exist, needs TLS, or this client is not allowed): %w", err)
-		}
-		return nil, s.ioError("reading the export description", err)
-	}
-	ex := &Export{
-		Name:  name,
-		Size:  binary.BigEndian.Uint64(b[0:]),
-		Flags: Flags(binary.BigEndian.Uint16(b[8:])),
-		Path:  PathExportName,
-	}
-	if err := checkSize(ex.Size); err != nil {
-		return nil, err
-	}
-	return ex, nil
-}
-
-// sendOption writes one option request with its data.
-func (s *session) sendOption(opt uint32, data []byte) error {
-	s.canAbort = false
-	b := make([]byte, 16, 16+len(data))
-	binary.BigEndian.PutUint64(b[0:], magicOpt)
-	binary.BigEndian.PutUint32(b[8:], opt)
-	binary.BigEndian.PutUint32(b[12:], uint32(len(data)))
-	b = append(b, data...)
-	if _, err := s.conn.Write(b); err != nil {
-		return s.ioError("sending "+OptionName(opt), err)
-	}
-	return nil
-}
-
-// replyHeader reads one option reply header and checks its magic, that it
-// answers opt, and that its payload length is within maxReplyPayload.
-func (s *session) replyHeader(opt uint32) (typ, length uint32, err error) {
-	b := s.buf[:20]
-	if err := s.readFull(b, "reading the reply header"); err != nil {
-		if s.firstAfterTLS && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
-			err = fmt.Errorf("%w (the server hung up right after the TLS handshake: did it reject the client certificate?)", err)
-		}
-		return 0, 0, err
-	}
-	s.firstAfterTLS = false
-	if m := binary.BigEndian.Uint64(b[0:]); m != magicReply {
-		return 0, 0, protocolError("bad option reply magic %#016x, want %#016x", m, magicReply)
-	}
-	if echo := binary.BigEndian.Uint32(b[8:]); echo != opt {
-		return 0, 0, protocolError("reply is for %s, but the client sent %s", OptionName(echo), OptionName(opt))
-	}
-	typ = binary.BigEndian.Uint32(b[12:])
-	length = binary.BigEndian.Uint32(b[16:])
-	if length > maxReplyPayload {
-		return 0, 0, protocolError("%s reply claims a %d-byte payload, more than the %d allowed", ReplyName(typ), length, maxReplyPayload)
-	}
-	return typ, length, nil
-}
-
-// errorReply reads the message of an error reply and returns it as an
-// *OptionError, or a protocol error.
-func (s *session) errorReply(opt, typ, n uint32) error {
-	msg, err := s.readString(n, ReplyName(typ)+" message")
-	if err != nil {
-		return err
-	}
-	// The server has said its last word on this option and waits for the
-	// next one.
-	s.canAbort = s.fixed
-	return &OptionError{Option: opt, Code: typ, Message: msg}
-}
-
-// readString reads a protocol string of n bytes, refusing more than
-// MaxStringSize before allocating.
-func (s *session) readString(n uint32, what string) (string, error) {
-	if n > MaxStringSize {
-		return "", protocolError("%s of %d bytes, longer than the protocol's limit of %d", what, n, MaxStringSize)
-	}
-	if n == 0 {
-		return "", nil
-	}
-	b := make([]byte, n)
-	if err := s.readFull(b, "reading "+what); err != nil {
-		return "", err
-	}
-	return string(b), nil
+	return b, nil
 }
 
 // readFull fills b from the connection.
@@ -775,60 +285,3 @@ func (s *session) ioError(what string, err error) error {
 	}
 	return fmt.Errorf("%s%w", prefix, err)
 }
-
-// checkSize refuses export sizes that do not fit an int64 (the kernel's
-// and every file API's offset type).
-func checkSize(size uint64) error {
-	if size > math.MaxInt64 {
-		return protocolError("export size %d is larger than 2^63-1", size)
-	}
-	return nil
-}
-
-// checkBlockSizes applies the rules of doc/proto.md, "Block size
-// constraints", to an NBD_INFO_BLOCK_SIZE.
-func checkBlockSizes(minBlock, pref, maxBlock uint32, size uint64) error {
-	if minBlock == 0 || minBlock > maxMinBlock || minBlock&(minBlock-1) != 0 {
-		return protocolError("minimum block size %d is not a power of two from 1 to %d", minBlock, maxMinBlock)
-	}
-	if pref < max(minBlock, 512) || pref&(pref-1) != 0 {
-		return protocolError("preferred block size %d is not a power of two at least max(minimum block size %d, 512)", pref, minBlock)
-	}
-	if maxBlock != math.MaxUint32 && maxBlock%minBlock != 0 {
-		return protocolError("maximum block size %d is not a multiple of the minimum block size %d", maxBlock, minBlock)
-	}
-	if maxBlock < minBlock {
-		return protocolError("maximum block size %d is smaller than the minimum block size %d", maxBlock, minBlock)
-	}
-	if uint64(maxBlock) < min(uint64(pref), size) {
-		return protocolError("maximum block size %d is smaller than the preferred block size %d", maxBlock, pref)
-	}
-	return nil
-}
-
-// notFoundError reports an export missing from NBD_OPT_LIST.
-type notFoundError struct {
-	name   string
-	offers []Export
-}
-
-func (e *notFoundError) Error() string {
-	if len(e.offers) == 0 {
-		return fmt.Sprintf("negotiate: export %q not found on server; it lists no exports", e.name)
-	}
-	const show = 20
-	names := make([]string, 0, min(len(e.offers), show))
-	for i, ex := range e.offers {
-		if i == show {
-			break
-		}
-		names = append(names, sanitize(ex.Name))
-	}
-	more := ""
-	if len(e.offers) > show {
-		more = fmt.Sprintf(" and %d more", len(e.offers)-show)
-	}
-	return fmt.Sprintf("negotiate: export %q not found on server; it offers: %s%s", e.name, strings.Join(names, ", "), more)
-}
-
-func (e *notFoundError) Is(target error) bool { return target == ErrExportNotFound }

@@ -16,9 +16,9 @@ import (
 )
 
 // handshake runs Handshake against script and returns its results, the
-// elapsed time, and the fake server's record. A returned connection is
-// closed.
-func handshake(t *testing.T, script func(f *fake), opts Options) (*Export, net.Conn, error, time.Duration, *fake) {
+// elapsed time, the fake server's record, and Handshake's error. A returned
+// connection is closed.
+func handshake(t *testing.T, script func(f *fake), opts Options) (*Export, net.Conn, time.Duration, *fake, error) {
 	t.Helper()
 	r := startFake(script)
 	start := time.Now()
@@ -27,7 +27,7 @@ func handshake(t *testing.T, script func(f *fake), opts Options) (*Export, net.C
 	if conn != nil {
 		conn.Close()
 	}
-	return ex, conn, err, elapsed, r.wait(t)
+	return ex, conn, elapsed, r.wait(t), err
 }
 
 var (
@@ -129,7 +129,7 @@ func TestHandshakeGood(t *testing.T) {
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := tc.server
-			ex, conn, err, _, f := handshake(t, srv.serve, Options{Export: tc.export, Timeout: 2 * time.Second})
+			ex, conn, _, f, err := handshake(t, srv.serve, Options{Export: tc.export, Timeout: 2 * time.Second})
 			if err != nil {
 				t.Fatalf("Handshake: %v", err)
 			}
@@ -253,7 +253,7 @@ func TestListNotFixed(t *testing.T) {
 // reply, and its absence after a protocol violation.
 func TestAbortAfterRefusal(t *testing.T) {
 	var next uint32
-	_, _, err, _, f := handshake(t, func(f *fake) {
+	_, _, _, f, err := handshake(t, func(f *fake) {
 		f.write(greetingNew(hflagFixedNewstyle))
 		f.readClientFlags()
 		f.expectOption(OptGo)
@@ -272,7 +272,7 @@ func TestAbortAfterRefusal(t *testing.T) {
 		t.Errorf("fake: %v", f.err)
 	}
 
-	_, _, err, _, f = handshake(t, func(f *fake) {
+	_, _, _, f, err = handshake(t, func(f *fake) {
 		f.write(greetingNew(hflagFixedNewstyle))
 		f.readClientFlags()
 		f.expectOption(OptGo)
@@ -709,7 +709,7 @@ func TestHandshakeBroken(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := tc.opts
 			opts.Timeout = timeout
-			ex, conn, err, elapsed, f := handshake(t, tc.script, opts)
+			ex, conn, elapsed, f, err := handshake(t, tc.script, opts)
 			if err == nil {
 				t.Fatalf("no error; export %+v", *ex)
 			}
@@ -754,7 +754,7 @@ func TestHugeLengthNoAllocation(t *testing.T) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		_, _, err, _, _ := handshake(t, script, Options{Export: "x", Timeout: time.Second})
+		_, _, _, _, err := handshake(t, script, Options{Export: "x", Timeout: time.Second})
 		runtime.ReadMemStats(&after)
 		if !errors.Is(err, ErrProtocol) {
 			t.Errorf("error %v, want a protocol violation", err)

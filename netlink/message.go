@@ -146,7 +146,7 @@ func connectMessage(cfg Config) (genetlink.Message, error) {
 		return genetlink.Message{}, fmt.Errorf("size %d is not valid", cfg.Size)
 	}
 	if cfg.BlockSize != 0 {
-		if err := nbddev.CheckBlockSize(cfg.BlockSize); err != nil {
+		if err := nbddev.CheckBlockSize(int64(min(cfg.BlockSize, 1<<62))); err != nil {
 			return genetlink.Message{}, fmt.Errorf("block size %w", err)
 		}
 	}

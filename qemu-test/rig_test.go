@@ -142,6 +142,18 @@ type guest struct {
 	timeout   time.Duration
 	cpus      int    // virtual CPUs (default 1)
 	cpuModel  string // QEMU -cpu (default QEMU's qemu64, which lacks AES-NI)
+
+	// lab puts the guest on a lab's bridge (a tap of its own, MAC mac)
+	// instead of QEMU's user network; QEMU runs inside the lab's namespace.
+	lab *testrig.Lab
+	mac string
+	// nic is the NIC model (default virtio-net-pci).
+	nic string
+	// pxe boots from the NIC's iPXE ROM instead of -kernel and -initrd
+	// (initramfs and append are then the lab's business: TFTP and the
+	// iPXE script).
+	pxe bool
+	tap string // set by start
 }
 
 // console is what a guest printed on its serial console.
@@ -164,6 +176,9 @@ type running struct {
 // start starts g and returns at once.
 func (r *rig) start(t testing.TB, g guest) *running {
 	t.Helper()
+	if g.lab != nil {
+		g.tap = g.lab.Tap(t)
+	}
 	argv, timeout := r.qemu(g)
 	p := testrig.Start(t, argv...)
 	return &running{p: p, timeout: timeout, started: time.Now()}
@@ -187,16 +202,41 @@ func (r *rig) qemu(g guest) ([]string, time.Duration) {
 	if extra := os.Getenv("NBDROOT_TEST_APPEND"); extra != "" {
 		cmdline += " " + extra
 	}
-	argv := []string{"qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(max(g.cpus, 1))}
+	var argv []string
+	if g.lab != nil {
+		argv = g.lab.Exec()
+	}
+	argv = append(argv, "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(max(g.cpus, 1)))
 	if g.cpuModel != "" {
 		argv = append(argv, "-cpu", g.cpuModel)
 	}
-	return append(argv,
-		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
-		"-kernel", r.kernel, "-initrd", initrd, "-append", cmdline,
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
-		"-device", "virtio-rng-pci",
-	), g.timeout
+	argv = append(argv, "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot")
+	if !g.pxe {
+		argv = append(argv, "-kernel", r.kernel, "-initrd", initrd, "-append", cmdline)
+	}
+	nic := g.nic
+	if nic == "" {
+		nic = "virtio-net-pci"
+	}
+	if g.lab == nil {
+		argv = append(argv, "-netdev", "user,id=n0", "-device", nic+",netdev=n0")
+	} else {
+		dev := nic + ",netdev=n0,mac=" + g.mac
+		if g.pxe {
+			// Debian's QEMU finds no ROM of its own for a NIC: name
+			// ipxe-qemu's (BIOS and EFI iPXE in one file).
+			dev += ",romfile=" + ipxeROM(nic)
+			argv = append(argv, "-boot", "n")
+		}
+		argv = append(argv, "-netdev", "tap,id=n0,ifname="+g.tap+",script=no,downscript=no", "-device", dev)
+	}
+	return append(argv, "-device", "virtio-rng-pci"), g.timeout
+}
+
+// ipxeROM is ipxe-qemu's ROM for a QEMU NIC model.
+func ipxeROM(nic string) string {
+	name := map[string]string{"e1000": "e1000", "virtio-net-pci": "virtio"}[nic]
+	return "/usr/lib/ipxe/qemu/efi-" + name + ".rom"
 }
 
 // console returns what the guest printed so far.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -18,152 +17,174 @@ import (
 	"github.com/nbdroot/nbdroot/nbddev"
 )
 
-// runAttach implements `nbdroot attach [flags] SPEC [/dev/nbdN]`: like
-// nbd-client, it attaches the export and leaves a keeper process holding
-// the device; it prints the device.
-func runAttach(ctx context.Context, sio stdio, args []string) error {
-	var (
-		iface    string
-		conns    int
-		ro       bool
-		bs       uint
-		reqTO    time.Duration
-		deadConn time.Duration
-		deadline time.Duration
-	)
-	f, err := parseClientFlags("attach", sio, args, func(fs *flag.FlagSet) {
-		fs.StringVar(&iface, "interface", string(config.InterfaceAuto), "kernel interface: auto, netlink or ioctl")
-		fs.IntVar(&conns, "connections", 1, "`N` connections (netlink, if the server allows several)")
-		fs.BoolVar(&ro, "read-only", false, "attach read-only")
-		fs.UintVar(&bs, "block-size", 0, "logical block size, a power of two 512..4096 (default: the server's minimum, at least 512)")
-		fs.DurationVar(&reqTO, "request-timeout", 0, "per-request timeout (default: the kernel's; 5s with netlink)")
-		fs.DurationVar(&deadConn, "dead-conn-timeout", 2*time.Minute, "how long I/O waits for a reconnect (netlink)")
-		fs.DurationVar(&deadline, "deadline", 15*time.Second, "give up connecting after `DUR`")
-	})
-	if errors.Is(err, flag.ErrHelp) {
-		return nil
+// attachKey is one of attach's own flags: each sets one spec key, with the
+// checks the key has in nbdroot.toml.
+type attachKey struct {
+	flag, key, usage string
+	def              string // attach's default, where it is not the spec's
+}
+
+// attachKeys is the table of attach's own flags.
+func attachKeys() []attachKey {
+	return []attachKey{
+		{"interface", "device.interface", "kernel interface `auto|netlink|ioctl`", ""},
+		{"connections", "device.connections", "`N` connections (netlink, if the server allows several)", ""},
+		{"read-only", "device.read_only", "attach read-only", ""},
+		{"block-size", "device.block_size", "logical block size `N`, a power of two 512..4096 (default: the server's minimum, at least 512)", ""},
+		{"request-timeout", "device.timeout", "per-request timeout `DUR` (default: the kernel's; 5s with netlink)", ""},
+		{"dead-conn-timeout", "device.dead_conn_timeout", "how long I/O waits for a reconnect, `DUR` (netlink)", ""},
+		{"deadline", "server.deadline", "give up connecting after `DUR`", "15s"},
 	}
+}
+
+// attachCmd holds attach's flags.
+type attachCmd struct {
+	client clientFlags
+	// keys holds the values of attachKeys: the spec's defaults, then
+	// attach's own, then the flags'.
+	keys config.Spec
+}
+
+// attachFlags registers attach's flags. Like nbd-client, attach attaches
+// the export and leaves a keeper process holding the device; it prints the
+// device.
+func attachFlags(fs *flag.FlagSet) runFunc { return newAttach(fs).run }
+
+// newAttach registers attach's flags on fs: probe's, and those of
+// attachKeys, each parsed and checked by the config schema as its key is.
+func newAttach(fs *flag.FlagSet) *attachCmd {
+	a := &attachCmd{keys: config.Defaults()}
+	a.client.register(fs)
+	zero := config.Spec{}
+	for _, k := range attachKeys() {
+		v := a.keys.Flag(k.key)
+		if k.def != "" {
+			if err := v.Set(k.def); err != nil {
+				panic(fmt.Sprintf("attach: default of --%s: %v", k.flag, err)) // a bug in the table
+			}
+		}
+		fs.Var(v, k.flag, k.usage)
+		if v.String() == zero.Flag(k.key).String() {
+			// Help leaves a zero default unsaid, as for the flag package's
+			// own types.
+			fs.Lookup(k.flag).DefValue = ""
+		}
+	}
+	return a
+}
+
+// spec returns the spec attach hands the keeper: SPEC's, with the values
+// of attachKeys.
+func (a *attachCmd) spec(arg string) (config.Spec, config.Endpoint, error) {
+	spec, ep, err := a.client.target(arg)
+	if err != nil {
+		return config.Spec{}, ep, err
+	}
+	if ep.Socket == "" && ep.Host == "" {
+		return config.Spec{}, ep, usagef("SPEC names no server")
+	}
+	for _, k := range attachKeys() {
+		if err := spec.Set(k.key, a.keys.Flag(k.key).String()); err != nil {
+			return config.Spec{}, ep, fmt.Errorf("--%s: %w", k.flag, err)
+		}
+	}
+	return spec, ep, nil
+}
+
+func (a *attachCmd) run(ctx context.Context, sio stdio, args []string) error {
+	index := config.AutoIndex
+	switch len(args) {
+	case 0:
+		return oneSpec(args)
+	case 1:
+	case 2:
+		var err error
+		if index, err = deviceIndex(args[1]); err != nil {
+			return err
+		}
+	default:
+		return usagef("want SPEC [/dev/nbdN], got %d arguments after SPEC", len(args)-1)
+	}
+	spec, _, err := a.spec(args[0])
 	if err != nil {
 		return err
 	}
-	if f.ep.Socket == "" && f.ep.Host == "" {
-		return usagef("attach: SPEC names no server")
-	}
-	d := &f.spec.Device
-	switch config.Interface(iface) {
-	case config.InterfaceAuto, config.InterfaceNetlink, config.InterfaceIoctl:
-		d.Interface = config.Interface(iface)
-	default:
-		return usagef("attach: --interface %q: want auto, netlink or ioctl", iface)
-	}
-	if conns < 1 || conns > config.MaxConnections {
-		return usagef("attach: --connections %d: want 1 to %d", conns, config.MaxConnections)
-	}
-	if bs != 0 {
-		if err := nbddev.CheckBlockSize(uint64(bs)); err != nil {
-			return usagef("attach: --block-size: %v", err)
-		}
-	}
-	d.Connections, d.ReadOnly, d.BlockSize = conns, ro, uint32(bs)
-	d.Timeout, d.DeadConnTimeout = reqTO.Round(time.Second), deadConn.Round(time.Second)
-	f.spec.Server.Deadline = deadline
 
 	log := bootlog.New(sio.err, time.Now())
 	log.SetQuiet(true)
 	if _, err := os.Stat("/sys/module/nbd"); err != nil {
 		kmod.New(log).Load("nbd")
 	}
-	index := config.AutoIndex
-	switch len(f.rest) {
-	case 0:
+	if index == config.AutoIndex {
 		if index, err = (nbddev.Sysfs{}).FirstFree(); err != nil {
 			return fmt.Errorf("attach: %w", err)
 		}
-	case 1:
-		if index, err = deviceIndex(f.rest[0]); err != nil {
-			return err
-		}
-		if (nbddev.Sysfs{}).InUse(index) {
-			return fmt.Errorf("attach: %s is in use", nbddev.Path(index))
-		}
-	default:
-		return usagef("attach: want SPEC [/dev/nbdN], got %d arguments after SPEC", len(f.rest))
+	} else if (nbddev.Sysfs{}).InUse(index) {
+		return fmt.Errorf("attach: %s is in use", nbddev.Path(index))
 	}
-	rep, err := keeper.Start(ctx, log, f.spec, index, nil)
+	rep, err := keeper.Start(ctx, log, spec, index, nil)
 	if err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}
-	if f.json {
+	if a.client.json {
 		return writeJSON(sio.out, rep)
 	}
 	_, err = fmt.Fprintln(sio.out, nbddev.Path(rep.Device))
 	return err
 }
 
-// runDetach implements `nbdroot detach [--force] /dev/nbdN`.
-func runDetach(ctx context.Context, sio stdio, args []string) error {
-	fs := flag.NewFlagSet("nbdroot detach", flag.ContinueOnError)
-	fs.SetOutput(sio.err)
+// detachFlags registers detach's flags.
+func detachFlags(fs *flag.FlagSet) runFunc {
 	force := fs.Bool("force", false, "detach even if the device is mounted")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
+	return func(ctx context.Context, sio stdio, args []string) error {
+		if len(args) != 1 {
+			return usagef("want one device (/dev/nbdN), got %d arguments", len(args))
 		}
-		return usageError{err}
+		index, err := deviceIndex(args[0])
+		if err != nil {
+			return err
+		}
+		return keeper.Detach(ctx, index, *force)
 	}
-	if fs.NArg() != 1 {
-		return usagef("detach: want one device (/dev/nbdN), got %d arguments", fs.NArg())
-	}
-	index, err := deviceIndex(fs.Arg(0))
-	if err != nil {
-		return err
-	}
-	return keeper.Detach(ctx, index, *force)
 }
 
-// runStatus implements `nbdroot status [--json]`.
-func runStatus(ctx context.Context, sio stdio, args []string) error {
-	fs := flag.NewFlagSet("nbdroot status", flag.ContinueOnError)
-	fs.SetOutput(sio.err)
+// statusFlags registers status's flags.
+func statusFlags(fs *flag.FlagSet) runFunc {
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
+	return func(ctx context.Context, sio stdio, args []string) error {
+		if len(args) != 0 {
+			return usagef("takes no arguments")
 		}
-		return usageError{err}
-	}
-	if fs.NArg() != 0 {
-		return usagef("status: takes no arguments")
-	}
-	list, err := keeper.Status()
-	if err != nil {
-		return fmt.Errorf("status: %w", err)
-	}
-	if *asJSON {
-		if list == nil {
-			list = []keeper.DeviceStatus{}
+		list, err := keeper.Status()
+		if err != nil {
+			return fmt.Errorf("status: %w", err)
 		}
-		return writeJSON(sio.out, list)
-	}
-	if len(list) == 0 {
-		_, err := fmt.Fprintln(sio.out, "no nbd device is attached")
-		return err
-	}
-	tw := tabwriter.NewWriter(sio.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "DEVICE\tSERVER\tEXPORT\tSIZE\tINTERFACE\tCONN\tTLS\tKEEPER\tRECONNECTS\tSTATE")
-	for _, s := range list {
-		if !s.Managed {
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s (not nbdroot's)\n", s.Device, connState(s))
-			continue
+		if *asJSON {
+			if list == nil {
+				list = []keeper.DeviceStatus{}
+			}
+			return writeJSON(sio.out, list)
 		}
-		keeper := strconv.Itoa(s.Pid)
-		if !s.KeeperAlive {
-			keeper += " (gone)"
+		if len(list) == 0 {
+			_, err := fmt.Fprintln(sio.out, "no nbd device is attached")
+			return err
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%v\t%s\t%d\t%s\n", s.Device, s.Server, s.Export,
-			humanSize(s.Size), s.Interface, s.Connections, s.TLS, keeper, s.Reconnects, connState(s))
+		tw := tabwriter.NewWriter(sio.out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DEVICE\tSERVER\tEXPORT\tSIZE\tINTERFACE\tCONN\tTLS\tKEEPER\tRECONNECTS\tSTATE")
+		for _, s := range list {
+			if !s.Managed {
+				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t-\t%s (not nbdroot's)\n", s.Device, connState(s))
+				continue
+			}
+			keeper := strconv.Itoa(s.Pid)
+			if !s.KeeperAlive {
+				keeper += " (gone)"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%v\t%s\t%d\t%s\n", s.Device, s.Server, s.Export,
+				humanSize(s.Size), s.Interface, s.Connections, s.TLS, keeper, s.Reconnects, connState(s))
+		}
+		return tw.Flush()
 	}
-	return tw.Flush()
 }
 
 func connState(s keeper.DeviceStatus) string {

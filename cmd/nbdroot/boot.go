@@ -16,34 +16,29 @@ import (
 	"github.com/nbdroot/nbdroot/keeper"
 )
 
-// runBoot runs the boot sequence from a shell (to try a spec), or, with
-// --retry from the rescue shell of a failed boot, asks PID 1 to boot again.
-func runBoot(ctx context.Context, sio stdio, args []string) error {
-	fs := flag.NewFlagSet("boot", flag.ContinueOnError)
-	fs.SetOutput(sio.err)
+// bootFlags registers boot's flags. boot runs the boot sequence from a
+// shell (to try a spec), or, with --retry from the rescue shell of a failed
+// boot, asks PID 1 to boot again.
+func bootFlags(fs *flag.FlagSet) runFunc {
 	retry := fs.Bool("retry", false, "from the rescue shell: have PID 1 boot again, resuming where it failed")
-	cmdline := fs.String("cmdline", "", "kernel command line (default /proc/cmdline)")
-	cfg := fs.String("config", "", "TOML file (default nbdroot.config= or "+config.DefaultConfigPath+")")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError{err}
-	}
-	if *retry {
-		if fs.NArg() != 0 {
-			return usagef("boot --retry: unexpected arguments %v", fs.Args())
-		}
-		if err := boot.RequestRetry(boot.RetryRequest{Cmdline: *cmdline, ConfigPath: *cfg}); err != nil {
+	cmdline := fs.String("cmdline", "", "kernel command line `STRING` (default /proc/cmdline)")
+	cfg := fs.String("config", "", "TOML `FILE` (default nbdroot.config= or "+config.DefaultConfigPath+")")
+	return func(ctx context.Context, sio stdio, args []string) error {
+		if *retry {
+			if len(args) != 0 {
+				return usagef("--retry: unexpected arguments %q", args)
+			}
+			if err := boot.RequestRetry(boot.RetryRequest{Cmdline: *cmdline, ConfigPath: *cfg}); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintln(sio.out, "nbdroot: asked PID 1 to boot again")
 			return err
 		}
-		fmt.Fprintln(sio.out, "nbdroot: asked PID 1 to boot again")
-		return nil
+		log := bootlog.New(sio.err, time.Now())
+		quietStdlog(log)
+		_, err := boot.Run(ctx, log, boot.Options{Cmdline: *cmdline, ConfigPath: *cfg, InitArgs: args}, &boot.Progress{})
+		return err
 	}
-	log := bootlog.New(sio.err, time.Now())
-	quietStdlog(log)
-	_, err := boot.Run(ctx, log, boot.Options{Cmdline: *cmdline, ConfigPath: *cfg, InitArgs: fs.Args()}, &boot.Progress{})
-	return err
 }
 
 func isKeeper(argv []string) bool { return keeper.Is(argv) }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -10,62 +9,49 @@ import (
 	"github.com/nbdroot/nbdroot/config"
 )
 
-// configCheckUsage is the synopsis of `nbdroot config check`.
-const configCheckUsage = "usage: nbdroot config check [--config FILE] [--cmdline STRING | --cmdline-file FILE]"
+// configCheckDoc is the help of `nbdroot config check`.
+const configCheckDoc = `Resolves the spec from a TOML file and a kernel command line (by default
+` + config.DefaultConfigPath + ` if present and /proc/cmdline) and prints it as TOML,
+each value annotated with where it came from. Problems are listed one per
+line (exit status 2).`
 
-// runConfig runs `nbdroot config check`: it resolves the spec from a TOML file
-// and a kernel command line (by default /etc/nbdroot.toml if present and
-// /proc/cmdline) and prints it as TOML, each value annotated with where it
-// came from. With problems it prints one per line on stderr and returns an
+// configCheckFlags registers the flags of `nbdroot config check`, which
+// prints the resolved spec as TOML, each value annotated with where it came
+// from. With problems it prints one per line on stderr and returns an
 // error wrapping them all (exit status 2).
-func runConfig(ctx context.Context, sio stdio, args []string) error {
-	if len(args) == 0 || args[0] != "check" {
-		return usagef("config: want a subcommand\n%s", configCheckUsage)
-	}
-	fs := flag.NewFlagSet("config check", flag.ContinueOnError)
-	fs.SetOutput(sio.err)
-	fs.Usage = func() {
-		fmt.Fprintln(sio.err, configCheckUsage)
-		fs.PrintDefaults()
-	}
-	configPath := fs.String("config", "", "TOML `file` (default: nbdroot.config= on the command line, else "+config.DefaultConfigPath+" if present)")
-	cmdline := fs.String("cmdline", "", "kernel command line to check (default: /proc/cmdline)")
-	cmdlineFile := fs.String("cmdline-file", "", "read the kernel command line from `file`")
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
+func configCheckFlags(fs *flag.FlagSet) runFunc {
+	configPath := fs.String("config", "", "TOML `FILE` (default: nbdroot.config= on the command line, else "+config.DefaultConfigPath+" if present)")
+	cmdline := fs.String("cmdline", "", "kernel command line `STRING` to check (default: /proc/cmdline)")
+	cmdlineFile := fs.String("cmdline-file", "", "read the kernel command line from `FILE`")
+	return func(ctx context.Context, sio stdio, args []string) error {
+		if len(args) > 0 {
+			return usagef("unexpected argument %q", args[0])
 		}
-		return usagef("config check: %v", err)
-	}
-	if fs.NArg() > 0 {
-		return usagef("config check: unexpected argument %q\n%s", fs.Arg(0), configCheckUsage)
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	if set["cmdline"] && set["cmdline-file"] {
-		return usagef("config check: --cmdline and --cmdline-file are exclusive")
-	}
-	line := *cmdline
-	if !set["cmdline"] {
-		file := *cmdlineFile
-		if file == "" {
-			file = "/proc/cmdline"
+		switch {
+		case flagGiven(fs, "cmdline") && flagGiven(fs, "cmdline-file"):
+			return usagef("--cmdline and --cmdline-file are exclusive")
+		case flagGiven(fs, "config") && *configPath == "":
+			return usagef("--config needs a file")
 		}
-		b, err := os.ReadFile(file)
+		line := *cmdline
+		if !flagGiven(fs, "cmdline") {
+			file := *cmdlineFile
+			if file == "" {
+				file = "/proc/cmdline"
+			}
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return fmt.Errorf("config check: reading the kernel command line: %w", err)
+			}
+			line = string(b)
+		}
+		res, err := config.Resolve(config.Sources{Cmdline: line, ConfigPath: *configPath, ReadFile: os.ReadFile})
 		if err != nil {
-			return fmt.Errorf("config check: reading the kernel command line: %w", err)
+			return reportSpecErrors(sio, err)
 		}
-		line = string(b)
+		_, err = fmt.Fprint(sio.out, res.Format())
+		return err
 	}
-	if set["config"] && *configPath == "" {
-		return usagef("config check: --config needs a file")
-	}
-	res, err := config.Resolve(config.Sources{Cmdline: line, ConfigPath: *configPath, ReadFile: os.ReadFile})
-	if err != nil {
-		return reportSpecErrors(sio, err)
-	}
-	fmt.Fprint(sio.out, res.Format())
-	return nil
 }
 
 // specProblems summarizes several spec errors already printed one per line.

@@ -3,10 +3,14 @@
 //
 // As PID 1 of an initramfs (or as `nbdroot boot`) it runs the boot sequence in
 // package boot. Started with argv[0] "@nbdroot" it is the keeper that holds a
-// device (package keeper). Otherwise the first argument names a subcommand.
+// device (package keeper). Otherwise the first argument names a subcommand, one
+// row of the table in commands.go; `nbdroot help` and every -h are printed
+// from that table.
 //
-// Exit status: 0 on success, 1 on a runtime failure, 2 on a usage or spec
-// error. Errors are one line on stderr starting with "nbdroot:".
+// Exit status: 0 on success (-h and help included, which print on stdout), 1
+// on a runtime failure, 2 on a usage or spec error. Errors are one line on
+// stderr starting with "nbdroot:"; a usage error is always
+// "nbdroot: COMMAND: what is wrong (try 'nbdroot help COMMAND')".
 package main
 
 import (
@@ -21,34 +25,13 @@ import (
 	"github.com/nbdroot/nbdroot/config"
 )
 
-// command is one subcommand.
-type command struct {
-	name    string
-	args    string // synopsis after the name
-	summary string
-	run     func(ctx context.Context, io stdio, args []string) error
-}
-
 // stdio is where a subcommand writes.
 type stdio struct {
 	out, err io.Writer
 }
 
-// commands is the subcommand table, in the order help lists them.
-func commands() []command {
-	return []command{
-		{"boot", "[--cmdline STRING] [--config FILE]", "run the boot sequence (what PID 1 does)", runBoot},
-		{"probe", "[TLS flags] [--timeout DUR] [--json] SPEC", "negotiate with a server and describe one export", runProbe},
-		{"list", "[TLS flags] [--timeout DUR] [--json] SPEC", "list a server's exports", runList},
-		{"attach", "[TLS flags] [--interface I] [--connections N] [--read-only] [...] SPEC [/dev/nbdN]", "attach an export and keep it attached (a keeper process holds it)", runAttach},
-		{"detach", "[--force] /dev/nbdN", "flush, disconnect cleanly and stop the keeper", runDetach},
-		{"status", "[--json]", "list attached devices: server, export, size, interface, keeper, reconnects", runStatus},
-		{"config", "check [--config FILE] [--cmdline STRING | --cmdline-file FILE]", "print the resolved spec with where each value came from", runConfig},
-		{"mkinitramfs", "-o FILE [flags]", "write an initramfs with nbdroot as /init", runMkinitramfs},
-	}
-}
-
-// usageError marks an error as the caller's fault (exit status 2).
+// usageError is the caller's mistake (exit status 2). Its message does not
+// name the command: run adds the name, once, when it prints the error.
 type usageError struct{ err error }
 
 func (e usageError) Error() string { return e.err.Error() }
@@ -75,49 +58,45 @@ func run(argv []string, sio stdio) int {
 		runPID1(sio)
 		return 1
 	}
-	if len(argv) < 2 {
-		printUsage(sio.err)
-		return 2
+	args := argv[1:]
+	if len(args) == 0 {
+		return exitStatus(sio, "", usagef("want a command"))
 	}
-	name, args := argv[1], argv[2:]
-	if name == "help" || name == "-h" || name == "--help" {
-		printUsage(sio.out)
-		return 0
+	if isHelp(args[0]) {
+		return exitStatus(sio, "", help(sio.out, args[1:]))
 	}
-	for _, c := range commands() {
-		if c.name == name {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return exitStatus(sio, c.run(ctx, sio, args))
-		}
+	c, rest, group := lookup(args)
+	switch {
+	case c != nil:
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return exitStatus(sio, c.name, c.execute(ctx, sio, rest))
+	case len(group) > 0 && len(args) > 1 && isHelp(args[1]):
+		return exitStatus(sio, args[0], printHelp(sio.out, group))
+	case len(group) > 0:
+		return exitStatus(sio, args[0], wantSubcommand(args, group))
 	}
-	fmt.Fprintf(sio.err, "nbdroot: unknown command %q (try 'nbdroot help')\n", name)
-	return 2
+	return exitStatus(sio, "", usagef("unknown command %q", args[0]))
 }
 
-// exitStatus prints err as one line and maps it to an exit status.
-func exitStatus(sio stdio, err error) int {
-	if err == nil {
+// exitStatus prints err as one line on stderr and maps it to an exit status.
+// name is the command that failed: a usage error is printed with it and a
+// pointer to its help.
+func exitStatus(sio stdio, name string, err error) int {
+	var ue usageError
+	switch {
+	case err == nil:
 		return 0
+	case errors.As(err, &ue) && name == "":
+		fmt.Fprintf(sio.err, "nbdroot: %v (try 'nbdroot help')\n", err)
+		return 2
+	case errors.As(err, &ue):
+		fmt.Fprintf(sio.err, "nbdroot: %s: %v (try 'nbdroot help %s')\n", name, err, name)
+		return 2
 	}
 	fmt.Fprintf(sio.err, "nbdroot: %v\n", err)
-	var ue usageError
-	if errors.As(err, &ue) || isSpecError(err) {
+	if config.IsSpecError(err) {
 		return 2
 	}
 	return 1
 }
-
-func printUsage(w io.Writer) {
-	fmt.Fprintln(w, "usage: nbdroot COMMAND [ARGS]")
-	fmt.Fprintln(w)
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-12s %s\n  %-12s   %s\n", c.name, c.args, "", c.summary)
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "SPEC is HOST[:PORT]/NAME, [V6]:PORT/NAME, nbd://HOST[:PORT]/NAME, nbds://... (TLS) or nbd+unix:///NAME?socket=PATH.")
-	fmt.Fprintln(w, "As PID 1 of an initramfs nbdroot boots; see README.md.")
-}
-
-// isSpecError reports whether err is a problem with the user's spec.
-func isSpecError(err error) bool { return config.IsSpecError(err) }

@@ -55,64 +55,73 @@ func (l *fileList) Set(s string) error {
 	return nil
 }
 
-// runMkinitramfs writes an initramfs with this binary (or --binary) as /init,
-// a base archive without /init (--base-only), or the module tree alone
-// (--modules-only).
-func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
-	fs := flag.NewFlagSet("mkinitramfs", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var (
-		out, modulesOnly, binary string
-		kver, kernel, modulesDir string
-		configFile, compress     string
-		shell                    string
-		baseOnly                 bool
-		modules                  stringList
-		files                    fileList
-	)
-	fs.StringVar(&out, "o", "", "write the archive to `FILE`")
-	fs.StringVar(&kver, "kver", "", "kernel `VERSION` whose modules to carry (default: the newest in --modules-dir)")
-	fs.StringVar(&kernel, "kernel", "", "take the kernel version from the bzImage at `PATH`")
-	fs.StringVar(&modulesDir, "modules-dir", initramfs.DefaultModulesDir, "`DIR` holding VERSION/modules.dep")
-	fs.StringVar(&configFile, "config", "", "install the spec `TOML` as /etc/nbdroot.toml, with the TLS files it names")
-	fs.Var(&modules, "module", "also carry kernel module `NAME` and its dependencies (repeatable)")
-	fs.Var(&files, "file", "copy host file `SRC[:DST]` into the image (repeatable)")
-	fs.StringVar(&compress, "compress", string(initramfs.Gzip), "compress with `METHOD`: gzip, zstd or none")
-	fs.StringVar(&binary, "binary", "", "install `PATH` as /init (default: this nbdroot binary)")
-	fs.StringVar(&modulesOnly, "modules-only", "", "write only the module tree, into `DIR`/lib/modules/VERSION")
-	fs.StringVar(&shell, "shell", "", "install the static shell at `PATH` for boot.on_failure = \"shell\" (busybox: as /bin/busybox with /bin/sh and applet links)")
-	fs.BoolVar(&baseOnly, "base-only", false, "leave out /init: a base archive for u-root's -base with -initcmd=nbdroot (uncompressed unless --compress)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			mkinitramfsUsage(sio.out, fs)
-			return nil
-		}
-		return usagef("mkinitramfs: %v (try 'nbdroot mkinitramfs -h')", err)
-	}
+// mkinitramfsDoc is the help of `nbdroot mkinitramfs`.
+const mkinitramfsDoc = `Writes a reproducible initramfs with nbdroot as /init, the default kernel
+modules and their dependencies, the spec and TLS files, and optionally a
+rescue shell.
+With --base-only the same archive has no /init: a base for u-root, whose
+busybox brings nbdroot (u-root -base FILE -initcmd=nbdroot ... ./cmd/nbdroot).
+With --modules-only it writes just the module tree.`
+
+// mkinitramfsCmd holds the flags of mkinitramfs.
+type mkinitramfsCmd struct {
+	fs                       *flag.FlagSet
+	out, modulesOnly, binary string
+	kver, kernel, modulesDir string
+	configFile, compress     string
+	shell                    string
+	baseOnly                 bool
+	modules                  stringList
+	files                    fileList
+}
+
+// mkinitramfsFlags registers the flags of mkinitramfs, which writes an
+// initramfs with this binary (or --binary) as /init, a base archive without
+// /init (--base-only), or the module tree alone (--modules-only).
+func mkinitramfsFlags(fs *flag.FlagSet) runFunc {
+	m := &mkinitramfsCmd{fs: fs}
+	fs.StringVar(&m.out, "o", "", "write the archive to `FILE`")
+	fs.StringVar(&m.kver, "kver", "", "kernel `VERSION` whose modules to carry (default: the newest in --modules-dir)")
+	fs.StringVar(&m.kernel, "kernel", "", "take the kernel version from the bzImage at `PATH`")
+	fs.StringVar(&m.modulesDir, "modules-dir", initramfs.DefaultModulesDir, "`DIR` holding VERSION/modules.dep")
+	fs.StringVar(&m.configFile, "config", "", "install the spec TOML `FILE` as /etc/nbdroot.toml, with the TLS files it names")
+	fs.Var(&m.modules, "module", "also carry kernel module `NAME` and its dependencies (repeatable)")
+	fs.Var(&m.files, "file", "copy host file `SRC[:DST]` into the image (repeatable)")
+	fs.StringVar(&m.compress, "compress", string(initramfs.Gzip), "compress with `METHOD`: gzip, zstd or none")
+	fs.StringVar(&m.binary, "binary", "", "install `PATH` as /init (default: this nbdroot binary)")
+	fs.StringVar(&m.modulesOnly, "modules-only", "", "write only the module tree, into `DIR`/lib/modules/VERSION")
+	fs.StringVar(&m.shell, "shell", "", "install the static shell at `PATH` for boot.on_failure = \"shell\" (busybox: as /bin/busybox with /bin/sh and applet links)")
+	fs.BoolVar(&m.baseOnly, "base-only", false, "leave out /init: a base archive for u-root's -base with -initcmd=nbdroot (uncompressed unless --compress)")
+	return m.run
+}
+
+func (m *mkinitramfsCmd) run(ctx context.Context, sio stdio, args []string) error {
+	out, modulesOnly, binary, kver, baseOnly := m.out, m.modulesOnly, m.binary, m.kver, m.baseOnly
 	switch {
-	case fs.NArg() > 0:
-		return usagef("mkinitramfs: unexpected argument %q", fs.Arg(0))
+	case len(args) > 0:
+		return usagef("unexpected argument %q", args[0])
 	case out == "" && modulesOnly == "":
-		return usagef("mkinitramfs: -o FILE is required")
+		return usagef("-o FILE is required")
 	case out != "" && modulesOnly != "":
-		return usagef("mkinitramfs: -o and --modules-only are mutually exclusive")
-	case kver != "" && kernel != "":
-		return usagef("mkinitramfs: --kver and --kernel are mutually exclusive")
+		return usagef("-o and --modules-only are mutually exclusive")
+	case kver != "" && m.kernel != "":
+		return usagef("--kver and --kernel are mutually exclusive")
 	case baseOnly && modulesOnly != "":
-		return usagef("mkinitramfs: --base-only and --modules-only are mutually exclusive")
+		return usagef("--base-only and --modules-only are mutually exclusive")
 	case baseOnly && binary != "":
-		return usagef("mkinitramfs: --base-only writes no /init, so --binary has nothing to do")
+		return usagef("--base-only writes no /init, so --binary has nothing to do")
 	}
-	if baseOnly && !flagSet(fs, "compress") {
+	compress := m.compress
+	if baseOnly && !flagGiven(m.fs, "compress") {
 		// u-root's -base reads a plain cpio archive.
 		compress = string(initramfs.None)
 	}
 	comp, err := initramfs.ParseCompression(compress)
 	if err != nil {
-		return usagef("mkinitramfs: --compress: %v", err)
+		return usagef("--compress: %v", err)
 	}
-	if kernel != "" {
-		if kver, err = initramfs.KernelVersion(kernel); err != nil {
+	if m.kernel != "" {
+		if kver, err = initramfs.KernelVersion(m.kernel); err != nil {
 			return fmt.Errorf("mkinitramfs: --kernel: %w (use --kver)", err)
 		}
 	}
@@ -124,12 +133,12 @@ func runMkinitramfs(ctx context.Context, sio stdio, args []string) error {
 	opts := initramfs.Options{
 		Binary:        binary,
 		KernelVersion: kver,
-		ModulesDir:    modulesDir,
-		Modules:       modules,
-		ConfigFile:    configFile,
-		Files:         files,
+		ModulesDir:    m.modulesDir,
+		Modules:       m.modules,
+		ConfigFile:    m.configFile,
+		Files:         m.files,
 		Compression:   comp,
-		Shell:         shell,
+		Shell:         m.shell,
 		BaseOnly:      baseOnly,
 	}
 
@@ -204,13 +213,6 @@ func writeImage(ctx context.Context, out string, opts initramfs.Options) (*initr
 	return r, nil
 }
 
-// flagSet reports whether the flag name was given on the command line.
-func flagSet(fs *flag.FlagSet, name string) bool {
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
-	return set
-}
-
 // printModules prints the modules line of the summary.
 func printModules(w io.Writer, r *initramfs.Report) {
 	line := fmt.Sprintf("modules   %d modules (%d KiB)", len(r.Modules), (r.ModuleBytes+1023)/1024)
@@ -232,22 +234,4 @@ func sizeString(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d bytes", n)
-}
-
-// mkinitramfsUsage prints the subcommand's help.
-func mkinitramfsUsage(w io.Writer, fs *flag.FlagSet) {
-	fmt.Fprintln(w, "usage: nbdroot mkinitramfs -o FILE [--kver VERSION | --kernel PATH] [--modules-dir DIR]")
-	fmt.Fprintln(w, "         [--config TOML] [--module NAME]... [--file SRC[:DST]]... [--compress gzip|zstd|none] [--binary PATH]")
-	fmt.Fprintln(w, "         [--shell PATH]")
-	fmt.Fprintln(w, "       nbdroot mkinitramfs --base-only -o FILE [same flags, no --binary]")
-	fmt.Fprintln(w, "       nbdroot mkinitramfs --modules-only DIR [--kver VERSION | --kernel PATH] [--module NAME]...")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "Writes a reproducible initramfs with nbdroot as /init, the default kernel modules")
-	fmt.Fprintln(w, "and their dependencies, the spec and TLS files, and optionally a rescue shell.")
-	fmt.Fprintln(w, "With --base-only the same archive has no /init: a base for u-root, whose")
-	fmt.Fprintln(w, "busybox brings nbdroot (u-root -base FILE -initcmd=nbdroot ... ./cmd/nbdroot).")
-	fmt.Fprintln(w)
-	fs.SetOutput(w)
-	fs.PrintDefaults()
-	fs.SetOutput(io.Discard)
 }

@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 
 	"github.com/nbdroot/nbdroot/config"
@@ -17,134 +17,122 @@ import (
 	"github.com/nbdroot/nbdroot/negotiate"
 )
 
-// clientFlags are the flags probe and list share.
+// clientSynopsis is the synopsis of the flags probe, list and attach share.
+const clientSynopsis = "[--tls] [--ca FILE] [--cert FILE --key FILE] [--tls-hostname NAME] [--no-verify] [--timeout DUR] [--json]"
+
+// tlsDoc is what the help of probe, list and attach says about their flags.
+const tlsDoc = "Any TLS flag turns TLS on, as nbds:// does; TLS is then required, never a\nplaintext fallback. Flags go before SPEC."
+
+// clientFlags are the flags probe, list and attach share.
 type clientFlags struct {
-	spec config.Spec
-	ep   config.Endpoint
-	json bool
-	rest []string // arguments after SPEC
+	tls, noVerify, json     bool
+	ca, cert, key, hostname string
+	timeout                 time.Duration
 }
 
-// parseClientFlags parses `[TLS flags] [--timeout DUR] [--json] SPEC` for
-// probe and list, and returns the spec they describe. It returns
-// flag.ErrHelp after printing the usage for -h. Any TLS flag turns TLS on,
-// as nbds:// does; TLS is then required, never a downgrade. Flags go before
-// SPEC.
-//
-// more registers a command's own flags; the arguments after SPEC are
-// returned in rest.
-func parseClientFlags(name string, sio stdio, args []string, more func(*flag.FlagSet)) (clientFlags, error) {
-	// Parse quietly: a bad flag becomes main's one-line error, and -h prints
-	// the usage on stdout.
-	fs := flag.NewFlagSet("nbdroot "+name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	var (
-		useTLS   = fs.Bool("tls", false, "require TLS (implied by nbds:// and by the other TLS flags)")
-		ca       = fs.String("ca", "", "PEM `FILE` of CA certificates to trust (default: the system's)")
-		cert     = fs.String("cert", "", "client certificate PEM `FILE` (with --key)")
-		key      = fs.String("key", "", "client private key PEM `FILE` (with --cert)")
-		hostname = fs.String("tls-hostname", "", "`NAME` the server certificate must carry (default: the host in SPEC)")
-		noVerify = fs.Bool("no-verify", false, "do not check the server certificate")
-		timeout  = fs.Duration("timeout", 0, "bound the TCP connect and, separately, the handshake (default: the spec's defaults)")
-		asJSON   = fs.Bool("json", false, "print JSON")
-	)
-	if more != nil {
-		more(fs)
+// register defines the flags on fs.
+func (f *clientFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&f.tls, "tls", false, "require TLS (implied by nbds:// and by the other TLS flags)")
+	fs.StringVar(&f.ca, "ca", "", "PEM `FILE` of CA certificates to trust (default: the system's)")
+	fs.StringVar(&f.cert, "cert", "", "client certificate PEM `FILE` (with --key)")
+	fs.StringVar(&f.key, "key", "", "client private key PEM `FILE` (with --cert)")
+	fs.StringVar(&f.hostname, "tls-hostname", "", "`NAME` the server certificate must carry (default: the host in SPEC)")
+	fs.BoolVar(&f.noVerify, "no-verify", false, "do not check the server certificate")
+	fs.DurationVar(&f.timeout, "timeout", 0, "bound the TCP connect and, separately, the handshake, to `DUR` (default: the spec's defaults)")
+	fs.BoolVar(&f.json, "json", false, "print JSON")
+}
+
+// target returns the spec of one server, SPEC with the flags applied, and
+// its endpoint. HOST[:PORT] without a name is the default export (probe,
+// attach) or just the server (list, which ignores the name).
+func (f *clientFlags) target(arg string) (config.Spec, config.Endpoint, error) {
+	var none config.Endpoint
+	if f.timeout < 0 {
+		return config.Spec{}, none, usagef("--timeout %v is negative", f.timeout)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintf(sio.out, "usage: nbdroot %s [TLS flags] [--timeout DUR] [--json] SPEC\n\n", name)
-			fmt.Fprintln(sio.out, "SPEC is HOST[:PORT][/NAME], [V6]:PORT/NAME, nbd://HOST[:PORT]/NAME, nbds://... (TLS) or nbd+unix:///NAME?socket=PATH.")
-			fmt.Fprintln(sio.out, "Any TLS flag turns TLS on; TLS is then required.")
-			fmt.Fprintln(sio.out)
-			fs.SetOutput(sio.out)
-			fs.PrintDefaults()
-			return clientFlags{}, flag.ErrHelp
-		}
-		return clientFlags{}, usagef("%s: %v (try 'nbdroot %s -h')", name, err, name)
+	if (f.cert == "") != (f.key == "") {
+		return config.Spec{}, none, usagef("--cert and --key go together")
 	}
-	if fs.NArg() < 1 {
-		return clientFlags{}, usagef("%s: want exactly one SPEC (HOST[:PORT]/NAME or an nbd:// URI), got none", name)
-	}
-	if *timeout < 0 {
-		return clientFlags{}, usagef("%s: --timeout %v is negative", name, *timeout)
-	}
-	target := fs.Arg(0)
-	// HOST[:PORT] without a name is the default export (probe) or just
-	// the server (list, which ignores the name).
-	spec, err := config.ParseTarget(target)
+	spec, err := config.ParseTarget(arg)
 	if err != nil {
-		return clientFlags{}, err
+		return config.Spec{}, none, usageError{err}
 	}
 	if len(spec.Server.Endpoints) != 1 {
-		return clientFlags{}, usagef("%s: %q names %d servers, want one", name, target, len(spec.Server.Endpoints))
+		return config.Spec{}, none, usagef("%q names %d servers, want one", arg, len(spec.Server.Endpoints))
 	}
-	ep := spec.Server.Endpoints[0]
-
 	t := &spec.TLS
-	if *useTLS || *ca != "" || *cert != "" || *key != "" || *hostname != "" || *noVerify {
+	if f.tls || f.ca != "" || f.cert != "" || f.key != "" || f.hostname != "" || f.noVerify {
 		t.Enabled = true
 	}
-	if (*cert == "") != (*key == "") {
-		return clientFlags{}, usagef("%s: --cert and --key go together", name)
+	if f.ca != "" {
+		t.CAFile = f.ca
 	}
-	if *ca != "" {
-		t.CAFile = *ca
+	if f.cert != "" {
+		t.CertFile, t.KeyFile = f.cert, f.key
 	}
-	if *cert != "" {
-		t.CertFile, t.KeyFile = *cert, *key
+	if f.hostname != "" {
+		t.ServerName = f.hostname
 	}
-	if *hostname != "" {
-		t.ServerName = *hostname
-	}
-	if *noVerify {
+	if f.noVerify {
 		t.VerifyPeer = false
 	}
-	if *timeout > 0 {
-		spec.Server.ConnectTimeout = *timeout
-		spec.Server.HandshakeTimeout = *timeout
+	if f.timeout > 0 {
+		spec.Server.ConnectTimeout = f.timeout
+		spec.Server.HandshakeTimeout = f.timeout
 	}
-	return clientFlags{spec: spec, ep: ep, json: *asJSON, rest: fs.Args()[1:]}, nil
+	return spec, spec.Server.Endpoints[0], nil
 }
 
-// runProbe implements `nbdroot probe`: negotiate with the server exactly as
-// the keeper does (dial.Dial), describe the export, and disconnect.
-func runProbe(ctx context.Context, sio stdio, args []string) error {
-	f, err := parseClientFlags("probe", sio, args, nil)
-	if errors.Is(err, flag.ErrHelp) {
+// oneSpec checks that args, the arguments after the flags, are one SPEC.
+func oneSpec(args []string) error {
+	switch len(args) {
+	case 0:
+		return usagef("want exactly one SPEC (HOST[:PORT]/NAME or an nbd:// URI), got none")
+	case 1:
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	if len(f.rest) > 0 {
-		return usagef("probe: want exactly one SPEC, got %d arguments", 1+len(f.rest))
-	}
-	exp, conn, err := dial.Dial(ctx, f.spec, f.ep)
-	if err != nil {
-		return fmt.Errorf("probe: %w", err)
-	}
-	// The probe has its answer; a failed NBD_CMD_DISC only means the server
-	// hung up first.
-	_ = negotiate.Disconnect(conn)
+	return usagef("want exactly one SPEC, got %d arguments", len(args))
+}
 
-	info := describe(*exp)
-	info.Server = f.ep.Server()
-	if f.json {
-		return writeJSON(sio.out, info)
+// probeFlags registers probe's flags. probe negotiates with the server
+// exactly as the keeper does (dial.Dial), describes the export, and disconnects.
+func probeFlags(fs *flag.FlagSet) runFunc {
+	var f clientFlags
+	f.register(fs)
+	return func(ctx context.Context, sio stdio, args []string) error {
+		if err := oneSpec(args); err != nil {
+			return err
+		}
+		spec, ep, err := f.target(args[0])
+		if err != nil {
+			return err
+		}
+		exp, conn, err := dial.Dial(ctx, spec, ep)
+		if err != nil {
+			return fmt.Errorf("probe: %w", err)
+		}
+		// The probe has its answer; a failed NBD_CMD_DISC only means the
+		// server hung up first.
+		_ = negotiate.Disconnect(conn)
+
+		info := describe(*exp)
+		info.Server = ep.Server()
+		if f.json {
+			return writeJSON(sio.out, info)
+		}
+		w := &errWriter{w: sio.out}
+		w.printf("server:      %s\n", info.Server)
+		w.printf("export:      %s\n", displayName(exp.Name))
+		if exp.Description != "" {
+			w.printf("description: %s\n", exp.Description)
+		}
+		w.printf("size:        %d (%s)\n", exp.Size, humanSize(exp.Size))
+		w.printf("flags:       %s\n", flagsString(exp.Flags))
+		w.printf("block sizes: %s\n", blockSizes(*exp))
+		w.printf("path:        %s\n", exp.Path)
+		w.printf("tls:         %s\n", tlsString(*exp))
+		return w.err
 	}
-	w := &errWriter{w: sio.out}
-	w.printf("server:      %s\n", info.Server)
-	w.printf("export:      %s\n", displayName(exp.Name))
-	if exp.Description != "" {
-		w.printf("description: %s\n", exp.Description)
-	}
-	w.printf("size:        %d (%s)\n", exp.Size, humanSize(exp.Size))
-	w.printf("flags:       %s\n", flagsString(exp.Flags))
-	w.printf("block sizes: %s\n", blockSizes(*exp))
-	w.printf("path:        %s\n", exp.Path)
-	w.printf("tls:         %s\n", tlsString(*exp))
-	return w.err
 }
 
 // exportInfo is an export as probe --json and list --json print it. The field
@@ -261,16 +249,4 @@ func writeJSON(w io.Writer, v any) error {
 		return fmt.Errorf("writing JSON: %w", err)
 	}
 	return nil
-}
-
-// errWriter keeps the first write error, so a run of prints checks once.
-type errWriter struct {
-	w   io.Writer
-	err error
-}
-
-func (w *errWriter) printf(format string, a ...any) {
-	if w.err == nil {
-		_, w.err = fmt.Fprintf(w.w, format, a...)
-	}
 }

@@ -16,14 +16,20 @@ import (
 // ReadyTimeout bounds the wait for a server to accept connections.
 const ReadyTimeout = 15 * time.Second
 
-// Server is a running NBD server on 127.0.0.1.
+// Server is a running NBD server on 127.0.0.1, or on a Lab's server
+// address inside the lab's network namespace.
 type Server struct {
 	// Kind is "qemu-nbd", "nbdkit" or "nbd-server".
 	Kind string
-	// Addr is "127.0.0.1:PORT".
+	// Host is the address it listens on: "127.0.0.1" or the lab's.
+	Host string
+	// Addr is "HOST:PORT".
 	Addr string
 	// Port is the TCP port.
 	Port int
+
+	// dial connects to the server, in the lab's namespace for a lab server.
+	dial func(addr string, timeout time.Duration) (net.Conn, error)
 
 	t    testing.TB
 	argv []string
@@ -44,6 +50,7 @@ type options struct {
 	shared     int
 	readOnly   bool
 	extra      []string
+	lab        *Lab
 }
 
 // TLS makes the server require TLS with the certificates in dir (a CertSet's
@@ -56,6 +63,25 @@ func VerifyPeer() Option { return func(o *options) { o.verifyPeer = true } }
 // Shared lets qemu-nbd serve n clients at once (--shared; default 1).
 // nbd-server ignores it.
 func Shared(n int) Option { return func(o *options) { o.shared = n } }
+
+// InLab runs the server inside l's network namespace, listening on the lab's
+// server address.
+func InLab(l *Lab) Option { return func(o *options) { o.lab = l } }
+
+// endpoint is where a server of o listens, how it is started and reached.
+type endpoint struct {
+	host   string
+	port   int
+	prefix []string // the command prefix that runs it there
+	dial   func(addr string, timeout time.Duration) (net.Conn, error)
+}
+
+func (o options) endpoint(t testing.TB) endpoint {
+	if o.lab != nil {
+		return endpoint{host: o.lab.ServerAddr().String(), port: o.lab.nextPort(), prefix: o.lab.Exec(), dial: o.lab.Dial}
+	}
+	return endpoint{host: "127.0.0.1", port: FreePort(t), dial: Dial}
+}
 
 // ReadOnly serves the export read-only.
 func ReadOnly() Option { return func(o *options) { o.readOnly = true } }
@@ -70,9 +96,9 @@ func QemuNBD(t testing.TB, image, export string, opts ...Option) *Server {
 	t.Helper()
 	Need(t, "qemu-nbd")
 	o := collect(opts)
-	port := FreePort(t)
-	argv := []string{"qemu-nbd", "-x", export, "-b", "127.0.0.1", "-p", strconv.Itoa(port),
-		"-f", "raw", "--persistent"}
+	ep := o.endpoint(t)
+	argv := append(ep.prefix, "qemu-nbd", "-x", export, "-b", ep.host, "-p", strconv.Itoa(ep.port),
+		"-f", "raw", "--persistent")
 	if o.shared > 0 {
 		argv = append(argv, "--shared="+strconv.Itoa(o.shared))
 	}
@@ -90,7 +116,7 @@ func QemuNBD(t testing.TB, image, export string, opts ...Option) *Server {
 	}
 	argv = append(argv, o.extra...)
 	argv = append(argv, image)
-	return startForeground(t, "qemu-nbd", port, argv)
+	return startForeground(t, "qemu-nbd", ep, argv)
 }
 
 // Nbdkit runs nbdkit in the foreground on a free port with args after the
@@ -98,10 +124,15 @@ func QemuNBD(t testing.TB, image, export string, opts ...Option) *Server {
 // "memory", "64M" or "--tls=require", "--tls-certificates=DIR", "memory", "1M".
 func Nbdkit(t testing.TB, args ...string) *Server {
 	t.Helper()
+	return nbdkit(t, options{}, args)
+}
+
+func nbdkit(t testing.TB, o options, args []string) *Server {
+	t.Helper()
 	Need(t, "nbdkit")
-	port := FreePort(t)
-	argv := append([]string{"nbdkit", "-f", "--exit-with-parent", "-i", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)
-	return startForeground(t, "nbdkit", port, argv)
+	ep := o.endpoint(t)
+	argv := append(ep.prefix, "nbdkit", "-f", "--exit-with-parent", "-i", ep.host, "-p", strconv.Itoa(ep.port))
+	return startForeground(t, "nbdkit", ep, append(argv, args...))
 }
 
 // NbdServer writes an nbd-server configuration serving exports (name → file,
@@ -116,10 +147,10 @@ func NbdServer(t testing.TB, exports map[string]string, opts ...Option) *Server 
 	Need(t, "nbd-server")
 	o := collect(opts)
 	dir := t.TempDir()
-	port := FreePort(t)
+	ep := o.endpoint(t)
 
 	var conf strings.Builder
-	fmt.Fprintf(&conf, "[generic]\nlistenaddr = 127.0.0.1\nport = %d\nallowlist = true\n", port)
+	fmt.Fprintf(&conf, "[generic]\nlistenaddr = %s\nport = %d\nallowlist = true\n", ep.host, ep.port)
 	if o.tlsDir != "" {
 		fmt.Fprintf(&conf, "certfile = %s\nkeyfile = %s\ncacertfile = %s\nforce_tls = true\n",
 			filepath.Join(o.tlsDir, "server-cert.pem"),
@@ -150,10 +181,12 @@ func NbdServer(t testing.TB, exports map[string]string, opts ...Option) *Server 
 	}
 	s := &Server{
 		Kind:    "nbd-server",
-		Addr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-		Port:    port,
+		Host:    ep.host,
+		Addr:    net.JoinHostPort(ep.host, strconv.Itoa(ep.port)),
+		Port:    ep.port,
+		dial:    ep.dial,
 		t:       t,
-		argv:    []string{"nbd-server", "-C", confPath, "-p", filepath.Join(dir, "nbd-server.pid")},
+		argv:    append(ep.prefix, "nbd-server", "-C", confPath, "-p", filepath.Join(dir, "nbd-server.pid")),
 		pidFile: filepath.Join(dir, "nbd-server.pid"),
 	}
 	if err := s.start(); err != nil {
@@ -171,12 +204,14 @@ func collect(opts []Option) options {
 	return o
 }
 
-func startForeground(t testing.TB, kind string, port int, argv []string) *Server {
+func startForeground(t testing.TB, kind string, ep endpoint, argv []string) *Server {
 	t.Helper()
 	s := &Server{
 		Kind: kind,
-		Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-		Port: port,
+		Host: ep.host,
+		Addr: net.JoinHostPort(ep.host, strconv.Itoa(ep.port)),
+		Port: ep.port,
+		dial: ep.dial,
 		t:    t,
 		argv: argv,
 	}
@@ -237,7 +272,7 @@ func (s *Server) start() error {
 func (s *Server) waitReady() error {
 	deadline := time.Now().Add(ReadyTimeout)
 	for {
-		c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+		c, err := s.dial(s.Addr, time.Second)
 		if err == nil {
 			c.Close()
 			return nil
@@ -276,23 +311,23 @@ func (s *Server) Stop() {
 			_ = syscall.Kill(-pgid, syscall.SIGKILL)
 		}
 		s.pid = 0
-		if err := waitClosed(s.Addr, StopTimeout); err != nil {
+		if err := s.waitClosed(StopTimeout); err != nil {
 			s.t.Errorf("testrig: stopping %s: %v", s.Kind, err)
 		}
 	}
 }
 
-// waitClosed polls until nothing accepts connections on addr.
-func waitClosed(addr string, timeout time.Duration) error {
+// waitClosed polls until nothing accepts connections on the server's address.
+func (s *Server) waitClosed(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		c, err := s.dial(s.Addr, time.Second)
 		if err != nil {
 			return nil
 		}
 		c.Close()
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s still accepts connections after %v", addr, timeout)
+			return fmt.Errorf("%s still accepts connections after %v", s.Addr, timeout)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

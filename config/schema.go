@@ -1,0 +1,741 @@
+package config
+
+import (
+	"encoding"
+	"fmt"
+	"net/netip"
+	"path"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/nbdroot/nbdroot/nbddev"
+)
+
+// kind is the type of a TOML key's value.
+type kind int
+
+const (
+	kString   kind = iota // TOML string
+	kInt                  // TOML integer
+	kBool                 // TOML boolean
+	kDuration             // TOML string holding a Go duration ("5s")
+	kList                 // TOML array of strings; comma-separated on the command line
+	kAutoInt              // "auto" or a TOML integer
+)
+
+// want says what a kind accepts, for error messages.
+func (k kind) want() string {
+	return [...]string{kString: "a string", kInt: "an integer", kBool: "true or false",
+		kDuration: `a duration string such as "5s"`, kList: `a list of strings such as ["a", "b"]`,
+		kAutoInt: `"auto" or an integer`}[k]
+}
+
+// assign is one value for one key, normalized to the key's Go form:
+// string, int64, bool, time.Duration or []string (kAutoInt: "auto" or int64).
+type assign struct {
+	key string
+	val any
+}
+
+// keyDef is one key of the schema, derived from a field of Spec by newKeyDef.
+type keyDef struct {
+	name  string       // "device.block_size"
+	kind  kind         // the form of its values
+	field []int        // the field's index path in Spec
+	typ   reflect.Type // the field's type
+	alias string       // the kernel argument that sets it too ("rootfstype")
+	def   string       // the default as text; "" for the zero value
+	auto  int64        // kAutoInt: the value "auto" stands for
+	// check is the field's check tag made a function: func(any) (any,
+	// error) sees and normalizes every value; func(string) error sees
+	// non-empty strings and every list element; func(int64) error and
+	// func(time.Duration) error see numbers.
+	check any
+}
+
+// isServers reports whether t is server.servers' type, the one key whose
+// value implies others.
+func isServers(t reflect.Type) bool { return t == reflect.TypeFor[[]Endpoint]() }
+
+// isText reports whether values of t parse from text (netip values).
+func isText(t reflect.Type) bool {
+	return reflect.PointerTo(t).Implements(reflect.TypeFor[encoding.TextUnmarshaler]())
+}
+
+// sections returns the TOML tables in output order.
+func sections() []string {
+	var out []string
+	t := reflect.TypeFor[Spec]()
+	for i := range t.NumField() {
+		out = append(out, t.Field(i).Tag.Get("toml"))
+	}
+	return out
+}
+
+// keyTable returns every key of the schema, derived from Spec's fields and
+// their tags, grouped by section in output order. The table is built once
+// and never changes; callers only read it.
+func keyTable() []keyDef { t, _ := schema(); return t }
+
+// keyIndex returns keyTable indexed by name.
+func keyIndex() map[string]*keyDef { _, m := schema(); return m }
+
+// schema derives the key table on first use, as encoding/json caches what it
+// derives from a type. It is not mutable state: every call sees the same
+// table.
+var schema = sync.OnceValues(func() ([]keyDef, map[string]*keyDef) {
+	var keys []keyDef
+	t := reflect.TypeFor[Spec]()
+	for i := range t.NumField() {
+		sec := t.Field(i)
+		for j := range sec.Type.NumField() {
+			f := sec.Type.Field(j)
+			if name := f.Tag.Get("toml"); name != "-" {
+				keys = append(keys, newKeyDef(sec.Tag.Get("toml")+"."+name, []int{i, j}, f))
+			}
+		}
+	}
+	m := make(map[string]*keyDef, len(keys))
+	for i := range keys {
+		m[keys[i].name] = &keys[i]
+	}
+	return keys, m
+})
+
+// newKeyDef derives a key from a field. A field the schema cannot express is
+// a programming error, caught by every test.
+func newKeyDef(name string, index []int, f reflect.StructField) keyDef {
+	k := keyDef{name: name, field: index, typ: f.Type, alias: f.Tag.Get("cmdline"), def: f.Tag.Get("default"),
+		check: namedCheck(f.Tag.Get("check"))}
+	switch t := f.Type; {
+	case t == reflect.TypeFor[time.Duration]():
+		k.kind = kDuration
+	case t.Kind() == reflect.Bool:
+		k.kind = kBool
+	case t.Kind() == reflect.Int || t.Kind() == reflect.Uint32:
+		k.kind = kInt
+		if a, ok := f.Tag.Lookup("auto"); ok {
+			n, err := strconv.ParseInt(a, 10, 64)
+			if err != nil {
+				panic("config: " + name + ": bad auto tag")
+			}
+			k.kind, k.auto = kAutoInt, n
+		}
+	case t.Kind() == reflect.String || isText(t):
+		k.kind = kString
+	case isServers(t) || t.Kind() == reflect.Slice && (t.Elem().Kind() == reflect.String || isText(t.Elem())):
+		k.kind = kList
+	default:
+		panic("config: " + name + ": no TOML form for " + t.String())
+	}
+	return k
+}
+
+// assigns validates v for the key and returns what it sets: the key, and
+// for server.servers what its URIs imply (tls.*).
+func (k *keyDef) assigns(v any) ([]assign, error) {
+	if isServers(k.typ) {
+		return expandServers(v)
+	}
+	v, err := k.conv(v)
+	if err != nil {
+		return nil, err
+	}
+	return []assign{{k.name, v}}, nil
+}
+
+// conv checks a value of the key's kind and returns it normalized: netip
+// values canonical, "auto" for the integer it stands for.
+func (k *keyDef) conv(v any) (any, error) {
+	if c, ok := k.check.(func(any) (any, error)); ok {
+		return c(v)
+	}
+	switch k.kind {
+	case kString:
+		s := v.(string)
+		if isText(k.typ) {
+			return convText(k.typ, s)
+		}
+		if c, ok := k.check.(func(string) error); ok && s != "" {
+			return s, c(s)
+		}
+	case kList:
+		var out []string
+		elem := k.typ.Elem()
+		text := isText(elem)
+		for _, e := range v.([]string) {
+			var err error
+			switch c, ok := k.check.(func(string) error); {
+			case text && e == "":
+				err = fmt.Errorf("%q is not %s", e, textWant(elem))
+			case text:
+				e, err = convText(elem, e)
+			case ok:
+				err = c(e)
+			}
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, e)
+		}
+		return out, nil
+	case kInt, kAutoInt:
+		n, ok := v.(int64)
+		if !ok {
+			return v, nil // "auto"
+		}
+		if c, ok := k.check.(func(int64) error); ok {
+			if err := c(n); err != nil {
+				return nil, err
+			}
+		}
+		if k.kind == kAutoInt && n == k.auto {
+			return "auto", nil
+		}
+	case kDuration:
+		if c, ok := k.check.(func(time.Duration) error); ok {
+			return v, c(v.(time.Duration))
+		}
+	}
+	return v, nil
+}
+
+// convText parses s as a value of t (an encoding.TextUnmarshaler such as
+// netip.Addr) and returns its canonical text.
+func convText(t reflect.Type, s string) (string, error) {
+	p := reflect.New(t)
+	if p.Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s)) != nil {
+		return "", fmt.Errorf("%q is not %s", s, textWant(t))
+	}
+	b, err := p.Interface().(encoding.TextMarshaler).MarshalText()
+	return string(b), err
+}
+
+// textWant says what a text type accepts, for error messages.
+func textWant(t reflect.Type) string {
+	if t == reflect.TypeFor[netip.Prefix]() {
+		return `an address with prefix length such as "192.0.2.10/24"`
+	}
+	return "an IP address"
+}
+
+// set stores a normalized value in s.
+func (k *keyDef) set(s *Spec, v any) {
+	if isServers(k.typ) {
+		setServers(s, v)
+		return
+	}
+	f := reflect.ValueOf(s).Elem().FieldByIndex(k.field)
+	l, isList := v.([]string)
+	switch {
+	case isList:
+		f.SetZero()
+		if len(l) > 0 {
+			f.Set(reflect.MakeSlice(f.Type(), len(l), len(l)))
+		}
+		for i, e := range l {
+			setScalar(f.Index(i), e)
+		}
+	case v == "auto" && k.kind == kAutoInt:
+		setScalar(f, k.auto)
+	default:
+		setScalar(f, v)
+	}
+}
+
+// setScalar stores a normalized scalar in f, parsing the text of text types.
+func setScalar(f reflect.Value, v any) {
+	if s, ok := v.(string); ok && isText(f.Type()) {
+		_ = f.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s)) // checked by conv
+		return
+	}
+	f.Set(reflect.ValueOf(v).Convert(f.Type()))
+}
+
+// get reads the key's value from s in the form set takes.
+func (k *keyDef) get(s *Spec) any {
+	if isServers(k.typ) {
+		return getServers(s)
+	}
+	f := reflect.ValueOf(s).Elem().FieldByIndex(k.field)
+	if k.kind == kList {
+		var out []string
+		for i := range f.Len() {
+			out = append(out, getScalar(f.Index(i)).(string))
+		}
+		return out
+	}
+	v := getScalar(f)
+	if k.kind == kAutoInt && v == k.auto {
+		return "auto"
+	}
+	return v
+}
+
+// getScalar reads f as string, bool, time.Duration or int64.
+func getScalar(f reflect.Value) any {
+	switch {
+	case isText(f.Type()):
+		b, _ := f.Interface().(encoding.TextMarshaler).MarshalText()
+		return string(b)
+	case f.Kind() == reflect.String:
+		return f.String()
+	case f.Kind() == reflect.Bool || f.Type() == reflect.TypeFor[time.Duration]():
+		return f.Interface()
+	}
+	return f.Convert(reflect.TypeFor[int64]()).Interface()
+}
+
+// namedCheck returns the check a field's check tag names (see keyDef.check).
+func namedCheck(name string) any {
+	c, ok := map[string]any{"": nil,
+		"positive": durPositive, "nonnegative": durNonNegative, "seconds": durWholeSeconds,
+		"abspath": checkAbsPath, "nocontrol": checkNoControl, "servername": checkServerName,
+		"hostname": checkHostname, "ifname": checkIfName, "module": checkModule, "fstype": convFSType,
+		"index": intRange(0, MaxIndex), "connections": intRange(1, MaxConnections),
+		"partition": intRange(0, MaxPartition), "blocksize": checkBlockSize,
+		"interface":  oneOf(InterfaceAuto, InterfaceNetlink, InterfaceIoctl),
+		"mode":       oneOf(NetworkDHCP, NetworkStatic, NetworkNone),
+		"overlay":    oneOf(OverlayNone, OverlayTmpfs),
+		"on_failure": oneOf(FailShell, FailReboot, FailPoweroff, FailHalt),
+		"log_level":  oneOf("error", "info", "debug"),
+	}[name]
+	if !ok {
+		panic("config: unknown check " + strconv.Quote(name))
+	}
+	return c
+}
+
+// Limits enforced on the spec.
+const (
+	// MaxConnections bounds device.connections.
+	MaxConnections = 64
+	// MaxPartition bounds root.partition.
+	MaxPartition = 255
+	// MaxIndex bounds device.index (nbddev.MaxIndex).
+	MaxIndex = nbddev.MaxIndex
+	// MaxExportName is the NBD protocol's limit on export names, in bytes.
+	MaxExportName = 4096
+)
+
+// Set stores one key of s given as text, exactly as nbdroot.KEY=VALUE on
+// the kernel command line would: the same parser, the same checks, the same
+// messages, and the keys a value implies (an nbds:// server sets
+// tls.required). The rules between keys that Resolve applies are not
+// checked. The error is an *Error whose Field is the key and whose Source is
+// empty, for the caller to name the flag or input.
+func (s *Spec) Set(key, value string) error {
+	keys := keyIndex()
+	k, ok := keys[key]
+	if !ok {
+		return &Error{Field: key, Msg: unknownKeyMsg(key, knownKeys(), nil)}
+	}
+	return s.setText(keys, k, value)
+}
+
+// setText is Set for a known key.
+func (s *Spec) setText(keys map[string]*keyDef, k *keyDef, text string) error {
+	v, err := fromString(k.kind, text)
+	var as []assign
+	if err == nil {
+		as, err = k.assigns(v)
+	}
+	if err != nil {
+		return &Error{Field: k.name, Msg: err.Error()}
+	}
+	for _, a := range as {
+		keys[a.key].set(s, a.val)
+	}
+	return nil
+}
+
+// Flag returns key of s as a flag.Value: Set is Spec.Set, String the
+// current value in the text form Set accepts. It panics if key is unknown.
+func (s *Spec) Flag(key string) *KeyFlag {
+	if _, ok := keyIndex()[key]; !ok {
+		panic("config: unknown key " + strconv.Quote(key))
+	}
+	return &KeyFlag{spec: s, key: key}
+}
+
+// KeyFlag is one key of a Spec as a flag.Value, from Spec.Flag.
+type KeyFlag struct {
+	spec *Spec
+	key  string
+}
+
+// String returns the key's value as text ("5s", "auto", "a,b"); "" for the
+// zero KeyFlag.
+func (f *KeyFlag) String() string {
+	if f == nil || f.spec == nil {
+		return ""
+	}
+	switch v := keyIndex()[f.key].get(f.spec).(type) {
+	case time.Duration:
+		return formatDuration(v)
+	case []string:
+		return strings.Join(v, ",")
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+// Set applies text to the key with Spec.Set. Its *Error leaves the key
+// out: the flag package names the flag.
+func (f *KeyFlag) Set(text string) error {
+	err := f.spec.Set(f.key, text)
+	if e, ok := err.(*Error); ok {
+		e.Field = ""
+	}
+	return err
+}
+
+// IsBoolFlag makes a boolean key a flag that needs no value (--read-only).
+func (f *KeyFlag) IsBoolFlag() bool { return keyIndex()[f.key].kind == kBool }
+
+// knownKeys returns the name of every key.
+func knownKeys() []string {
+	var out []string
+	for _, k := range keyTable() {
+		out = append(out, k.name)
+	}
+	return out
+}
+
+func intRange(lo, hi int64) func(int64) error {
+	return func(n int64) error {
+		if n < lo || n > hi {
+			return fmt.Errorf("%d is out of range %d-%d", n, lo, hi)
+		}
+		return nil
+	}
+}
+
+// checkBlockSize accepts 0 ("auto") and nbddev's rule.
+func checkBlockSize(n int64) error {
+	if n == 0 {
+		return nil
+	}
+	return nbddev.CheckBlockSize(n)
+}
+
+func oneOf[T ~string](choices ...T) func(any) (any, error) {
+	return func(v any) (any, error) {
+		s := v.(string)
+		var names []string
+		for _, c := range choices {
+			if s == string(c) {
+				return s, nil
+			}
+			names = append(names, string(c))
+		}
+		return nil, fmt.Errorf("%q is not one of %s", s, strings.Join(names, ", "))
+	}
+}
+
+func durPositive(d time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("%s is not a positive duration", formatDuration(d))
+	}
+	return nil
+}
+
+func durNonNegative(d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("%s is negative", formatDuration(d))
+	}
+	return nil
+}
+
+// durWholeSeconds accepts 0 and whole seconds: the kernel counts seconds.
+func durWholeSeconds(d time.Duration) error {
+	if err := durNonNegative(d); err != nil {
+		return err
+	}
+	if d%time.Second != 0 {
+		return fmt.Errorf("%s is not a whole number of seconds (the kernel counts seconds)", formatDuration(d))
+	}
+	return nil
+}
+
+func convFSType(v any) (any, error) {
+	s := v.(string)
+	if s == "auto" {
+		return "", nil
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return nil, fmt.Errorf("%q is not a filesystem type", s)
+		}
+	}
+	return s, nil
+}
+
+func checkAbsPath(s string) error {
+	if !path.IsAbs(s) {
+		return fmt.Errorf("%q is not an absolute path", s)
+	}
+	return checkNoControl(s)
+}
+
+func checkNoControl(s string) error {
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f {
+			return fmt.Errorf("%q contains a control character", s)
+		}
+	}
+	return nil
+}
+
+func checkServerName(s string) error {
+	if strings.ContainsAny(s, " /") {
+		return fmt.Errorf("%q is not a host name", s)
+	}
+	return checkNoControl(s)
+}
+
+// checkIfName accepts what the kernel accepts as a network interface name.
+func checkIfName(s string) error {
+	if s == "" || len(s) > 15 || s == "." || s == ".." || strings.ContainsAny(s, "/: \t\n") || !utf8.ValidString(s) {
+		return fmt.Errorf("%q is not a network interface name", s)
+	}
+	return checkNoControl(s)
+}
+
+func checkHostname(s string) error {
+	if len(s) > 64 || strings.ContainsAny(s, " /") {
+		return fmt.Errorf("%q is not a host name (at most 64 bytes, no spaces or slashes)", s)
+	}
+	return checkNoControl(s)
+}
+
+func checkModule(s string) error {
+	if s == "" {
+		return fmt.Errorf("empty module name")
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
+			return fmt.Errorf("%q is not a module name", s)
+		}
+	}
+	return nil
+}
+
+// fromString converts a command-line value to kind k.
+func fromString(k kind, s string) (any, error) {
+	switch k {
+	case kString:
+		return s, nil
+	case kInt, kAutoInt:
+		if k == kAutoInt && s == "auto" {
+			return s, nil
+		}
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not %s", s, k.want())
+		}
+		return n, nil
+	case kBool:
+		b, ok := parseBool(s)
+		if !ok {
+			return nil, fmt.Errorf("%q is not a boolean (want true or false)", s)
+		}
+		return b, nil
+	case kDuration:
+		return parseDuration(s)
+	case kList:
+		if s == "" {
+			return []string(nil), nil
+		}
+		l := strings.Split(s, ",")
+		if slices.Contains(l, "") {
+			return nil, fmt.Errorf("%q has an empty element", s)
+		}
+		return l, nil
+	}
+	return nil, fmt.Errorf("unsupported kind")
+}
+
+// fromTOML converts a decoded TOML value to kind k.
+func fromTOML(k kind, v any) (any, error) {
+	switch x := v.(type) {
+	case string:
+		switch {
+		case k == kString || k == kAutoInt && x == "auto":
+			return x, nil
+		case k == kDuration:
+			return parseDuration(x)
+		case k == kAutoInt:
+			return nil, fmt.Errorf("%q is not %s", x, k.want())
+		}
+	case int64:
+		if k == kInt || k == kAutoInt {
+			return x, nil
+		}
+	case bool:
+		if k == kBool {
+			return x, nil
+		}
+	case []any:
+		if k != kList {
+			break
+		}
+		var out []string
+		for _, e := range x {
+			s, ok := e.(string)
+			if !ok {
+				return nil, fmt.Errorf("list element %s is %s; want a string", tomlText(e), tomlTypeName(e))
+			}
+			out = append(out, s)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("%s is %s; want %s", tomlText(v), tomlTypeName(v), k.want())
+}
+
+func tomlTypeName(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case int64:
+		return "an integer"
+	case float64:
+		return "a float"
+	case bool:
+		return "a boolean"
+	case []any:
+		return "an array"
+	case map[string]any:
+		return "a table"
+	case []map[string]any:
+		return "an array of tables"
+	}
+	return "a datetime"
+}
+
+func tomlText(v any) string {
+	switch x := v.(type) {
+	case string:
+		return strconv.Quote(x)
+	case int64, float64, bool:
+		return fmt.Sprint(x)
+	case []any:
+		return "[...]"
+	case map[string]any, []map[string]any:
+		return "{...}"
+	}
+	return fmt.Sprint(v)
+}
+
+func parseBool(s string) (bool, bool) {
+	switch strings.ToLower(s) {
+	case "true", "yes", "on", "1":
+		return true, true
+	case "false", "no", "off", "0":
+		return false, true
+	}
+	return false, false
+}
+
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration (want e.g. \"5s\", \"250ms\", \"2m\")", s)
+	}
+	return d, nil
+}
+
+// formatDuration is time.Duration.String without trailing zero units
+// ("5m" rather than "5m0s").
+func formatDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
+}
+
+// literal renders a normalized value as TOML.
+func literal(v any) string {
+	switch x := v.(type) {
+	case string:
+		return tomlQuote(x)
+	case time.Duration:
+		return tomlQuote(formatDuration(x))
+	case []string:
+		q := make([]string, len(x))
+		for i, e := range x {
+			q[i] = tomlQuote(e)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	}
+	return fmt.Sprint(v) // int64, bool
+}
+
+// tomlQuote returns s as a TOML basic string.
+func tomlQuote(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range s {
+		switch i := strings.IndexRune("\b\t\n\f\r", r); {
+		case r == '"' || r == '\\':
+			b.WriteString(`\` + string(r))
+		case i >= 0:
+			b.WriteString(`\` + "btnfr"[i:i+1])
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\u%04X`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// suggest returns the known name nearest to name, or "" if none is close.
+func suggest(name string, known []string) string {
+	best, bestD := "", min(3, max(1, len(name)/3))+1
+	for _, k := range known {
+		if d := editDistance(name, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b, capped for long
+// inputs.
+func editDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		if a == b {
+			return 0
+		}
+		return 64
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			c := prev[j-1]
+			if a[i-1] != b[j-1] {
+				c++
+			}
+			c = min(c, prev[j]+1, cur[j-1]+1)
+			cur[j] = c
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}

@@ -1,0 +1,580 @@
+package negotiate
+
+import (
+	"encoding"
+	"encoding/binary"
+	"math"
+)
+
+// The wire records of the handshake (doc/proto.md), each a type with
+// MarshalBinary and UnmarshalBinary. UnmarshalBinary takes exactly one record
+// and enforces every rule that record carries on its own (magic numbers,
+// exact sizes, string and payload limits, export size), failing with an error
+// that wraps ErrProtocol; rules spanning records (the option a reply echoes,
+// block sizes against the export size, reply counts) are the session's.
+// MarshalBinary never fails. A new record (structured replies, meta contexts)
+// is one more type here.
+
+// Record sizes.
+const (
+	greetingLen      = 8 + 8                           // "NBDMAGIC" and the second magic
+	newstyleLen      = greetingLen + 2                 // ... and the handshake flags
+	oldstyleLen      = greetingLen + 8 + 4 + zeroPad   // ... and size, flags, reserved bytes
+	clientFlagsLen   = 4                               // the client's answer to the greeting
+	optionHeaderLen  = 8 + 4 + 4                       // magic, option, data length
+	replyHeaderLen   = 8 + 4 + 4 + 4                   // magic, option, reply type, payload length
+	exportNameLen    = 8 + 2                           // NBD_OPT_EXPORT_NAME reply without its zero padding
+	exportInfoLen    = 2 + 8 + 2                       // NBD_INFO_EXPORT
+	blockSizeInfoLen = 2 + 4 + 4 + 4                   // NBD_INFO_BLOCK_SIZE
+	requestLen       = 4 + 2 + 2 + 8 + 8 + 4           // transmission request
+	infoTypeLen      = 2                               // the information type opening NBD_REP_INFO
+	serverNameLen    = 4                               // the name length opening NBD_REP_SERVER
+	infoRequestLen   = 4 + 2                           // name length and request count of NBD_OPT_INFO/GO
+	maxServerReply   = serverNameLen + 2*MaxStringSize // NBD_REP_SERVER with the longest name and description
+)
+
+// newstyleGreeting opens a newstyle handshake: "NBDMAGIC", "IHAVEOPT" and the
+// handshake flags.
+type newstyleGreeting struct {
+	Flags uint16 // handshake flags, such as hflagFixedNewstyle
+}
+
+// MarshalBinary encodes the greeting.
+func (g newstyleGreeting) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, newstyleLen)
+	b = binary.BigEndian.AppendUint64(b, magicInit)
+	b = binary.BigEndian.AppendUint64(b, magicOpt)
+	return binary.BigEndian.AppendUint16(b, g.Flags), nil
+}
+
+// UnmarshalBinary decodes the greeting. Unknown flags are kept.
+func (g *newstyleGreeting) UnmarshalBinary(b []byte) error {
+	if err := wantLen("newstyle greeting", len(b), newstyleLen); err != nil {
+		return err
+	}
+	old, err := greetingStyle(b)
+	if err == nil && old {
+		err = protocolError("oldstyle magic in a newstyle greeting")
+	}
+	if err != nil {
+		return err
+	}
+	g.Flags = binary.BigEndian.Uint16(b[greetingLen:])
+	return nil
+}
+
+// oldstyleGreeting is the whole of an oldstyle handshake: "NBDMAGIC", the
+// oldstyle magic, the export's size and flags, and zeroPad reserved bytes.
+type oldstyleGreeting struct {
+	Size  uint64
+	Flags Flags // 32 bits on the wire, of which the upper 16 must be zero
+}
+
+// MarshalBinary encodes the greeting.
+func (g oldstyleGreeting) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, oldstyleLen)
+	b = binary.BigEndian.AppendUint64(b, magicInit)
+	b = binary.BigEndian.AppendUint64(b, magicOldstyle)
+	b = binary.BigEndian.AppendUint64(b, g.Size)
+	b = binary.BigEndian.AppendUint32(b, uint32(g.Flags))
+	return append(b, make([]byte, zeroPad)...), nil
+}
+
+// UnmarshalBinary decodes the greeting; the reserved bytes are not checked.
+func (g *oldstyleGreeting) UnmarshalBinary(b []byte) error {
+	if err := wantLen("oldstyle greeting", len(b), oldstyleLen); err != nil {
+		return err
+	}
+	old, err := greetingStyle(b)
+	if err == nil && !old {
+		err = protocolError("newstyle magic in an oldstyle greeting")
+	}
+	if err != nil {
+		return err
+	}
+	size := binary.BigEndian.Uint64(b[greetingLen:])
+	flags := binary.BigEndian.Uint32(b[greetingLen+8:])
+	if flags>>16 != 0 {
+		return protocolError("oldstyle export flags %#08x have bits above the 16 transmission flags set", flags)
+	}
+	if err := checkSize(size); err != nil {
+		return err
+	}
+	g.Size, g.Flags = size, Flags(flags)
+	return nil
+}
+
+// greetingStyle checks the two magic numbers that open every greeting (the
+// first greetingLen bytes of b) and reports whether an oldstyle greeting
+// follows.
+func greetingStyle(b []byte) (oldstyle bool, err error) {
+	if m := binary.BigEndian.Uint64(b[0:]); m != magicInit {
+		return false, protocolError("bad greeting magic %#016x, want %#016x (\"NBDMAGIC\"); is this an NBD server?", m, magicInit)
+	}
+	switch m := binary.BigEndian.Uint64(b[8:]); m {
+	case magicOldstyle:
+		return true, nil
+	case magicOpt:
+		return false, nil
+	default:
+		return false, protocolError("bad greeting magic %#016x after NBDMAGIC, want %#016x (\"IHAVEOPT\", newstyle) or %#016x (oldstyle)", m, magicOpt, magicOldstyle)
+	}
+}
+
+// clientFlags are the client's answer to a newstyle greeting, such as
+// cflagFixedNewstyle.
+type clientFlags uint32
+
+// MarshalBinary encodes the flags.
+func (f clientFlags) MarshalBinary() ([]byte, error) {
+	return binary.BigEndian.AppendUint32(nil, uint32(f)), nil
+}
+
+// UnmarshalBinary decodes the flags.
+func (f *clientFlags) UnmarshalBinary(b []byte) error {
+	if err := wantLen("client flags", len(b), clientFlagsLen); err != nil {
+		return err
+	}
+	*f = clientFlags(binary.BigEndian.Uint32(b))
+	return nil
+}
+
+// optionRequest is one option from the client: the header and the data.
+type optionRequest struct {
+	Option uint32 // such as OptGo
+	Data   []byte
+}
+
+// MarshalBinary encodes the request.
+func (r optionRequest) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, optionHeaderLen+len(r.Data))
+	b = binary.BigEndian.AppendUint64(b, magicOpt)
+	b = binary.BigEndian.AppendUint32(b, r.Option)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Data)))
+	return append(b, r.Data...), nil
+}
+
+// UnmarshalBinary decodes a request; Data refers to b.
+func (r *optionRequest) UnmarshalBinary(b []byte) error {
+	if len(b) < optionHeaderLen {
+		return protocolError("option request of %d bytes, too short for the header", len(b))
+	}
+	if m := binary.BigEndian.Uint64(b); m != magicOpt {
+		return protocolError("bad option magic %#016x, want %#016x", m, magicOpt)
+	}
+	if n := binary.BigEndian.Uint32(b[12:]); uint64(n) != uint64(len(b)-optionHeaderLen) {
+		return protocolError("option data length %d, but %d bytes follow", n, len(b)-optionHeaderLen)
+	}
+	r.Option, r.Data = binary.BigEndian.Uint32(b[8:]), b[optionHeaderLen:]
+	return nil
+}
+
+// infoRequest is the data of NBD_OPT_INFO and NBD_OPT_GO: the export's name
+// and the information types asked for.
+type infoRequest struct {
+	Name  string
+	Infos []uint16 // such as infoBlockSize
+}
+
+// MarshalBinary encodes the request.
+func (r infoRequest) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, infoRequestLen+len(r.Name)+2*len(r.Infos))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Name)))
+	b = append(b, r.Name...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Infos)))
+	for _, typ := range r.Infos {
+		b = binary.BigEndian.AppendUint16(b, typ)
+	}
+	return b, nil
+}
+
+// UnmarshalBinary decodes the request.
+func (r *infoRequest) UnmarshalBinary(b []byte) error {
+	if len(b) < infoRequestLen {
+		return protocolError("info request of %d bytes, too short", len(b))
+	}
+	n := binary.BigEndian.Uint32(b)
+	if uint64(n) > uint64(len(b)-infoRequestLen) {
+		return protocolError("info request name length %d exceeds the %d-byte data", n, len(b))
+	}
+	if err := checkString("export name", int(n)); err != nil {
+		return err
+	}
+	rest := b[4+n:]
+	count := int(binary.BigEndian.Uint16(rest))
+	if rest = rest[2:]; len(rest) != 2*count {
+		return protocolError("info request of %d information types in %d bytes", count, len(rest))
+	}
+	r.Name, r.Infos = string(b[4:4+n]), nil
+	for i := range count {
+		r.Infos = append(r.Infos, binary.BigEndian.Uint16(rest[2*i:]))
+	}
+	return nil
+}
+
+// replyHeader opens every option reply: the option it answers, the reply
+// type and the length of the payload that follows.
+type replyHeader struct {
+	Option uint32 // such as OptGo
+	Type   uint32 // such as RepInfo
+	Length uint32
+}
+
+// MarshalBinary encodes the header.
+func (h replyHeader) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, replyHeaderLen)
+	b = binary.BigEndian.AppendUint64(b, magicReply)
+	b = binary.BigEndian.AppendUint32(b, h.Option)
+	b = binary.BigEndian.AppendUint32(b, h.Type)
+	return binary.BigEndian.AppendUint32(b, h.Length), nil
+}
+
+// UnmarshalBinary decodes the header, refusing a payload longer than
+// maxReplyPayload and an NBD_REP_ACK with any payload.
+func (h *replyHeader) UnmarshalBinary(b []byte) error {
+	if err := wantLen("option reply header", len(b), replyHeaderLen); err != nil {
+		return err
+	}
+	if m := binary.BigEndian.Uint64(b[0:]); m != magicReply {
+		return protocolError("bad option reply magic %#016x, want %#016x", m, magicReply)
+	}
+	typ, n := binary.BigEndian.Uint32(b[12:]), binary.BigEndian.Uint32(b[16:])
+	if n > maxReplyPayload {
+		return protocolError("%s reply claims a %d-byte payload, more than the %d allowed", ReplyName(typ), n, maxReplyPayload)
+	}
+	if typ == RepAck && n != 0 {
+		return protocolError("NBD_REP_ACK carries a %d-byte payload, want none", n)
+	}
+	h.Option, h.Type, h.Length = binary.BigEndian.Uint32(b[8:]), typ, n
+	return nil
+}
+
+// serverReply is the payload of NBD_REP_SERVER: one export in reply to
+// NBD_OPT_LIST.
+type serverReply struct {
+	Name, Description string
+}
+
+// MarshalBinary encodes the reply.
+func (r serverReply) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, serverNameLen+len(r.Name)+len(r.Description))
+	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Name)))
+	return append(append(b, r.Name...), r.Description...), nil
+}
+
+// UnmarshalBinary decodes the reply.
+func (r *serverReply) UnmarshalBinary(b []byte) error {
+	n := len(b)
+	switch {
+	case n < serverNameLen:
+		return protocolError("NBD_REP_SERVER of %d bytes, too short for the name length", n)
+	case n > maxServerReply:
+		return protocolError("NBD_REP_SERVER of %d bytes, longer than a name and a description of %d bytes each", n, MaxStringSize)
+	}
+	nameLen := binary.BigEndian.Uint32(b)
+	rest := uint32(n - serverNameLen)
+	if nameLen > rest {
+		return protocolError("NBD_REP_SERVER name length %d exceeds the %d-byte payload", nameLen, rest)
+	}
+	if nameLen > MaxStringSize || rest-nameLen > MaxStringSize {
+		return protocolError("NBD_REP_SERVER string longer than %d bytes", MaxStringSize)
+	}
+	r.Name = string(b[serverNameLen : serverNameLen+nameLen])
+	r.Description = string(b[serverNameLen+nameLen:])
+	return nil
+}
+
+// infoReply is the payload of one NBD_REP_INFO: *exportInfo, *blockSizeInfo,
+// *nameInfo, *descriptionInfo or *otherInfo.
+type infoReply interface {
+	encoding.BinaryMarshaler
+	encoding.BinaryUnmarshaler
+}
+
+// unmarshalInfo decodes an NBD_REP_INFO payload as the record of its
+// information type.
+func unmarshalInfo(b []byte) (infoReply, error) {
+	typ, err := infoType(b)
+	if err != nil {
+		return nil, err
+	}
+	var r infoReply
+	switch typ {
+	case infoExport:
+		r = new(exportInfo)
+	case infoBlockSize:
+		r = new(blockSizeInfo)
+	case infoName:
+		r = new(nameInfo)
+	case infoDescription:
+		r = new(descriptionInfo)
+	default:
+		r = new(otherInfo)
+	}
+	if err := r.UnmarshalBinary(b); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// exportInfo is NBD_INFO_EXPORT: the export's size and transmission flags.
+type exportInfo struct {
+	Size  uint64
+	Flags Flags
+}
+
+// MarshalBinary encodes the information.
+func (i exportInfo) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, exportInfoLen)
+	b = binary.BigEndian.AppendUint16(b, infoExport)
+	b = binary.BigEndian.AppendUint64(b, i.Size)
+	return binary.BigEndian.AppendUint16(b, uint16(i.Flags)), nil
+}
+
+// UnmarshalBinary decodes the information.
+func (i *exportInfo) UnmarshalBinary(b []byte) error {
+	if err := checkInfo(b, infoExport, exportInfoLen); err != nil {
+		return err
+	}
+	size := binary.BigEndian.Uint64(b[infoTypeLen:])
+	if err := checkSize(size); err != nil {
+		return err
+	}
+	i.Size, i.Flags = size, Flags(binary.BigEndian.Uint16(b[infoTypeLen+8:]))
+	return nil
+}
+
+// blockSizeInfo is NBD_INFO_BLOCK_SIZE: the block size constraints, checked
+// by checkBlockSizes once the export size is known.
+type blockSizeInfo struct {
+	Min, Pref, Max uint32
+}
+
+// MarshalBinary encodes the information.
+func (i blockSizeInfo) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, blockSizeInfoLen)
+	b = binary.BigEndian.AppendUint16(b, infoBlockSize)
+	b = binary.BigEndian.AppendUint32(b, i.Min)
+	b = binary.BigEndian.AppendUint32(b, i.Pref)
+	return binary.BigEndian.AppendUint32(b, i.Max), nil
+}
+
+// UnmarshalBinary decodes the information.
+func (i *blockSizeInfo) UnmarshalBinary(b []byte) error {
+	if err := checkInfo(b, infoBlockSize, blockSizeInfoLen); err != nil {
+		return err
+	}
+	i.Min = binary.BigEndian.Uint32(b[infoTypeLen:])
+	i.Pref = binary.BigEndian.Uint32(b[infoTypeLen+4:])
+	i.Max = binary.BigEndian.Uint32(b[infoTypeLen+8:])
+	return nil
+}
+
+// nameInfo is NBD_INFO_NAME: the export's canonical name.
+type nameInfo string
+
+// MarshalBinary encodes the information.
+func (i nameInfo) MarshalBinary() ([]byte, error) { return marshalStringInfo(infoName, string(i)), nil }
+
+// UnmarshalBinary decodes the information.
+func (i *nameInfo) UnmarshalBinary(b []byte) error {
+	s, err := unmarshalStringInfo(b, infoName)
+	if err != nil {
+		return err
+	}
+	*i = nameInfo(s)
+	return nil
+}
+
+// descriptionInfo is NBD_INFO_DESCRIPTION: the export's description.
+type descriptionInfo string
+
+// MarshalBinary encodes the information.
+func (i descriptionInfo) MarshalBinary() ([]byte, error) {
+	return marshalStringInfo(infoDescription, string(i)), nil
+}
+
+// UnmarshalBinary decodes the information.
+func (i *descriptionInfo) UnmarshalBinary(b []byte) error {
+	s, err := unmarshalStringInfo(b, infoDescription)
+	if err != nil {
+		return err
+	}
+	*i = descriptionInfo(s)
+	return nil
+}
+
+func marshalStringInfo(typ uint16, s string) []byte {
+	return append(binary.BigEndian.AppendUint16(make([]byte, 0, infoTypeLen+len(s)), typ), s...)
+}
+
+func unmarshalStringInfo(b []byte, typ uint16) (string, error) {
+	if err := checkInfo(b, typ, 0); err != nil {
+		return "", err
+	}
+	if err := checkString(infoTypeName(typ), len(b)-infoTypeLen); err != nil {
+		return "", err
+	}
+	return string(b[infoTypeLen:]), nil
+}
+
+// otherInfo is an NBD_REP_INFO of a type the client does not use, skipped as
+// the spec asks.
+type otherInfo struct {
+	Type uint16
+	Data []byte
+}
+
+// MarshalBinary encodes the information.
+func (i otherInfo) MarshalBinary() ([]byte, error) {
+	return append(binary.BigEndian.AppendUint16(make([]byte, 0, infoTypeLen+len(i.Data)), i.Type), i.Data...), nil
+}
+
+// UnmarshalBinary decodes the information; Data refers to b.
+func (i *otherInfo) UnmarshalBinary(b []byte) error {
+	typ, err := infoType(b)
+	if err != nil {
+		return err
+	}
+	i.Type, i.Data = typ, b[infoTypeLen:]
+	return nil
+}
+
+// infoType returns the information type opening an NBD_REP_INFO payload.
+func infoType(b []byte) (uint16, error) {
+	if len(b) < infoTypeLen {
+		return 0, protocolError("NBD_REP_INFO of %d bytes, too short for the information type", len(b))
+	}
+	return binary.BigEndian.Uint16(b), nil
+}
+
+// checkInfo checks that b is an NBD_REP_INFO of information type typ and,
+// when size is not 0, of exactly size bytes.
+func checkInfo(b []byte, typ uint16, size int) error {
+	got, err := infoType(b)
+	if err != nil {
+		return err
+	}
+	if got != typ {
+		return protocolError("%s where %s was expected", infoTypeName(got), infoTypeName(typ))
+	}
+	if size == 0 {
+		return nil
+	}
+	return wantLen(infoTypeName(typ), len(b), size)
+}
+
+// exportNameReply is the server's acceptance of NBD_OPT_EXPORT_NAME: the
+// export's size and flags, and zeroPad reserved bytes unless the client sent
+// NBD_FLAG_C_NO_ZEROES.
+type exportNameReply struct {
+	Size   uint64
+	Flags  Flags
+	Zeroes bool // the reserved bytes follow
+}
+
+// MarshalBinary encodes the reply.
+func (r exportNameReply) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, exportNameLen+zeroPad)
+	b = binary.BigEndian.AppendUint64(b, r.Size)
+	b = binary.BigEndian.AppendUint16(b, uint16(r.Flags))
+	if r.Zeroes {
+		b = append(b, make([]byte, zeroPad)...)
+	}
+	return b, nil
+}
+
+// UnmarshalBinary decodes the reply; the reserved bytes are not checked.
+func (r *exportNameReply) UnmarshalBinary(b []byte) error {
+	if len(b) != exportNameLen && len(b) != exportNameLen+zeroPad {
+		return protocolError("NBD_OPT_EXPORT_NAME reply of %d bytes, want %d or %d", len(b), exportNameLen, exportNameLen+zeroPad)
+	}
+	size := binary.BigEndian.Uint64(b)
+	if err := checkSize(size); err != nil {
+		return err
+	}
+	r.Size, r.Flags, r.Zeroes = size, Flags(binary.BigEndian.Uint16(b[8:])), len(b) > exportNameLen
+	return nil
+}
+
+// request is the header of a transmission-phase request, such as the
+// NBD_CMD_DISC that Disconnect sends.
+type request struct {
+	Flags  uint16 // command flags
+	Type   uint16 // such as cmdDisc
+	Cookie uint64
+	Offset uint64
+	Length uint32
+}
+
+// MarshalBinary encodes the request.
+func (r request) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, requestLen)
+	b = binary.BigEndian.AppendUint32(b, magicRequest)
+	b = binary.BigEndian.AppendUint16(b, r.Flags)
+	b = binary.BigEndian.AppendUint16(b, r.Type)
+	b = binary.BigEndian.AppendUint64(b, r.Cookie)
+	b = binary.BigEndian.AppendUint64(b, r.Offset)
+	return binary.BigEndian.AppendUint32(b, r.Length), nil
+}
+
+// UnmarshalBinary decodes the request.
+func (r *request) UnmarshalBinary(b []byte) error {
+	if err := wantLen("request", len(b), requestLen); err != nil {
+		return err
+	}
+	if m := binary.BigEndian.Uint32(b); m != magicRequest {
+		return protocolError("bad request magic %#08x, want %#08x", m, magicRequest)
+	}
+	r.Flags, r.Type = binary.BigEndian.Uint16(b[4:]), binary.BigEndian.Uint16(b[6:])
+	r.Cookie, r.Offset = binary.BigEndian.Uint64(b[8:]), binary.BigEndian.Uint64(b[16:])
+	r.Length = binary.BigEndian.Uint32(b[24:])
+	return nil
+}
+
+// wantLen refuses a record of got bytes where the protocol has want.
+func wantLen(what string, got, want int) error {
+	if got != want {
+		return protocolError("%s of %d bytes, want %d", what, got, want)
+	}
+	return nil
+}
+
+// checkString refuses a protocol string of n bytes longer than
+// MaxStringSize.
+func checkString(what string, n int) error {
+	if n > MaxStringSize {
+		return protocolError("%s of %d bytes, longer than the protocol's limit of %d", what, n, MaxStringSize)
+	}
+	return nil
+}
+
+// checkSize refuses export sizes that do not fit an int64 (the kernel's
+// and every file API's offset type).
+func checkSize(size uint64) error {
+	if size > math.MaxInt64 {
+		return protocolError("export size %d is larger than 2^63-1", size)
+	}
+	return nil
+}
+
+// checkBlockSizes applies the rules of doc/proto.md, "Block size
+// constraints", to an NBD_INFO_BLOCK_SIZE.
+func checkBlockSizes(minBlock, pref, maxBlock uint32, size uint64) error {
+	if minBlock == 0 || minBlock > maxMinBlock || minBlock&(minBlock-1) != 0 {
+		return protocolError("minimum block size %d is not a power of two from 1 to %d", minBlock, maxMinBlock)
+	}
+	if pref < max(minBlock, 512) || pref&(pref-1) != 0 {
+		return protocolError("preferred block size %d is not a power of two at least max(minimum block size %d, 512)", pref, minBlock)
+	}
+	if maxBlock != math.MaxUint32 && maxBlock%minBlock != 0 {
+		return protocolError("maximum block size %d is not a multiple of the minimum block size %d", maxBlock, minBlock)
+	}
+	if maxBlock < minBlock {
+		return protocolError("maximum block size %d is smaller than the minimum block size %d", maxBlock, minBlock)
+	}
+	if uint64(maxBlock) < min(uint64(pref), size) {
+		return protocolError("maximum block size %d is smaller than the preferred block size %d", maxBlock, pref)
+	}
+	return nil
+}

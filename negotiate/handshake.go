@@ -1,0 +1,204 @@
+package negotiate
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// The handshake flow: which options are sent in which order, and the
+// context ("negotiate: STEP: ") each step's error gets, once.
+
+// handshake runs the whole negotiation for Handshake.
+func (s *session) handshake() (*Export, error) {
+	name := s.opts.Export
+	if err := s.greet(true); err != nil {
+		return nil, fmt.Errorf("negotiate: greeting: %w", err)
+	}
+	if s.oldstyle != nil {
+		return s.oldstyle, nil
+	}
+	if !s.fixed {
+		// Non-fixed newstyle knows one option only.
+		ex, err := s.exportName(name)
+		if err != nil {
+			return nil, fmt.Errorf("negotiate: NBD_OPT_EXPORT_NAME %q: %w", name, err)
+		}
+		return ex, nil
+	}
+	if s.opts.TLS != nil {
+		if err := s.secure(); err != nil {
+			return nil, err
+		}
+	}
+
+	ex, err := s.infoOrGo(OptGo, name)
+	if err == nil {
+		ex.Path = PathGo
+		return ex, nil
+	}
+	var oe *OptionError
+	if !errors.As(err, &oe) || oe.Code != RepErrUnsup {
+		return nil, fmt.Errorf("negotiate: NBD_OPT_GO %q: %w", name, err)
+	}
+
+	// An older server: NBD_OPT_EXPORT_NAME cannot report errors, so look
+	// the name up first to turn a typo into a clear message. The default
+	// export need not be listed.
+	if name != "" {
+		exports, err := s.list()
+		switch {
+		case err == nil:
+			if !slices.ContainsFunc(exports, func(e Export) bool { return e.Name == name }) {
+				return nil, &notFoundError{name: name, offers: exports}
+			}
+		case errors.As(err, &oe) && oe.Code != RepErrTLSReqd && oe.Code != RepErrShutdown:
+			// Listing is optional (unsupported, or forbidden by
+			// policy): go ahead without it.
+		default:
+			return nil, fmt.Errorf("negotiate: NBD_OPT_LIST: %w", err)
+		}
+	}
+	ex, err = s.exportName(name)
+	if err != nil {
+		return nil, fmt.Errorf("negotiate: NBD_OPT_EXPORT_NAME %q: %w", name, err)
+	}
+	return ex, nil
+}
+
+// listAll runs the negotiation for List.
+func (s *session) listAll() ([]Export, error) {
+	if err := s.greet(false); err != nil {
+		return nil, fmt.Errorf("negotiate: greeting: %w", err)
+	}
+	if s.oldstyle != nil {
+		return nil, errors.New("negotiate: greeting: the server uses oldstyle negotiation, which cannot list exports")
+	}
+	if !s.fixed {
+		return nil, errors.New("negotiate: greeting: the server uses non-fixed newstyle negotiation, which cannot list exports")
+	}
+	if s.opts.TLS != nil {
+		if err := s.secure(); err != nil {
+			return nil, err
+		}
+	}
+	exports, err := s.list()
+	if err != nil {
+		return nil, fmt.Errorf("negotiate: NBD_OPT_LIST: %w", err)
+	}
+	for i := range exports {
+		e := &exports[i]
+		ex, err := s.infoOrGo(OptInfo, e.Name)
+		if err != nil {
+			var oe *OptionError
+			if !errors.As(err, &oe) || oe.Code == RepErrShutdown {
+				return nil, fmt.Errorf("negotiate: NBD_OPT_INFO %q: %w", e.Name, err)
+			}
+			if oe.Code == RepErrUnsup {
+				break // an older server: names and descriptions only
+			}
+			continue // refused for this export only
+		}
+		if ex.Description == "" {
+			ex.Description = e.Description
+		}
+		ex.Name = e.Name
+		*e = *ex
+	}
+	for i := range exports {
+		exports[i].TLSVersion, exports[i].TLSCipher = s.tlsVersion, s.tlsCipher
+	}
+	return exports, nil
+}
+
+// greet reads the server's greeting and, for newstyle, sends the client
+// flags. With forHandshake, an oldstyle greeting is refused if a name or TLS
+// was asked for.
+func (s *session) greet(forHandshake bool) error {
+	b := s.scratch(greetingLen)
+	if err := s.readFull(b, "reading the greeting"); err != nil {
+		return err
+	}
+	oldstyle, err := greetingStyle(b)
+	if err != nil {
+		return err
+	}
+	if oldstyle {
+		return s.greetOldstyle(forHandshake)
+	}
+
+	b = s.scratch(newstyleLen)
+	if err := s.readFull(b[greetingLen:], "reading the handshake flags"); err != nil {
+		return err
+	}
+	var g newstyleGreeting
+	if err := g.UnmarshalBinary(b); err != nil {
+		return err
+	}
+	// Unknown handshake flags are ignored, as the spec asks.
+	s.fixed = g.Flags&hflagFixedNewstyle != 0
+	s.noZeroes = g.Flags&hflagNoZeroes != 0
+	if s.opts.TLS != nil && !s.fixed {
+		return fmt.Errorf("%w: the server uses non-fixed newstyle negotiation, which has no NBD_OPT_STARTTLS; refusing to continue without TLS", ErrTLSUnsupported)
+	}
+	// Only the flags the server offered, as the spec requires.
+	var cflags clientFlags
+	if s.fixed {
+		cflags |= clientFlags(cflagFixedNewstyle)
+	}
+	if s.noZeroes {
+		cflags |= clientFlags(cflagNoZeroes)
+	}
+	b, _ = cflags.MarshalBinary()
+	if _, err := s.conn.Write(b); err != nil {
+		return s.ioError("sending the client flags", err)
+	}
+	s.canAbort = s.fixed
+	return nil
+}
+
+// greetOldstyle reads the rest of an oldstyle greeting, after the magic.
+func (s *session) greetOldstyle(forHandshake bool) error {
+	if forHandshake {
+		if s.opts.TLS != nil {
+			return fmt.Errorf("%w: the server uses oldstyle negotiation, which has no NBD_OPT_STARTTLS; refusing to continue without TLS", ErrTLSUnsupported)
+		}
+		if s.opts.Export != "" {
+			return fmt.Errorf("the server uses oldstyle negotiation, which has no export names, so it cannot select export %q; leave the export name empty", s.opts.Export)
+		}
+	}
+	b := s.scratch(oldstyleLen)
+	if err := s.readFull(b[greetingLen:], "reading the oldstyle greeting"); err != nil {
+		return err
+	}
+	var g oldstyleGreeting
+	if err := g.UnmarshalBinary(b); err != nil {
+		return err
+	}
+	s.oldstyle = &Export{Size: g.Size, Flags: g.Flags, Path: PathOldstyle}
+	return nil
+}
+
+// secure sends NBD_OPT_STARTTLS and runs the TLS handshake. Every failure
+// is fatal: Options.TLS means TLS or nothing.
+func (s *session) secure() error {
+	if err := s.startTLS(); err != nil {
+		return fmt.Errorf("negotiate: NBD_OPT_STARTTLS: %w", err)
+	}
+	cfg := s.opts.TLS.Clone()
+	if cfg.MinVersion < tls.VersionTLS12 {
+		cfg.MinVersion = tls.VersionTLS12
+	}
+	tc := tls.Client(s.raw, cfg)
+	if err := tc.HandshakeContext(s.ctx); err != nil {
+		// Too late for NBD_OPT_ABORT: the spec wants a hard disconnect.
+		return fmt.Errorf("negotiate: TLS handshake: %w", s.ioError("", err))
+	}
+	s.conn = tc
+	st := tc.ConnectionState()
+	s.tlsVersion, s.tlsCipher = st.Version, st.CipherSuite
+	s.canAbort = true
+	s.firstAfterTLS = true
+	return nil
+}

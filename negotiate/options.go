@@ -1,0 +1,246 @@
+package negotiate
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"syscall"
+	"time"
+)
+
+// The options, one function each (as QEMU's nbd/client.c has them), and the
+// exchange they share: an option request, then replies up to an NBD_REP_ACK
+// or an error reply. Errors here carry no step name; the flow adds it.
+
+// startTLS sends NBD_OPT_STARTTLS, which wants a bare NBD_REP_ACK. A refusal
+// is ErrTLSUnsupported: Options.TLS means TLS or nothing.
+func (s *session) startTLS() error {
+	err := s.simpleOption(OptStartTLS)
+	var oe *OptionError
+	if errors.As(err, &oe) {
+		return fmt.Errorf("%w; refusing to continue without TLS (%w)", ErrTLSUnsupported, oe)
+	}
+	return err
+}
+
+// infoOrGo sends NBD_OPT_GO or NBD_OPT_INFO for name, asking for the block
+// size constraints (and name and description), and reads the replies up to
+// the final one.
+func (s *session) infoOrGo(opt uint32, name string) (*Export, error) {
+	req := infoRequest{Name: name, Infos: []uint16{infoName, infoDescription, infoBlockSize}}
+	if opt == OptInfo {
+		req.Infos = req.Infos[1:] // List already knows the name
+	}
+	data, _ := req.MarshalBinary()
+	if err := s.sendOption(opt, data); err != nil {
+		return nil, err
+	}
+
+	ex := &Export{Name: name}
+	var block *blockSizeInfo
+	haveExport, count := false, 0
+	err := s.replies(opt, RepInfo, func(n uint32) error {
+		if count++; count > maxInfoReplies {
+			return protocolError("more than %d replies", maxInfoReplies)
+		}
+		info, err := s.readInfo(n)
+		if err != nil {
+			return err
+		}
+		switch i := info.(type) {
+		case *exportInfo:
+			ex.Size, ex.Flags, haveExport = i.Size, i.Flags, true
+		case *blockSizeInfo:
+			block = i
+		case *nameInfo:
+			ex.Name = string(*i)
+		case *descriptionInfo:
+			ex.Description = string(*i)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !haveExport {
+		return nil, protocolError("NBD_REP_ACK without the mandatory NBD_INFO_EXPORT")
+	}
+	if block != nil {
+		if err := checkBlockSizes(block.Min, block.Pref, block.Max, ex.Size); err != nil {
+			return nil, err
+		}
+		ex.MinBlock, ex.PrefBlock, ex.MaxBlock = block.Min, block.Pref, block.Max
+	}
+	// After NBD_OPT_GO the transmission phase has begun.
+	s.canAbort = opt != OptGo
+	return ex, nil
+}
+
+// readInfo reads and decodes the n-byte payload of one NBD_REP_INFO.
+func (s *session) readInfo(n uint32) (infoReply, error) {
+	b := s.scratch(int(n))
+	if err := s.readFull(b[:min(n, infoTypeLen)], "reading NBD_REP_INFO"); err != nil {
+		return nil, err
+	}
+	if n > infoTypeLen {
+		// Named, should the server hang up halfway.
+		what := "reading " + infoTypeName(binary.BigEndian.Uint16(b))
+		if err := s.readFull(b[infoTypeLen:], what); err != nil {
+			return nil, err
+		}
+	}
+	return unmarshalInfo(b)
+}
+
+// list sends NBD_OPT_LIST and returns the exports, with name and description.
+func (s *session) list() ([]Export, error) {
+	if err := s.sendOption(OptList, nil); err != nil {
+		return nil, err
+	}
+	var exports []Export
+	total := 0
+	err := s.replies(OptList, RepServer, func(n uint32) error {
+		if len(exports) >= maxListEntries {
+			return protocolError("more than %d NBD_REP_SERVER replies", maxListEntries)
+		}
+		if total += int(n); total > maxListBytes {
+			return protocolError("NBD_OPT_LIST replies exceed %d bytes", maxListBytes)
+		}
+		b, err := s.readPayload(n, "reading NBD_REP_SERVER")
+		if err != nil {
+			return err
+		}
+		var r serverReply
+		if err := r.UnmarshalBinary(b); err != nil {
+			return err
+		}
+		exports = append(exports, Export{Name: r.Name, Description: r.Description})
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.canAbort = true
+	return exports, nil
+}
+
+// exportName sends NBD_OPT_EXPORT_NAME, which ends option haggling, and reads
+// the export description. The server's only way to refuse is to close the
+// connection.
+func (s *session) exportName(name string) (*Export, error) {
+	if err := s.sendOption(OptExportName, []byte(name)); err != nil {
+		return nil, err
+	}
+	n := exportNameLen
+	if !s.noZeroes {
+		n += zeroPad
+	}
+	b := s.scratch(n)
+	if _, err := io.ReadFull(s.conn, b); err != nil {
+		if s.ctx.Err() == nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+			return nil, fmt.Errorf("server closed the connection instead of accepting the export (it does not exist, needs TLS, or this client is not allowed): %w", err)
+		}
+		return nil, s.ioError("reading the export description", err)
+	}
+	var r exportNameReply
+	if err := r.UnmarshalBinary(b); err != nil {
+		return nil, err
+	}
+	return &Export{Name: name, Size: r.Size, Flags: r.Flags, Path: PathExportName}, nil
+}
+
+// abort sends NBD_OPT_ABORT and gives the server a moment to send its
+// NBD_REP_ACK (or hang up), so that neither side is left writing to a peer
+// that no longer reads; the reply itself does not matter.
+func (s *session) abort() {
+	if s.sendOption(OptAbort, nil) != nil {
+		return
+	}
+	wait := time.Now().Add(abortGrace)
+	if s.deadline.Before(wait) {
+		wait = s.deadline
+	}
+	_ = s.conn.SetReadDeadline(wait)
+	_, _ = io.ReadFull(s.conn, s.scratch(replyHeaderLen))
+}
+
+// simpleOption sends opt without data and expects a bare NBD_REP_ACK.
+func (s *session) simpleOption(opt uint32) error {
+	if err := s.sendOption(opt, nil); err != nil {
+		return err
+	}
+	return s.replies(opt, 0, nil)
+}
+
+// sendOption writes one option request with its data.
+func (s *session) sendOption(opt uint32, data []byte) error {
+	s.canAbort = false
+	b, _ := optionRequest{Option: opt, Data: data}.MarshalBinary()
+	if _, err := s.conn.Write(b); err != nil {
+		return s.ioError("sending "+OptionName(opt), err)
+	}
+	return nil
+}
+
+// replies reads the replies to opt up to the final one. Each reply of type
+// more goes to each, which must read its n-byte payload; NBD_REP_ACK ends the
+// exchange, an error reply ends it as an *OptionError, and any other reply
+// breaks the protocol.
+func (s *session) replies(opt, more uint32, each func(n uint32) error) error {
+	for {
+		h, err := s.readReply(opt)
+		if err != nil {
+			return err
+		}
+		switch {
+		case h.Type == RepAck:
+			return nil
+		case h.Type&RepErrBit != 0:
+			return s.errorReply(h)
+		case h.Type == more && each != nil:
+			if err := each(h.Length); err != nil {
+				return err
+			}
+		default:
+			return protocolError("unexpected %s reply", ReplyName(h.Type))
+		}
+	}
+}
+
+// readReply reads one option reply header and checks that it answers opt.
+func (s *session) readReply(opt uint32) (replyHeader, error) {
+	var h replyHeader
+	b := s.scratch(replyHeaderLen)
+	if err := s.readFull(b, "reading the reply header"); err != nil {
+		if s.firstAfterTLS && (errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+			err = fmt.Errorf("%w (the server hung up right after the TLS handshake: did it reject the client certificate?)", err)
+		}
+		return h, err
+	}
+	s.firstAfterTLS = false
+	if err := h.UnmarshalBinary(b); err != nil {
+		return h, err
+	}
+	if h.Option != opt {
+		return h, protocolError("reply is for %s, but the client sent %s", OptionName(h.Option), OptionName(opt))
+	}
+	return h, nil
+}
+
+// errorReply reads the message of an error reply and returns it as an
+// *OptionError, or a protocol error.
+func (s *session) errorReply(h replyHeader) error {
+	what := ReplyName(h.Type) + " message"
+	if err := checkString(what, int(h.Length)); err != nil {
+		return err
+	}
+	msg, err := s.readPayload(h.Length, "reading "+what)
+	if err != nil {
+		return err
+	}
+	// The server has said its last word on this option and waits for the
+	// next one.
+	s.canAbort = s.fixed
+	return &OptionError{Option: h.Option, Code: h.Type, Message: string(msg)}
+}

@@ -1,0 +1,109 @@
+package ifname
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sort"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// ErrLinkUp is the cause of a LinkError for a link that is up: the kernel
+// renames only links that are down.
+var ErrLinkUp = errors.New("the link is up, and the kernel renames only links that are down")
+
+// Rename is one link RenameAll renamed.
+type Rename struct {
+	// Index is the link's interface index.
+	Index int
+	// Old is the kernel's name, New the predictable one.
+	Old, New string
+}
+
+// RenameAll gives every link listed in class/net below opts.Root the name
+// Predictable computes for it, through rtnetlink in the calling thread's
+// network namespace, in the order of their kernel names. It renames what it
+// can: a link that is up, or that fails to rename, is a *LinkError in the
+// returned error (all joined), and the others are still renamed. It returns
+// the renames done. The caller checks Disabled first.
+func RenameAll(ctx context.Context, opts Options) ([]Rename, error) {
+	s, err := opts.sysfs()
+	if err != nil {
+		return nil, err
+	}
+	names, err := readDirNames(filepath.Join(s.root, "class/net"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	var done []Rename
+	var errs []error
+	for _, old := range names {
+		if err := ctx.Err(); err != nil {
+			return done, errors.Join(append(errs, err)...)
+		}
+		r, err := s.rename(old)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if r != (Rename{}) {
+			done = append(done, r)
+		}
+	}
+	return done, errors.Join(errs...)
+}
+
+// rename renames one link if udev would; a zero Rename means it would not.
+func (s sysfs) rename(old string) (Rename, error) {
+	name, err := s.predictable(old)
+	if err != nil {
+		return Rename{}, &LinkError{Link: old, Err: err}
+	}
+	if name == old {
+		return Rename{}, nil
+	}
+	link, err := netlink.LinkByName(old)
+	if err != nil {
+		return Rename{}, &LinkError{Link: old, New: name, Err: err}
+	}
+	if link.Attrs().RawFlags&unix.IFF_UP != 0 {
+		return Rename{}, &LinkError{Link: old, New: name, Err: ErrLinkUp}
+	}
+	if err := netlink.LinkSetName(link, name); err != nil {
+		return Rename{}, &LinkError{Link: old, New: name, Err: err}
+	}
+	return Rename{Index: link.Attrs().Index, Old: old, New: name}, nil
+}
+
+// Names maps the kernel names of renamed links to their new names, so that
+// a configuration written with either name finds the link.
+type Names map[string]string
+
+// NewNames collects the renames RenameAll did.
+func NewNames(renames []Rename) Names {
+	n := make(Names, len(renames))
+	for _, r := range renames {
+		n[r.Old] = r.New
+	}
+	return n
+}
+
+// Resolve returns the current name of the link a configuration calls
+// configured (`ip=…:eth0:…`, `network.interfaces = ["ens3"]`): the new name
+// when configured is the kernel name of a renamed link, configured itself
+// when it is one of the new names. ok is false when configured was not
+// involved in a rename; it is then returned as it stands.
+func (n Names) Resolve(configured string) (current string, ok bool) {
+	if v, ok := n[configured]; ok {
+		return v, true
+	}
+	for _, v := range n {
+		if v == configured {
+			return v, true
+		}
+	}
+	return configured, false
+}
