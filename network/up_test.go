@@ -1,0 +1,128 @@
+package network
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/nbdroot/nbdroot/config"
+)
+
+// upReport is what the client part of TestUpDHCPLab found.
+type upReport struct {
+	Lease    *Lease
+	Took     time.Duration
+	Hostname string
+	MTU      int
+	Addrs    []string
+}
+
+// TestUpDHCPLab takes a lease from dnsmasq on a veth in a network
+// namespace, as PID 1 does at boot, and checks that everything the server
+// sent is applied, and that the first offer was taken at once.
+func TestUpDHCPLab(t *testing.T) {
+	if inLabChild() {
+		n := config.Network{Mode: config.NetworkDHCP, Interfaces: []string{labClient}, LinkTimeout: 5 * time.Second, DHCPTimeout: 20 * time.Second}
+		start := time.Now()
+		lease, err := Up(context.Background(), testLog(t), n, Options{Root: labReport()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep := upReport{Lease: lease, Took: time.Since(start)}
+		h, _ := os.ReadFile("/proc/sys/kernel/hostname")
+		rep.Hostname = strings.TrimSpace(string(h))
+		link, err := netlink.LinkByName(labClient)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep.MTU = link.Attrs().MTU
+		addrs, _ := netlink.AddrList(link, netlink.FAMILY_V4)
+		for _, a := range addrs {
+			rep.Addrs = append(rep.Addrs, a.IPNet.String())
+			if a.ValidLft != 0 && a.ValidLft != -1 && uint32(a.ValidLft) != 0xffffffff {
+				t.Errorf("address %s installed with valid lifetime %d, want forever", a.IPNet, a.ValidLft)
+			}
+		}
+		writeJSON(t, filepath.Join(labReport(), "report.json"), rep)
+		return
+	}
+	l := newLab(t, "2m", "--dhcp-option=17,10.77.0.1:10809/rootfs", "--dhcp-option=26,1400",
+		"--dhcp-option=6,10.77.0.53,10.77.0.54", "--dhcp-option=15,lab.example", "--dhcp-host="+labMAC+",labhost", "--no-ping")
+	dir := l.child(t, time.Minute)
+	var rep upReport
+	readJSON(t, filepath.Join(dir, "report.json"), &rep)
+	lease := rep.Lease
+	if !lease.DHCP || lease.Interface != labClient || lease.HardwareAddr != labMAC {
+		t.Errorf("lease %+v: want DHCP on %s (%s)", lease, labClient, labMAC)
+	}
+	if !netip.MustParsePrefix("10.77.0.0/24").Contains(lease.Address.Addr()) || lease.Address.Bits() != 24 {
+		t.Errorf("address %v, want one in 10.77.0.0/24", lease.Address)
+	}
+	if lease.DHCPServer != netip.MustParseAddr(labServer) {
+		t.Errorf("DHCP server %v, want %s", lease.DHCPServer, labServer)
+	}
+	if lease.RootPath != "10.77.0.1:10809/rootfs" {
+		t.Errorf("root-path %q, want 10.77.0.1:10809/rootfs", lease.RootPath)
+	}
+	if lease.MTU != 1400 || rep.MTU != 1400 {
+		t.Errorf("MTU: lease %d, link %d; want 1400 both", lease.MTU, rep.MTU)
+	}
+	if lease.Hostname != "labhost" || rep.Hostname != "labhost" {
+		t.Errorf("hostname: lease %q, kernel %q; want labhost both", lease.Hostname, rep.Hostname)
+	}
+	if lease.LeaseTime != 2*time.Minute || lease.T1 != time.Minute || lease.T2 != 105*time.Second {
+		t.Errorf("lease time %v, T1 %v, T2 %v; want 2m0s, 1m0s, 1m45s", lease.LeaseTime, lease.T1, lease.T2)
+	}
+	if len(rep.Addrs) != 1 || rep.Addrs[0] != lease.Address.String() {
+		t.Errorf("addresses on %s: %v, want just %v", labClient, rep.Addrs, lease.Address)
+	}
+	resolv, err := os.ReadFile(filepath.Join(dir, "etc", "resolv.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "# written by nbdroot\nsearch lab.example\nnameserver 10.77.0.53\nnameserver 10.77.0.54\n"; string(resolv) != want {
+		t.Errorf("resolv.conf:\n%s\nwant:\n%s", resolv, want)
+	}
+	log := l.dnsmasqLog(t)
+	if n := len(regexp.MustCompile(`DHCPDISCOVER`).FindAllString(log, -1)); n != 1 {
+		t.Errorf("dnsmasq saw %d DISCOVERs, want 1 (the first offer taken)", n)
+	}
+	if rep.Took > time.Second {
+		t.Errorf("the network took %v, want under 1s", rep.Took)
+	}
+	t.Logf("lease in %v: %+v", rep.Took, lease)
+	leases, _ := os.ReadFile(l.leases)
+	if !strings.Contains(string(leases), labMAC+" "+lease.Address.Addr().String()) {
+		t.Errorf("dnsmasq's lease file does not have %s for %s:\n%s", lease.Address.Addr(), labMAC, leases)
+	}
+}
+
+func writeJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatal(err)
+	}
+}
