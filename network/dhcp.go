@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
+	"github.com/mdlayher/packet"
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/bootlog"
@@ -31,40 +34,52 @@ const (
 	requestTries = 4
 )
 
-
-// client is a DHCPv4 client on one link. Its raw socket is open from the
-// start, before the first DISCOVER goes out, and every message carries the
+// client is a DHCPv4 client on one link. Every message carries the
 // lease's hardware address and client identifier.
 type client struct {
 	log   *bootlog.Logger
 	iface string
 	hw    net.HardwareAddr
 	cid   []byte
-	raw   *nclient4.Client // broadcasts from 0.0.0.0 through a packet socket
+	want  netip.Addr       // the address to ask for in DISCOVER, if any
+	raw   *nclient4.Client // broadcasts from 0.0.0.0 through a packet socket; nil until needed
 	start time.Time
 }
 
-// newClient opens a DHCP client on lease's link, for lease's hardware
-// address and client identifier.
+// newClient returns a DHCP client on lease's link, for lease's hardware
+// address and client identifier. It opens no socket yet.
 func newClient(log *bootlog.Logger, lease *Lease) (*client, error) {
 	hw, err := net.ParseMAC(lease.HardwareAddr)
 	if err != nil {
 		return nil, &Error{Interface: lease.Interface, Op: "DHCP", Err: fmt.Errorf("hardware address: %w", err)}
 	}
-	c := &client{log: log, iface: lease.Interface, hw: hw, cid: lease.ClientID, start: time.Now()}
-	conn, err := nclient4.NewRawUDPConn(lease.Interface, nclient4.ClientPort)
-	if err != nil {
-		return nil, &Error{Interface: lease.Interface, Op: "DHCP socket", Err: err}
-	}
-	c.raw, err = nclient4.NewWithConn(conn, hw, nclient4.WithTimeout(time.Hour), nclient4.WithRetry(1), nclient4.WithLogger(clientLog{log}))
-	if err != nil {
-		conn.Close()
-		return nil, &Error{Interface: lease.Interface, Op: "DHCP", Err: err}
-	}
-	return c, nil
+	return &client{log: log, iface: lease.Interface, hw: hw, cid: lease.ClientID, start: time.Now()}, nil
 }
 
-func (c *client) close() { c.raw.Close() }
+// broadcast returns the client on the link's packet socket, opening it the
+// first time; close closes it.
+func (c *client) broadcast() (*nclient4.Client, error) {
+	if c.raw != nil {
+		return c.raw, nil
+	}
+	conn, err := rawConn(c.iface)
+	if err != nil {
+		return nil, &Error{Interface: c.iface, Op: "DHCP socket", Err: err}
+	}
+	c.raw, err = nclient4.NewWithConn(conn, c.hw, nclient4.WithTimeout(time.Hour), nclient4.WithRetry(1), nclient4.WithLogger(clientLog{c.log}))
+	if err != nil {
+		conn.Close()
+		return nil, &Error{Interface: c.iface, Op: "DHCP", Err: err}
+	}
+	return c.raw, nil
+}
+
+func (c *client) close() {
+	if c.raw != nil {
+		c.raw.Close()
+		c.raw = nil
+	}
+}
 
 // modifiers are what every message of c carries besides its own fields.
 func (c *client) modifiers() []dhcpv4.Modifier {
@@ -82,14 +97,24 @@ func (c *client) modifiers() []dhcpv4.Modifier {
 
 // acquire runs DISCOVER, OFFER, REQUEST, ACK until a lease is acknowledged
 // or ctx is done, and fills in lease from the ACK. The first offer is
-// taken. A NAK, or a REQUEST that goes unanswered, starts over.
+// taken. A NAK, or a REQUEST that goes unanswered, starts over. The packet
+// socket is open before the first DISCOVER goes out, so no early offer is
+// missed.
 func (c *client) acquire(ctx context.Context, lease *Lease) error {
+	raw, err := c.broadcast()
+	if err != nil {
+		return err
+	}
 	for {
-		discover, err := dhcpv4.NewDiscovery(c.hw, c.modifiers()...)
+		mods := c.modifiers()
+		if c.want.IsValid() {
+			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(c.want.AsSlice())))
+		}
+		discover, err := dhcpv4.NewDiscovery(c.hw, mods...)
 		if err != nil {
 			return err
 		}
-		offer, err := c.exchange(ctx, c.raw, nclient4.DefaultServers, discover, 0, nclient4.IsMessageType(dhcpv4.MessageTypeOffer))
+		offer, err := c.exchange(ctx, raw, nclient4.DefaultServers, discover, 0, maxWait, nclient4.IsMessageType(dhcpv4.MessageTypeOffer))
 		if err != nil {
 			return err
 		}
@@ -97,7 +122,7 @@ func (c *client) acquire(ctx context.Context, lease *Lease) error {
 		if err != nil {
 			return err
 		}
-		ack, err := c.exchange(ctx, c.raw, nclient4.DefaultServers, request, requestTries, nclient4.IsAll(
+		ack, err := c.exchange(ctx, raw, nclient4.DefaultServers, request, requestTries, maxWait, nclient4.IsAll(
 			nclient4.IsCorrectServer(offer.ServerIdentifier()),
 			nclient4.IsMessageType(dhcpv4.MessageTypeAck, dhcpv4.MessageTypeNak)))
 		if errors.Is(err, errNoReply) {
@@ -120,8 +145,8 @@ var errNoReply = errors.New("no reply")
 
 // exchange sends msg to dest through conn until a reply that match
 // accepts arrives, waiting firstWait, then twice as long each time up to
-// maxWait; tries > 0 limits the number of sends.
-func (c *client) exchange(ctx context.Context, conn *nclient4.Client, dest *net.UDPAddr, msg *dhcpv4.DHCPv4, tries int, match nclient4.Matcher) (*dhcpv4.DHCPv4, error) {
+// most; tries > 0 limits the number of sends.
+func (c *client) exchange(ctx context.Context, conn *nclient4.Client, dest *net.UDPAddr, msg *dhcpv4.DHCPv4, tries int, most time.Duration, match nclient4.Matcher) (*dhcpv4.DHCPv4, error) {
 	wait := firstWait
 	for try := 1; ; try++ {
 		msg.NumSeconds = uint16(min(time.Since(c.start)/time.Second, 0xffff))
@@ -138,7 +163,43 @@ func (c *client) exchange(ctx context.Context, conn *nclient4.Client, dest *net.
 		case tries > 0 && try >= tries:
 			return nil, errNoReply
 		}
-		wait = min(2*wait, maxWait)
+		wait = min(2*wait, most)
+	}
+}
+
+// rawConn opens a packet socket on iface that receives the UDP datagrams
+// to port 68 (the client port) and sends UDP datagrams to the broadcast
+// MAC address. A socket filter drops everything else in the kernel, so an
+// open socket costs nothing while the root's I/O flows on the link.
+func rawConn(iface string) (net.PacketConn, error) {
+	ifi, err := net.InterfaceByName(iface)
+	if err != nil {
+		return nil, err
+	}
+	filter, err := bpf.Assemble(dhcpFilter())
+	if err != nil {
+		return nil, err
+	}
+	pc, err := packet.Listen(ifi, packet.Datagram, unix.ETH_P_IP, &packet.Config{Filter: filter})
+	if err != nil {
+		return nil, err
+	}
+	return nclient4.NewBroadcastUDPConn(pc, &net.UDPAddr{Port: nclient4.ClientPort}), nil
+}
+
+// dhcpFilter accepts an IPv4 packet (the datagram socket's data starts at
+// the IP header) that is UDP, not a later fragment, to port 68.
+func dhcpFilter() []bpf.Instruction {
+	return []bpf.Instruction{
+		bpf.LoadAbsolute{Off: 9, Size: 1}, // protocol
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.IPPROTO_UDP, SkipFalse: 6},
+		bpf.LoadAbsolute{Off: 6, Size: 2}, // flags and fragment offset
+		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x1fff, SkipTrue: 4},
+		bpf.LoadMemShift{Off: 0},          // X = IP header length
+		bpf.LoadIndirect{Off: 2, Size: 2}, // UDP destination port
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: nclient4.ClientPort, SkipFalse: 1},
+		bpf.RetConstant{Val: 0x40000},
+		bpf.RetConstant{Val: 0},
 	}
 }
 

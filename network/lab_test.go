@@ -69,12 +69,12 @@ func run(t testing.TB, args ...string) string {
 }
 
 // newLab creates the namespaces and the veth pair and starts dnsmasq with
-// the extra arguments (lease time in the range, options). Everything is
-// removed when the test ends, failed or not.
+// the lease time and extra arguments (no dnsmasq for an empty lease time).
+// Everything is removed when the test ends, failed or not.
 func newLab(t *testing.T, leaseTime string, dnsmasqArgs ...string) *lab {
 	t.Helper()
 	needLab(t)
-	base := fmt.Sprintf("nbdroot-test-%d-%s", os.Getpid(), strings.ToLower(strings.TrimPrefix(t.Name(), "Test")))
+	base := fmt.Sprintf("nbdroot-test-%d-%s", os.Getpid(), strings.ToLower(strings.NewReplacer("Test", "", "/", "-").Replace(t.Name())))
 	if len(base) > 40 {
 		base = base[:40]
 	}
@@ -89,6 +89,9 @@ func newLab(t *testing.T, leaseTime string, dnsmasqArgs ...string) *lab {
 	run(t, "ip", "-n", l.srv, "addr", "add", labServer+"/24", "dev", labSrvLink)
 	run(t, "ip", "-n", l.srv, "link", "set", labSrvLink, "up")
 	run(t, "ip", "-n", l.srv, "link", "set", "lo", "up")
+	if leaseTime == "" {
+		return l
+	}
 	args := []string{"netns", "exec", l.srv, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
 		"--interface=" + labSrvLink, "--bind-interfaces", "--dhcp-authoritative",
 		"--dhcp-range=10.77.0.50,10.77.0.99," + leaseTime,
