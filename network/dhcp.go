@@ -204,8 +204,10 @@ func dhcpFilter() []bpf.Instruction {
 }
 
 // unicast opens a DHCP client that sends from the lease's address to its
-// server, for RENEW. The socket shares port 68 with the root's own DHCP
-// client (dhclient binds it with SO_REUSEADDR too) and is bound to the link.
+// server, for RENEW, and receives on the link's packet socket: the server
+// answers an ACK unicast but may broadcast a NAK. The sending socket shares
+// port 68 with the root's own DHCP client (dhclient binds it with
+// SO_REUSEADDR too) and is bound to the link.
 func (c *client) unicast(lease *Lease) (*nclient4.Client, error) {
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
 		var serr error
@@ -221,19 +223,38 @@ func (c *client) unicast(lease *Lease) (*nclient4.Client, error) {
 		return serr
 	}}
 	laddr := &net.UDPAddr{IP: lease.Address.Addr().AsSlice(), Port: nclient4.ClientPort}
-	pc, err := lc.ListenPacket(context.Background(), "udp4", laddr.String())
+	send, err := lc.ListenPacket(context.Background(), "udp4", laddr.String())
 	if err != nil {
 		return nil, err
 	}
+	recv, err := rawConn(c.iface)
+	if err != nil {
+		send.Close()
+		return nil, err
+	}
 	server := &net.UDPAddr{IP: lease.DHCPServer.AsSlice(), Port: nclient4.ServerPort}
-	cl, err := nclient4.NewWithConn(pc, c.hw, nclient4.WithTimeout(time.Hour), nclient4.WithRetry(1),
+	cl, err := nclient4.NewWithConn(splitConn{send, recv}, c.hw, nclient4.WithTimeout(time.Hour), nclient4.WithRetry(1),
 		nclient4.WithServerAddr(server), nclient4.WithLogger(clientLog{c.log}))
 	if err != nil {
-		pc.Close()
+		send.Close()
+		recv.Close()
 		return nil, err
 	}
 	return cl, nil
 }
+
+// splitConn sends through one socket and receives through another.
+type splitConn struct{ send, recv net.PacketConn }
+
+func (s splitConn) ReadFrom(b []byte) (int, net.Addr, error)  { return s.recv.ReadFrom(b) }
+func (s splitConn) WriteTo(b []byte, a net.Addr) (int, error) { return s.send.WriteTo(b, a) }
+func (s splitConn) LocalAddr() net.Addr                       { return s.send.LocalAddr() }
+func (s splitConn) Close() error                              { return errors.Join(s.send.Close(), s.recv.Close()) }
+func (s splitConn) SetDeadline(t time.Time) error {
+	return errors.Join(s.send.SetDeadline(t), s.recv.SetDeadline(t))
+}
+func (s splitConn) SetReadDeadline(t time.Time) error  { return s.recv.SetReadDeadline(t) }
+func (s splitConn) SetWriteDeadline(t time.Time) error { return s.send.SetWriteDeadline(t) }
 
 // extendRequest is the REQUEST of the RENEWING and REBINDING states (RFC
 // 2131 4.3.2): ciaddr is the leased address; no server identifier and no

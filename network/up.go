@@ -48,6 +48,11 @@ type Options struct {
 	// Root is the directory /etc/resolv.conf is written under; empty
 	// means "/".
 	Root string
+	// ClientID is the DHCP client identifier (option 61) to send. None
+	// (the default) is what the kernel's ipconfig, klibc's and ISC
+	// dhclient send: the server then knows the machine by its hardware
+	// address alone, as the same machine in the initramfs and in the root.
+	ClientID []byte
 }
 
 // carrierPoll is how often the carrier bit is checked: a link gets
@@ -74,7 +79,7 @@ func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (
 	case config.NetworkStatic:
 		lease, err = upStatic(ctx, n, links[0])
 	case config.NetworkDHCP:
-		lease, err = upDHCP(ctx, log, n, links)
+		lease, err = upDHCP(ctx, log, n, links, o.ClientID)
 	default:
 		return nil, &Error{Err: fmt.Errorf("unknown mode %q", n.Mode)}
 	}
@@ -169,7 +174,7 @@ func upStatic(ctx context.Context, n config.Network, l netlink.Link) (*Lease, er
 
 // upDHCP asks for a DHCPv4 lease on every candidate link at once and
 // configures the first link that gets one.
-func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []netlink.Link) (*Lease, error) {
+func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []netlink.Link, cid []byte) (*Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.LinkTimeout+n.DHCPTimeout)
 	defer cancel()
 	type result struct {
@@ -180,7 +185,7 @@ func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []
 	results := make(chan result, len(links))
 	for _, l := range links {
 		go func() {
-			lease, err := linkDHCP(ctx, log, n, l)
+			lease, err := linkDHCP(ctx, log, n, l, cid)
 			results <- result{l, lease, err}
 		}()
 	}
@@ -201,11 +206,12 @@ func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []
 }
 
 // linkDHCP brings l up and acquires a lease on it.
-func linkDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l netlink.Link) (*Lease, error) {
+func linkDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l netlink.Link, cid []byte) (*Lease, error) {
 	if err := waitCarrier(ctx, l, n.LinkTimeout); err != nil {
 		return nil, err
 	}
 	lease := linkLease(l)
+	lease.ClientID = cid
 	c, err := newClient(log, lease)
 	if err != nil {
 		return nil, err

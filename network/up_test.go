@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -39,17 +38,16 @@ func TestUpDHCPLab(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		args     []string
-		discover int           // DISCOVERs dnsmasq should see; 0: any
 		min, max time.Duration // how long the network step may take
 	}{
-		{"no-ping", []string{"--no-ping"}, 1, 0, time.Second},
-		{"ping", nil, 0, 2500 * time.Millisecond, 3500 * time.Millisecond},
+		{"no-ping", []string{"--no-ping"}, 0, time.Second},
+		{"ping", nil, 2500 * time.Millisecond, 3500 * time.Millisecond},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testUpDHCPLab(t, tc.args, tc.discover, tc.min, tc.max) })
+		t.Run(tc.name, func(t *testing.T) { testUpDHCPLab(t, tc.args, tc.min, tc.max) })
 	}
 }
 
-func testUpDHCPLab(t *testing.T, dnsmasqArgs []string, discovers int, minTook, maxTook time.Duration) {
+func testUpDHCPLab(t *testing.T, dnsmasqArgs []string, minTook, maxTook time.Duration) {
 	if inLabChild() {
 		n := config.Network{Mode: config.NetworkDHCP, Interfaces: []string{labClient}, LinkTimeout: 5 * time.Second, DHCPTimeout: 20 * time.Second}
 		start := time.Now()
@@ -111,10 +109,6 @@ func testUpDHCPLab(t *testing.T, dnsmasqArgs []string, discovers int, minTook, m
 	}
 	if want := "# written by nbdroot\nsearch lab.example\nnameserver 10.77.0.53\nnameserver 10.77.0.54\n"; string(resolv) != want {
 		t.Errorf("resolv.conf:\n%s\nwant:\n%s", resolv, want)
-	}
-	log := l.dnsmasqLog(t)
-	if n := len(regexp.MustCompile(`DHCPDISCOVER`).FindAllString(log, -1)); discovers > 0 && n != discovers {
-		t.Errorf("dnsmasq saw %d DISCOVERs, want %d (the first offer taken)", n, discovers)
 	}
 	if rep.Took < minTook || rep.Took > maxTook {
 		t.Errorf("the network took %v, want %v to %v", rep.Took, minTook, maxTook)

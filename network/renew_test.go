@@ -1,0 +1,163 @@
+package network
+
+import (
+	"context"
+	"encoding/hex"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/config"
+)
+
+const labLeasesEnv = "NBDROOT_NETWORK_LAB_LEASES" // dnsmasq's lease file, for the child
+
+// TestRenewerLab keeps a lease from dnsmasq, whose T1 and T2 are set to
+// seconds (the lease itself is dnsmasq's minimum of 2 minutes): RENEW at
+// T1 to the server, REBIND at T2 when the server does not answer unicast,
+// and a new DISCOVER after a NAK, always with the same client identifier.
+func TestRenewerLab(t *testing.T) {
+	if !inLabChild() {
+		l := newLab(t, "2m", "--no-ping", "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6")
+		l.child(t, 2*time.Minute, labLeasesEnv+"="+l.leases)
+		log := l.dnsmasqLog(t)
+		nak := strings.Index(log, "DHCPNAK")
+		if nak < 0 || !strings.Contains(log[nak:], "DHCPDISCOVER") {
+			t.Errorf("dnsmasq's log has no DISCOVER after a NAK:\n%s", log)
+		}
+		return
+	}
+	mac, err := net.ParseMAC(labMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cid := append([]byte{1}, mac...)
+	log := testLog(t)
+	n := config.Network{Mode: config.NetworkDHCP, Interfaces: []string{labClient}, LinkTimeout: 5 * time.Second, DHCPTimeout: 20 * time.Second}
+	lease, err := Up(context.Background(), log, n, Options{Root: t.TempDir(), ClientID: cid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lease.T1 != 3*time.Second || lease.T2 != 6*time.Second || lease.LeaseTime != 2*time.Minute {
+		t.Fatalf("lease times %v/%v/%v, want 3s/6s/2m0s", lease.T1, lease.T2, lease.LeaseTime)
+	}
+
+	// keep runs a Renewer on l until it reported want leases or the
+	// deadline, and returns them with the time each came.
+	type renewal struct {
+		at    time.Time
+		lease *Lease
+	}
+	keep := func(l *Lease, want int, deadline time.Duration) []renewal {
+		var mu sync.Mutex
+		var got []renewal
+		ctx, cancel := context.WithTimeout(context.Background(), deadline)
+		defer cancel()
+		r := NewRenewer(log, l, func(nl *Lease) {
+			mu.Lock()
+			defer mu.Unlock()
+			if got = append(got, renewal{time.Now(), nl}); len(got) == want {
+				cancel()
+			}
+		})
+		_ = r.Run(ctx)
+		mu.Lock()
+		defer mu.Unlock()
+		return got
+	}
+
+	t.Run("renew at T1", func(t *testing.T) {
+		got := keep(lease, 2, 15*time.Second)
+		if len(got) != 2 {
+			t.Fatalf("%d renewals in 15s, want 2", len(got))
+		}
+		prev := lease
+		for i, r := range got {
+			due := prev.Acquired.Add(prev.T1)
+			if d := r.at.Sub(due); d < 0 || d > 500*time.Millisecond {
+				t.Errorf("renewal %d came %v after T1, want within 0.5s", i+1, d)
+			}
+			if r.lease.Address != lease.Address || r.lease.DHCPServer != lease.DHCPServer {
+				t.Errorf("renewal %d: %v from %v, want %v from %v", i+1, r.lease.Address, r.lease.DHCPServer, lease.Address, lease.DHCPServer)
+			}
+			prev = r.lease
+		}
+		lease = prev
+		checkLeaseFile(t, lease, cid)
+	})
+
+	t.Run("rebind at T2", func(t *testing.T) {
+		l := *lease
+		l.DHCPServer = netip.MustParseAddr("10.77.0.9") // no server there: RENEW goes unanswered
+		l.Acquired = time.Now()
+		got := keep(&l, 1, 15*time.Second)
+		if len(got) != 1 {
+			t.Fatalf("no lease by REBIND in 15s")
+		}
+		if d := got[0].at.Sub(l.Acquired.Add(l.T2)); d < 0 || d > time.Second {
+			t.Errorf("rebound %v after T2, want within 1s", d)
+		}
+		if got[0].lease.Address != lease.Address || got[0].lease.DHCPServer != netip.MustParseAddr(labServer) {
+			t.Errorf("rebound %v from %v, want %v from %s", got[0].lease.Address, got[0].lease.DHCPServer, lease.Address, labServer)
+		}
+		lease = got[0].lease
+		checkLeaseFile(t, lease, cid)
+	})
+
+	t.Run("NAK", func(t *testing.T) {
+		link, err := netlink.LinkByIndex(lease.Index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := *lease
+		l.Address = netip.MustParsePrefix("10.77.0.200/24") // outside dnsmasq's range
+		l.Acquired = time.Now().Add(-l.T1)
+		if err := install(link, &l, nil); err != nil {
+			t.Fatal(err)
+		}
+		got := keep(&l, 1, 15*time.Second)
+		if len(got) != 1 {
+			t.Fatalf("no new lease after the NAK in 15s")
+		}
+		nl := got[0].lease
+		if !netip.MustParsePrefix("10.77.0.0/24").Contains(nl.Address.Addr()) || nl.Address == l.Address {
+			t.Errorf("after the NAK: %v, want an address of dnsmasq's range", nl.Address)
+		}
+		addrs, _ := netlink.AddrList(link, unix.AF_INET)
+		if len(addrs) != 1 || addrs[0].IPNet.String() != nl.Address.String() {
+			t.Errorf("addresses on the link after the NAK: %v, want just %v", addrs, nl.Address)
+		}
+		checkLeaseFile(t, nl, cid)
+	})
+}
+
+// checkLeaseFile checks that dnsmasq's lease file has l's address for the
+// lab's MAC address and cid.
+func checkLeaseFile(t *testing.T, l *Lease, cid []byte) {
+	t.Helper()
+	b, err := os.ReadFile(os.Getenv(labLeasesEnv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hexID []string
+	for _, c := range cid {
+		hexID = append(hexID, hex.EncodeToString([]byte{c}))
+	}
+	want := labMAC + " " + l.Address.Addr().String()
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, want) {
+			if !strings.HasSuffix(line, " "+strings.Join(hexID, ":")) {
+				t.Errorf("dnsmasq's lease of %s has another client id: %q, want %s", want, line, strings.Join(hexID, ":"))
+			}
+			return
+		}
+	}
+	t.Errorf("dnsmasq's lease file has no lease %s:\n%s", want, b)
+}
