@@ -137,6 +137,11 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	if err != nil {
 		return fail("switch_root", err)
 	}
+	if files, err := network.Handoff(NewRoot, "/run", lease); err != nil {
+		log.Errorf("switch_root", "network hand-off: %v", err)
+	} else if len(files) > 0 {
+		log.Printf("network", "the root's network stack keeps %s: wrote /run/%s", lease.Interface, strings.Join(files, ", /run/"))
+	}
 	args := initArgs(res, opts)
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
 	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()), []int{rep.Pid})
