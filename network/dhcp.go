@@ -152,14 +152,18 @@ func (c *client) exchange(ctx context.Context, conn *nclient4.Client, dest *net.
 		msg.NumSeconds = uint16(min(time.Since(c.start)/time.Second, 0xffff))
 		wctx, cancel := context.WithTimeout(ctx, wait+rand.N(wait/4+1))
 		reply, err := conn.SendAndRead(wctx, dest, msg, match)
+		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+			// The send failed (the link is down, the route is gone): as
+			// good as lost; wait as for a reply, and send again.
+			c.log.Debugf("network", "%s: %v", c.iface, err)
+			<-wctx.Done()
+		}
 		cancel()
 		switch {
 		case err == nil:
 			return reply, nil
 		case ctx.Err() != nil:
 			return nil, ctx.Err()
-		case !errors.Is(err, context.DeadlineExceeded):
-			return nil, err
 		case tries > 0 && try >= tries:
 			return nil, errNoReply
 		}
@@ -184,7 +188,21 @@ func rawConn(iface string) (net.PacketConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return nclient4.NewBroadcastUDPConn(pc, &net.UDPAddr{Port: nclient4.ClientPort}), nil
+	return nclient4.NewBroadcastUDPConn(downProof{pc}, &net.UDPAddr{Port: nclient4.ClientPort}), nil
+}
+
+// downProof is a packet socket that outlives its link going down: the
+// kernel reports ENETDOWN once to a reader and delivers again when the
+// link is up, while nclient4 would stop receiving at the first error.
+type downProof struct{ net.PacketConn }
+
+func (d downProof) ReadFrom(b []byte) (int, net.Addr, error) {
+	for {
+		n, a, err := d.PacketConn.ReadFrom(b)
+		if !errors.Is(err, unix.ENETDOWN) {
+			return n, a, err
+		}
+	}
 }
 
 // dhcpFilter accepts an IPv4 packet (the datagram socket's data starts at

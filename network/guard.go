@@ -69,6 +69,11 @@ func (g *Guard) watch(ctx context.Context) error {
 	routes := make(chan netlink.RouteUpdate, 64)
 	failed := make(chan struct{}, 3)
 	onErr := func(err error) {
+		select {
+		case <-done: // closing the subscriptions makes them fail
+			return
+		default:
+		}
 		g.log.Debugf("network", "guard: rtnetlink: %v", err)
 		select {
 		case failed <- struct{}{}:

@@ -75,12 +75,14 @@ func (r *Renewer) Run(ctx context.Context) error {
 		} else if err := r.sleepUntil(ctx, l.Acquired.Add(l.T1)); err != nil {
 			return err
 		}
-		if err := r.renew(ctx, l); err != nil {
+		// renew picks the state from the clock (RENEWING before T2,
+		// REBINDING before expiry, INIT after), so a retry after a failure
+		// moves on as time does.
+		for err := r.renew(ctx, l); err != nil; err = r.renew(ctx, r.Lease()) {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			r.log.Errorf("network", "%s: keeping the lease: %v", l.Interface, err)
-			// Do not spin: the lease is still installed; try again soon.
 			if err := r.sleepUntil(ctx, time.Now().Add(maxWait)); err != nil {
 				return err
 			}

@@ -2,6 +2,7 @@ package network
 
 import (
 	"context"
+	"io"
 	"encoding/hex"
 	"net"
 	"net/netip"
@@ -11,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 )
 
@@ -146,7 +149,10 @@ func checkLeaseFile(t *testing.T, l *Lease, cid []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var hexID []string
+	hexID := []string{"*"} // dnsmasq's "none"
+	if len(cid) > 0 {
+		hexID = nil
+	}
 	for _, c := range cid {
 		hexID = append(hexID, hex.EncodeToString([]byte{c}))
 	}
@@ -160,4 +166,90 @@ func checkLeaseFile(t *testing.T, l *Lease, cid []byte) {
 		}
 	}
 	t.Errorf("dnsmasq's lease file has no lease %s:\n%s", want, b)
+}
+
+// TestKeepReleaseLab does what ifdown does with ISC dhclient: release the
+// lease at the server (DHCPRELEASE), flush the address, set the link down.
+// Keep must restore all of it and take the lease back at the server.
+func TestKeepReleaseLab(t *testing.T) {
+	if !inLabChild() {
+		l := newLab(t, "2m", "--no-ping")
+		l.child(t, time.Minute, labLeasesEnv+"="+l.leases)
+		log := l.dnsmasqLog(t)
+		rel := strings.Index(log, "DHCPRELEASE")
+		if rel < 0 || !strings.Contains(log[rel:], "DHCPACK") {
+			t.Errorf("dnsmasq's log has no ACK after the release:\n%s", log)
+		}
+		return
+	}
+	var logBuf syncBuffer
+	log := bootlog.New(io.MultiWriter(&logBuf, testWriter{t}), time.Now())
+	log.SetDebug(true)
+	n := config.Network{Mode: config.NetworkDHCP, Interfaces: []string{labClient}, LinkTimeout: 5 * time.Second, DHCPTimeout: 20 * time.Second}
+	lease, err := Up(context.Background(), log, n, Options{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	changed := make(chan *Lease, 4)
+	done := make(chan error)
+	go func() { done <- Keep(ctx, log, lease, KeepOptions{OnChange: func(l *Lease) { changed <- l }}) }()
+	time.Sleep(100 * time.Millisecond)
+
+	release(t, lease)
+	b, _ := os.ReadFile(os.Getenv(labLeasesEnv))
+	if strings.Contains(string(b), lease.Address.Addr().String()) {
+		// dnsmasq rewrites its lease file at once.
+		t.Fatalf("the release did not free the lease:\n%s", b)
+	}
+	run(t, "ip", "addr", "flush", "dev", labClient)
+	run(t, "ip", "link", "set", labClient, "down")
+	selStart := time.Now()
+	select {
+	case nl := <-changed:
+		if nl.Address != lease.Address {
+			t.Errorf("after the release: %v, want %v again", nl.Address, lease.Address)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no lease within 10s of the release (select started %v, now %v)\n%s", selStart, time.Now(), logBuf.String())
+	}
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		bad := rootState(t, lease)
+		if bad == "" {
+			break
+		}
+		if time.Since(start) > time.Second {
+			t.Fatalf("after the release: %s", bad)
+		}
+	}
+	checkLeaseFile(t, lease, nil)
+	cancel()
+	<-done
+	t.Logf("log:\n%s", logBuf.String())
+}
+
+// release sends DHCPRELEASE for l to its server, as dhclient -r does.
+func release(t *testing.T, l *Lease) {
+	t.Helper()
+	c, err := newClient(testLog(t), l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := c.unicast(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msg, err := dhcpv4.New(dhcpv4.WithMessageType(dhcpv4.MessageTypeRelease), dhcpv4.WithHwAddr(c.hw),
+		dhcpv4.WithClientIP(l.Address.Addr().AsSlice()), dhcpv4.WithOption(dhcpv4.OptServerIdentifier(l.DHCPServer.AsSlice())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No reply comes to a release: send it and wait a moment for none.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if reply, err := conn.SendAndRead(ctx, conn.RemoteAddr(), msg, nil); err == nil {
+		t.Fatalf("a reply to DHCPRELEASE: %v", reply)
+	}
 }
