@@ -124,10 +124,11 @@ func leaseFromACK(l *Lease, ack *dhcpv4.DHCPv4, at time.Time) error {
 		l.MTU = int(v[0])<<8 | int(v[1])
 	}
 	l.DHCPServer = netip.Addr{}
-	if s, ok := netip.AddrFromSlice(ack.ServerIdentifier().To4()); ok {
-		l.DHCPServer = s
-	} else if s, ok := netip.AddrFromSlice(ack.ServerIPAddr.To4()); ok {
-		l.DHCPServer = s
+	for _, ip := range []net.IP{ack.ServerIdentifier(), ack.ServerIPAddr} {
+		if s, ok := netip.AddrFromSlice(ip.To4()); ok && !s.IsUnspecified() {
+			l.DHCPServer = s
+			break
+		}
 	}
 	l.LeaseTime = ack.IPAddressLeaseTime(infinite)
 	l.T1 = ack.IPAddressRenewalTime(l.LeaseTime / 2)

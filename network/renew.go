@@ -170,6 +170,9 @@ func (r *Renewer) renew(ctx context.Context, l *Lease) error {
 // It returns a nil ACK and no error when t2 came first, and *nclient4.ErrNak
 // for a NAK.
 func (c *client) renewUnicast(ctx context.Context, l *Lease, t2 time.Time) (*dhcpv4.DHCPv4, error) {
+	if !l.DHCPServer.IsValid() {
+		return nil, nil // no server to ask: rebind
+	}
 	conn, err := c.unicast(l)
 	if err != nil {
 		// No unicast socket (the address was just taken away): rebind.

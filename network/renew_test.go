@@ -28,6 +28,9 @@ const labLeasesEnv = "NBDROOT_NETWORK_LAB_LEASES" // dnsmasq's lease file, for t
 // and a new DISCOVER after a NAK, always with the same client identifier.
 func TestRenewerLab(t *testing.T) {
 	if !inLabChild() {
+		if testing.Short() {
+			t.Skip("-short: the renewal test waits for T1 and T2, 12 s")
+		}
 		l := newLab(t, "2m", "--no-ping", "--dhcp-option=option:T1,3", "--dhcp-option=option:T2,6")
 		l.child(t, 2*time.Minute, labLeasesEnv+"="+l.leases)
 		log := l.dnsmasqLog(t)
