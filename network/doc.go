@@ -27,7 +27,7 @@
 //
 // # What each network stack of the root sees
 //
-//   - systemd-networkd: a drop-in NAME.network.d/nbdroot-root.conf under
+//   - systemd-networkd: a drop-in NAME.network.d/50-nbdroot-root.conf under
 //     /run/systemd/network/ with KeepConfiguration=yes, for every .network
 //     file of the root whose [Match] could select the root NIC. networkd
 //     then neither drops the address and route it finds at start nor

@@ -145,6 +145,11 @@ func (r *Renewer) renew(ctx context.Context, l *Lease) error {
 			return err
 		}
 	}
+	// The Guard restores what the current lease says: it changes before
+	// the link does, lest a sweep in between restore the old address.
+	r.mu.Lock()
+	r.lease = next
+	r.mu.Unlock()
 	link, err := netlink.LinkByIndex(l.Index)
 	if err != nil {
 		return &Error{Interface: l.Interface, Err: err}
@@ -153,9 +158,6 @@ func (r *Renewer) renew(ctx context.Context, l *Lease) error {
 	if err := install(link, &next, &old); err != nil {
 		return err
 	}
-	r.mu.Lock()
-	r.lease = next
-	r.mu.Unlock()
 	if next.Address != old {
 		r.log.Printf("network", "%s: the server gave %s instead of %s", l.Interface, next.Address, old)
 	}

@@ -202,7 +202,7 @@ func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []
 		}
 		return r.lease, nil
 	}
-	return nil, &Error{Op: "DHCP", Err: errors.Join(errs...)}
+	return nil, errors.Join(errs...) // each names its link
 }
 
 // linkDHCP brings l up and acquires a lease on it.
@@ -212,6 +212,8 @@ func linkDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l netl
 	}
 	lease := linkLease(l)
 	lease.ClientID = cid
+	ctx, cancel := context.WithTimeout(ctx, n.DHCPTimeout)
+	defer cancel()
 	c, err := newClient(log, lease)
 	if err != nil {
 		return nil, err
@@ -219,7 +221,7 @@ func linkDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l netl
 	defer c.close()
 	if err := c.acquire(ctx, lease); err != nil {
 		if ctx.Err() != nil {
-			err = fmt.Errorf("no lease within %v: %w", n.DHCPTimeout, err)
+			err = fmt.Errorf("no lease within %v", n.DHCPTimeout)
 		}
 		return nil, &Error{Interface: lease.Interface, Op: "DHCP", Err: err}
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 )
 
@@ -144,5 +145,33 @@ func readJSON(t *testing.T, path string, v any) {
 	}
 	if err := json.Unmarshal(b, v); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUpNoServerLab asks for a lease where no server answers: DISCOVER is
+// sent again soon and often (0.25 s, then doubling), and the error names
+// the link and the time given.
+func TestUpNoServerLab(t *testing.T) {
+	if !inLabChild() {
+		l := newLab(t, "")
+		l.child(t, time.Minute)
+		return
+	}
+	var logBuf syncBuffer
+	log := bootlog.New(&logBuf, time.Now())
+	log.SetDebug(true)
+	n := config.Network{Mode: config.NetworkDHCP, Interfaces: []string{labClient}, LinkTimeout: time.Second, DHCPTimeout: 2 * time.Second}
+	start := time.Now()
+	_, err := Up(context.Background(), log, n, Options{Root: t.TempDir()})
+	took := time.Since(start)
+	if err == nil || err.Error() != "cl0: DHCP: no lease within 2s" {
+		t.Errorf("Up = %v, want cl0: DHCP: no lease within 2s", err)
+	}
+	if took < 2*time.Second || took > 2500*time.Millisecond {
+		t.Errorf("Up took %v, want the 2s DHCP timeout (carrier is at once on a veth)", took)
+	}
+	// Sends at 0, 0.25, 0.75, 1.75 s (each wait up to a quarter longer).
+	if n := strings.Count(logBuf.String(), "msg_type=DISCOVER"); n < 4 {
+		t.Errorf("%d DISCOVERs in %v, want at least 4:\n%s", n, took, logBuf.String())
 	}
 }
