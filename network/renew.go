@@ -39,7 +39,12 @@ type Renewer struct {
 // NewRenewer returns a Renewer for lease, which must be a DHCP lease.
 // onChange, if set, is called with a copy of each new lease.
 func NewRenewer(log *bootlog.Logger, lease *Lease, onChange func(*Lease)) *Renewer {
-	return &Renewer{log: log, onChange: onChange, kick: make(chan struct{}, 1), lease: *lease}
+	l := *lease
+	// A lease that came through JSON has only a wall-clock time, which
+	// the root's NTP may step by hours; from here on T1, T2 and expiry are
+	// counted on the monotonic clock.
+	l.Acquired = time.Now().Add(-time.Since(lease.Acquired))
+	return &Renewer{log: log, onChange: onChange, kick: make(chan struct{}, 1), lease: l}
 }
 
 // Lease returns a copy of the current lease.

@@ -256,3 +256,28 @@ func release(t *testing.T, l *Lease) {
 		t.Fatalf("a reply to DHCPRELEASE: %v", reply)
 	}
 }
+
+// TestRenewerMonotonic checks that a lease that came through JSON (wall
+// clock only) is timed on the monotonic clock, immune to the root's NTP
+// stepping the clock.
+func TestRenewerMonotonic(t *testing.T) {
+	acquired := time.Now().Add(-time.Minute)
+	b, err := MarshalLease(&Lease{Interface: "eth0", DHCP: true, Acquired: acquired, LeaseTime: time.Hour, T1: 30 * time.Minute, T2: 50 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := UnmarshalLease(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(l.Acquired.String(), "m=") {
+		t.Fatal("a time from JSON has a monotonic reading; the test proves nothing")
+	}
+	got := NewRenewer(testLog(t), l, nil).Lease().Acquired
+	if !strings.Contains(got.String(), "m=") {
+		t.Errorf("the renewer's lease time %v has no monotonic reading", got)
+	}
+	if d := got.Sub(acquired); d < -time.Second || d > time.Second {
+		t.Errorf("the renewer's lease time is %v off", d)
+	}
+}
