@@ -87,7 +87,7 @@ func (c *client) modifiers() []dhcpv4.Modifier {
 		dhcpv4.OptionSubnetMask, dhcpv4.OptionRouter, dhcpv4.OptionDomainNameServer,
 		dhcpv4.OptionDomainName, dhcpv4.OptionHostName, dhcpv4.OptionRootPath,
 		dhcpv4.OptionInterfaceMTU, dhcpv4.OptionIPAddressLeaseTime,
-		dhcpv4.OptionRenewTimeValue, dhcpv4.OptionRebindingTimeValue,
+		dhcpv4.OptionRenewTimeValue, dhcpv4.OptionRebindingTimeValue, dhcpv4.OptionClasslessStaticRoute,
 	), dhcpv4.WithOption(dhcpv4.OptMaxMessageSize(nclient4.MaxMessageSize))}
 	if len(c.cid) > 0 {
 		m = append(m, dhcpv4.WithOption(dhcpv4.OptClientIdentifier(c.cid)))

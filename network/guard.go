@@ -182,10 +182,22 @@ func (g *Guard) sweepAddr(link netlink.Link, l *Lease) bool {
 	return true
 }
 
-// sweepRoute restores l's default route if there is no IPv4 default route
-// at all: a default route the root's own stack set up (through another
-// link, or another gateway) is its choice and stays.
+// sweepRoute restores l's routes (option 121) that are gone, and its
+// default route if there is no IPv4 default route at all: a default route
+// the root's own stack set up (through another link, or another gateway)
+// is its choice and stays.
 func (g *Guard) sweepRoute(l *Lease) {
+	for _, r := range extraRoutes(l) {
+		have, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN, Dst: r.Dst}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+		if err != nil || len(have) > 0 {
+			continue
+		}
+		if err := netlink.RouteReplace(r); err != nil {
+			g.log.Debugf("network", "guard: %s: route to %s: %v", l.Interface, r.Dst, err)
+			continue
+		}
+		g.note("route "+r.Dst.String(), "%s: the route to %s was removed; restored it", l.Interface, r.Dst)
+	}
 	want := defaultRoute(l)
 	if want == nil {
 		return

@@ -37,6 +37,15 @@ func TestGuardLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A route of DHCP option 121, as Up would have installed it.
+	lease.Routes = []Route{{Dst: netip.MustParsePrefix("10.1.0.0/16"), Gateway: netip.MustParseAddr("10.77.0.254")}}
+	link, err := netlink.LinkByIndex(lease.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := install(link, lease, nil); err != nil {
+		t.Fatal(err)
+	}
 	run(t, "ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1")
 	run(t, "ip", "addr", "add", "192.0.2.5/24", "dev", "other0")
 	run(t, "ip", "link", "set", "other0", "up")
@@ -51,6 +60,7 @@ func TestGuardLab(t *testing.T) {
 		{"addr flush", [][]string{{"ip", "addr", "flush", "dev", labClient}}},
 		{"link down", [][]string{{"ip", "link", "set", labClient, "down"}}},
 		{"route del", [][]string{{"ip", "route", "del", "default"}}},
+		{"option 121 route del", [][]string{{"ip", "route", "del", "10.1.0.0/16"}}},
 		{"finite lifetime", [][]string{{"ip", "addr", "change", "10.77.0.20/24", "dev", labClient, "valid_lft", "30", "preferred_lft", "30"}}},
 		{"ifdown", [][]string{{"ip", "addr", "flush", "dev", labClient}, {"ip", "link", "set", labClient, "down"}}},
 		{"addr flush again", [][]string{{"ip", "addr", "flush", "dev", labClient}}},
@@ -81,7 +91,7 @@ func TestGuardLab(t *testing.T) {
 		t.Errorf("the guard put back an address of another link:\n%s", out)
 	}
 	logged := logBuf.String()
-	for _, want := range []string{"10.77.0.20/24 was removed; restored it", "was set down; set it up again", "the default route via 10.77.0.1 was removed; restored it", "lifetime of 30s; made it permanent"} {
+	for _, want := range []string{"10.77.0.20/24 was removed; restored it", "was set down; set it up again", "the default route via 10.77.0.1 was removed; restored it", "lifetime of 30s; made it permanent", "the route to 10.1.0.0/16 was removed; restored it"} {
 		if n := strings.Count(logged, want); n != 1 {
 			t.Errorf("%q logged %d times, want once (rate-limited)\n%s", want, n, logged)
 		}
@@ -118,6 +128,12 @@ func rootState(t *testing.T, l *Lease) string {
 	out, _ := exec.Command("ip", "-4", "route", "show", "default").CombinedOutput()
 	if !strings.Contains(string(out), "via "+l.Gateway.String()) {
 		return "no default route"
+	}
+	for _, r := range l.Routes {
+		out, _ := exec.Command("ip", "-4", "route", "show", r.Dst.String()).CombinedOutput()
+		if !strings.Contains(string(out), "via "+r.Gateway.String()) {
+			return "no route to " + r.Dst.String()
+		}
 	}
 	return ""
 }

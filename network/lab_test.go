@@ -55,7 +55,7 @@ func needLab(t *testing.T) {
 		}
 		t.Skip("network lab: needs root to create network namespaces")
 	}
-	testrig.Need(t, "ip", "dnsmasq", "unshare")
+	testrig.Need(t, "ip", "ss", "dnsmasq", "unshare")
 }
 
 // run runs cmd, failing the test with its output on error.

@@ -25,6 +25,9 @@ type Lease struct {
 	Address netip.Prefix `json:"address,omitzero"`
 	// Gateway is the default route's next hop, if any.
 	Gateway netip.Addr `json:"gateway,omitzero"`
+	// Routes are the other routes (DHCP option 121, classless static
+	// routes) through the link.
+	Routes []Route `json:"routes,omitempty"`
 	// DNS are the name servers written to resolv.conf.
 	DNS []netip.Addr `json:"dns,omitempty"`
 	// Domain is the DNS search domain (DHCP option 15).
@@ -51,6 +54,13 @@ type Lease struct {
 	ClientID []byte `json:"client_id,omitempty"`
 	// RootPath is DHCP option 17, if the server sent one.
 	RootPath string `json:"root_path,omitempty"`
+}
+
+// Route is one route of a lease: to Dst through Gateway, or on the link
+// when Gateway is not set.
+type Route struct {
+	Dst     netip.Prefix `json:"dst"`
+	Gateway netip.Addr   `json:"gateway,omitzero"`
 }
 
 // MarshalLease encodes l for the keeper.
@@ -105,8 +115,27 @@ func leaseFromACK(l *Lease, ack *dhcpv4.DHCPv4, at time.Time) error {
 	l.DHCP = true
 	l.Address = netip.PrefixFrom(ip, bits)
 	l.Acquired = at
-	l.Gateway = netip.Addr{}
-	if rs := ack.Router(); len(rs) > 0 {
+	l.Gateway, l.Routes = netip.Addr{}, nil
+	if rs := ack.ClasslessStaticRoute(); len(rs) > 0 {
+		// RFC 3442: with classless static routes, the router option is
+		// ignored; a default route is among them if there is one.
+		for _, r := range rs {
+			dst, ok1 := netip.AddrFromSlice(r.Dest.IP.To4())
+			ones, _ := r.Dest.Mask.Size()
+			gw, ok2 := netip.AddrFromSlice(r.Router.To4())
+			if !ok1 {
+				continue
+			}
+			if !ok2 || gw.IsUnspecified() {
+				gw = netip.Addr{}
+			}
+			if ones == 0 {
+				l.Gateway = gw
+				continue
+			}
+			l.Routes = append(l.Routes, Route{Dst: netip.PrefixFrom(dst, ones).Masked(), Gateway: gw})
+		}
+	} else if rs := ack.Router(); len(rs) > 0 {
 		if gw, ok := netip.AddrFromSlice(rs[0].To4()); ok {
 			l.Gateway = gw
 		}

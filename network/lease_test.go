@@ -55,6 +55,21 @@ func TestLeaseFromACK(t *testing.T) {
 			DHCP: true, Address: netip.MustParsePrefix("192.0.2.7/32"), Acquired: at,
 			LeaseTime: 2 * time.Minute, T1: 100 * time.Second, T2: 105 * time.Second,
 		}, false},
+		{"classless static routes win over the router option", []dhcpv4.Modifier{
+			dhcpv4.WithYourIP(net.IPv4(192, 0, 2, 7)),
+			dhcpv4.WithNetmask(net.CIDRMask(24, 32)),
+			dhcpv4.WithLeaseTime(120),
+			dhcpv4.WithRouter(net.IPv4(192, 0, 2, 254)),
+			dhcpv4.WithOption(dhcpv4.OptClasslessStaticRoute(
+				&dhcpv4.Route{Dest: &net.IPNet{IP: net.IPv4(10, 1, 0, 0).To4(), Mask: net.CIDRMask(16, 32)}, Router: net.IPv4(192, 0, 2, 2)},
+				&dhcpv4.Route{Dest: &net.IPNet{IP: net.IPv4(198, 51, 100, 0).To4(), Mask: net.CIDRMask(24, 32)}, Router: net.IPv4zero},
+				&dhcpv4.Route{Dest: &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}, Router: net.IPv4(192, 0, 2, 1)},
+			)),
+		}, Lease{
+			DHCP: true, Address: netip.MustParsePrefix("192.0.2.7/24"), Gateway: netip.MustParseAddr("192.0.2.1"),
+			Routes:   []Route{{Dst: netip.MustParsePrefix("10.1.0.0/16"), Gateway: netip.MustParseAddr("192.0.2.2")}, {Dst: netip.MustParsePrefix("198.51.100.0/24")}},
+			Acquired: at, LeaseTime: 2 * time.Minute, T1: time.Minute, T2: 105 * time.Second,
+		}, false},
 		{"no address", nil, Lease{}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

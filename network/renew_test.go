@@ -2,8 +2,8 @@ package network
 
 import (
 	"context"
-	"io"
 	"encoding/hex"
+	"io"
 	"net"
 	"net/netip"
 	"os"

@@ -244,6 +244,11 @@ func install(l netlink.Link, lease *Lease, old *netip.Prefix) error {
 	if old != nil && *old != lease.Address {
 		_ = netlink.AddrDel(l, &netlink.Addr{IPNet: prefixNet(*old)})
 	}
+	for _, r := range extraRoutes(lease) {
+		if err := netlink.RouteReplace(r); err != nil {
+			return &Error{Interface: name, Op: "route to " + r.Dst.String(), Err: err}
+		}
+	}
 	if r := defaultRoute(lease); r != nil {
 		if err := netlink.RouteReplace(r); err != nil {
 			return &Error{Interface: name, Op: "default route via " + lease.Gateway.String(), Err: err}
@@ -255,6 +260,21 @@ func install(l netlink.Link, lease *Lease, old *netip.Prefix) error {
 // rootAddr is the address as installed: no expiry.
 func rootAddr(lease *Lease) *netlink.Addr {
 	return &netlink.Addr{IPNet: prefixNet(lease.Address), ValidLft: -1, PreferedLft: -1}
+}
+
+// extraRoutes are the lease's routes besides the default route.
+func extraRoutes(lease *Lease) []*netlink.Route {
+	var out []*netlink.Route
+	for _, rt := range lease.Routes {
+		r := &netlink.Route{LinkIndex: lease.Index, Dst: prefixNet(rt.Dst)}
+		if rt.Gateway.IsValid() {
+			r.Gw = rt.Gateway.AsSlice()
+		} else {
+			r.Scope = netlink.SCOPE_LINK
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // defaultRoute is the lease's default route, or nil without a gateway.

@@ -23,6 +23,7 @@ type upReport struct {
 	Hostname string
 	MTU      int
 	Addrs    []string
+	Routes   string // ip route's
 }
 
 // TestUpDHCPLab takes a lease from dnsmasq on a veth in a network
@@ -76,11 +77,13 @@ func testUpDHCPLab(t *testing.T, dnsmasqArgs []string, minTook, maxTook time.Dur
 				t.Errorf("address %s installed with valid lifetime %d, want forever", a.IPNet, a.ValidLft)
 			}
 		}
+		rep.Routes = run(t, "ip", "-4", "route")
 		writeJSON(t, filepath.Join(labReport(), "report.json"), rep)
 		return
 	}
 	l := newLab(t, "2m", append([]string{"--dhcp-option=17,10.77.0.1:10809/rootfs", "--dhcp-option=26,1400",
-		"--dhcp-option=6,10.77.0.53,10.77.0.54", "--dhcp-option=15,lab.example", "--dhcp-host=" + labMAC + ",labhost"}, dnsmasqArgs...)...)
+		"--dhcp-option=6,10.77.0.53,10.77.0.54", "--dhcp-option=15,lab.example", "--dhcp-host=" + labMAC + ",labhost",
+		"--dhcp-option=121,10.1.0.0/16,10.77.0.254,0.0.0.0/0,10.77.0.1"}, dnsmasqArgs...)...)
 	dir := l.child(t, time.Minute)
 	var rep upReport
 	readJSON(t, filepath.Join(dir, "report.json"), &rep)
@@ -105,6 +108,14 @@ func testUpDHCPLab(t *testing.T, dnsmasqArgs []string, minTook, maxTook time.Dur
 	}
 	if lease.LeaseTime != 2*time.Minute || lease.T1 != time.Minute || lease.T2 != 105*time.Second {
 		t.Errorf("lease time %v, T1 %v, T2 %v; want 2m0s, 1m0s, 1m45s", lease.LeaseTime, lease.T1, lease.T2)
+	}
+	if lease.Gateway != netip.MustParseAddr(labServer) || len(lease.Routes) != 1 || lease.Routes[0] != (Route{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParseAddr("10.77.0.254")}) {
+		t.Errorf("gateway %v, routes %v; want 10.77.0.1 and 10.1.0.0/16 via 10.77.0.254 (option 121)", lease.Gateway, lease.Routes)
+	}
+	for _, want := range []string{"default via 10.77.0.1 dev cl0", "10.1.0.0/16 via 10.77.0.254 dev cl0"} {
+		if !strings.Contains(rep.Routes, want) {
+			t.Errorf("routes:\n%s\nwant %q", rep.Routes, want)
+		}
 	}
 	if len(rep.Addrs) != 1 || rep.Addrs[0] != lease.Address.String() {
 		t.Errorf("addresses on %s: %v, want just %v", labClient, rep.Addrs, lease.Address)
