@@ -43,7 +43,7 @@ func TestUpDHCPLab(t *testing.T) {
 		min, max time.Duration // how long the network step may take
 	}{
 		{"no-ping", []string{"--no-ping"}, 0, time.Second},
-		{"ping", nil, 2500 * time.Millisecond, 3500 * time.Millisecond},
+		{"ping", nil, 2500 * time.Millisecond, 4500 * time.Millisecond}, // slack for a loaded machine
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if testing.Short() && tc.min > 0 && !inLabChild() {
@@ -181,8 +181,9 @@ func TestUpNoServerLab(t *testing.T) {
 	if took < 2*time.Second || took > 2500*time.Millisecond {
 		t.Errorf("Up took %v, want the 2s DHCP timeout (carrier is at once on a veth)", took)
 	}
-	// Sends at 0, 0.25, 0.75, 1.75 s (each wait up to a quarter longer).
-	if n := strings.Count(logBuf.String(), "msg_type=DISCOVER"); n < 4 {
-		t.Errorf("%d DISCOVERs in %v, want at least 4:\n%s", n, took, logBuf.String())
+	// Sends at 0, 0.25, 0.75 s, 1.75 s (each wait up to a quarter longer,
+	// so the fourth may miss the 2 s).
+	if n := strings.Count(logBuf.String(), "msg_type=DISCOVER"); n < 3 {
+		t.Errorf("%d DISCOVERs in %v, want at least 3:\n%s", n, took, logBuf.String())
 	}
 }
