@@ -87,8 +87,8 @@ func TestRenewerLab(t *testing.T) {
 		prev := lease
 		for i, r := range got {
 			due := prev.Acquired.Add(prev.T1)
-			if d := r.at.Sub(due); d < 0 || d > 500*time.Millisecond {
-				t.Errorf("renewal %d came %v after T1, want within 0.5s", i+1, d)
+			if d := r.at.Sub(due); d < 0 || d > time.Second {
+				t.Errorf("renewal %d came %v after T1, want within 1s", i+1, d)
 			}
 			if r.lease.Address != lease.Address || r.lease.DHCPServer != lease.DHCPServer {
 				t.Errorf("renewal %d: %v from %v, want %v from %v", i+1, r.lease.Address, r.lease.DHCPServer, lease.Address, lease.DHCPServer)
@@ -107,8 +107,8 @@ func TestRenewerLab(t *testing.T) {
 		if len(got) != 1 {
 			t.Fatalf("no lease by REBIND in 15s")
 		}
-		if d := got[0].at.Sub(l.Acquired.Add(l.T2)); d < 0 || d > time.Second {
-			t.Errorf("rebound %v after T2, want within 1s", d)
+		if d := got[0].at.Sub(l.Acquired.Add(l.T2)); d < 0 || d > 1500*time.Millisecond {
+			t.Errorf("rebound %v after T2, want within 1.5s", d)
 		}
 		if got[0].lease.Address != lease.Address || got[0].lease.DHCPServer != netip.MustParseAddr(labServer) {
 			t.Errorf("rebound %v from %v, want %v from %s", got[0].lease.Address, got[0].lease.DHCPServer, lease.Address, labServer)
