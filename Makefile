@@ -15,7 +15,7 @@ GOFLAGS   := -trimpath
 LDFLAGS   := -s -w
 FUZZTIME  ?= 60s
 APT_PKGS  := qemu-system-x86 qemu-utils nbdkit nbd-server linux-image-amd64 \
-             e2fsprogs busybox-static openssl cpio
+             e2fsprogs busybox-static openssl cpio dnsmasq-base iproute2
 export CGO_ENABLED := 0
 
 .PHONY: all build deps test test-short lint fuzz bench bench-boot demo clean
