@@ -16,6 +16,26 @@
 // lease. The Guard watches rtnetlink and restores the link's up state, its
 // address and its default route the moment anything takes them away.
 //
+// # DHCP timing
+//
+// The packet socket is open before the first DISCOVER goes out, and the
+// first offer that arrives is taken. DISCOVER is sent again after 0.25 s,
+// then after twice as long each time up to 4 s (each wait stretched by up
+// to a quarter at random), and the lease is due within the DHCP timeout
+// counted from carrier. On a bridged lab network with dnsmasq the network
+// step took 3 s because of the server, not the client: dnsmasq pings an
+// address before offering it to a client it has no lease for and waits 3 s
+// for an answer, answering nothing meanwhile. A lab that wants quick boots
+// sets dnsmasq's no-ping (or gives each machine a dhcp-host address); the
+// offer then comes within milliseconds and is taken.
+//
+// Only the DHCP options that matter to the root are asked for and applied:
+// address and mask, router or classless static routes (option 121, which
+// replaces the router option), DNS servers and search domain (written to
+// resolv.conf), hostname (unless ip= or the TOML file names one), MTU
+// (option 26, set on the link before the first connection), lease times,
+// and the root-path (option 17).
+//
 // # How the root's address is installed
 //
 // The address is installed with infinite lifetimes, so the kernel never
@@ -23,7 +43,12 @@
 // valid lifetime runs out, and with it the root disk's connection, if the
 // renewer missed a renewal for any reason (a server down longer than the
 // lease, a keeper stopped by the init system for a while). The lease's
-// clock is the Renewer's: it renews from T1 on and re-acquires on expiry.
+// clock is the Renewer's: it renews from T1 on and re-acquires on expiry,
+// counting on the monotonic clock. When the root's own DHCP client
+// installs the same address with a lifetime (systemd-networkd does), the
+// Guard makes it permanent again. The Guard restores the default route only
+// when there is no IPv4 default route at all: one the root's stack set up
+// is its choice.
 //
 // # What each network stack of the root sees
 //
