@@ -80,10 +80,14 @@ func (r *Renewer) Run(ctx context.Context) error {
 		} else if err := r.sleepUntil(ctx, l.Acquired.Add(l.T1)); err != nil {
 			return err
 		}
+		// A release (the Guard's Rerequest) cannot wait for T2 and expiry:
+		// the server may give the address away. Then each state gets
+		// urgentWait, counted from now.
+		urgent := time.Now().Before(l.Acquired.Add(l.T1))
 		// renew picks the state from the clock (RENEWING before T2,
 		// REBINDING before expiry, INIT after), so a retry after a failure
 		// moves on as time does.
-		for err := r.renew(ctx, l); err != nil; err = r.renew(ctx, r.Lease()) {
+		for err := r.renew(ctx, l, urgent); err != nil; err = r.renew(ctx, r.Lease(), urgent) {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -108,37 +112,46 @@ func (r *Renewer) sleepUntil(ctx context.Context, t time.Time) error {
 	return nil
 }
 
+// urgentWait is how long RENEW and REBIND each get after a release.
+const urgentWait = 10 * time.Second
+
 // renew runs the RENEWING, REBINDING and, if need be, INIT states for l,
-// and installs what the server acknowledged.
-func (r *Renewer) renew(ctx context.Context, l *Lease) error {
+// and installs what the server acknowledged. urgent gives RENEW and REBIND
+// urgentWait each instead of the time to T2 and to expiry.
+func (r *Renewer) renew(ctx context.Context, l *Lease, urgent bool) error {
 	c, err := newClient(r.log, l)
 	if err != nil {
 		return err
 	}
 	defer c.close()
 	t2, expiry := l.Acquired.Add(l.T2), l.Expires()
+	if l.LeaseTime >= infinite {
+		urgent = true
+	}
+	if now := time.Now(); urgent {
+		t2, expiry = now.Add(urgentWait), now.Add(2*urgentWait)
+	}
 	next := *l
 	var ack *dhcpv4.DHCPv4
 	state := "renewed"
 	if time.Now().Before(t2) {
 		ack, err = c.renewUnicast(ctx, l, t2)
 	}
-	if ack == nil && err == nil && (l.LeaseTime >= infinite || time.Now().Before(expiry)) {
-		deadline := expiry
-		if l.LeaseTime >= infinite {
-			deadline = time.Now().Add(maxWait * 4)
-		}
+	if ack == nil && err == nil && time.Now().Before(expiry) {
 		state = "rebound"
-		ack, err = c.rebind(ctx, l, deadline)
+		ack, err = c.rebind(ctx, l, expiry)
 	}
 	var nak *nclient4.ErrNak
 	switch {
 	case err != nil && !errors.As(err, &nak):
 		return err
 	case ack == nil || nak != nil:
-		why := "the lease expired"
+		why := "no server answered"
 		if nak != nil {
-			why = fmt.Sprintf("the server refused it (%s)", nak.Nak.Message())
+			why = "the server refused it (NAK)"
+			if m := nak.Nak.Message(); m != "" {
+				why = fmt.Sprintf("the server refused it (%s)", m)
+			}
 		}
 		r.log.Printf("network", "%s: %s, asking for %s again", l.Interface, why, l.Address.Addr())
 		state = "acquired anew"
