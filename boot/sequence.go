@@ -14,6 +14,7 @@ import (
 	"github.com/nbdroot/nbdroot/keeper"
 	"github.com/nbdroot/nbdroot/kmod"
 	"github.com/nbdroot/nbdroot/nbddev"
+	"github.com/nbdroot/nbdroot/network"
 )
 
 // Options configure Run.
@@ -36,7 +37,7 @@ type Options struct {
 type Progress struct {
 	mods     *kmod.Modules
 	netSpec  config.Network
-	lease    *Lease
+	lease    *network.Lease
 	keepSpec config.Spec // the spec the keeper was started with
 	keeper   *keeper.Report
 }
@@ -97,7 +98,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	t = time.Now()
 	lease := prog.lease
 	if lease == nil || !reflect.DeepEqual(prog.netSpec, spec.Network) {
-		if lease, err = BringUpNetwork(ctx, log, spec.Network); err != nil {
+		if lease, err = network.Up(ctx, log, spec.Network, network.Options{}); err != nil {
 			return fail("network", err)
 		}
 		prog.netSpec, prog.lease = spec.Network, lease
@@ -137,6 +138,11 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	init, err := FindInit(NewRoot, spec.Root.Init)
 	if err != nil {
 		return fail("switch_root", err)
+	}
+	if files, err := network.Handoff(NewRoot, "/run", lease); err != nil {
+		log.Errorf("switch_root", "network hand-off: %v", err)
+	} else if len(files) > 0 {
+		log.Printf("network", "the root's network stack keeps %s: wrote /run/%s", lease.Interface, strings.Join(files, ", /run/"))
 	}
 	args := initArgs(res, opts)
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
@@ -217,7 +223,7 @@ func rootModules(r config.Root) []string {
 
 // applyLease fills in what the spec left to DHCP: the root-path option
 // (nbdroot=dhcp) and the DHCP server as the NBD server's host.
-func applyLease(spec *config.Spec, l *Lease) error {
+func applyLease(spec *config.Spec, l *network.Lease) error {
 	if spec.Server.FromDHCP {
 		if l.RootPath == "" {
 			return errors.New("nbdroot=dhcp, but the DHCP server sent no root-path (option 17)")
@@ -235,7 +241,7 @@ func applyLease(spec *config.Spec, l *Lease) error {
 	for i := range spec.Server.Endpoints {
 		ep := &spec.Server.Endpoints[i]
 		if ep.HostFromDHCP || (ep.Host == "" && ep.Socket == "") {
-			if l.DHCPServer == nil {
+			if !l.DHCPServer.IsValid() {
 				return errors.New("the server is the DHCP server, but no DHCP lease was obtained")
 			}
 			ep.Host, ep.HostFromDHCP = l.DHCPServer.String(), false

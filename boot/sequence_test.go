@@ -3,33 +3,34 @@ package boot
 import (
 	"errors"
 	"fmt"
-	"net"
+	"net/netip"
 	"reflect"
 	"testing"
 
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/keeper"
+	"github.com/nbdroot/nbdroot/network"
 )
 
 func TestApplyLease(t *testing.T) {
-	dhcpServer := net.IPv4(10, 0, 2, 2)
+	dhcpServer := netip.MustParseAddr("10.0.2.2")
 	for _, tc := range []struct {
 		name    string
 		cmdline string
-		lease   Lease
+		lease   network.Lease
 		want    []config.Endpoint
 		index   int
 		wantErr string
 	}{
-		{name: "root-path", cmdline: "nbdroot=dhcp", lease: Lease{DHCPServer: dhcpServer, RootPath: "10.0.0.7:2000/root"},
+		{name: "root-path", cmdline: "nbdroot=dhcp", lease: network.Lease{DHCPServer: dhcpServer, RootPath: "10.0.0.7:2000/root"},
 			want: []config.Endpoint{{Host: "10.0.0.7", Port: 2000, Export: "root"}}, index: config.AutoIndex},
-		{name: "root-path naming the DHCP server and a device", cmdline: "nbdroot=dhcp", lease: Lease{DHCPServer: dhcpServer, RootPath: "dhcp,root,nbd3"},
+		{name: "root-path naming the DHCP server and a device", cmdline: "nbdroot=dhcp", lease: network.Lease{DHCPServer: dhcpServer, RootPath: "dhcp,root,nbd3"},
 			want: []config.Endpoint{{Host: "10.0.2.2", Port: config.DefaultPort, Export: "root"}}, index: 3},
-		{name: "host is the DHCP server", cmdline: "nbdroot=dhcp:10809/root", lease: Lease{DHCPServer: dhcpServer},
+		{name: "host is the DHCP server", cmdline: "nbdroot=dhcp:10809/root", lease: network.Lease{DHCPServer: dhcpServer},
 			want: []config.Endpoint{{Host: "10.0.2.2", Port: 10809, Export: "root"}}, index: config.AutoIndex},
-		{name: "no root-path", cmdline: "nbdroot=dhcp", lease: Lease{DHCPServer: dhcpServer},
+		{name: "no root-path", cmdline: "nbdroot=dhcp", lease: network.Lease{DHCPServer: dhcpServer},
 			wantErr: "nbdroot=dhcp, but the DHCP server sent no root-path (option 17)"},
-		{name: "bad root-path", cmdline: "nbdroot=dhcp", lease: Lease{DHCPServer: dhcpServer, RootPath: "srv:99999/x"},
+		{name: "bad root-path", cmdline: "nbdroot=dhcp", lease: network.Lease{DHCPServer: dhcpServer, RootPath: "srv:99999/x"},
 			wantErr: `dhcp root-path: "srv:99999/x": port 99999 is out of range 1-65535`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

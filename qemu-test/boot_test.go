@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,6 +43,11 @@ func rootReachedAfterFailures(t *testing.T, c console, mountOpts string) {
 		`TESTINIT: done`,
 	)
 	c.mustNot(t, `TESTINIT: initramfs-leftover`, `Kernel panic`, `panic:`)
+	// Each line once: nbdroot does not write what the kernel echoes from
+	// /dev/kmsg to the console.
+	if n := strings.Count(string(c), "nbdroot: root ready in"); n != 1 {
+		t.Fatalf("the summary line is on the console %d times, want once\n--- console ---\n%s", n, c)
+	}
 }
 
 // bootAndWrite boots the rig with spec on the command line (plus rw), asserts

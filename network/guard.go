@@ -1,0 +1,251 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/bootlog"
+)
+
+// Guard timing: a sweep runs at every rtnetlink event on any link and
+// every guardSweep besides (in case the kernel dropped events); a kind of
+// restoration is logged at most once per guardLogEvery.
+const (
+	guardSweep    = 5 * time.Second
+	guardLogEvery = time.Minute
+)
+
+// Guard keeps the root link up, the lease's address on it and, when no
+// other default route exists, the lease's default route, whatever the
+// root's own network stack does. It watches rtnetlink (link, address and
+// route changes) and restores what went missing the moment it goes.
+type Guard struct {
+	log    *bootlog.Logger
+	lease  func() *Lease
+	onLost func()
+
+	mu     sync.Mutex
+	logged map[string]guardLog
+}
+
+type guardLog struct {
+	at     time.Time
+	missed int // restorations since, not logged
+}
+
+// NewGuard returns a Guard for the lease that lease returns (it may change
+// as the Renewer renews). onAddrLost, if set, is called after the address
+// was restored: whoever removed it probably released the lease too.
+func NewGuard(log *bootlog.Logger, lease func() *Lease, onAddrLost func()) *Guard {
+	return &Guard{log: log, lease: lease, onLost: onAddrLost, logged: map[string]guardLog{}}
+}
+
+// Run guards until ctx is done and returns ctx.Err().
+func (g *Guard) Run(ctx context.Context) error {
+	for {
+		if err := g.watch(ctx); err != nil {
+			return err
+		}
+		// A subscription ended (the kernel dropped events, ENOBUFS):
+		// sweep and subscribe again.
+		g.Sweep()
+	}
+}
+
+// watch subscribes to rtnetlink and sweeps at each event until ctx is done
+// (returning its error) or a subscription ends (returning nil).
+func (g *Guard) watch(ctx context.Context) error {
+	done := make(chan struct{})
+	defer close(done)
+	links := make(chan netlink.LinkUpdate, 64)
+	addrs := make(chan netlink.AddrUpdate, 64)
+	routes := make(chan netlink.RouteUpdate, 64)
+	failed := make(chan struct{}, 3)
+	onErr := func(err error) {
+		select {
+		case <-done: // closing the subscriptions makes them fail
+			return
+		default:
+		}
+		g.log.Debugf("network", "guard: rtnetlink: %v", err)
+		select {
+		case failed <- struct{}{}:
+		default:
+		}
+	}
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return g.retryLater(ctx, err)
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return g.retryLater(ctx, err)
+	}
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		return g.retryLater(ctx, err)
+	}
+	g.Sweep() // what happened before the subscriptions
+	tick := time.NewTicker(guardSweep)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-failed:
+			return nil
+		case _, ok := <-links:
+			if !ok {
+				return nil
+			}
+		case _, ok := <-addrs:
+			if !ok {
+				return nil
+			}
+		case _, ok := <-routes:
+			if !ok {
+				return nil
+			}
+		case <-tick.C:
+		}
+		g.Sweep()
+	}
+}
+
+// retryLater logs a failed subscription and waits a sweep interval, so
+// that Run subscribes again.
+func (g *Guard) retryLater(ctx context.Context, err error) error {
+	g.log.Errorf("network", "guard: rtnetlink subscription: %v", err)
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(guardSweep):
+		return nil
+	}
+}
+
+// Sweep checks the link, its address and its default route once and
+// restores what is missing.
+func (g *Guard) Sweep() {
+	l := g.lease()
+	if l.Interface == "" || !l.Address.IsValid() {
+		return
+	}
+	link, err := netlink.LinkByIndex(l.Index)
+	if err != nil {
+		g.note("gone", "%s (index %d) is gone: %v", l.Interface, l.Index, err)
+		return
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(link); err != nil {
+			g.note("up-failed", "%s was set down, and setting it up failed: %v", l.Interface, err)
+		} else {
+			g.note("up", "%s was set down; set it up again", l.Interface)
+		}
+	}
+	if lost := g.sweepAddr(link, l); lost && g.onLost != nil {
+		g.onLost()
+	}
+	g.sweepRoute(l)
+}
+
+// sweepAddr restores l's address on link if it is missing or lapses, and
+// reports whether it was missing.
+func (g *Guard) sweepAddr(link netlink.Link, l *Lease) bool {
+	addrs, err := netlink.AddrList(link, unix.AF_INET)
+	if err != nil {
+		return false
+	}
+	for _, a := range addrs {
+		ones, _ := a.Mask.Size()
+		if a.IP.Equal(l.Address.Addr().AsSlice()) && ones == l.Address.Bits() {
+			if a.ValidLft <= 0 || uint32(a.ValidLft) == 0xffffffff {
+				return false // forever
+			}
+			if err := netlink.AddrReplace(link, rootAddr(l)); err != nil {
+				g.note("lft-failed", "%s: %s was given a lifetime of %ds, and making it permanent failed: %v", l.Interface, l.Address, a.ValidLft, err)
+			} else {
+				g.note("lft", "%s: %s was given a lifetime of %ds; made it permanent again", l.Interface, l.Address, a.ValidLft)
+			}
+			return false
+		}
+	}
+	if err := netlink.AddrReplace(link, rootAddr(l)); err != nil {
+		g.note("addr-failed", "%s: %s was removed, and restoring it failed: %v", l.Interface, l.Address, err)
+		return false
+	}
+	g.note("addr", "%s: %s was removed; restored it", l.Interface, l.Address)
+	return true
+}
+
+// sweepRoute restores l's routes (option 121) that are gone, and its
+// default route if there is no IPv4 default route at all: a default route
+// the root's own stack set up (through another link, or another gateway)
+// is its choice and stays.
+func (g *Guard) sweepRoute(l *Lease) {
+	for _, r := range extraRoutes(l) {
+		have, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN, Dst: r.Dst}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+		if err != nil || len(have) > 0 {
+			continue
+		}
+		if err := netlink.RouteReplace(r); err != nil {
+			g.log.Debugf("network", "guard: %s: route to %s: %v", l.Interface, r.Dst, err)
+			continue
+		}
+		g.note("route "+r.Dst.String(), "%s: the route to %s was removed; restored it", l.Interface, r.Dst)
+	}
+	want := defaultRoute(l)
+	if want == nil {
+		return
+	}
+	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return
+	}
+	for _, r := range routes {
+		if r.Dst == nil || (r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) {
+			return
+		}
+	}
+	if err := netlink.RouteReplace(want); err != nil {
+		if errors.Is(err, unix.ENETUNREACH) {
+			// The link is not running yet (just set up, or no carrier): the
+			// event that it runs brings the next sweep.
+			g.log.Debugf("network", "guard: %s: default route via %s: %v", l.Interface, l.Gateway, err)
+			return
+		}
+		g.note("route-failed", "%s: the default route via %s was removed, and restoring it failed: %v", l.Interface, l.Gateway, err)
+		return
+	}
+	g.note("route", "%s: the default route via %s was removed; restored it", l.Interface, l.Gateway)
+}
+
+func isZeroMask(m net.IPMask) bool {
+	ones, _ := m.Size()
+	return ones == 0
+}
+
+// note logs a restoration of kind, at most once per guardLogEvery, saying
+// how many went unlogged since.
+func (g *Guard) note(kind, format string, a ...any) {
+	g.mu.Lock()
+	last := g.logged[kind]
+	now := time.Now()
+	if !last.at.IsZero() && now.Sub(last.at) < guardLogEvery {
+		last.missed++
+		g.logged[kind] = last
+		g.mu.Unlock()
+		return
+	}
+	g.logged[kind] = guardLog{at: now}
+	g.mu.Unlock()
+	msg := fmt.Sprintf(format, a...)
+	if last.missed > 0 {
+		msg += fmt.Sprintf(" (and %d times more since %s)", last.missed, last.at.Format(time.TimeOnly))
+	}
+	g.log.Printf("network", "guard: %s", msg)
+}

@@ -1,0 +1,321 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/bootlog"
+	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/internal/poll"
+)
+
+// Error is a failure of the network on one link, or of the network as a
+// whole when Interface is empty: "eth0: DHCP: no reply after 30s".
+type Error struct {
+	Interface string // the link, if the failure is one link's
+	Op        string // what was being done: "set up", "DHCP", "add address 10.0.2.15/24"
+	Err       error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	if e.Interface != "" {
+		b.WriteString(e.Interface + ": ")
+	}
+	if e.Op != "" {
+		b.WriteString(e.Op + ": ")
+	}
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// Options are Up's seams; the zero value is what PID 1 wants.
+type Options struct {
+	// Root is the directory /etc/resolv.conf is written under; empty
+	// means "/".
+	Root string
+	// ClientID is the DHCP client identifier (option 61) to send. None
+	// (the default) is what the kernel's ipconfig, klibc's and ISC
+	// dhclient send: the server then knows the machine by its hardware
+	// address alone, as the same machine in the initramfs and in the root.
+	ClientID []byte
+}
+
+// carrierPoll is how often the carrier bit is checked: a link gets
+// carrier within milliseconds of being set up, or after a cable is
+// plugged in, and no event is cheaper to wait for in an initramfs.
+const carrierPoll = 5 * time.Millisecond
+
+// Up configures the root's network as n says (links up, DHCP or static
+// address, routes, MTU, hostname, resolv.conf) and returns the lease. It
+// logs one line for the link it configured.
+func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (*Lease, error) {
+	if lo, err := netlink.LinkByName("lo"); err == nil {
+		_ = netlink.LinkSetUp(lo)
+	}
+	if n.Mode == config.NetworkNone {
+		return &Lease{}, nil
+	}
+	links, err := candidateLinks(n.Interfaces)
+	if err != nil {
+		return nil, err
+	}
+	var lease *Lease
+	switch n.Mode {
+	case config.NetworkStatic:
+		lease, err = upStatic(ctx, n, links[0])
+	case config.NetworkDHCP:
+		lease, err = upDHCP(ctx, log, n, links, o.ClientID)
+	default:
+		return nil, &Error{Err: fmt.Errorf("unknown mode %q", n.Mode)}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if n.Hostname != "" {
+		lease.Hostname = n.Hostname // ip= and TOML win over the DHCP server
+	}
+	if lease.Hostname != "" {
+		if err := os.WriteFile("/proc/sys/kernel/hostname", []byte(lease.Hostname), 0o644); err != nil {
+			log.Errorf("network", "set hostname %q: %v", lease.Hostname, err)
+		}
+	}
+	if err := writeResolvConf(o.Root, lease); err != nil {
+		return nil, err
+	}
+	log.Printf("network", "%s", lease.Summary())
+	return lease, nil
+}
+
+// candidateLinks returns the links to configure: the named ones, or every
+// non-loopback link in kernel order.
+func candidateLinks(names []string) ([]netlink.Link, error) {
+	all, err := netlink.LinkList()
+	if err != nil {
+		return nil, &Error{Op: "list links", Err: err}
+	}
+	var out []netlink.Link
+	for _, l := range all {
+		a := l.Attrs()
+		if a.Flags&net.FlagLoopback != 0 || a.Name == "lo" {
+			continue
+		}
+		if len(names) > 0 && !slices.Contains(names, a.Name) {
+			continue
+		}
+		out = append(out, l)
+	}
+	if len(out) == 0 {
+		var have []string
+		for _, l := range all {
+			have = append(have, l.Attrs().Name)
+		}
+		if len(names) > 0 {
+			return nil, &Error{Err: fmt.Errorf("no interface named %s (have: %s)", strings.Join(names, ", "), strings.Join(have, ", "))}
+		}
+		return nil, &Error{Err: fmt.Errorf("no network interface besides loopback (have: %s); is the NIC driver in the initramfs?", strings.Join(have, ", "))}
+	}
+	return out, nil
+}
+
+// waitCarrier sets l up and waits until it has carrier (IFF_LOWER_UP).
+// Not until operstate says "up": the kernel's linkwatch reports that up to a
+// second later, while the device transmits from the moment it is opened
+// with carrier.
+func waitCarrier(ctx context.Context, l netlink.Link, timeout time.Duration) error {
+	name := l.Attrs().Name
+	if err := netlink.LinkSetUp(l); err != nil {
+		return &Error{Interface: name, Op: "set up", Err: err}
+	}
+	err := poll.For(ctx, timeout, carrierPoll, func() (bool, error) {
+		cur, err := netlink.LinkByIndex(l.Attrs().Index)
+		if err != nil {
+			return false, &Error{Interface: name, Err: err}
+		}
+		return cur.Attrs().RawFlags&unix.IFF_LOWER_UP != 0, nil
+	})
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return &Error{Interface: name, Err: fmt.Errorf("no carrier after %v (is the cable plugged in?)", timeout)}
+	}
+	return err
+}
+
+// linkLease starts a lease for link l: its name, index and MAC address.
+func linkLease(l netlink.Link) *Lease {
+	a := l.Attrs()
+	return &Lease{Interface: a.Name, Index: a.Index, HardwareAddr: a.HardwareAddr.String()}
+}
+
+func upStatic(ctx context.Context, n config.Network, l netlink.Link) (*Lease, error) {
+	if err := waitCarrier(ctx, l, n.LinkTimeout); err != nil {
+		return nil, err
+	}
+	lease := linkLease(l)
+	lease.Address, lease.Gateway, lease.DNS = n.Address, n.Gateway, n.DNS
+	if err := install(l, lease, nil); err != nil {
+		return nil, err
+	}
+	return lease, nil
+}
+
+// upDHCP asks for a DHCPv4 lease on every candidate link at once and
+// configures the first link that gets one.
+func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []netlink.Link, cid []byte) (*Lease, error) {
+	ctx, cancel := context.WithTimeout(ctx, n.LinkTimeout+n.DHCPTimeout)
+	defer cancel()
+	type result struct {
+		link  netlink.Link
+		lease *Lease
+		err   error
+	}
+	results := make(chan result, len(links))
+	for _, l := range links {
+		go func() {
+			lease, err := linkDHCP(ctx, log, n, l, cid)
+			results <- result{l, lease, err}
+		}()
+	}
+	var errs []error
+	for range links {
+		r := <-results
+		if r.err != nil {
+			errs = append(errs, r.err)
+			continue
+		}
+		cancel() // the other links' requests
+		if err := install(r.link, r.lease, nil); err != nil {
+			return nil, err
+		}
+		return r.lease, nil
+	}
+	return nil, errors.Join(errs...) // each names its link
+}
+
+// linkDHCP brings l up and acquires a lease on it.
+func linkDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l netlink.Link, cid []byte) (*Lease, error) {
+	if err := waitCarrier(ctx, l, n.LinkTimeout); err != nil {
+		return nil, err
+	}
+	lease := linkLease(l)
+	lease.ClientID = cid
+	ctx, cancel := context.WithTimeout(ctx, n.DHCPTimeout)
+	defer cancel()
+	c, err := newClient(log, lease)
+	if err != nil {
+		return nil, err
+	}
+	defer c.close()
+	if err := c.acquire(ctx, lease); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("no lease within %v", n.DHCPTimeout)
+		}
+		return nil, &Error{Interface: lease.Interface, Op: "DHCP", Err: err}
+	}
+	return lease, nil
+}
+
+// install puts lease on l: MTU, address (infinite lifetimes, see the
+// package doc), default route. old, if set, is an address l had before
+// that lease does not keep: it is removed once the new one is in place.
+func install(l netlink.Link, lease *Lease, old *netip.Prefix) error {
+	name := lease.Interface
+	if lease.MTU >= 68 && lease.MTU != l.Attrs().MTU {
+		if err := netlink.LinkSetMTU(l, lease.MTU); err != nil {
+			return &Error{Interface: name, Op: fmt.Sprintf("set MTU %d", lease.MTU), Err: err}
+		}
+	}
+	if err := netlink.AddrReplace(l, rootAddr(lease)); err != nil {
+		return &Error{Interface: name, Op: "add address " + lease.Address.String(), Err: err}
+	}
+	if old != nil && *old != lease.Address {
+		_ = netlink.AddrDel(l, &netlink.Addr{IPNet: prefixNet(*old)})
+	}
+	for _, r := range extraRoutes(lease) {
+		if err := netlink.RouteReplace(r); err != nil {
+			return &Error{Interface: name, Op: "route to " + r.Dst.String(), Err: err}
+		}
+	}
+	if r := defaultRoute(lease); r != nil {
+		if err := netlink.RouteReplace(r); err != nil {
+			return &Error{Interface: name, Op: "default route via " + lease.Gateway.String(), Err: err}
+		}
+	}
+	return nil
+}
+
+// rootAddr is the address as installed: no expiry.
+func rootAddr(lease *Lease) *netlink.Addr {
+	return &netlink.Addr{IPNet: prefixNet(lease.Address), ValidLft: -1, PreferedLft: -1}
+}
+
+// extraRoutes are the lease's routes besides the default route.
+func extraRoutes(lease *Lease) []*netlink.Route {
+	var out []*netlink.Route
+	for _, rt := range lease.Routes {
+		r := &netlink.Route{LinkIndex: lease.Index, Dst: prefixNet(rt.Dst)}
+		if rt.Gateway.IsValid() {
+			r.Gw = rt.Gateway.AsSlice()
+		} else {
+			r.Scope = netlink.SCOPE_LINK
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// defaultRoute is the lease's default route, or nil without a gateway.
+func defaultRoute(lease *Lease) *netlink.Route {
+	if !lease.Gateway.IsValid() {
+		return nil
+	}
+	return &netlink.Route{
+		LinkIndex: lease.Index,
+		Dst:       &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
+		Gw:        lease.Gateway.AsSlice(),
+	}
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// writeResolvConf writes root/etc/resolv.conf for the name lookups of the
+// connect step. No servers is not an error: IP literals need none.
+func writeResolvConf(root string, lease *Lease) error {
+	if len(lease.DNS) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("# written by nbdroot\n")
+	if lease.Domain != "" {
+		fmt.Fprintf(&b, "search %s\n", lease.Domain)
+	}
+	for _, s := range lease.DNS {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if root == "" {
+		root = "/"
+	}
+	etc := filepath.Join(root, "etc")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		return &Error{Op: "write resolv.conf", Err: err}
+	}
+	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte(b.String()), 0o644); err != nil {
+		return &Error{Op: "write resolv.conf", Err: err}
+	}
+	return nil
+}
