@@ -7,6 +7,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nbdroot/nbdroot/bootlog"
@@ -15,6 +16,7 @@ import (
 	"github.com/nbdroot/nbdroot/kmod"
 	"github.com/nbdroot/nbdroot/nbddev"
 	"github.com/nbdroot/nbdroot/network"
+	"github.com/nbdroot/nbdroot/shutdown"
 )
 
 // Options configure Run.
@@ -40,6 +42,9 @@ type Progress struct {
 	lease    *network.Lease
 	keepSpec config.Spec // the spec the keeper was started with
 	keeper   *keeper.Report
+	// exitrd installs /run/initramfs once (PID 1 only) and returns the
+	// path of its nbdroot, which the keeper runs from.
+	exitrd func() (string, error)
 }
 
 // Run is the boot: early mounts, spec, modules, network, connect and attach
@@ -58,6 +63,16 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	_ = SetupConsole()
 	log.OpenKmsg()
 	log.Printf("start", "nbdroot as PID 1")
+	if prog.exitrd == nil && os.Getpid() == 1 {
+		// The exitrd (systemd-shutdown's way back, and the keeper's home)
+		// is a copy of this binary on /run: made while the modules load.
+		self, err := os.Executable()
+		if err != nil {
+			self = "/proc/self/exe"
+		}
+		prog.exitrd = sync.OnceValues(func() (string, error) { return shutdown.Install(shutdown.Dir, self) })
+		go prog.exitrd()
+	}
 
 	cmdline := opts.Cmdline
 	if cmdline == "" {
@@ -109,7 +124,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	tl.add("network", t)
 
 	t = time.Now()
-	rep, err := attach(ctx, log, spec, prog)
+	rep, err := attach(ctx, log, spec, lease, prog)
 	if err != nil {
 		return policy, keeperStepError(err)
 	}
@@ -146,7 +161,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	}
 	args := initArgs(res, opts)
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
-	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()), []int{rep.Pid})
+	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()))
 	return fail("switch_root", err)
 }
 
@@ -164,10 +179,10 @@ func initArgs(res *config.Resolved, opts Options) []string {
 	return res.Spec.Root.InitArgs
 }
 
-// attach starts the keeper for spec, or reuses the device an earlier attempt
-// attached if it is still live and was attached for the same server and
-// device settings.
-func attach(ctx context.Context, log *bootlog.Logger, spec config.Spec, prog *Progress) (*keeper.Report, error) {
+// attach starts the keeper for spec, which keeps lease too, or reuses the
+// device an earlier attempt attached if it is still live and was attached
+// for the same server and device settings.
+func attach(ctx context.Context, log *bootlog.Logger, spec config.Spec, lease *network.Lease, prog *Progress) (*keeper.Report, error) {
 	var sys nbddev.Sysfs
 	if prog.keeper != nil {
 		same := reflect.DeepEqual(prog.keepSpec.Server, spec.Server) && reflect.DeepEqual(prog.keepSpec.TLS, spec.TLS) &&
@@ -191,7 +206,15 @@ func attach(ctx context.Context, log *bootlog.Logger, spec config.Spec, prog *Pr
 			return nil, err
 		}
 	}
-	rep, err := keeper.Start(ctx, log, spec, dev, os.Stderr)
+	o := keeper.StartOptions{Console: os.Stderr, Lease: lease}
+	if prog.exitrd != nil {
+		if bin, err := prog.exitrd(); err != nil {
+			log.Errorf("attach", "%v: the keeper runs from the initramfs, and shutdown cannot detach the root", err)
+		} else {
+			o.Root, o.Binary = shutdown.Dir, bin
+		}
+	}
+	rep, err := keeper.Start(ctx, log, spec, dev, o)
 	if err != nil {
 		return nil, err
 	}

@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/nbdroot/nbdroot/bootlog"
-	"github.com/nbdroot/nbdroot/keeper"
 	"golang.org/x/sys/unix"
 )
 
@@ -94,9 +93,8 @@ func resolveIn(root, path string) (string, error) {
 // files to give their memory back, moves newRoot onto /, chroots and execs.
 // An API mount whose mount point is missing and cannot be made (a read-only
 // root without /run) is detached instead, as util-linux's switch_root does.
-// The keepers (pids) are told to follow into the new root before the exec.
 // It returns only on failure, and log says what was detached.
-func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string, keepers []int) error {
+func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string) error {
 	for _, m := range apiMounts() {
 		dst := filepath.Join(newRoot, m.target)
 		if err := os.MkdirAll(dst, 0o755); err != nil {
@@ -130,9 +128,6 @@ func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string, k
 	}
 	if err := unix.Chdir("/"); err != nil {
 		return fmt.Errorf("chdir /: %w", err)
-	}
-	for _, pid := range keepers {
-		_ = unix.Kill(pid, keeper.SigFollowRoot)
 	}
 	argv := append([]string{init}, args...)
 	err = unix.Exec(init, argv, env)

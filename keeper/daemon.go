@@ -2,7 +2,6 @@ package keeper
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,9 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -20,6 +19,7 @@ import (
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/nbddev"
 	"github.com/nbdroot/nbdroot/negotiate"
+	"github.com/nbdroot/nbdroot/network"
 )
 
 // Name is the keeper's argv[0]. systemd's shutdown spares processes whose
@@ -30,29 +30,36 @@ const Name = "@nbdroot"
 // argsEnv carries the keeper's instructions (JSON of args).
 const argsEnv = "NBDROOT_KEEPER"
 
+// RuntimeName is the argv[0] of a keeper started on a running system
+// (`nbdroot attach`): it runs from the root file system, so by systemd's
+// convention it must not claim the '@' of a root storage daemon.
+const RuntimeName = "nbdroot-keeper"
+
 // args is what the starter tells the keeper.
 type args struct {
 	Spec   config.Spec
 	Device int
-	Start  time.Time // the starter's log reference time
+	Start  time.Time      // the starter's log reference time
+	Lease  *network.Lease // the root's network, to keep (nil: none)
+	Root   string         // the exitrd to run from (StartOptions.Root)
 }
 
-// argv is the keeper's argv. A plain nbdroot binary ignores the second
-// word; a u-root busybox (gobusybox) needs it: its dispatcher knows no
-// command "@nbdroot", so it drops argv[0] and runs the command the next word
+// argv is the keeper's argv: Name for the root's keeper, started from the
+// initramfs, RuntimeName otherwise. A plain nbdroot binary ignores the
+// second word; a u-root busybox (gobusybox) needs it: its dispatcher knows
+// no such command, so it drops argv[0] and runs the command the next word
 // names, with os.Args shifted.
-func argv() []string { return []string{Name, "nbdroot"} }
-
-// Is reports whether argv, or the argv the kernel started the process with,
-// is a keeper's. The kernel's copy (/proc/self/cmdline) still starts with
-// Name when a u-root busybox has shifted os.Args.
-func Is(argv []string) bool {
-	if len(argv) > 0 && argv[0] == Name {
-		return true
+func argv(root bool) []string {
+	if root {
+		return []string{Name, "nbdroot"}
 	}
-	b, err := os.ReadFile("/proc/self/cmdline")
-	return err == nil && bytes.HasPrefix(b, []byte(Name+"\x00"))
+	return []string{RuntimeName, "nbdroot"}
 }
+
+// Is reports whether this process is a keeper: its starter hands it its
+// instructions in the environment (argv[0] alone would not do: a u-root
+// busybox shifts os.Args).
+func Is() bool { return os.Getenv(argsEnv) != "" }
 
 // Report is the keeper's one message to the process that started it.
 type Report struct {
@@ -81,15 +88,35 @@ func (e *Error) Error() string { return e.Op + ": " + e.Err.Error() }
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// StartOptions are the optional parts of Start.
+type StartOptions struct {
+	// Console is the keeper's console (nil: none; it logs to /dev/kmsg
+	// as well).
+	Console *os.File
+	// Lease is the root's network: the keeper defends it and renews its
+	// DHCP lease for as long as it runs (network.Keep).
+	Lease *network.Lease
+	// Root, for the root device's keeper started by PID 1 of the
+	// initramfs, is the exitrd directory (/run/initramfs) the keeper runs
+	// from, as systemd's convention for root storage daemons wants: the
+	// keeper gets a mount namespace of its own and makes Root its root,
+	// so it never holds the real root file system, and takes the name
+	// "@nbdroot" that systemd's shutdown spares.
+	Root string
+	// Binary is the executable to start (default: this one). With Root it
+	// is the exitrd's copy of nbdroot, so that the initramfs's own can be
+	// freed.
+	Binary string
+}
+
 // Start starts the keeper process for spec on /dev/nbdN and waits until it
 // reports the device live or gives up; its failure is an *Error. The
-// keeper's console is console (nil: none; it logs to /dev/kmsg as well). The
 // keeper dials, negotiates and attaches by itself: TLS state cannot cross an
 // exec, and the process that serves the device must be the one that
 // reconnects it.
-func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device int, console *os.File) (*Report, error) {
+func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device int, o StartOptions) (*Report, error) {
 	fail := func(err error) (*Report, error) { return nil, &Error{Op: "keeper", Err: err} }
-	a, err := json.Marshal(args{Spec: spec, Device: device, Start: log.Start()})
+	a, err := json.Marshal(args{Spec: spec, Device: device, Start: log.Start(), Lease: o.Lease, Root: o.Root})
 	if err != nil {
 		return fail(fmt.Errorf("encode spec: %w", err))
 	}
@@ -98,19 +125,28 @@ func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device in
 		return fail(err)
 	}
 	defer r.Close()
-	self, err := os.Executable()
-	if err != nil {
-		self = "/proc/self/exe"
+	self := o.Binary
+	if self == "" {
+		if self, err = os.Executable(); err != nil {
+			self = "/proc/self/exe"
+		}
 	}
 	cmd := exec.Command(self)
-	cmd.Args = argv()
+	cmd.Args = argv(o.Root != "")
 	cmd.Env = append(os.Environ(), argsEnv+"="+string(a))
-	if console != nil {
-		cmd.Stdout, cmd.Stderr = console, console
+	if o.Console != nil {
+		cmd.Stdout, cmd.Stderr = o.Console, o.Console
 	}
 	cmd.ExtraFiles = []*os.File{w} // fd 3
 	// A session of its own: no console signals, no controlling terminal.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if o.Root != "" {
+		// A mount namespace of its own, made before the keeper's first
+		// instruction, so that every thread of it is inside: what the
+		// keeper mounts there nobody else sees, and the real root, which
+		// PID 1 mounts later, never appears in it.
+		cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS
+	}
 	if err := cmd.Start(); err != nil {
 		w.Close()
 		return fail(fmt.Errorf("start %s: %w", self, err))
@@ -142,9 +178,6 @@ const (
 	// SigDetach asks the keeper to stop after `nbdroot detach` disconnected
 	// its device.
 	SigDetach = unix.SIGUSR1
-	// SigFollowRoot tells the keeper that PID 1 has switched root: it
-	// chroots into PID 1's root so as not to pin the initramfs.
-	SigFollowRoot = unix.SIGUSR2
 )
 
 // Main is the keeper process's main (argv[0] Name, see Is): it takes on the
@@ -156,9 +189,6 @@ func Main() error {
 		return &Error{Op: "keeper", Err: fmt.Errorf("bad %s: %w", argsEnv, err)}
 	}
 	os.Unsetenv(argsEnv)
-	// ps and top show the command name, which would be the initramfs's
-	// "init" otherwise.
-	_ = unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&[]byte("nbdroot-keeper\x00")[0])), 0, 0, 0)
 	// The signals that systemd and the console broadcast do not stop a
 	// keeper: only `nbdroot detach` (or the kernel) does.
 	signal.Ignore(unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGPIPE)
@@ -166,8 +196,16 @@ func Main() error {
 	defer stop()
 	log := bootlog.New(os.Stderr, a.Start)
 	log.OpenKmsg()
-	k := &keeper{log: log, step: "keeper " + nbddev.Name(a.Device), spec: a.Spec, dev: a.Device, status: os.NewFile(3, "status")}
-	err := k.run(ctx, k.followRoot())
+	k := &keeper{log: log, step: "keeper " + nbddev.Name(a.Device), spec: a.Spec, dev: a.Device, lease: a.Lease, status: os.NewFile(3, "status")}
+	protect(log, k.step)
+	if a.Root != "" {
+		if err := enterRoot(a.Root); err != nil {
+			// The keeper still works from the initramfs; only the
+			// convention (and systemd's warning at shutdown) suffers.
+			log.Errorf(k.step, "run from %s: %v", a.Root, err)
+		}
+	}
+	err := k.run(ctx)
 	if err != nil {
 		log.Errorf(k.step, "%v", err)
 	}
@@ -175,33 +213,49 @@ func Main() error {
 	return err
 }
 
-// followRoot prepares the duty of following PID 1's root: when PID 1
-// signals that it switched root, the keeper chroots into PID 1's root so
-// that it does not keep the initramfs as its root. /proc is opened and the
-// signal subscribed now, before the device is ready: after switch_root the
-// keeper's own /proc is gone with the initramfs, and an unsubscribed signal
-// would kill it.
-func (k *keeper) followRoot() duty {
-	proc, err := unix.Open("/proc", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil
+// protect keeps the kernel from turning on the keeper under memory
+// pressure: the OOM killer passes it over (oom_score_adj -1000), and as an
+// I/O flusher (PR_SET_IO_FLUSHER) its allocations do not wait on the very
+// writeback it carries, which would deadlock a root device.
+func protect(log *bootlog.Logger, step string) {
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0); err != nil {
+		log.Errorf(step, "oom_score_adj: %v", err)
 	}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, SigFollowRoot)
-	return func(ctx context.Context) error {
-		defer signal.Stop(sig)
-		defer unix.Close(proc)
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-sig:
-			}
-			if err := chrootAt(proc, "1/root"); err != nil {
-				k.log.Errorf(k.step, "follow PID 1's root: %v", err)
-			}
+	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
+		log.Errorf(step, "PR_SET_IO_FLUSHER: %v", err)
+	}
+}
+
+// enterRoot makes dir (the exitrd, on /run) the keeper's root inside the
+// mount namespace Start gave it: the namespace's mounts become private,
+// /proc, /sys, /dev and /run are bound into dir (in this namespace only),
+// /etc/resolv.conf is copied in for reconnects by name, and dir becomes the
+// root. The keeper then holds neither the initramfs nor, ever, the real
+// root: systemd's shutdown sees a root storage daemon running from an
+// initrd file system, as ROOT_STORAGE_DAEMONS.md asks.
+func enterRoot(dir string) error {
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make mounts private: %w", err)
+	}
+	for _, m := range []string{"/proc", "/sys", "/dev", "/run"} {
+		dst := filepath.Join(dir, m)
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return err
+		}
+		if err := unix.Mount(m, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s: %w", m, err)
 		}
 	}
+	if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
+		_ = os.MkdirAll(filepath.Join(dir, "etc"), 0o755)
+		_ = os.WriteFile(filepath.Join(dir, "etc", "resolv.conf"), b, 0o644)
+	}
+	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(root)
+	return chrootAt(root, ".")
 }
 
 // chrootAt makes the directory dir, relative to dirfd, the root and the

@@ -16,6 +16,7 @@ import (
 	"github.com/nbdroot/nbdroot/nbddev"
 	"github.com/nbdroot/nbdroot/negotiate"
 	"github.com/nbdroot/nbdroot/netlink"
+	"github.com/nbdroot/nbdroot/network"
 )
 
 // reconnectBackoffMax caps the backoff between reconnect attempts.
@@ -32,7 +33,8 @@ type keeper struct {
 	dev    int
 	sys    nbddev.Sysfs
 	dir    RunDir
-	status *os.File // the pipe to the starter, until the report is sent
+	lease  *network.Lease // the root's network to keep, or nil
+	status *os.File       // the pipe to the starter, until the report is sent
 	state  State
 	// exportSize is the export's size at the first attach: a reconnect
 	// must find the same.
@@ -101,9 +103,9 @@ type attachment struct {
 }
 
 // run connects, then serves the device and does the keeper's other duties
-// until ctx ends or the device is gone. followRoot is that duty, prepared
-// before anything else. Its errors are *Error.
-func (k *keeper) run(ctx context.Context, followRoot duty) error {
+// (keeping the root's network) until ctx ends or the device is gone. Its
+// errors are *Error.
+func (k *keeper) run(ctx context.Context) error {
 	defer k.report(Report{Op: "keeper", Error: "stopped before the device was ready"})
 	k.dir.Claim(k.dev, os.Getpid())
 	_ = os.Chdir("/")
@@ -129,7 +131,13 @@ func (k *keeper) run(ctx context.Context, followRoot duty) error {
 		}
 		return k.serveIoctl(ctx, a)
 	}
-	if err := runDuties(ctx, serve, followRoot); err != nil {
+	var keepNetwork duty
+	if k.lease != nil {
+		keepNetwork = func(ctx context.Context) error {
+			return network.Keep(ctx, k.log, k.lease, network.KeepOptions{})
+		}
+	}
+	if err := runDuties(ctx, serve, keepNetwork); err != nil {
 		if k.status != nil { // not reported ready: the attach failed
 			return k.fail("attach", err)
 		}

@@ -16,11 +16,12 @@ type KeepOptions struct {
 // Keep keeps lease for as long as ctx lasts: a Guard restores the link,
 // address and default route whenever they are taken away, and, for a DHCP
 // lease, a Renewer renews it. It needs only rtnetlink and the link, so it
-// runs the same in PID 1 and in a keeper whose root is the new root. It
-// returns when ctx is done; with nothing to keep (no network), at once.
+// runs the same in PID 1 and in a keeper whose root is not the new root. It
+// returns when ctx is done, also with nothing to keep (no network).
 func Keep(ctx context.Context, log *bootlog.Logger, lease *Lease, o KeepOptions) error {
 	if lease.Interface == "" || !lease.Address.IsValid() {
-		return nil
+		<-ctx.Done() // nothing to keep; a keeper's duties end together
+		return ctx.Err()
 	}
 	current := func() *Lease { l := *lease; return &l }
 	var rerequest func()
