@@ -47,6 +47,8 @@ func main() {
 		clean = sigstop(args)
 	case "attach":
 		attachScenario(args)
+	case "exitrd":
+		exitrd(args)
 	default:
 		token := args["testinit.token"]
 		if err := writeSynced("/nbdroot-test/written", token); err != nil {

@@ -1,0 +1,288 @@
+// Package shutdown is the last step of nbdroot's story: handing the root
+// back. It owns the exitrd, the small root that systemd-shutdown returns to
+// at the very end (the convention dracut uses, systemd's INITRD_INTERFACE):
+//
+//   - Install, called by PID 1 of the initramfs before switch_root, makes
+//     /run/initramfs a usable root: the nbdroot binary as /run/initramfs/nbdroot,
+//     /run/initramfs/shutdown linked to it, and the mount points systemd binds
+//     /proc, /sys, /dev and /run onto. The keeper runs from the same file, so
+//     the exitrd costs no memory beyond the binary the keeper needs anyway.
+//   - Run is /shutdown: systemd-shutdown, after its final remount of the root
+//     read-only, pivots into /run/initramfs with the old root at /oldroot and
+//     executes /shutdown VERB as PID 1. Run unmounts the old root, flushes
+//     each NBD device and disconnects it (the kernel sends NBD_CMD_DISC), and
+//     Reboot then reboots, powers off, halts or kexecs as asked.
+//
+// It imports bootlog, nbddev and the keeper's detach; nothing imports it but
+// boot (Install) and cmd/nbdroot (Run).
+package shutdown
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/bootlog"
+)
+
+// Dir is the exitrd: systemd-shutdown pivots into it when Dir/shutdown is
+// executable.
+const Dir = "/run/initramfs"
+
+// Binary is the name of the nbdroot binary inside Dir, and Program the
+// name systemd-shutdown executes.
+const (
+	Binary  = "nbdroot"
+	Program = "shutdown"
+)
+
+// mountPoints are the directories systemd-shutdown binds the API file
+// systems onto inside the exitrd, and where it puts the old root.
+func mountPoints() []string { return []string{"proc", "sys", "dev", "run", "oldroot"} }
+
+// Install makes dir (Dir outside tests) an exitrd: it copies the executable
+// at self to dir/nbdroot, links dir/shutdown to it and creates the mount
+// points. It returns the path of the copy, which the keeper is started from.
+func Install(dir, self string) (string, error) {
+	for _, m := range mountPoints() {
+		if err := os.MkdirAll(filepath.Join(dir, m), 0o755); err != nil {
+			return "", &Error{Op: "install", Path: dir, Err: err}
+		}
+	}
+	dst := filepath.Join(dir, Binary)
+	if err := copyFile(self, dst); err != nil {
+		return "", &Error{Op: "install", Path: dst, Err: err}
+	}
+	link := filepath.Join(dir, Program)
+	_ = os.Remove(link)
+	if err := os.Symlink(Binary, link); err != nil {
+		return "", &Error{Op: "install", Path: link, Err: err}
+	}
+	return dst, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+// IsProgram reports whether argv[0] names the exitrd's program, as
+// systemd-shutdown executes it ("/shutdown").
+func IsProgram(argv0 string) bool { return filepath.Base(argv0) == Program }
+
+// Verb is what systemd-shutdown asks for, as its argv[1].
+type Verb string
+
+// The verbs of systemd-shutdown.
+const (
+	VerbReboot   Verb = "reboot"
+	VerbPoweroff Verb = "poweroff"
+	VerbHalt     Verb = "halt"
+	VerbKexec    Verb = "kexec"
+)
+
+// ParseVerb checks s against the verbs systemd-shutdown passes. "exit"
+// (a container's) powers off, as systemd-shutdown itself does on a host.
+func ParseVerb(s string) (Verb, error) {
+	switch v := Verb(s); v {
+	case VerbReboot, VerbPoweroff, VerbHalt, VerbKexec:
+		return v, nil
+	case "exit":
+		return VerbPoweroff, nil
+	}
+	return "", &Error{Op: "verb", Path: s, Err: errors.New("want reboot, poweroff, halt or kexec")}
+}
+
+// rebootCmd is the reboot(2) command of v.
+func (v Verb) rebootCmd() int {
+	switch v {
+	case VerbReboot:
+		return unix.LINUX_REBOOT_CMD_RESTART
+	case VerbHalt:
+		return unix.LINUX_REBOOT_CMD_HALT
+	case VerbKexec:
+		return unix.LINUX_REBOOT_CMD_KEXEC
+	}
+	return unix.LINUX_REBOOT_CMD_POWER_OFF
+}
+
+// Reboot does what v says. It returns only on failure; a kexec with no
+// kernel loaded falls back to a reboot, as systemd-shutdown's does.
+func Reboot(v Verb) error {
+	unix.Sync()
+	err := unix.Reboot(v.rebootCmd())
+	if v == VerbKexec {
+		err = unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
+	}
+	return &Error{Op: string(v), Err: err}
+}
+
+// Options configure Run.
+type Options struct {
+	// OldRoot is where systemd-shutdown left the old root ("/oldroot").
+	OldRoot string
+	// Mountinfo is the mount table to read ("/proc/self/mountinfo").
+	Mountinfo string
+	// Devices lists the attached NBD devices to detach, in order.
+	Devices func() ([]int, error)
+	// Detach flushes device N, disconnects it (NBD_CMD_DISC reaches the
+	// server) and waits for its keeper to exit.
+	Detach func(ctx context.Context, index int) error
+	// Log gets one line per step.
+	Log *bootlog.Logger
+}
+
+// Run detaches the old root: it unmounts every mount under OldRoot, deepest
+// first (lazily when a mount is still busy), syncs, then detaches each NBD
+// device. Every step is tried even when one fails; the errors are joined.
+func Run(ctx context.Context, o Options) error {
+	var errs []error
+	mounts, err := mountsUnder(o.Mountinfo, o.OldRoot)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, m := range mounts {
+		if err := unix.Unmount(m, 0); err != nil {
+			if !errors.Is(err, unix.EBUSY) {
+				errs = append(errs, &Error{Op: "unmount", Path: m, Err: err})
+				continue
+			}
+			o.Log.Errorf("shutdown", "%s is busy; detaching it lazily", m)
+			if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
+				errs = append(errs, &Error{Op: "unmount", Path: m, Err: err})
+			}
+		}
+	}
+	unix.Sync()
+	o.Log.Printf("shutdown", "old root unmounted (%d mounts)", len(mounts))
+	devs, err := o.Devices()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, i := range devs {
+		t := time.Now()
+		if err := o.Detach(ctx, i); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		o.Log.Printf("shutdown", "nbd%d flushed and disconnected in %.2fs", i, time.Since(t).Seconds())
+	}
+	return errors.Join(errs...)
+}
+
+// mountsUnder lists the mount points at root or below it in the mount
+// table file, deepest (and, among equals, latest mounted) first: the order
+// in which they can be unmounted.
+func mountsUnder(mountinfo, root string) ([]string, error) {
+	f, err := os.Open(mountinfo)
+	if err != nil {
+		return nil, &Error{Op: "read mounts", Path: mountinfo, Err: err}
+	}
+	defer f.Close()
+	root = filepath.Clean(root)
+	var out []string
+	s := bufio.NewScanner(f)
+	s.Buffer(make([]byte, 64<<10), 1<<20)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeOctal(fields[4])
+		if mp == root || strings.HasPrefix(mp, root+"/") {
+			out = append(out, mp)
+		}
+	}
+	if err := s.Err(); err != nil {
+		return nil, &Error{Op: "read mounts", Path: mountinfo, Err: err}
+	}
+	// Later mounts stack on earlier ones at the same point: reverse first,
+	// then a stable sort by depth keeps that order among equals.
+	slices.Reverse(out)
+	sort.SliceStable(out, func(i, j int) bool {
+		return strings.Count(out[i], "/") > strings.Count(out[j], "/")
+	})
+	return out, nil
+}
+
+// unescapeOctal undoes mountinfo's \ooo escapes (space, tab, newline, \).
+func unescapeOctal(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if n, ok := octal(s[i+1 : i+4]); ok {
+				b.WriteByte(n)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func octal(s string) (byte, bool) {
+	if len(s) != 3 {
+		return 0, false
+	}
+	var n int
+	for _, c := range s {
+		if c < '0' || c > '7' {
+			return 0, false
+		}
+		n = n*8 + int(c-'0')
+	}
+	if n > 255 {
+		return 0, false
+	}
+	return byte(n), true
+}
+
+// Error is a failed step of the exitrd, with the path or device it
+// concerned.
+type Error struct {
+	Op   string // "install", "unmount", "detach", a verb
+	Path string
+	Err  error
+}
+
+func (e *Error) Error() string {
+	if e.Path == "" {
+		return "shutdown: " + e.Op + ": " + e.Err.Error()
+	}
+	return fmt.Sprintf("shutdown: %s %s: %v", e.Op, e.Path, e.Err)
+}
+
+// Unwrap returns the underlying error.
+func (e *Error) Unwrap() error { return e.Err }

@@ -1,0 +1,105 @@
+package shutdown
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+func TestMountsUnder(t *testing.T) {
+	// A mount table as systemd-shutdown leaves it after pivoting into the
+	// exitrd: the old root with its API mounts and an overlay's layers.
+	table := `1 0 8:1 / / rw - tmpfs tmpfs rw
+20 1 43:0 / /oldroot ro - ext4 /dev/nbd0 ro
+21 20 0:5 / /oldroot/dev rw - devtmpfs devtmpfs rw
+22 21 0:20 / /oldroot/dev/pts rw - devpts devpts rw
+23 20 0:21 / /oldroot/run rw - tmpfs tmpfs rw
+24 23 0:22 / /oldroot/run/my\040mount rw - tmpfs tmpfs rw
+25 20 0:23 / /oldroot/run rw - tmpfs tmpfs rw
+26 1 0:24 / /oldrootx rw - tmpfs tmpfs rw
+27 1 0:3 / /proc rw - proc proc rw
+`
+	p := filepath.Join(t.TempDir(), "mountinfo")
+	if err := os.WriteFile(p, []byte(table), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := mountsUnder(p, "/oldroot/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"/oldroot/run/my mount", "/oldroot/dev/pts", "/oldroot/run", "/oldroot/run", "/oldroot/dev", "/oldroot"}
+	// Deepest first; among equals the later mount first (25 before 23, 24 before 22).
+	if !slices.Equal(got, want) {
+		t.Errorf("mountsUnder =\n %q\nwant\n %q", got, want)
+	}
+	if _, err := mountsUnder(filepath.Join(t.TempDir(), "none"), "/oldroot"); err == nil {
+		t.Error("a missing mount table is not an error")
+	}
+}
+
+func TestUnescapeOctal(t *testing.T) {
+	for in, want := range map[string]string{
+		`/a\040b`:   "/a b",
+		`/a\011b`:   "/a\tb",
+		`/a\134b`:   `/a\b`,
+		`/plain`:    "/plain",
+		`/trail\04`: `/trail\04`,
+		`/bad\089`:  `/bad\089`,
+	} {
+		if got := unescapeOctal(in); got != want {
+			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestParseVerb(t *testing.T) {
+	for in, want := range map[string]Verb{"reboot": VerbReboot, "poweroff": VerbPoweroff, "halt": VerbHalt, "kexec": VerbKexec, "exit": VerbPoweroff} {
+		if got, err := ParseVerb(in); err != nil || got != want {
+			t.Errorf("ParseVerb(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "Reboot", "suspend"} {
+		if _, err := ParseVerb(bad); err == nil {
+			t.Errorf("ParseVerb(%q) succeeded", bad)
+		}
+	}
+	_, err := ParseVerb("suspend")
+	if want := "shutdown: verb suspend: want reboot, poweroff, halt or kexec"; err.Error() != want {
+		t.Errorf("error = %q, want %q", err, want)
+	}
+}
+
+func TestInstall(t *testing.T) {
+	dir := t.TempDir()
+	self := filepath.Join(dir, "self")
+	if err := os.WriteFile(self, []byte("#!binary"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	exitrd := filepath.Join(dir, "run", "initramfs")
+	bin, err := Install(exitrd, self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bin != filepath.Join(exitrd, Binary) {
+		t.Errorf("Install = %q", bin)
+	}
+	if b, err := os.ReadFile(filepath.Join(exitrd, Program)); err != nil || string(b) != "#!binary" {
+		t.Errorf("%s/%s reads %q, %v", exitrd, Program, b, err)
+	}
+	if fi, err := os.Stat(bin); err != nil || fi.Mode().Perm()&0o111 == 0 {
+		t.Errorf("%s is not executable: %v", bin, err)
+	}
+	for _, m := range mountPoints() {
+		if fi, err := os.Stat(filepath.Join(exitrd, m)); err != nil || !fi.IsDir() {
+			t.Errorf("mount point %s missing: %v", m, err)
+		}
+	}
+	// Installing again (a retried boot) replaces the files.
+	if _, err := Install(exitrd, self); err != nil {
+		t.Errorf("second Install: %v", err)
+	}
+	if !IsProgram("/shutdown") || IsProgram("/init") {
+		t.Error("IsProgram")
+	}
+}
