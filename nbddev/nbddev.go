@@ -117,6 +117,18 @@ func (s Sysfs) Devices() ([]int, error) {
 	return idx, nil
 }
 
+// Attached lists the devices that are connected (InUse), in ascending order.
+func (s Sysfs) Attached() ([]int, error) {
+	all, err := s.Devices()
+	var in []int
+	for _, i := range all {
+		if s.InUse(i) {
+			in = append(in, i)
+		}
+	}
+	return in, err
+}
+
 // FirstFree returns the lowest-numbered nbd device that is not connected.
 func (s Sysfs) FirstFree() (int, error) {
 	idx, err := s.Devices()

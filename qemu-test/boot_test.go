@@ -39,7 +39,7 @@ func rootReachedAfterFailures(t *testing.T, c console, mountOpts string) {
 		`TESTINIT: pid=1\n`,
 		`TESTINIT: root=\S+ fstype=\S+ opts=`+mountOpts,
 		`TESTINIT: keeper=[0-9]+:@nbdroot\n`,
-		`TESTINIT: keeper_root=same\n`, // it followed PID 1 out of the initramfs
+		`TESTINIT: keeper_root=exitrd\n`, // it runs from /run/initramfs, never from the root
 		`TESTINIT: done`,
 	)
 	c.mustNot(t, `TESTINIT: initramfs-leftover`, `Kernel panic`, `panic:`)

@@ -122,7 +122,7 @@ func (a *attachCmd) run(ctx context.Context, sio stdio, args []string) error {
 	} else if (nbddev.Sysfs{}).InUse(index) {
 		return fmt.Errorf("attach: %s is in use", nbddev.Path(index))
 	}
-	rep, err := keeper.Start(ctx, log, spec, index, nil)
+	rep, err := keeper.Start(ctx, log, spec, index, keeper.StartOptions{})
 	if err != nil {
 		return fmt.Errorf("attach: %w", err)
 	}

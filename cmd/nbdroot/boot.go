@@ -13,7 +13,6 @@ import (
 	"github.com/nbdroot/nbdroot/boot"
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
-	"github.com/nbdroot/nbdroot/keeper"
 )
 
 // bootFlags registers boot's flags. boot runs the boot sequence from a
@@ -40,11 +39,6 @@ func bootFlags(fs *flag.FlagSet) runFunc {
 		return err
 	}
 }
-
-func isKeeper(argv []string) bool { return keeper.Is(argv) }
-
-// runKeeper is the @nbdroot process (package keeper).
-func runKeeper(argv []string) error { return keeper.Main() }
 
 // runPID1 is main for PID 1. It never returns: it either execs the real
 // init or applies the failure policy, and a panic is caught and treated as

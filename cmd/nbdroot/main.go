@@ -2,8 +2,9 @@
 // the administrator's tool for NBD exports on a running system.
 //
 // As PID 1 of an initramfs (or as `nbdroot boot`) it runs the boot sequence in
-// package boot. Started with argv[0] "@nbdroot" it is the keeper that holds a
-// device (package keeper). Otherwise the first argument names a subcommand, one
+// package boot; as /shutdown, executed by systemd-shutdown in the exitrd, it
+// detaches the root at the very end (package shutdown). Started by a keeper's
+// starter it is the keeper that holds a device (package keeper). Otherwise the first argument names a subcommand, one
 // row of the table in commands.go; `nbdroot help` and every -h are printed
 // from that table.
 //
@@ -23,6 +24,8 @@ import (
 	"syscall"
 
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/keeper"
+	"github.com/nbdroot/nbdroot/shutdown"
 )
 
 // stdio is where a subcommand writes.
@@ -46,9 +49,12 @@ func main() {
 
 // run dispatches on argv and returns the exit status.
 func run(argv []string, sio stdio) int {
-	if isKeeper(argv) {
+	if os.Getpid() == 1 && shutdown.IsProgram(argv[0]) {
+		runShutdown(sio, argv) // never returns
+	}
+	if keeper.Is() {
 		// The keeper logs its own errors (console and /dev/kmsg).
-		if runKeeper(argv) != nil {
+		if keeper.Main() != nil {
 			return 1
 		}
 		return 0

@@ -176,24 +176,21 @@ func keeper() string {
 	return strings.Join(found, ",")
 }
 
-// keeperRoot says whether the keeper's root directory is this root ("same")
-// or another ("other": it still holds the initramfs). PID 1 tells the keeper
-// to follow just before executing us, so allow it a moment.
+// keeperRoot says where the keeper's root directory is: "exitrd" when it
+// is /run/initramfs (systemd's convention for root storage daemons: it runs
+// from an initrd file system, never from this root), "same" when it is this
+// root, "other" for anything else (the initramfs).
 func keeperRoot() string {
-	var mine unix.Stat_t
-	if err := unix.Stat("/", &mine); err != nil {
+	pid, _, _ := strings.Cut(keeper(), ":")
+	var st, mine, exitrd unix.Stat_t
+	if err := unix.Stat("/proc/"+pid+"/root/", &st); err != nil {
 		return err.Error()
 	}
-	pid, _, _ := strings.Cut(keeper(), ":")
-	for i := 0; i < 100; i++ {
-		var st unix.Stat_t
-		if err := unix.Stat("/proc/"+pid+"/root/", &st); err != nil {
-			return err.Error()
-		}
-		if st.Dev == mine.Dev && st.Ino == mine.Ino {
-			return "same"
-		}
-		time.Sleep(10 * time.Millisecond)
+	if unix.Stat("/run/initramfs", &exitrd) == nil && st.Dev == exitrd.Dev && st.Ino == exitrd.Ino {
+		return "exitrd"
+	}
+	if unix.Stat("/", &mine) == nil && st.Dev == mine.Dev && st.Ino == mine.Ino {
+		return "same"
 	}
 	return "other"
 }
