@@ -27,8 +27,9 @@ func TestExitrd(t *testing.T) {
 			srv := testrig.Nbdkit(t, "-v", "file", img)
 			tok := token(t)
 			c := r.boot(t, guest{append: fmt.Sprintf("nbdroot=10.0.2.2,%d %s rw testinit.mode=exitrd testinit.verb=%s testinit.token=%s", srv.Port, staticIP, tc.verb, tok)})
-			rootReached(t, c, "rw")
 			c.must(t,
+				`TESTINIT: keeper=[0-9]+:@nbdroot\n`,
+				`TESTINIT: keeper_root=exitrd\n`,
 				`TESTINIT: write=ok`,
 				`TESTINIT: exitrd=exec verb=`+tc.verb,
 				`nbdroot: shutdown: old root unmounted \([0-9]+ mounts\)`,
