@@ -134,7 +134,11 @@ func (k *keeper) run(ctx context.Context) error {
 	var keepNetwork duty
 	if k.lease != nil {
 		keepNetwork = func(ctx context.Context) error {
-			return network.Keep(ctx, k.log, k.lease, network.KeepOptions{})
+			err := network.Keep(ctx, k.log, k.lease, network.KeepOptions{})
+			if ctx.Err() != nil {
+				return nil // the keeper is stopping: not this duty's failure
+			}
+			return err
 		}
 	}
 	if err := runDuties(ctx, serve, keepNetwork); err != nil {

@@ -175,7 +175,7 @@ func Run(ctx context.Context, o Options) error {
 				errs = append(errs, &Error{Op: "unmount", Path: m, Err: err})
 				continue
 			}
-			o.Log.Errorf("shutdown", "%s is busy; detaching it lazily", m)
+			o.Log.Printf("shutdown", "%s is busy; detaching it lazily", m)
 			if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
 				errs = append(errs, &Error{Op: "unmount", Path: m, Err: err})
 			}
