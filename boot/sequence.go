@@ -16,6 +16,7 @@ import (
 	"github.com/nbdroot/nbdroot/kmod"
 	"github.com/nbdroot/nbdroot/nbddev"
 	"github.com/nbdroot/nbdroot/network"
+	"github.com/nbdroot/nbdroot/network/ifname"
 	"github.com/nbdroot/nbdroot/shutdown"
 )
 
@@ -113,7 +114,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	t = time.Now()
 	lease := prog.lease
 	if lease == nil || !reflect.DeepEqual(prog.netSpec, spec.Network) {
-		if lease, err = network.Up(ctx, log, spec.Network, network.Options{}); err != nil {
+		if lease, err = network.Up(ctx, log, spec.Network, network.Options{PredictableNames: !ifname.Disabled(cmdline)}); err != nil {
 			return fail("network", err)
 		}
 		prog.netSpec, prog.lease = spec.Network, lease

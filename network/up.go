@@ -18,6 +18,7 @@ import (
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/internal/poll"
+	"github.com/nbdroot/nbdroot/network/ifname"
 )
 
 // Error is a failure of the network on one link, or of the network as a
@@ -53,6 +54,35 @@ type Options struct {
 	// dhclient send: the server then knows the machine by its hardware
 	// address alone, as the same machine in the initramfs and in the root.
 	ClientID []byte
+	// PredictableNames renames the NICs, before any is brought up, to the
+	// names the root's udev will give them (package ifname: systemd's
+	// default scheme), so that the root's configuration for "ens3" finds
+	// the link the initramfs configured. Interfaces named in n may be
+	// given by either name.
+	PredictableNames bool
+}
+
+// predictableNames renames every eligible link to its predictable name and
+// returns the wanted interfaces by their current names. A link that cannot
+// be renamed keeps its kernel name and is still usable: that is logged, not
+// fatal.
+func predictableNames(ctx context.Context, log *bootlog.Logger, wanted []string) []string {
+	renames, err := ifname.RenameAll(ctx, ifname.Options{})
+	for _, r := range renames {
+		log.Printf("network", "%s is %s, as the root's udev will name it", r.Old, r.New)
+	}
+	if err != nil {
+		log.Errorf("network", "predictable names: %v", err)
+	}
+	names := ifname.NewNames(renames)
+	out := make([]string, len(wanted))
+	for i, w := range wanted {
+		out[i] = w
+		if cur, ok := names.Resolve(w); ok {
+			out[i] = cur
+		}
+	}
+	return out
 }
 
 // carrierPoll is how often the carrier bit is checked: a link gets
@@ -70,7 +100,11 @@ func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (
 	if n.Mode == config.NetworkNone {
 		return &Lease{}, nil
 	}
-	links, err := candidateLinks(n.Interfaces)
+	wanted := n.Interfaces
+	if o.PredictableNames {
+		wanted = predictableNames(ctx, log, wanted)
+	}
+	links, err := candidateLinks(wanted)
 	if err != nil {
 		return nil, err
 	}

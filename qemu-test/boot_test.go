@@ -74,7 +74,8 @@ func TestBootQemuNBD(t *testing.T) {
 	srv := testrig.QemuNBD(t, img, "rootfs")
 	c := bootAndWrite(t, r, img, srv, fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs", srv.Port))
 	c.must(t,
-		`nbdroot: network: eth0 10\.0\.2\.15/24 from DHCP server 10\.0\.2\.2`,
+		`nbdroot: network: eth0 is ens2, as the root's udev will name it`,
+		`nbdroot: network: ens2 10\.0\.2\.15/24 from DHCP server 10\.0\.2\.2`,
 		`nbdroot: keeper nbd0: .* 1 connection\(s\), netlink`, // device.interface=auto
 	)
 }
@@ -87,7 +88,7 @@ func TestBootNbdkitDebianStatic(t *testing.T) {
 	srv := testrig.Nbdkit(t, "file", img)
 	c := bootAndWrite(t, r, img, srv, fmt.Sprintf("%s nbdroot=10.0.2.2,%d nbdroot.device.interface=ioctl", staticIP, srv.Port))
 	c.must(t,
-		`nbdroot: network: eth0 10\.0\.2\.15/24 static, via 10\.0\.2\.2`,
+		`nbdroot: network: ens2 10\.0\.2\.15/24 static, via 10\.0\.2\.2`,
 		`nbdroot: keeper nbd0: .* 1 connection\(s\), ioctl`,
 	)
 	c.mustNot(t, `DHCP`)
@@ -239,4 +240,15 @@ func TestBootPartition(t *testing.T) {
 	if got := readBack(t, part, "/nbdroot-test/written"); got != tok {
 		t.Fatalf("partition holds %q, want %q", got, tok)
 	}
+}
+
+// TestBootKernelNames: net.ifnames=0 keeps the kernel's NIC names, as the
+// root's udev will then keep them too.
+func TestBootKernelNames(t *testing.T) {
+	r := setup(t)
+	img := r.rootImage(t)
+	srv := testrig.QemuNBD(t, img, "rootfs")
+	c := bootAndWrite(t, r, img, srv, fmt.Sprintf("net.ifnames=0 %s nbdroot=10.0.2.2:%d/rootfs", staticIP, srv.Port))
+	c.must(t, `nbdroot: network: eth0 10\.0\.2\.15/24 static`)
+	c.mustNot(t, `as the root's udev will name it`)
 }

@@ -66,7 +66,7 @@ func TestLabPXE(t *testing.T) {
 			rootReached(t, c, "rw")
 			c.must(t,
 				`Kernel command line: .*nbdroot=dhcp`,
-				`nbdroot: network: eth0 10\.77\.0\.[0-9]+/24 from DHCP server 10\.77\.0\.1`,
+				`nbdroot: network: ens2 10\.77\.0\.[0-9]+/24 from DHCP server 10\.77\.0\.1`,
 				`nbdroot: attach: /dev/nbd0 is export "rootfs" .* from 10\.77\.0\.1:10809/rootfs`,
 				`TESTINIT: write=ok`,
 			)
@@ -77,7 +77,7 @@ func TestLabPXE(t *testing.T) {
 			addr, err := lab.LeaseOf(testrig.MAC(0))
 			if err != nil {
 				t.Errorf("lease file: %v", err)
-			} else if !strings.Contains(string(c), "eth0 "+addr.String()+"/24") {
+			} else if !strings.Contains(string(c), "ens2 "+addr.String()+"/24") {
 				t.Errorf("the guest did not configure its lease %s", addr)
 			}
 			srv.Stop()

@@ -225,7 +225,7 @@ func TestShellRetry(t *testing.T) {
 	rootReachedAfterFailures(t, c, "rw")
 	c.must(t, `TESTINIT: root=/dev/nbd0 fstype=ext4 opts=rw`, `TESTINIT: write=ok`)
 	// The second attempt kept the network of the first.
-	if n := len(regexp.MustCompile(`(?m)^(\[[ 0-9.]+\] )?nbdroot: network: eth0 `).FindAllString(string(c), -1)); n != 1 {
+	if n := len(regexp.MustCompile(`(?m)^(\[[ 0-9.]+\] )?nbdroot: network: ens2 `).FindAllString(string(c), -1)); n != 1 {
 		t.Fatalf("the network was configured %d times, want once\n--- console ---\n%s", n, c)
 	}
 }

@@ -132,7 +132,7 @@ func TestUrootBoot(t *testing.T) {
 		"nbdroot=10.0.2.2:%d/rootfs rw testinit.token=%s nbdroot.boot.on_failure=poweroff nbdroot.boot.failure_delay=0s", srv.Port, tok)})
 	rootReached(t, c, "rw")
 	c.must(t, `TESTINIT: root=/dev/nbd0 fstype=ext4`, `TESTINIT: write=ok`,
-		`nbdroot: modules: `, `nbdroot: network: eth0 10\.0\.2\.15/24 from DHCP`)
+		`nbdroot: modules: `, `nbdroot: network: ens2 10\.0\.2\.15/24 from DHCP`)
 	c.mustNot(t, `Failed to run command`, `command is not present in busybox`)
 	srv.Stop()
 	if got := readBack(t, img, "/nbdroot-test/written"); got != tok {
