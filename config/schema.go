@@ -301,6 +301,7 @@ func namedCheck(name string) any {
 		"partition": intRange(0, MaxPartition), "blocksize": checkBlockSize,
 		"interface":  oneOf(InterfaceAuto, InterfaceNetlink, InterfaceIoctl),
 		"mode":       oneOf(NetworkDHCP, NetworkStatic, NetworkNone),
+		"order":      oneOf(OrderListed, OrderSpread),
 		"overlay":    oneOf(OverlayNone, OverlayTmpfs),
 		"on_failure": oneOf(FailShell, FailReboot, FailPoweroff, FailHalt),
 		"log_level":  oneOf("error", "info", "debug"),

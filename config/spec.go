@@ -76,7 +76,24 @@ type Server struct {
 	BackoffInitial time.Duration `toml:"backoff_initial" check:"positive" default:"250ms"`
 	// Cap of the backoff between rounds of attempts.
 	BackoffMax time.Duration `toml:"backoff_max" check:"positive" default:"5s"`
+	// Where each round of attempts starts among the servers: "listed"
+	// tries them in the order given, as nbd-client and dracut do (a
+	// primary and its standby); "spread" starts at a server chosen from the
+	// machine's own identity (its NIC's MAC address), so that a lab of
+	// machines booting together spreads over the servers instead of piling
+	// onto the first. Listing several servers asserts that they serve the
+	// same data: a keeper fails over among them.
+	Order Order `toml:"order" check:"order" default:"listed"`
 }
+
+// Order is how a round of connection attempts walks the servers.
+type Order string
+
+// Server orders.
+const (
+	OrderListed Order = "listed"
+	OrderSpread Order = "spread"
+)
 
 // Endpoint is one NBD server and export.
 type Endpoint struct {

@@ -36,6 +36,7 @@ handshake_timeout = "3s"
 deadline = "1h"
 backoff_initial = "100ms"
 backoff_max = "1m"
+order = "spread"
 
 [tls]
 ca = "/etc/nbdroot/ca.pem"
@@ -84,7 +85,7 @@ func allSectionsSpec() Spec {
 		Server: Server{
 			Endpoints:      []Endpoint{ep("10.0.0.1", 2000, "root"), ep("2001:db8::1", DefaultPort, "root"), ep("srv", DefaultPort, "/abs")},
 			ConnectTimeout: 2 * time.Second, HandshakeTimeout: 3 * time.Second, Deadline: time.Hour,
-			BackoffInitial: 100 * time.Millisecond, BackoffMax: time.Minute,
+			BackoffInitial: 100 * time.Millisecond, BackoffMax: time.Minute, Order: OrderSpread,
 		},
 		TLS: TLS{Enabled: true, CAFile: "/etc/nbdroot/ca.pem", CertFile: "/etc/nbdroot/cert.pem", KeyFile: "/etc/nbdroot/key.pem",
 			ServerName: "nbd.example.org", VerifyPeer: false},
@@ -113,9 +114,9 @@ func TestTOMLAllSections(t *testing.T) {
 	}
 	for key, want := range map[string]string{
 		"server.servers":    DefaultConfigPath + ":3",
-		"device.block_size": DefaultConfigPath + ":20",
-		"boot.log_level":    DefaultConfigPath + ":49",
-		"tls.required":      "implied by tls.ca (" + DefaultConfigPath + ":11)",
+		"device.block_size": DefaultConfigPath + ":21",
+		"boot.log_level":    DefaultConfigPath + ":50",
+		"tls.required":      "implied by tls.ca (" + DefaultConfigPath + ":12)",
 	} {
 		if got := r.Origin[key]; got != want {
 			t.Errorf("Origin[%q] = %q, want %q", key, got, want)
@@ -313,8 +314,8 @@ func TestMarshalRoundTrip(t *testing.T) {
 		s    Spec
 		want string
 	}{
-		{want(func(s *Spec) { s.Device.BlockSize = 3000 }), "config: cannot marshal spec: spec:20: device.block_size: 3000 is not a power of two between 512 and 4096"},
-		{want(func(s *Spec) { s.TLS.CAFile = "/ca.pem" }), `config: cannot marshal spec: spec:11: tls.ca: tls.ca = "/ca.pem" needs TLS, but tls.required (spec:10) sets tls.required = false`},
+		{want(func(s *Spec) { s.Device.BlockSize = 3000 }), "config: cannot marshal spec: spec:21: device.block_size: 3000 is not a power of two between 512 and 4096"},
+		{want(func(s *Spec) { s.TLS.CAFile = "/ca.pem" }), `config: cannot marshal spec: spec:12: tls.ca: tls.ca = "/ca.pem" needs TLS, but tls.required (spec:11) sets tls.required = false`},
 		{want(func(s *Spec) { s.Server.Endpoints = []Endpoint{{Host: "FE80::1", Port: 1}} }), `config: cannot marshal spec: server.servers = ["[FE80::1]:1/"] reads back as ["[fe80::1]:1/"]`},
 		{want(func(s *Spec) { s.Server.Endpoints = []Endpoint{{Socket: "/s"}} }), `config: cannot marshal spec: spec:2: server.servers: "nbd+unix:///?socket=%2Fs": a Unix socket is for probe, list and attach on a running system; boot needs a TCP server`},
 	}

@@ -15,8 +15,8 @@ import (
 	"github.com/nbdroot/nbdroot/negotiate"
 )
 
-// Connect reaches the export: it tries spec's endpoints in order, round after
-// round, with exponential backoff and jitter between rounds
+// Connect reaches the export: it tries spec's endpoints in order (from the
+// one WithIdentity picked, with server.order "spread"), round after round, with exponential backoff and jitter between rounds
 // (Server.BackoffInitial doubling up to Server.BackoffMax), until one
 // negotiates or Server.Deadline passes. Every failed attempt is logged with
 // its cause. An endpoint whose server refused outright (an NBD error reply
@@ -41,7 +41,9 @@ func (d *Dialer) Connect(ctx context.Context, log *bootlog.Logger) (*negotiate.E
 	backoff := spec.Server.BackoffInitial
 	for attempt := 1; ; attempt++ {
 		alive := 0
-		for i, ep := range spec.Server.Endpoints {
+		for j := range spec.Server.Endpoints {
+			i := (d.start + j) % len(spec.Server.Endpoints)
+			ep := spec.Server.Endpoints[i]
 			if !live[i] {
 				continue
 			}

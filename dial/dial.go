@@ -16,6 +16,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"os"
 	"strconv"
@@ -58,8 +59,9 @@ func (e *Error) Unwrap() error { return e.Err }
 // made: a keeper that reconnects after switch_root can no longer read the
 // initramfs they came from.
 type Dialer struct {
-	spec config.Spec
-	tls  *tls.Config // nil without TLS; ServerName is set per endpoint
+	spec  config.Spec
+	tls   *tls.Config // nil without TLS; ServerName is set per endpoint
+	start int         // the endpoint a round of Connect starts at
 }
 
 // NewDialer returns a Dialer for spec, with its TLS material loaded.
@@ -73,6 +75,27 @@ func NewDialer(spec config.Spec) (*Dialer, error) {
 		d.tls = cfg
 	}
 	return d, nil
+}
+
+// WithIdentity returns a copy of d whose rounds of attempts start at the
+// server that id, the machine's identity (its NIC's MAC address), picks when
+// the spec's server.order is "spread"; with "listed" (or one server) they
+// start at the first. The pick is a hash of id: the same machine always
+// starts at the same server, and a lab's machines spread evenly.
+func (d *Dialer) WithIdentity(id []byte) *Dialer {
+	c := *d
+	c.start = startIndex(d.spec.Server.Order, len(d.spec.Server.Endpoints), id)
+	return &c
+}
+
+// startIndex is the server a round starts at, out of n.
+func startIndex(order config.Order, n int, id []byte) int {
+	if order != config.OrderSpread || n < 2 || len(id) == 0 {
+		return 0
+	}
+	h := fnv.New32a()
+	h.Write(id)
+	return int(h.Sum32() % uint32(n))
 }
 
 // Persistent returns a copy of d for reconnecting a device that has

@@ -36,9 +36,12 @@ type keeper struct {
 	lease  *network.Lease // the root's network to keep, or nil
 	status *os.File       // the pipe to the starter, until the report is sent
 	state  State
-	// exportSize is the export's size at the first attach: a reconnect
-	// must find the same.
-	exportSize uint64
+	// exportSize and exportFlags are the export's at the first attach: a
+	// reconnect must find the same size, and a read-write device the same
+	// flags (another server too: listing several asserts they serve the
+	// same data).
+	exportSize  uint64
+	exportFlags negotiate.Flags
 }
 
 // A duty is one job of an attached keeper. It runs in a goroutine of its
@@ -113,6 +116,7 @@ func (k *keeper) run(ctx context.Context) error {
 	if err != nil {
 		return k.fail("connect", err)
 	}
+	d = d.WithIdentity(k.identity())
 	iface, nl, err := k.chooseInterface()
 	if err != nil {
 		return k.fail("attach", err)
@@ -163,7 +167,7 @@ func (k *keeper) connect(ctx context.Context, d *dial.Dialer, iface config.Inter
 		closeAll(conns)
 		return nil, k.fail("attach", err)
 	}
-	k.exportSize = exp.Size
+	k.exportSize, k.exportFlags = exp.Size, exp.Flags
 	k.state = State{
 		Device: nbddev.Path(k.dev), Index: k.dev, Server: ep.Server(), Export: exp.Name,
 		Size: params.Size, BlockSize: params.BlockSize, Interface: iface, Connections: len(conns),
@@ -245,13 +249,15 @@ func (k *keeper) dialAll(ctx context.Context, d *dial.Dialer, iface config.Inter
 func (k *keeper) reconnect(ctx context.Context, d *dial.Dialer) (net.Conn, error) {
 	for {
 		exp, conn, ep, err := d.Connect(ctx, k.log)
-		if err == nil && exp.Size == k.exportSize {
-			k.state.Server = ep.Server()
-			return conn, nil
-		}
 		if err == nil {
+			if err = k.sameExport(ep, exp); err == nil {
+				if ep.Server() != k.state.Server {
+					k.log.Printf(k.step, "failed over from %s to %s", k.state.Server, ep.Server())
+					k.state.Server = ep.Server()
+				}
+				return conn, nil
+			}
 			conn.Close()
-			err = fmt.Errorf("%s: export size changed from %d to %d bytes; refusing to reattach", ep, k.exportSize, exp.Size)
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -263,6 +269,32 @@ func (k *keeper) reconnect(ctx context.Context, d *dial.Dialer) (net.Conn, error
 		case <-time.After(refusedRetry):
 		}
 	}
+}
+
+// sameExport checks that exp, reached at ep on a reconnect, is the export
+// the device was attached to: the same size, and for a read-write device
+// the same transmission flags.
+func (k *keeper) sameExport(ep config.Endpoint, exp *negotiate.Export) error {
+	if exp.Size != k.exportSize {
+		return fmt.Errorf("%s: export size changed from %d to %d bytes; refusing to reattach", ep, k.exportSize, exp.Size)
+	}
+	if !k.spec.Device.ReadOnly && exp.Flags != k.exportFlags {
+		return fmt.Errorf("%s: export flags changed from %s to %s on a read-write device; refusing to reattach", ep, k.exportFlags, exp.Flags)
+	}
+	return nil
+}
+
+// identity is what server.order = "spread" picks a server by: the root
+// NIC's MAC address, or the host name for a device attached on a running
+// system.
+func (k *keeper) identity() []byte {
+	if k.lease != nil {
+		if mac, err := net.ParseMAC(k.lease.HardwareAddr); err == nil {
+			return mac
+		}
+	}
+	h, _ := os.Hostname()
+	return []byte(h)
 }
 
 // stopRequested reports whether `nbdroot detach` asked for the disconnect.
