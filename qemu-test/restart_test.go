@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"testing"
@@ -286,4 +287,32 @@ func TestReconnectSizeChanged(t *testing.T) {
 	}
 	srv.Stop()
 	checkStressImage(t, readBack(t, img, stressPath), tok, run)
+}
+
+// TestFailover boots from server A of two serving the same read-only image
+// (a tmpfs overlay takes the writes), then stops A for good while the guest
+// reads the device in a loop: the keeper must fail over to B, log the
+// switch, and no read may fail; `nbdroot status` shows B.
+func TestFailover(t *testing.T) {
+	r := setup(t)
+	blob := filepath.Join(t.TempDir(), "blob")
+	if err := os.WriteFile(blob, bytes.Repeat([]byte("nbdroot failover "), 4<<20/17), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := r.rootImageWith(t, r.testinit, 64<<20, map[string]string{"usr/sbin/nbdroot": r.nbdroot, "nbdroot-test/blob": blob})
+	a := testrig.QemuNBD(t, img, "rootfs", testrig.ReadOnly())
+	b := testrig.QemuNBD(t, img, "rootfs", testrig.ReadOnly())
+	g := r.start(t, guest{append: fmt.Sprintf("%s nbdroot.server.servers=10.0.2.2:%d/rootfs,10.0.2.2:%d/rootfs nbdroot.device.read_only=true nbdroot.root.overlay=tmpfs rw testinit.mode=failover testinit.seconds=25",
+		staticIP, a.Port, b.Port)})
+	g.waitFor(t, `TESTINIT: failover=ready`)
+	time.Sleep(2 * time.Second)
+	a.Stop()
+	c := g.wait(t)
+	rootReached(t, c, "rw")
+	c.must(t,
+		fmt.Sprintf(`nbdroot: keeper nbd0: failed over from 10\.0\.2\.2:%d to 10\.0\.2\.2:%d`, a.Port, b.Port),
+		`TESTINIT: failover-reads=[1-9][0-9]* failed=0 mismatched=0`,
+		fmt.Sprintf(`TESTINIT: status: /dev/nbd0\s+10\.0\.2\.2:%d\s+rootfs`, b.Port),
+	)
+	c.mustNot(t, `I/O error`, `TESTINIT: read=FAIL`)
 }

@@ -49,6 +49,8 @@ func main() {
 		attachScenario(args)
 	case "exitrd":
 		exitrd(args)
+	case "failover":
+		failover(args)
 	default:
 		token := args["testinit.token"]
 		if err := writeSynced("/nbdroot-test/written", token); err != nil {
