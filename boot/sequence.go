@@ -63,6 +63,10 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	}
 	_ = SetupConsole()
 	log.OpenKmsg()
+	restoreKmsg := func() {}
+	if os.Getpid() == 1 {
+		restoreKmsg = bootlog.Unlimit()
+	}
 	log.Printf("start", "nbdroot as PID 1")
 	if prog.exitrd == nil && os.Getpid() == 1 {
 		// The exitrd (systemd-shutdown's way back, and the keeper's home)
@@ -162,6 +166,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	}
 	args := initArgs(res, opts)
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
+	restoreKmsg() // the real system's /dev/kmsg rate limit, as it was
 	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()))
 	return fail("switch_root", err)
 }

@@ -53,6 +53,29 @@ func (l *Logger) OpenKmsg() {
 	l.mu.Unlock()
 }
 
+// devkmsgKnob is the kernel's limit on what userspace writes to /dev/kmsg:
+// "ratelimit" (the default) lets through 10 records per 5 seconds and
+// drops the rest, "on" all of them.
+const devkmsgKnob = "/proc/sys/kernel/printk_devkmsg"
+
+// Unlimit lifts the kernel's rate limit on /dev/kmsg writes for as long as
+// nbdroot's busy boot logs, since its console lines are the kernel's echo of
+// those records and a dropped record would be a line missing on the
+// console. It returns the function that puts the setting back (the real
+// system keeps its own). A setting other than the default "ratelimit" (from
+// printk.devkmsg= on the command line) is left alone.
+func Unlimit() (restore func()) {
+	b, err := os.ReadFile(devkmsgKnob)
+	if err != nil || strings.TrimSpace(string(b)) != "ratelimit" {
+		return func() {}
+	}
+	// The kernel takes a value only with its newline.
+	if os.WriteFile(devkmsgKnob, []byte("on\n"), 0) != nil {
+		return func() {}
+	}
+	return func() { _ = os.WriteFile(devkmsgKnob, []byte("ratelimit\n"), 0) }
+}
+
 // isKernelConsole reports whether w is /dev/console (character device 5:1),
 // where the kernel prints kmsg records itself.
 func isKernelConsole(w io.Writer) bool {
