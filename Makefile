@@ -15,7 +15,7 @@ GOFLAGS   := -trimpath
 LDFLAGS   := -s -w
 FUZZTIME  ?= 60s
 APT_PKGS  := qemu-system-x86 qemu-utils nbdkit nbd-server linux-image-amd64 \
-             e2fsprogs busybox-static openssl cpio
+             e2fsprogs busybox-static openssl cpio mmdebstrap systemd
 export CGO_ENABLED := 0
 
 .PHONY: all build deps test test-short lint fuzz bench bench-boot demo clean
@@ -107,3 +107,15 @@ uroot-initramfs: build uroot
 gosh:
 	@mkdir -p bin
 	$(GO) build $(GOFLAGS) -tags goshsmall -ldflags '$(LDFLAGS)' -o bin/gosh github.com/u-root/u-root/cmds/core/gosh
+
+# test-distro boots a stock Debian 12 root (built by mmdebstrap, cached in
+# $XDG_CACHE_HOME/nbdroot or ~/.cache/nbdroot; fresh when CI is set) with
+# each network stack (ifupdown, systemd-networkd, NetworkManager): boot to
+# `running`, restart the network service under a writer, power off or
+# reboot; and once with `ro` (systemd-fsck-root, systemd-remount-fs).
+# `make test` runs it too; this target runs only it, with every console
+# (NBDROOT_TEST_CONSOLE=1).
+.PHONY: test-distro
+
+test-distro: deps build
+	NBDROOT_TEST_CONSOLE=1 $(GO) test -count=1 -v -run '^TestDistro$$' -timeout 60m ./qemu-test/

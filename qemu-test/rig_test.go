@@ -141,6 +141,7 @@ type guest struct {
 	append    string // kernel command line after the console settings
 	timeout   time.Duration
 	cpus      int    // virtual CPUs (default 1)
+	memMiB    int    // guest RAM in MiB (default 512)
 	cpuModel  string // QEMU -cpu (default QEMU's qemu64, which lacks AES-NI)
 }
 
@@ -187,7 +188,11 @@ func (r *rig) qemu(g guest) ([]string, time.Duration) {
 	if extra := os.Getenv("NBDROOT_TEST_APPEND"); extra != "" {
 		cmdline += " " + extra
 	}
-	argv := []string{"qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(max(g.cpus, 1))}
+	mem := g.memMiB
+	if mem == 0 {
+		mem = 512
+	}
+	argv := []string{"qemu-system-x86_64", "-accel", "tcg", "-m", strconv.Itoa(mem), "-smp", strconv.Itoa(max(g.cpus, 1))}
 	if g.cpuModel != "" {
 		argv = append(argv, "-cpu", g.cpuModel)
 	}
