@@ -229,16 +229,18 @@ func distroBoot(t *testing.T, tc distroCase) {
 				why = append(why, l)
 			}
 		}
-		d.fail("nbdkit saw no NBD_CMD_DISC; it says:\n%s", strings.Join(why, "\n"))
+		d.fail("nbdkit saw no NBD_CMD_DISC (%d bytes of output); it says:\n%s", len(sout), strings.Join(why, "\n"))
 	}
-	if lb, err := os.ReadFile(logFile); err == nil {
+	if lb, err := os.ReadFile(logFile); err != nil {
+		d.fail("nbdkit's log: %v", err)
+	} else {
 		var conns []string
 		for _, l := range strings.Split(string(lb), "\n") {
 			if strings.Contains(l, " Connect ") || strings.Contains(l, " Disconnect ") {
 				conns = append(conns, l)
 			}
 		}
-		t.Logf("nbdkit log filter, connections:\n%s", strings.Join(conns, "\n"))
+		t.Logf("nbdkit log filter (%d bytes), connections:\n%s", len(lb), strings.Join(conns, "\n"))
 	}
 
 	// The image.

@@ -16,8 +16,8 @@ import (
 // DebianSuite is the release the Debian roots are made from.
 const DebianSuite = "bookworm"
 
-// debianBuildTimeout bounds one mmdebstrap run (about 50-70 s here, most of
-// it downloading).
+// debianBuildTimeout bounds one mmdebstrap run (50 s to 2.5 min here, most
+// of it downloading and unpacking).
 const debianBuildTimeout = 15 * time.Minute
 
 // DebianPackages returns the packages installed on top of mmdebstrap's
@@ -57,6 +57,42 @@ rm -f "$1/etc/resolv.conf"
 // DebianCopy for a private copy.
 func DebianRoot(t testing.TB, kernelVersion string) string {
 	t.Helper()
+	return debianRoot(t, kernelVersion, debianVariant{})
+}
+
+// DebianInitramfsPackages are the packages DebianRootNBDClient adds: Debian's
+// own way to boot from NBD.
+func DebianInitramfsPackages() []string { return []string{"nbd-client", "initramfs-tools"} }
+
+// DebianRootNBDClient is DebianRoot plus Debian's own NBD boot: nbd-client
+// and initramfs-tools installed, and an initramfs made by mkinitramfs in the
+// root for kernelVersion. It returns the tree and the initramfs (in the
+// tree's /boot, as update-initramfs leaves it), which boots with
+// `nbdroot=HOST:PORT/NAME root=/dev/nbd0 ip=dhcp`.
+func DebianRootNBDClient(t testing.TB, kernelVersion string) (root, initrd string) {
+	t.Helper()
+	Need(t, "chroot")
+	v := debianVariant{
+		name:     "nbd-client",
+		packages: DebianInitramfsPackages(),
+		hook:     `cp /boot/config-"$2" "$1/boot/"; chroot "$1" mkinitramfs -o /boot/initrd.img-"$2" "$2"`,
+	}
+	root = debianRoot(t, kernelVersion, v)
+	return root, filepath.Join(root, "boot", "initrd.img-"+kernelVersion)
+}
+
+// debianVariant is what a variant of the Debian root adds to the base.
+type debianVariant struct {
+	name     string   // part of the cache directory's name
+	packages []string // on top of DebianPackages
+	// hook is a shell script run after the kernel's modules are in
+	// place, with the tree as $1 and the kernel release as $2.
+	hook string
+}
+
+// debianRoot returns the cached tree of variant v, building it if needed.
+func debianRoot(t testing.TB, kernelVersion string, v debianVariant) string {
+	t.Helper()
 	Need(t, "mmdebstrap")
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") != "" {
@@ -75,9 +111,14 @@ func DebianRoot(t testing.TB, kernelVersion string) string {
 	if err != nil {
 		t.Fatalf("testrig: %v", err)
 	}
-	root := filepath.Join(dir, "debian-"+DebianKey(kernelVersion))
+	base := "debian-"
+	if v.name != "" {
+		base += v.name + "-"
+	}
+	base += v.key(kernelVersion)
+	root := filepath.Join(dir, base)
 	if os.Getenv("CI") != "" {
-		root = filepath.Join(os.TempDir(), fmt.Sprintf("nbdroot-debian-ci-%d-%s", os.Getpid(), DebianKey(kernelVersion)))
+		root = filepath.Join(os.TempDir(), fmt.Sprintf("nbdroot-ci-%d-%s", os.Getpid(), base))
 	}
 	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
 		t.Fatalf("testrig: %v", err)
@@ -93,18 +134,24 @@ func DebianRoot(t testing.TB, kernelVersion string) string {
 		return root
 	}
 	t0 := time.Now()
-	if err := buildDebian(root, modules); err != nil {
+	if err := v.build(root, modules, kernelVersion); err != nil {
 		t.Fatalf("testrig: building the Debian root: %v", err)
 	}
 	t.Logf("testrig: built the Debian %s root in %v at %s", DebianSuite, time.Since(t0).Round(time.Second), root)
 	return root
 }
 
-// DebianKey is the cache key of the Debian root for kernelVersion: a hash of
-// everything the tree is made from.
-func DebianKey(kernelVersion string) string {
+// DebianKey is the cache key of the Debian root (DebianRoot) for
+// kernelVersion: a hash of everything the tree is made from.
+func DebianKey(kernelVersion string) string { return debianVariant{}.key(kernelVersion) }
+
+// key hashes everything the variant's tree is made from.
+func (v debianVariant) key(kernelVersion string) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%s\n%s\n%s\n%s\n", DebianSuite, strings.Join(DebianPackages(), ","), debianSetup, kernelVersion)
+	if v.name != "" {
+		fmt.Fprintf(h, "%s\n%s\n%s\n", v.name, strings.Join(v.packages, ","), v.hook)
+	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
@@ -120,9 +167,10 @@ func debianCacheDir() (string, error) {
 	return filepath.Join(home, ".cache", "nbdroot"), nil
 }
 
-// buildDebian runs mmdebstrap into a fresh directory next to root, copies
-// the kernel's modules in and renames it to root.
-func buildDebian(root, modules string) error {
+// build runs mmdebstrap into a fresh directory next to root, copies the
+// kernel's modules in, runs the variant's hook and renames the directory
+// to root.
+func (v debianVariant) build(root, modules, kernelVersion string) error {
 	tmp := root + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {
 		return err
@@ -130,8 +178,9 @@ func buildDebian(root, modules string) error {
 	if err := os.RemoveAll(root); err != nil {
 		return err
 	}
+	pkgs := append(DebianPackages(), v.packages...)
 	argv := []string{"mmdebstrap", "--variant=minbase",
-		"--include=" + strings.Join(DebianPackages(), ","),
+		"--include=" + strings.Join(pkgs, ","),
 		"--customize-hook=" + debianSetup,
 		DebianSuite, tmp}
 	if out, err := runFor(debianBuildTimeout, argv...); err != nil {
@@ -144,6 +193,11 @@ func buildDebian(root, modules string) error {
 	}
 	if out, err := runFor(5*time.Minute, "cp", "-a", modules, dst+"/"); err != nil {
 		return fmt.Errorf("copying %s: %w\n%s", modules, err, out)
+	}
+	if v.hook != "" {
+		if out, err := runFor(10*time.Minute, "sh", "-ec", v.hook, "hook", tmp, kernelVersion); err != nil {
+			return fmt.Errorf("%s: %w\n%s", v.hook, err, tail(out, 4000))
+		}
 	}
 	if err := os.WriteFile(filepath.Join(tmp, ".complete"), nil, 0o644); err != nil {
 		return err
