@@ -119,3 +119,12 @@ gosh:
 
 test-distro: deps build
 	NBDROOT_TEST_CONSOLE=1 $(GO) test -count=1 -v -run '^TestDistro$$' -timeout 60m ./qemu-test/
+
+# bench-distro: kernel start → `running` and `systemctl poweroff` → power-off
+# for the same Debian root (systemd-networkd) booted through nbdroot and
+# through Debian's initramfs-tools + nbd-client (its initramfs is built
+# inside the cached root, once), medians of 3 boots; see README.md.
+.PHONY: bench-distro
+
+bench-distro: deps build
+	$(GO) test -run '^$$' -bench BenchmarkDistro -benchtime 3x -timeout 120m ./qemu-test/

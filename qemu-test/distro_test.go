@@ -119,28 +119,8 @@ func TestDistro(t *testing.T) {
 // on its own so that one run says which hold.
 func distroBoot(t *testing.T, tc distroCase) {
 	r := setup(t)
-	testrig.Need(t, "nbdkit", "mmdebstrap", "systemctl")
-	helper, err := buildDistroGuest()
-	if err != nil {
-		t.Fatal(err)
-	}
 	release := strings.TrimPrefix(filepath.Base(r.kernel), "vmlinuz-")
-	dir := testrig.DebianCopy(t, testrig.DebianRoot(t, release))
-	tc.stack.Configure(t, dir, distroNIC)
-	hb, err := os.ReadFile(helper)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testrig.ReplaceFile(t, dir, distroHelper, hb, 0o755)
-	testrig.ReplaceFile(t, dir, "etc/systemd/system/"+distroUnit, []byte(distroUnitFile), 0o644)
-	testrig.ReplaceFile(t, dir, "etc/fstab", []byte(distroFstab), 0o644)
-	testrig.Systemctl(t, dir, "enable", distroUnit)
-	t1 := time.Now()
-	img := testrig.Ext4FromDir(t, filepath.Join(t.TempDir(), "root.img"), distroImageSize, dir)
-	t.Logf("root image made in %v", time.Since(t1).Round(100*time.Millisecond))
-
-	logFile := filepath.Join(t.TempDir(), "nbdkit.log")
-	srv := testrig.Nbdkit(t, "-v", "--filter=log", "file", img, "logfile="+logFile)
+	img := distroImage(t, testrig.DebianRoot(t, release), tc.stack, distroNIC)
 	tok := token(t)
 	mode := "rw"
 	if tc.ro {
@@ -150,26 +130,11 @@ func distroBoot(t *testing.T, tc distroCase) {
 	if tc.stress {
 		restart = " distro.restart=" + tc.stack.Service()
 	}
-	g := r.start(t, guest{
-		cpus: 2, memMiB: 1024, timeout: distroBootTimeout + distroOffWait,
-		append: fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs ip=dhcp %s printk.time=1 distro.action=%s%s distro.token=%s distro.stress_file=%s",
-			srv.Port, mode, tc.action, restart, tok, distroStressFile),
+	run := r.distroRun(t, img, "", func(port int) string {
+		return fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs ip=dhcp %s distro.action=%s%s distro.token=%s distro.stress_file=%s",
+			port, mode, tc.action, restart, tok, distroStressFile)
 	})
-
-	// Up to the request, then the shutdown, each with its own limit.
-	requested := waitConsole(g, `DISTRO: request=`, distroBootTimeout)
-	exited := false
-	var qerr error
-	if requested {
-		qerr = g.p.Wait(distroOffWait)
-		exited = qerr == nil
-	}
-	g.p.Stop()
-	c := g.console()
-	srv.Stop()
-	if os.Getenv("NBDROOT_TEST_CONSOLE") != "" {
-		t.Logf("--- console ---\n%s", c)
-	}
+	c, requested, exited, qerr, srv, logFile := run.c, run.requested, run.exited, run.qerr, run.srv, run.logFile
 	d := distroReport{t: t, c: c}
 
 	// The boot.
@@ -247,6 +212,70 @@ func distroBoot(t *testing.T, tc distroCase) {
 	if out, err := exec.Command("e2fsck", "-fn", img).CombinedOutput(); err != nil {
 		d.fail("e2fsck -fn: %v\n%s", err, out)
 	}
+}
+
+// distroImage makes the root image of one boot from the Debian tree at
+// tree: the network stack set up for the NIC named nic, the helper and its
+// service, and a stock fstab.
+func distroImage(t testing.TB, tree string, stack testrig.NetStack, nic string) string {
+	t.Helper()
+	testrig.Need(t, "nbdkit", "systemctl")
+	helper, err := buildDistroGuest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := testrig.DebianCopy(t, tree)
+	stack.Configure(t, dir, nic)
+	hb, err := os.ReadFile(helper)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testrig.ReplaceFile(t, dir, distroHelper, hb, 0o755)
+	testrig.ReplaceFile(t, dir, "etc/systemd/system/"+distroUnit, []byte(distroUnitFile), 0o644)
+	testrig.ReplaceFile(t, dir, "etc/fstab", []byte(distroFstab), 0o644)
+	testrig.Systemctl(t, dir, "enable", distroUnit)
+	t1 := time.Now()
+	img := testrig.Ext4FromDir(t, filepath.Join(t.TempDir(), "root.img"), distroImageSize, dir)
+	t.Logf("root image made in %v", time.Since(t1).Round(100*time.Millisecond))
+	return img
+}
+
+// distroGuest is what one boot of a Debian root left.
+type distroGuest struct {
+	c         console
+	requested bool  // the helper asked for the power-off or reboot
+	exited    bool  // and QEMU exited within distroOffWait
+	qerr      error // QEMU's exit error, or why it did not exit
+	srv       *testrig.Server
+	logFile   string // nbdkit's log filter's file
+}
+
+// distroRun serves img with nbdkit (file plugin, log filter, -v), boots it
+// with initramfs (default: the rig's) and the kernel arguments args(port),
+// waits for the helper's request and then for QEMU to exit, and stops the
+// server.
+func (r *rig) distroRun(t testing.TB, img, initramfs string, args func(port int) string) distroGuest {
+	t.Helper()
+	logFile := filepath.Join(t.TempDir(), "nbdkit.log")
+	srv := testrig.Nbdkit(t, "-v", "--filter=log", "file", img, "logfile="+logFile)
+	g := r.start(t, guest{
+		initramfs: initramfs, cpus: 2, memMiB: 1024, timeout: distroBootTimeout + distroOffWait,
+		append: "printk.time=1 " + args(srv.Port),
+	})
+	// Up to the request, then the shutdown, each with its own limit.
+	run := distroGuest{srv: srv, logFile: logFile}
+	run.requested = waitConsole(g, `DISTRO: request=`, distroBootTimeout)
+	if run.requested {
+		run.qerr = g.p.Wait(distroOffWait)
+		run.exited = run.qerr == nil
+	}
+	g.p.Stop()
+	run.c = g.console()
+	srv.Stop()
+	if os.Getenv("NBDROOT_TEST_CONSOLE") != "" {
+		t.Logf("--- console ---\n%s", run.c)
+	}
+	return run
 }
 
 // distroReport collects the failures of one boot, each with the console
