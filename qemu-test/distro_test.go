@@ -323,9 +323,28 @@ func (d distroReport) stress() (stressRun, bool) {
 	run := stressRun{c: d.c, verify: m[3], failed: map[int]bool{}}
 	run.blocks, _ = strconv.Atoi(m[1])
 	run.errs, _ = strconv.Atoi(m[2])
-	for _, e := range distroStressError.FindAllStringSubmatch(string(d.c), -1) {
-		i, _ := strconv.Atoi(e[1])
-		run.failed[i] = true
+	f := distroStressFailed.FindStringSubmatch(string(d.c))
+	if f == nil {
+		d.fail("the writer did not list its failed blocks; its lines:\n%s", d.c.grep(`DISTRO: stress`))
+		return run, false
+	}
+	for _, r := range strings.Split(f[1], ",") {
+		if r == "none" {
+			break
+		}
+		a, b, _ := strings.Cut(r, "-")
+		lo, err1 := strconv.Atoi(a)
+		hi, err2 := strconv.Atoi(b)
+		if b == "" {
+			hi, err2 = lo, nil
+		}
+		if err1 != nil || err2 != nil || hi < lo {
+			d.fail("the writer's failed blocks %q do not parse", f[1])
+			return run, false
+		}
+		for i := lo; i <= hi; i++ {
+			run.failed[i] = true
+		}
 	}
 	d.t.Logf("writer: blocks=%d errors=%d verify=%s", run.blocks, run.errs, run.verify)
 	if len(run.failed) != run.errs {
@@ -337,7 +356,7 @@ func (d distroReport) stress() (stressRun, bool) {
 
 var (
 	distroStressResult = regexp.MustCompile(`DISTRO: stress blocks=(\d+) errors=(\d+) verify=(ok|FAIL\(.*?\))`)
-	distroStressError  = regexp.MustCompile(`DISTRO: stress error index=(\d+) `)
+	distroStressFailed = regexp.MustCompile(`DISTRO: stress failed=(none|[0-9,-]+)\n`)
 	printkLine         = regexp.MustCompile(`(?m)^\[\s*(\d+\.\d+)\] (.*)$`)
 )
 

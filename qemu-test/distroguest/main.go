@@ -14,7 +14,8 @@
 //	DISTRO: fsck-root LINE                the journal of systemd-fsck-root
 //	DISTRO: stress started t=UPTIME
 //	DISTRO: restart unit=UNIT rc=RC t=UPTIME seconds=D
-//	DISTRO: stress error index=I op=write|fsync err=ERR t=UPTIME
+//	DISTRO: stress error index=I op=write|fsync err=ERR t=UPTIME  (the first 10)
+//	DISTRO: stress failed=none|A-B,C,...  every failed block
 //	DISTRO: stress blocks=N errors=E verify=ok|FAIL(...)
 //	DISTRO: request=ACTION t=UPTIME
 //
@@ -176,7 +177,7 @@ func (o out) stress(args map[string]string, unit string) {
 	failed := make([]bool, maxBlocks)
 	o.say("stress started t=%.3f", uptime())
 	go func() {
-		n := 0
+		n, errs := 0, 0
 		for ; n < maxBlocks && !stop.Load(); n++ {
 			b := stressblock.Make(id, uint64(n), uint64(n), uint64(uptime()*1e9))
 			op := "write"
@@ -187,7 +188,9 @@ func (o out) stress(args map[string]string, unit string) {
 			}
 			if err != nil {
 				failed[n] = true
-				o.say("stress error index=%d op=%s err=%v t=%.3f", n, op, err, uptime())
+				if errs++; errs <= maxErrorLines {
+					o.say("stress error index=%d op=%s err=%v t=%.3f", n, op, err, uptime())
+				}
 				time.Sleep(100 * time.Millisecond)
 			}
 		}
@@ -212,7 +215,36 @@ func (o out) stress(args map[string]string, unit string) {
 			errs++
 		}
 	}
+	o.say("stress failed=%s", ranges(failed[:n]))
 	o.say("stress blocks=%d errors=%d verify=%s", n, errs, verify(path, id, failed[:n]))
+}
+
+// maxErrorLines is how many failed blocks get a line of their own; the
+// "stress failed=" line lists them all.
+const maxErrorLines = 10
+
+// ranges lists the indexes of the true entries as "a-b,c,d-e", or "none".
+func ranges(set []bool) string {
+	var out []string
+	for i := 0; i < len(set); i++ {
+		if !set[i] {
+			continue
+		}
+		j := i
+		for j+1 < len(set) && set[j+1] {
+			j++
+		}
+		if j == i {
+			out = append(out, strconv.Itoa(i))
+		} else {
+			out = append(out, fmt.Sprintf("%d-%d", i, j))
+		}
+		i = j
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ",")
 }
 
 // verify re-reads every block written without error from the device (its
