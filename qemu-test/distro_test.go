@@ -20,10 +20,14 @@ import (
 // drive it from qemu-test/distroguest, started by a systemd service in the
 // root, which reports on the console as "DISTRO: ..." lines.
 const (
-	// distroNIC is the name the root's udev gives QEMU's virtio NIC (the
-	// first device after the i440fx host bridge and PIIX3, PCI slot 2,
-	// which QEMU's ACPI tables give as hotplug slot 2): the name a stock
-	// install writes in its configuration.
+	// distroNIC is the name the root's udev gives QEMU's virtio NIC
+	// (ID_NET_NAME_SLOT: the first device after the i440fx host bridge and
+	// PIIX3 is in PCI slot 2, which QEMU's ACPI tables give as hotplug
+	// slot 2), the name a stock install writes in its configuration. Today
+	// nbdroot brings the NIC up as eth0 first, so the root's udev cannot
+	// rename it ("Network interface 'eth0' is already up, cannot rename to
+	// 'ens2'") and it keeps ens2 only as an altname, which ip(8), ifupdown
+	// and systemd-networkd's Name= accept.
 	distroNIC = "ens2"
 	// distroStressFile is where distroguest writes its blocks.
 	distroStressFile = "/var/lib/nbdroot-distro/stress.dat"
