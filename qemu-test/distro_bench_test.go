@@ -38,21 +38,26 @@ func BenchmarkDistro(b *testing.B) {
 					return fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs%s ip=dhcp rw distro.action=poweroff", port, extra)
 				})
 				m := distroRunningAt.FindStringSubmatch(string(run.c))
-				if m == nil || !run.exited {
-					b.Fatalf("boot %d: running=%v exited=%v (%v); lines:\n%s", i+1, m != nil, run.exited, run.qerr,
+				if m == nil {
+					b.Fatalf("boot %d: systemd never reported running (exited=%v, %v); lines:\n%s", i+1, run.exited, run.qerr,
 						run.c.grep(`DISTRO: (state|failed|journal|request)|reboot:|nbd|Kernel panic|Gave up`))
 				}
 				s, _ := strconv.ParseFloat(m[1], 64)
 				running = append(running, s)
 				d, ok := offTime(run.c, "reboot: Power down")
-				if !ok {
-					b.Fatalf("boot %d: the power-off cannot be timed:\n%s", i+1, run.c.grep(`nbdroot-distro|reboot:`))
+				if !ok || !run.exited {
+					// The boot's figure stands; the power-off has none.
+					b.Errorf("boot %d: running at %.1fs, but no power-off (requested=%v exited=%v, %v); lines:\n%s", i+1, s,
+						run.requested, run.exited, run.qerr, run.c.grep(`nbdroot-distro|reboot:|Possible stuck|I/O error|DISTRO: (state|request)`))
+					continue
 				}
 				off = append(off, d.Seconds())
 				b.Logf("boot %d: running at %.1fs, power-off in %.1fs", i+1, s, d.Seconds())
 			}
 			b.ReportMetric(median(running), "s-to-running")
-			b.ReportMetric(median(off), "s-poweroff")
+			if len(off) > 0 {
+				b.ReportMetric(median(off), "s-poweroff")
+			}
 			b.ReportMetric(0, "ns/op")
 		})
 	}
