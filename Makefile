@@ -15,7 +15,8 @@ GOFLAGS   := -trimpath
 LDFLAGS   := -s -w
 FUZZTIME  ?= 60s
 APT_PKGS  := qemu-system-x86 qemu-utils nbdkit nbd-server linux-image-amd64 \
-             e2fsprogs busybox-static openssl cpio dnsmasq-base iproute2 ipxe-qemu
+             e2fsprogs busybox-static openssl cpio dnsmasq-base iproute2 ipxe-qemu \
+             mmdebstrap systemd
 # staticcheck runs from the Go module proxy at this version (go run caches
 # the build), so lint needs nothing installed beyond Go.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
@@ -119,3 +120,24 @@ uroot-initramfs: build uroot
 gosh:
 	@mkdir -p bin
 	$(GO) build $(GOFLAGS) -tags goshsmall -ldflags '$(LDFLAGS)' -o bin/gosh github.com/u-root/u-root/cmds/core/gosh
+
+# test-distro boots a stock Debian 12 root (built by mmdebstrap, cached in
+# $XDG_CACHE_HOME/nbdroot or ~/.cache/nbdroot; fresh when CI is set) with
+# each network stack (ifupdown, systemd-networkd, NetworkManager): boot to
+# `running`, restart the network service under a writer, power off or
+# reboot; and once with `ro` (systemd-fsck-root, systemd-remount-fs).
+# `make test` runs it too; this target runs only it, with every console
+# (NBDROOT_TEST_CONSOLE=1).
+.PHONY: test-distro
+
+test-distro: deps build
+	NBDROOT_TEST_CONSOLE=1 $(GO) test -count=1 -v -run '^TestDistro$$' -timeout 60m ./qemu-test/
+
+# bench-distro: kernel start → `running` and `systemctl poweroff` → power-off
+# for the same Debian root (systemd-networkd) booted through nbdroot and
+# through Debian's initramfs-tools + nbd-client (its initramfs is built
+# inside the cached root, once), medians of 3 boots; see README.md.
+.PHONY: bench-distro
+
+bench-distro: deps build
+	$(GO) test -run '^$$' -bench BenchmarkDistro -benchtime 3x -timeout 120m ./qemu-test/

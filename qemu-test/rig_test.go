@@ -141,6 +141,7 @@ type guest struct {
 	append    string // kernel command line after the console settings
 	timeout   time.Duration
 	cpus      int    // virtual CPUs (default 1)
+	memMiB    int    // guest RAM in MiB (default 512)
 	cpuModel  string // QEMU -cpu (default QEMU's qemu64, which lacks AES-NI)
 
 	// lab puts the guest on a lab's bridge (a tap of its own, MAC mac)
@@ -202,11 +203,15 @@ func (r *rig) qemu(g guest) ([]string, time.Duration) {
 	if extra := os.Getenv("NBDROOT_TEST_APPEND"); extra != "" {
 		cmdline += " " + extra
 	}
+	mem := g.memMiB
+	if mem == 0 {
+		mem = 512
+	}
 	var argv []string
 	if g.lab != nil {
 		argv = g.lab.Exec()
 	}
-	argv = append(argv, "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-smp", strconv.Itoa(max(g.cpus, 1)))
+	argv = append(argv, "qemu-system-x86_64", "-accel", "tcg", "-m", strconv.Itoa(mem), "-smp", strconv.Itoa(max(g.cpus, 1)))
 	if g.cpuModel != "" {
 		argv = append(argv, "-cpu", g.cpuModel)
 	}

@@ -1,0 +1,338 @@
+// Command distroguest drives a Debian root booted by the QEMU distribution
+// tests (qemu-test/distro_test.go). A systemd service in the root starts it
+// once the boot transaction is queued; it reports on the console as
+// "DISTRO: key=value" lines the tests assert on:
+//
+//	DISTRO: started t=UPTIME
+//	DISTRO: state=STATE t=UPTIME          systemctl is-system-running --wait
+//	DISTRO: failed-unit=UNIT              one line per failed unit, then
+//	DISTRO: journal UNIT: LINE            the end of its journal
+//	DISTRO: failed=N
+//	DISTRO: link LINE / addr LINE / netname NIC KEY=VALUE / udev LINE
+//	DISTRO: root opts=OPTIONS             / as mounted now
+//	DISTRO: unit UNIT PROP=VALUE ...      systemd-fsck-root, systemd-remount-fs
+//	DISTRO: fsck-root LINE                the journal of systemd-fsck-root
+//	DISTRO: stress started t=UPTIME
+//	DISTRO: restart unit=UNIT rc=RC t=UPTIME seconds=D
+//	DISTRO: stress error index=I op=write|fsync err=ERR t=UPTIME  (the first 10)
+//	DISTRO: stress failed=none|A-B,C,...  every failed block
+//	DISTRO: stress blocks=N errors=E verify=ok|FAIL(...)
+//	DISTRO: request=ACTION t=UPTIME
+//
+// Meanwhile a writer writes and fsyncs stressblock blocks to the file
+// distro.stress_file from before the restart of distro.restart until
+// distro.after_seconds after it. The request is also written to /dev/kmsg
+// ("nbdroot-distro: request=ACTION") so that its printk timestamp can be
+// compared with the kernel's final "reboot:" line, and then the helper runs
+// `systemctl ACTION` (poweroff or reboot, distro.action).
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/qemu-test/stressblock"
+)
+
+// out is the console, where every report line goes.
+type out struct{ f *os.File }
+
+func (o out) say(format string, a ...any) {
+	fmt.Fprintf(o.f, "DISTRO: "+format+"\n", a...)
+}
+
+func main() {
+	con, err := os.OpenFile("/dev/console", os.O_WRONLY|unix.O_NOCTTY, 0)
+	if err != nil {
+		con = os.Stdout
+	}
+	o := out{con}
+	args := cmdline()
+	o.say("started t=%.3f", uptime())
+
+	state, _ := run("systemctl", "is-system-running", "--wait")
+	o.say("state=%s t=%.3f", strings.TrimSpace(state), uptime())
+	o.failedUnits()
+	o.network()
+	o.rootState()
+
+	action := args["distro.action"]
+	if unit := args["distro.restart"]; unit != "" {
+		o.stress(args, unit)
+		o.network()
+	}
+	if action == "" {
+		action = "poweroff"
+	}
+	// The kernel log line gives the request a printk timestamp on the
+	// same clock as the kernel's last line.
+	if k, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		fmt.Fprintf(k, "<5>nbdroot-distro: request=%s\n", action)
+		k.Close()
+	}
+	o.say("request=%s t=%.3f", action, uptime())
+	if s, err := run("systemctl", action); err != nil {
+		o.say("systemctl %s failed: %v %s", action, err, s)
+	}
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+// failedUnits reports every failed unit and the end of its journal.
+func (o out) failedUnits() {
+	s, _ := run("systemctl", "list-units", "--failed", "--plain", "--no-legend", "--no-pager")
+	n := 0
+	for _, line := range lines(s) {
+		unit := strings.Fields(line)[0]
+		n++
+		o.say("failed-unit=%s", unit)
+		j, _ := run("journalctl", "-b", "--no-pager", "-o", "cat", "-n", "15", "-u", unit)
+		for _, l := range lines(j) {
+			o.say("journal %s: %s", unit, l)
+		}
+	}
+	o.say("failed=%d", n)
+}
+
+// network reports the links, their addresses, the names udev would give
+// the NICs, and what udev logged about renaming them.
+func (o out) network() {
+	s, _ := run("ip", "-o", "link", "show")
+	for _, l := range lines(s) {
+		o.say("link %s", l)
+	}
+	s, _ = run("ip", "-o", "addr", "show")
+	for _, l := range lines(s) {
+		o.say("addr %s", l)
+	}
+	nics, _ := filepath.Glob("/sys/class/net/*/device")
+	for _, d := range nics {
+		nic := filepath.Base(filepath.Dir(d))
+		s, _ := run("udevadm", "info", "-q", "property", "-p", "/sys/class/net/"+nic)
+		for _, l := range lines(s) {
+			if strings.HasPrefix(l, "ID_NET_NAME") || strings.HasPrefix(l, "INTERFACE") {
+				o.say("netname %s %s", nic, l)
+			}
+		}
+	}
+	s, _ = run("journalctl", "-b", "--no-pager", "-o", "cat", "-u", "systemd-udevd")
+	for _, l := range lines(s) {
+		if strings.Contains(strings.ToLower(l), "renam") || strings.Contains(l, "ens") || strings.Contains(l, "eth") {
+			o.say("udev %s", l)
+		}
+	}
+}
+
+// rootState reports how / is mounted and how the root's check and remount
+// went.
+func (o out) rootState() {
+	if b, err := os.ReadFile("/proc/self/mounts"); err == nil {
+		for _, l := range lines(string(b)) {
+			if f := strings.Fields(l); len(f) >= 4 && f[1] == "/" {
+				o.say("root dev=%s opts=%s", f[0], f[3])
+			}
+		}
+	}
+	for _, u := range []string{"systemd-fsck-root.service", "systemd-remount-fs.service"} {
+		s, _ := run("systemctl", "show", "-p", "ActiveState", "-p", "Result", "-p", "ExecMainStatus", "-p", "ConditionResult", u)
+		o.say("unit %s %s", u, strings.Join(lines(s), " "))
+	}
+	s, _ := run("journalctl", "-b", "--no-pager", "-o", "cat", "-u", "systemd-fsck-root.service")
+	for _, l := range lines(s) {
+		o.say("fsck-root %s", l)
+	}
+}
+
+// stress writes and fsyncs blocks while unit is restarted, then verifies
+// them from the device.
+func (o out) stress(args map[string]string, unit string) {
+	path := args["distro.stress_file"]
+	before := time.Duration(intArg(args, "distro.before_seconds", 3)) * time.Second
+	after := time.Duration(intArg(args, "distro.after_seconds", 8)) * time.Second
+	id := stressblock.RunID(args["distro.token"])
+	const maxBlocks = 8192
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		o.say("stress blocks=0 errors=0 verify=FAIL(mkdir: %v)", err)
+		return
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		o.say("stress blocks=0 errors=0 verify=FAIL(create: %v)", err)
+		return
+	}
+	defer f.Close()
+
+	var stop atomic.Bool
+	done := make(chan int)
+	failed := make([]bool, maxBlocks)
+	o.say("stress started t=%.3f", uptime())
+	go func() {
+		n, errs := 0, 0
+		for ; n < maxBlocks && !stop.Load(); n++ {
+			b := stressblock.Make(id, uint64(n), uint64(n), uint64(uptime()*1e9))
+			op := "write"
+			_, err := f.WriteAt(b, int64(n)*stressblock.Size)
+			if err == nil {
+				op = "fsync"
+				err = f.Sync()
+			}
+			if err != nil {
+				failed[n] = true
+				if errs++; errs <= maxErrorLines {
+					o.say("stress error index=%d op=%s err=%v t=%.3f", n, op, err, uptime())
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
+		done <- n
+	}()
+	time.Sleep(before)
+	t0 := time.Now()
+	s, err := run("systemctl", "restart", unit)
+	rc := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		rc = ee.ExitCode()
+	} else if err != nil {
+		rc = -1
+	}
+	o.say("restart unit=%s rc=%d t=%.3f seconds=%.3f %s", unit, rc, uptime(), time.Since(t0).Seconds(), strings.Join(lines(s), " | "))
+	time.Sleep(after)
+	stop.Store(true)
+	n := <-done
+	errs := 0
+	for _, b := range failed[:n] {
+		if b {
+			errs++
+		}
+	}
+	o.say("stress failed=%s", ranges(failed[:n]))
+	o.say("stress blocks=%d errors=%d verify=%s", n, errs, verify(path, id, failed[:n]))
+}
+
+// maxErrorLines is how many failed blocks get a line of their own; the
+// "stress failed=" line lists them all.
+const maxErrorLines = 10
+
+// ranges lists the indexes of the true entries as "a-b,c,d-e", or "none".
+func ranges(set []bool) string {
+	var out []string
+	for i := 0; i < len(set); i++ {
+		if !set[i] {
+			continue
+		}
+		j := i
+		for j+1 < len(set) && set[j+1] {
+			j++
+		}
+		if j == i {
+			out = append(out, strconv.Itoa(i))
+		} else {
+			out = append(out, fmt.Sprintf("%d-%d", i, j))
+		}
+		i = j
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ",")
+}
+
+// verify re-reads every block written without error from the device (its
+// pages dropped from the page cache first) and checks it.
+func verify(path string, id stressblock.ID, failed []bool) string {
+	unix.Sync()
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("FAIL(%v)", err)
+	}
+	defer f.Close()
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+		return fmt.Sprintf("FAIL(fadvise: %v)", err)
+	}
+	b := make([]byte, stressblock.Size)
+	bad, first := 0, ""
+	for i := range failed {
+		if failed[i] {
+			continue
+		}
+		why := ""
+		if _, err := f.ReadAt(b, int64(i)*stressblock.Size); err != nil {
+			why = "read: " + err.Error()
+		} else {
+			why = stressblock.Check(b, id, uint64(i))
+		}
+		if why != "" {
+			bad++
+			if first == "" {
+				first = fmt.Sprintf("block %d: %s", i, why)
+			}
+		}
+	}
+	if bad > 0 {
+		return fmt.Sprintf("FAIL(%d bad; %s)", bad, first)
+	}
+	return "ok"
+}
+
+// run runs a command with a time limit and returns its combined output.
+func run(argv ...string) (string, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.WaitDelay = time.Second
+	timer := time.AfterFunc(10*time.Minute, func() {
+		if cmd.Process != nil {
+			_ = cmd.Process.Kill()
+		}
+	})
+	defer timer.Stop()
+	b, err := cmd.CombinedOutput()
+	return string(b), err
+}
+
+// lines splits s into its non-empty lines.
+func lines(s string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		if l := strings.TrimSpace(sc.Text()); l != "" {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// cmdline returns the kernel command line's key=value words.
+func cmdline() map[string]string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	args := map[string]string{}
+	for _, w := range strings.Fields(string(b)) {
+		k, v, _ := strings.Cut(w, "=")
+		args[k] = v
+	}
+	return args
+}
+
+// intArg returns the integer value of args[key], or def.
+func intArg(args map[string]string, key string, def int) int {
+	if n, err := strconv.Atoi(args[key]); err == nil {
+		return n
+	}
+	return def
+}
+
+// uptime returns the seconds since boot (CLOCK_BOOTTIME), the clock of the
+// kernel's printk timestamps.
+func uptime() float64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
+	return float64(ts.Nano()) / 1e9
+}
