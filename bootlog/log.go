@@ -164,12 +164,14 @@ func (l *Logger) emit(level int, step, msg string) {
 	}
 	if l.kmsg != nil {
 		// One write is one kmsg record; "<N>" sets its level. The kernel
-		// caps a record at about 1 KiB.
+		// caps a record at about 1 KiB. The newline ends the record: one
+		// without it stays open for a continuation, and neither the
+		// console nor dmesg shows it until the next record arrives.
 		rec := fmt.Sprintf("<%d>%s", level, line)
 		if len(rec) > 1000 {
 			rec = rec[:1000]
 		}
-		_, _ = io.WriteString(l.kmsg, rec)
+		_, _ = io.WriteString(l.kmsg, rec+"\n")
 	}
 }
 
