@@ -26,11 +26,20 @@ func apiMounts() []apiMount {
 }
 
 // MountEarly mounts /proc, /sys, /dev and /run. A filesystem that is already
-// mounted there (EBUSY) is left alone.
+// mounted there (a retried boot, or the kernel's devtmpfs) is left alone:
+// mounting again would stack an empty one over it (losing /run's files).
 func MountEarly() error {
+	var root unix.Stat_t
+	if err := unix.Stat("/", &root); err != nil {
+		return fmt.Errorf("stat /: %w", err)
+	}
 	for _, m := range apiMounts() {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
 			return err
+		}
+		var st unix.Stat_t
+		if unix.Stat(m.target, &st) == nil && st.Dev != root.Dev {
+			continue // a mount point already
 		}
 		err := unix.Mount(m.fstype, m.target, m.fstype, m.flags, m.data)
 		if err != nil && !errors.Is(err, unix.EBUSY) {
