@@ -170,6 +170,9 @@ func distroBoot(t *testing.T, tc distroCase) {
 	// The kernel's view.
 	d.wantNot("no I/O error", `I/O error`, `I/O error|JBD2|EXT4-fs|nbd0|block nbd`)
 	d.wantNot("no ext4 error", `EXT4-fs error|EXT4-fs \(nbd0\): Remounting filesystem read-only`, `EXT4-fs`)
+	if k := c.grep(`DISTRO: keeper pid=.*`); k != "" {
+		t.Logf("%s", k)
+	}
 	// systemd's shutdown warns about an @ process running from the root
 	// file system: the keeper runs from the initrd (/run/initramfs).
 	d.wantNot("the keeper runs from the initrd", `has been marked to be excluded from killing`, `excluded from killing`)

@@ -73,6 +73,7 @@ func main() {
 	if action == "" {
 		action = "poweroff"
 	}
+	o.keeper()
 	// The kernel log line gives the request a printk timestamp on the
 	// same clock as the kernel's last line.
 	if k, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
@@ -89,6 +90,27 @@ func main() {
 }
 
 // failedUnits reports every failed unit and the end of its journal.
+// keeper reports the root keeper's memory (VmRSS and its parts), found by
+// its argv[0] "@nbdroot", and its root directory.
+func (o out) keeper() {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || !strings.HasPrefix(string(b), "@nbdroot\x00") {
+			continue
+		}
+		st, _ := os.ReadFile("/proc/" + e.Name() + "/status")
+		var mem []string
+		for _, l := range lines(string(st)) {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.HasPrefix(k, "Rss") || k == "VmRSS" {
+				mem = append(mem, k+"="+strings.Join(strings.Fields(v), ""))
+			}
+		}
+		root, _ := os.Readlink("/proc/" + e.Name() + "/root")
+		o.say("keeper pid=%s %s root=%s t=%.3f", e.Name(), strings.Join(mem, " "), root, uptime())
+	}
+}
+
 func (o out) failedUnits() {
 	s, _ := run("systemctl", "list-units", "--failed", "--plain", "--no-legend", "--no-pager")
 	n := 0
