@@ -17,6 +17,7 @@ import (
 
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/dial"
 	"github.com/nbdroot/nbdroot/nbddev"
 	"github.com/nbdroot/nbdroot/negotiate"
 	"github.com/nbdroot/nbdroot/network"
@@ -198,6 +199,8 @@ func Main() error {
 	log.OpenKmsg()
 	k := &keeper{log: log, step: "keeper " + nbddev.Name(a.Device), spec: a.Spec, dev: a.Device, lease: a.Lease, status: os.NewFile(3, "status")}
 	protect(log, k.step)
+	// The TLS files are read now, while they can be: the exitrd holds none.
+	d, derr := dial.NewDialer(k.spec)
 	if a.Root != "" {
 		if err := enterRoot(a.Root); err != nil {
 			// The keeper still works from the initramfs; only the
@@ -205,7 +208,12 @@ func Main() error {
 			log.Errorf(k.step, "run from %s: %v", a.Root, err)
 		}
 	}
-	err := k.run(ctx)
+	var err error
+	if derr != nil {
+		err = k.fail("connect", derr)
+	} else {
+		err = k.run(ctx, d)
+	}
 	if err != nil {
 		log.Errorf(k.step, "%v", err)
 	}

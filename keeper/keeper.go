@@ -105,17 +105,13 @@ type attachment struct {
 	ready  func(attach time.Duration)
 }
 
-// run connects, then serves the device and does the keeper's other duties
+// run connects through d, then serves the device and does the keeper's other duties
 // (keeping the root's network) until ctx ends or the device is gone. Its
 // errors are *Error.
-func (k *keeper) run(ctx context.Context) error {
+func (k *keeper) run(ctx context.Context, d *dial.Dialer) error {
 	defer k.report(Report{Op: "keeper", Error: "stopped before the device was ready"})
 	k.dir.Claim(k.dev, os.Getpid())
 	_ = os.Chdir("/")
-	d, err := dial.NewDialer(k.spec)
-	if err != nil {
-		return k.fail("connect", err)
-	}
 	d = d.WithIdentity(k.identity())
 	iface, nl, err := k.chooseInterface()
 	if err != nil {

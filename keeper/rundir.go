@@ -138,7 +138,7 @@ func Alive(pid int) bool {
 	}
 	dir := filepath.Join("/proc", strconv.Itoa(pid))
 	cmdline, err := os.ReadFile(filepath.Join(dir, "cmdline"))
-	if err != nil || !strings.HasPrefix(string(cmdline), Name+"\x00") {
+	if err != nil || !(strings.HasPrefix(string(cmdline), Name+"\x00") || strings.HasPrefix(string(cmdline), RuntimeName+"\x00")) {
 		return false
 	}
 	stat, err := os.ReadFile(filepath.Join(dir, "stat"))
