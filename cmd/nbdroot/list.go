@@ -19,10 +19,7 @@ func listFlags(fs *flag.FlagSet) runFunc {
 	var f clientFlags
 	f.register(fs)
 	return func(ctx context.Context, sio stdio, args []string) error {
-		if err := oneSpec(args); err != nil {
-			return err
-		}
-		spec, ep, err := f.target(args[0])
+		spec, ep, err := f.onlyTarget(args)
 		if err != nil {
 			return err
 		}

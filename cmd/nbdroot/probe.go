@@ -42,6 +42,14 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.json, "json", false, "print JSON")
 }
 
+// onlyTarget is target of the one SPEC argument of probe and list.
+func (f *clientFlags) onlyTarget(args []string) (config.Spec, config.Endpoint, error) {
+	if err := oneSpec(args); err != nil {
+		return config.Spec{}, config.Endpoint{}, err
+	}
+	return f.target(args[0])
+}
+
 // target returns the spec of one server, SPEC with the flags applied, and
 // its endpoint. HOST[:PORT] without a name is the default export (probe,
 // attach) or just the server (list, which ignores the name).
@@ -100,10 +108,7 @@ func probeFlags(fs *flag.FlagSet) runFunc {
 	var f clientFlags
 	f.register(fs)
 	return func(ctx context.Context, sio stdio, args []string) error {
-		if err := oneSpec(args); err != nil {
-			return err
-		}
-		spec, ep, err := f.target(args[0])
+		spec, ep, err := f.onlyTarget(args)
 		if err != nil {
 			return err
 		}
