@@ -8,6 +8,8 @@
 #   make fuzz       every fuzz target for FUZZTIME (60s) each
 #   make bench      handshake, keeper and reconnect benchmarks
 #   make bench-boot the boot timeline under QEMU
+#   make bench-lab  four lab boots at once
+#   make bench-distro, test-distro  the Debian root (see below)
 
 GO        ?= go
 BIN       := bin/nbdroot
@@ -141,3 +143,12 @@ test-distro: deps build
 
 bench-distro: deps build
 	$(GO) test -run '^$$' -bench BenchmarkDistro -benchtime 3x -timeout 120m ./qemu-test/
+
+# bench-lab: four guests boot at once in the lab network (a namespace with
+# a bridge, taps and dnsmasq; see docs/lab) from one read-only export with
+# overlays; the median and the slowest wall time from QEMU's start to the
+# root's init, over 3 rounds.
+.PHONY: bench-lab
+
+bench-lab: deps build
+	$(GO) test -run '^$$' -bench BenchmarkLabFourBoots -benchtime 3x -timeout 30m ./qemu-test/

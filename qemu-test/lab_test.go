@@ -1,10 +1,15 @@
 package qemutest
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nbdroot/nbdroot/internal/testrig"
 )
@@ -86,4 +91,130 @@ func TestLabPXE(t *testing.T) {
 			}
 		})
 	}
+}
+
+// labClients is how many guests boot together in the many-clients lab.
+const labClients = 4
+
+// clientRun is one guest of a many-clients boot.
+type clientRun struct {
+	token string
+	c     console
+	// toInit is the wall time from QEMU's start to the root's init's
+	// first line; wrote and sees when its write and its listing appeared.
+	toInit, wrote, sees time.Duration
+}
+
+// labManyClients boots labClients guests at once in one lab, each with a
+// MAC of its own, from one read-only export (qemu-nbd --read-only
+// --shared) with a tmpfs overlay, nbdroot=dhcp taking the server from the
+// DHCP root-path of docs/lab/dnsmasq.conf. Each guest runs testinit's
+// clients scenario; settle is how long each waits after its write before
+// it lists what it sees. It returns the guests in MAC order and the image.
+func (r *rig) labManyClients(t testing.TB, settle int) ([]clientRun, string) {
+	t.Helper()
+	lab := testrig.NewLab(t)
+	img := r.rootImage(t)
+	srv := testrig.QemuNBD(t, img, "rootfs", testrig.InLab(lab), testrig.ReadOnly(), testrig.Shared(labClients))
+	if srv.Port != testrig.LabPort {
+		t.Fatalf("the lab's first server listens on %d, docs/lab/dnsmasq.conf says %d", srv.Port, testrig.LabPort)
+	}
+	lab.Dnsmasq(t, testrig.DnsmasqConfig{Base: filepath.Join(labDocs, "dnsmasq.conf")})
+	runs := make([]clientRun, labClients)
+	gs := make([]*running, labClients)
+	for i := range gs {
+		runs[i].token = fmt.Sprintf("client%d-%s", i, strconv.FormatInt(time.Now().UnixNano(), 36))
+		gs[i] = r.start(t, guest{lab: lab, mac: testrig.MAC(i), append: fmt.Sprintf(
+			"nbdroot=dhcp ip=dhcp nbdroot.device.read_only=true nbdroot.root.overlay=tmpfs rw testinit.mode=clients testinit.settle=%d testinit.token=%s",
+			settle, runs[i].token)})
+	}
+	// Watch the consoles together: when did each guest reach its init,
+	// write, and list?
+	marks := []struct {
+		re *regexp.Regexp
+		at func(*clientRun) *time.Duration
+	}{
+		{regexp.MustCompile(`TESTINIT: uptime=`), func(c *clientRun) *time.Duration { return &c.toInit }},
+		{regexp.MustCompile(`TESTINIT: client wrote=`), func(c *clientRun) *time.Duration { return &c.wrote }},
+		{regexp.MustCompile(`TESTINIT: client sees=`), func(c *clientRun) *time.Duration { return &c.sees }},
+	}
+	for pending := true; pending; time.Sleep(50 * time.Millisecond) {
+		pending = false
+		for i, g := range gs {
+			c := string(g.console())
+			for _, m := range marks {
+				if at := m.at(&runs[i]); *at == 0 {
+					if m.re.MatchString(c) {
+						*at = time.Since(g.started)
+					} else if done, _ := g.p.Exited(); !done && time.Since(g.started) < g.timeout {
+						pending = true
+					}
+				}
+			}
+		}
+	}
+	for i, g := range gs {
+		runs[i].c = g.wait(t)
+	}
+	srv.Stop()
+	return runs, img
+}
+
+// TestLabFourClients boots four guests at once in the lab from one
+// read-only export, each with a tmpfs overlay: each reaches its init from
+// the DHCP root-path, writes into its overlay and, once every guest has
+// written, sees its own file alone; the image is untouched.
+func TestLabFourClients(t *testing.T) {
+	r := setup(t)
+	runs, img := r.labManyClients(t, 20)
+	for i, run := range runs {
+		t.Logf("guest %d (%s): init after %v, wrote after %v, listed after %v", i, testrig.MAC(i),
+			run.toInit.Round(100*time.Millisecond), run.wrote.Round(100*time.Millisecond), run.sees.Round(100*time.Millisecond))
+		t.Logf("guest %d: %s", i, run.c.grep(`nbdroot: root ready in|Run /init`))
+		rootReached(t, run.c, "rw")
+		run.c.must(t,
+			`nbdroot: network: ens2 10\.77\.0\.[0-9]+/24 from DHCP server 10\.77\.0\.1`,
+			`nbdroot: attach: /dev/nbd0 is export "rootfs" .* from 10\.77\.0\.1:10809/rootfs`,
+			`TESTINIT: root=overlay fstype=overlay`,
+			`TESTINIT: client wrote=ok`,
+			`TESTINIT: client sees=`+regexp.QuoteMeta(run.token)+` `,
+		)
+		for _, other := range runs {
+			if other.wrote > run.sees {
+				t.Fatalf("guest %d listed its files %v after its start, before guest %s wrote (%v): raise the settle time",
+					i, run.sees, other.token, other.wrote)
+			}
+		}
+	}
+	out, err := exec.Command("debugfs", "-R", "ls -l /nbdroot-test", img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("debugfs: %v\n%s", err, out)
+	}
+	if strings.Contains(string(out), "client") {
+		t.Fatalf("an overlay's write reached the read-only image:\n%s", out)
+	}
+}
+
+// BenchmarkLabFourBoots boots four lab guests at once (as
+// TestLabFourClients) and reports, over b.N rounds, the median and the
+// worst wall time from a guest's QEMU start to its root's init. Run it
+// with `make bench-lab`.
+func BenchmarkLabFourBoots(b *testing.B) {
+	r := setup(b)
+	var all, worst []float64
+	for i := 0; i < b.N; i++ {
+		runs, _ := r.labManyClients(b, 1)
+		w := 0.0
+		for _, run := range runs {
+			if run.toInit == 0 {
+				b.Fatalf("a guest never reached its init\n--- console ---\n%s", run.c)
+			}
+			all = append(all, run.toInit.Seconds())
+			w = max(w, run.toInit.Seconds())
+		}
+		worst = append(worst, w)
+	}
+	b.ReportMetric(median(all), "s-to-init-median")
+	b.ReportMetric(median(worst), "s-to-init-slowest-of-4")
+	b.ReportMetric(0, "ns/op")
 }

@@ -51,6 +51,8 @@ func main() {
 		exitrd(args)
 	case "failover":
 		failover(args)
+	case "clients":
+		clients(args)
 	default:
 		token := args["testinit.token"]
 		if err := writeSynced("/nbdroot-test/written", token); err != nil {
