@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/nbdroot/nbdroot/bootlog"
@@ -83,6 +84,10 @@ func (k *keeper) report(rep Report) {
 	_, _ = k.status.Write(append(b, '\n'))
 	k.status.Close()
 	k.status = nil
+	// What the start allocated (the TLS handshake, the spec's JSON, the
+	// first DHCP and netlink exchanges) is garbage from here on: give it
+	// back to the kernel now rather than at the scavenger's pace.
+	debug.FreeOSMemory()
 }
 
 // fail is the keeper's failure in step op; it tells the starter, if the

@@ -3,6 +3,7 @@ package qemutest
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -12,29 +13,47 @@ import (
 )
 
 // BenchmarkBoot measures, per boot, the time from the kernel's "Run /init"
-// to the root's init starting (its CLOCK_BOOTTIME at entry), with a static
-// ip= and with DHCP, and reports the median over b.N boots. It also reports
-// the sizes of nbdroot and of the default initramfs. Run it with
+// to the root's init starting (its CLOCK_BOOTTIME at entry) and nbdroot's
+// network step, with a static ip=, with DHCP from QEMU's user network, and
+// with DHCP from dnsmasq on a lab bridge (nbdroot=dhcp: the root-path of
+// docs/lab/dnsmasq.conf), and reports the medians over b.N boots. It also
+// reports the sizes of nbdroot and of the default initramfs. Run it with
 // `make bench-boot` (-benchtime 5x).
 func BenchmarkBoot(b *testing.B) {
-	for _, mode := range []struct{ name, net string }{
-		{"static", staticIP},
-		{"dhcp", ""},
+	for _, mode := range []struct {
+		name, net string
+		lab       bool
+	}{
+		{"static", staticIP, false},
+		{"dhcp", "", false},
+		{"lab-dhcp", "", true},
 	} {
 		b.Run(mode.name, func(b *testing.B) {
 			r := setup(b)
 			img := r.rootImage(b)
-			srv := testrig.QemuNBD(b, img, "rootfs")
-			var samples []float64
+			g := guest{}
+			if mode.lab {
+				lab := testrig.NewLab(b)
+				testrig.QemuNBD(b, img, "rootfs", testrig.InLab(lab))
+				lab.Dnsmasq(b, testrig.DnsmasqConfig{Base: filepath.Join(labDocs, "dnsmasq.conf")})
+				g.lab, g.mac = lab, testrig.MAC(0)
+				g.append = "nbdroot=dhcp ip=dhcp ro testinit.mode=ro"
+			} else {
+				srv := testrig.QemuNBD(b, img, "rootfs")
+				g.append = fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs ro testinit.mode=ro", mode.net, srv.Port)
+			}
+			var samples, network []float64
 			for i := 0; i < b.N; i++ {
-				c := r.boot(b, guest{append: fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs ro testinit.mode=ro", mode.net, srv.Port)})
+				c := r.boot(b, g)
 				d, err := runInitToInit(c)
 				if err != nil {
 					b.Fatalf("%v\n--- console ---\n%s", err, c)
 				}
 				samples = append(samples, d)
+				network = append(network, benchValue(b, c, `nbdroot: root ready in .*network ([0-9.]+)s`))
 			}
 			b.ReportMetric(median(samples), "s-init-to-root-init")
+			b.ReportMetric(median(network), "s-network-step")
 			b.ReportMetric(0, "ns/op")
 		})
 	}

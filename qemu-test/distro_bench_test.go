@@ -34,7 +34,7 @@ func BenchmarkDistro(b *testing.B) {
 			var running, off []float64
 			for i := 0; i < b.N; i++ {
 				img := distroImage(b, tree, testrig.NetNetworkd, distroNIC)
-				run := r.distroRun(b, img, initramfs, func(port int) string {
+				run := r.distroRun(b, img, distroSetup{initramfs: initramfs}, func(port int) string {
 					return fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs%s ip=dhcp rw distro.action=poweroff", port, extra)
 				})
 				m := distroRunningAt.FindStringSubmatch(string(run.c))

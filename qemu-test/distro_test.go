@@ -52,10 +52,12 @@ const (
 )
 
 // distroUnitFile is the helper's service. Type=simple lets the boot
-// transaction finish; the helper waits for it itself.
+// transaction finish; the helper waits for it itself. IgnoreOnIsolate
+// keeps it running through `systemctl isolate rescue.target`.
 const distroUnitFile = `[Unit]
 Description=nbdroot distribution test driver
 After=basic.target
+IgnoreOnIsolate=yes
 
 [Service]
 Type=simple
@@ -92,6 +94,15 @@ type distroCase struct {
 	action string // what the helper asks systemd: poweroff or reboot
 	ro     bool   // Debian's default `ro` instead of `rw`
 	stress bool   // write while the network service restarts
+	// lifecycle, with stress, also re-executes systemd and isolates
+	// rescue.target and back under the writer.
+	lifecycle bool
+	// soak, when set, has the helper write for that long instead, with
+	// nothing restarted.
+	soak time.Duration
+	// lab boots the guest on a lab's network (its dnsmasq already
+	// running) with nbdroot=dhcp, instead of QEMU's user network.
+	lab *testrig.Lab
 }
 
 // TestDistro boots the Debian root with each network stack, restarts the
@@ -102,7 +113,7 @@ func TestDistro(t *testing.T) {
 	var cases []distroCase
 	for _, s := range testrig.NetStacks() {
 		for _, a := range []string{"poweroff", "reboot"} {
-			cases = append(cases, distroCase{name: string(s) + "/" + a, stack: s, action: a, stress: true})
+			cases = append(cases, distroCase{name: string(s) + "/" + a, stack: s, action: a, stress: true, lifecycle: a == "poweroff"})
 		}
 	}
 	cases = append(cases, distroCase{name: "ro", stack: testrig.NetNetworkd, action: "poweroff", ro: true})
@@ -130,13 +141,23 @@ func distroBoot(t *testing.T, tc distroCase) {
 	if tc.ro {
 		mode = "ro"
 	}
-	restart := ""
-	if tc.stress {
-		restart = " distro.restart=" + tc.stack.Service()
+	writer := ""
+	switch {
+	case tc.stress:
+		writer = " distro.restart=" + tc.stack.Service()
+		if tc.lifecycle {
+			writer += " distro.lifecycle=1"
+		}
+	case tc.soak > 0:
+		writer = fmt.Sprintf(" distro.soak=%d distro.stress_interval_ms=%d", int(tc.soak.Seconds()), soakIntervalMs)
 	}
-	run := r.distroRun(t, img, "", func(port int) string {
-		return fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs ip=dhcp %s distro.action=%s%s distro.token=%s distro.stress_file=%s",
-			port, mode, tc.action, restart, tok, distroStressFile)
+	run := r.distroRun(t, img, distroSetup{lab: tc.lab, soak: tc.soak}, func(port int) string {
+		root := fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs", port)
+		if tc.lab != nil {
+			root = "nbdroot=dhcp" // the lab's DHCP root-path
+		}
+		return fmt.Sprintf("%s ip=dhcp %s distro.action=%s%s distro.token=%s distro.stress_file=%s",
+			root, mode, tc.action, writer, tok, distroStressFile)
 	})
 	c, requested, exited, qerr, srv, logFile := run.c, run.requested, run.exited, run.qerr, run.srv, run.logFile
 	d := distroReport{t: t, c: c}
@@ -147,8 +168,13 @@ func distroBoot(t *testing.T, tc distroCase) {
 	}
 	d.want("systemd reached running", `DISTRO: state=running `, `DISTRO: state=`)
 	d.want("no failed unit", `DISTRO: failed=0\n`, `DISTRO: (failed|journal)`)
-	if tc.stress {
-		d.want("the network service restarted", `DISTRO: restart unit=`+regexp.QuoteMeta(tc.stack.Service())+` rc=0 `, `DISTRO: restart `)
+	if tc.stress || tc.soak > 0 {
+		if tc.stress {
+			d.want("the network service restarted", `DISTRO: restart unit=`+regexp.QuoteMeta(tc.stack.Service())+` rc=0 `, `DISTRO: restart `)
+		}
+		if tc.lifecycle {
+			d.lifecycle()
+		}
 		run, ok := d.stress()
 		if ok && (run.errs != 0 || run.verify != "ok") {
 			d.fail("the writer: errors=%d verify=%s, want errors=0 verify=ok", run.errs, run.verify)
@@ -260,27 +286,39 @@ type distroGuest struct {
 	logFile   string // nbdkit's log filter's file
 }
 
+// distroSetup is how distroRun boots a Debian root.
+type distroSetup struct {
+	initramfs string        // default: the rig's
+	lab       *testrig.Lab  // the lab network (nbdkit in it, guest MAC 0), or QEMU's user network
+	soak      time.Duration // how much longer than a boot the helper's request may take
+}
+
 // distroRun serves img with nbdkit (file plugin, log filter, -v), boots it
-// with initramfs (default: the rig's) and the kernel arguments args(port),
-// waits for the helper's request and then for QEMU to exit, and stops the
-// server.
-func (r *rig) distroRun(t testing.TB, img, initramfs string, args func(port int) string) distroGuest {
+// as o says with the kernel arguments args(port), waits for the helper's
+// request and then for QEMU to exit, and stops the server.
+func (r *rig) distroRun(t testing.TB, img string, o distroSetup, args func(port int) string) distroGuest {
 	t.Helper()
 	logFile := filepath.Join(t.TempDir(), "nbdkit.log")
-	srv := testrig.Nbdkit(t, "-v", "--filter=log", "file", img, "logfile="+logFile)
-	g := r.start(t, guest{
-		initramfs: initramfs, cpus: 2, memMiB: 1024, timeout: distroBootTimeout + distroOffWait,
-		append: "printk.time=1 " + args(srv.Port),
-	})
+	nbdkitArgs := []string{"-v", "--filter=log", "file", img, "logfile=" + logFile}
+	var srv *testrig.Server
+	g := guest{initramfs: o.initramfs, cpus: 2, memMiB: 1024, timeout: distroBootTimeout + o.soak + distroOffWait}
+	if o.lab != nil {
+		srv = o.lab.Nbdkit(t, nbdkitArgs...)
+		g.lab, g.mac = o.lab, testrig.MAC(0)
+	} else {
+		srv = testrig.Nbdkit(t, nbdkitArgs...)
+	}
+	g.append = "printk.time=1 " + args(srv.Port)
+	guest := r.start(t, g)
 	// Up to the request, then the shutdown, each with its own limit.
 	run := distroGuest{srv: srv, logFile: logFile}
-	run.requested = waitConsole(g, `DISTRO: request=`, distroBootTimeout)
+	run.requested = waitConsole(guest, `DISTRO: request=`, distroBootTimeout+o.soak)
 	if run.requested {
-		run.qerr = g.p.Wait(distroOffWait)
+		run.qerr = guest.p.Wait(distroOffWait)
 		run.exited = run.qerr == nil
 	}
-	g.p.Stop()
-	run.c = g.console()
+	guest.p.Stop()
+	run.c = guest.console()
 	srv.Stop()
 	if os.Getenv("NBDROOT_TEST_CONSOLE") != "" {
 		t.Logf("--- console ---\n%s", run.c)
@@ -321,6 +359,39 @@ func (d distroReport) wantNot(what, pattern, context string) {
 	}
 	d.t.Errorf("FAIL: %s: the console matches %q; relevant lines:\n%s", what, pattern, d.c.grep(context))
 }
+
+// lifecycle asserts that the keeper survived `systemctl daemon-reexec`,
+// `systemctl isolate rescue.target` and the way back (the same pid after
+// each), that the root link kept its address in rescue.target, where the
+// root's network stack is stopped, and that systemd was running again.
+func (d distroReport) lifecycle() {
+	d.t.Helper()
+	ms := distroLifecycle.FindAllStringSubmatch(string(d.c), -1)
+	pids := map[string]bool{}
+	var steps []string
+	for _, m := range ms {
+		steps = append(steps, m[1])
+		pids[m[3]] = true
+		if m[2] != "0" {
+			d.fail("systemctl %s exited %s; its line:\n%s", m[1], m[2], m[0])
+		}
+	}
+	if strings.Join(steps, ",") != "daemon-reexec,isolate-rescue,isolate-default" {
+		d.fail("the lifecycle steps were %q, want daemon-reexec, isolate-rescue, isolate-default; the lines:\n%s", steps, d.c.grep(`DISTRO: lifecycle`))
+		return
+	}
+	first := regexp.MustCompile(`DISTRO: keeper pid=(\d+)`).FindStringSubmatch(string(d.c))
+	if len(pids) != 1 || pids["none"] || first == nil || !pids[first[1]] {
+		d.fail("the keeper did not survive the lifecycle as one process (pids %v, at the end %v); the lines:\n%s", pids, first, d.c.grep(`DISTRO: (lifecycle|keeper)`))
+	} else {
+		d.t.Logf("ok: the keeper (pid %s) survived daemon-reexec, rescue.target and back", first[1])
+	}
+	d.want("the root link kept its address in rescue.target", `DISTRO: lifecycle rescue addr \d+: \S+\s+inet 10\.0\.2\.15/24`, `DISTRO: lifecycle`)
+	d.want("systemd running again after rescue.target", `DISTRO: lifecycle isolate-default rc=0 keeper=\d+ state=running `, `DISTRO: (lifecycle|failed)`)
+}
+
+// distroLifecycle is one lifecycle step's line: step, rc, keeper pid.
+var distroLifecycle = regexp.MustCompile(`DISTRO: lifecycle (\S+) rc=(-?\d+) keeper=(\S+) `)
 
 // stress reads the writer's result.
 func (d distroReport) stress() (stressRun, bool) {

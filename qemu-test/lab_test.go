@@ -61,7 +61,7 @@ func (r *rig) pxeLab(t *testing.T, img, cmdline string, set map[string]string) (
 // witness). virtio-net's ROM from the same package sent no DHCPDISCOVER
 // within a minute under TCG, so it is not tested.
 func TestLabPXE(t *testing.T) {
-	for _, nic := range []string{"e1000"} {
+	for _, nic := range []string{"e1000", "virtio-net-pci"} {
 		t.Run(nic, func(t *testing.T) {
 			r := setup(t)
 			img := r.rootImage(t)

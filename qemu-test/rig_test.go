@@ -238,10 +238,14 @@ func (r *rig) qemu(g guest) ([]string, time.Duration) {
 	return append(argv, "-device", "virtio-rng-pci"), g.timeout
 }
 
-// ipxeROM is ipxe-qemu's ROM for a QEMU NIC model.
+// ipxeROM is ipxe-qemu's ROM for a QEMU NIC model: the e1000's BIOS+EFI
+// ROM, virtio-net's BIOS-only ROM (its BIOS+EFI one sent no DHCPDISCOVER
+// within a minute under TCG).
 func ipxeROM(nic string) string {
-	name := map[string]string{"e1000": "e1000", "virtio-net-pci": "virtio"}[nic]
-	return "/usr/lib/ipxe/qemu/efi-" + name + ".rom"
+	return map[string]string{
+		"e1000":          "/usr/lib/ipxe/qemu/efi-e1000.rom",
+		"virtio-net-pci": "/usr/lib/ipxe/qemu/pxe-virtio.rom",
+	}[nic]
 }
 
 // console returns what the guest printed so far.

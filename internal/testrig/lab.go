@@ -318,17 +318,39 @@ func configWith(text string, set map[string]string, add []string) string {
 // LeaseOf returns the address dnsmasq's lease file gives mac, or an error
 // when it has none.
 func (l *Lab) LeaseOf(mac string) (netip.Addr, error) {
+	le, err := l.Lease(mac)
+	return le.Addr, err
+}
+
+// A DHCPLease is one line of dnsmasq's lease file.
+type DHCPLease struct {
+	Addr    netip.Addr
+	Expires time.Time
+}
+
+// Lease returns mac's lease in dnsmasq's lease file, or an error when it
+// has none.
+func (l *Lab) Lease(mac string) (DHCPLease, error) {
 	b, err := os.ReadFile(l.Leases())
 	if err != nil {
-		return netip.Addr{}, err
+		return DHCPLease{}, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line) // EXPIRY MAC IP HOSTNAME CLIENT-ID
-		if len(f) >= 3 && strings.EqualFold(f[1], mac) {
-			return netip.ParseAddr(f[2])
+		if len(f) < 3 || !strings.EqualFold(f[1], mac) {
+			continue
 		}
+		exp, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			return DHCPLease{}, fmt.Errorf("dnsmasq lease file: expiry %q: %w", f[0], err)
+		}
+		addr, err := netip.ParseAddr(f[2])
+		if err != nil {
+			return DHCPLease{}, fmt.Errorf("dnsmasq lease file: address %q: %w", f[2], err)
+		}
+		return DHCPLease{Addr: addr, Expires: time.Unix(exp, 0)}, nil
 	}
-	return netip.Addr{}, errors.New("no lease for " + mac)
+	return DHCPLease{}, errors.New("no lease for " + mac)
 }
 
 // Dial connects to addr from the host's own namespace.

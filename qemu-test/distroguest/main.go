@@ -14,6 +14,8 @@
 //	DISTRO: fsck-root LINE                the journal of systemd-fsck-root
 //	DISTRO: stress started t=UPTIME
 //	DISTRO: restart unit=UNIT rc=RC t=UPTIME seconds=D
+//	DISTRO: lifecycle STEP rc=RC keeper=PID state=STATE t=UPTIME
+//	DISTRO: lifecycle rescue addr LINE    the root link's addresses in rescue.target
 //	DISTRO: stress error index=I op=write|fsync err=ERR t=UPTIME  (the first 10)
 //	DISTRO: stress failed=none|A-B,C,...  every failed block
 //	DISTRO: stress blocks=N errors=E verify=ok|FAIL(...)
@@ -21,7 +23,14 @@
 //
 // Meanwhile a writer writes and fsyncs stressblock blocks to the file
 // distro.stress_file from before the restart of distro.restart until
-// distro.after_seconds after it. The request is also written to /dev/kmsg
+// distro.after_seconds after it. With distro.soak=SECONDS instead, the
+// writer runs that long and nothing is restarted. distro.stress_interval_ms
+// paces the writer (default: no pause). With distro.lifecycle=1, after the
+// restart and still under the writer, the helper puts systemd through
+// `systemctl daemon-reexec`, `systemctl isolate rescue.target` and
+// `systemctl isolate default.target`, reporting the keeper's pid after each
+// step (its service has IgnoreOnIsolate=yes, so that it survives the
+// isolation). The request is also written to /dev/kmsg
 // ("nbdroot-distro: request=ACTION") so that its printk timestamp can be
 // compared with the kernel's final "reboot:" line, and then the helper runs
 // `systemctl ACTION` (poweroff or reboot, distro.action).
@@ -67,7 +76,15 @@ func main() {
 
 	action := args["distro.action"]
 	if unit := args["distro.restart"]; unit != "" {
-		o.stress(args, unit)
+		during := func() { o.restart(unit) }
+		if args["distro.lifecycle"] == "1" {
+			during = func() { o.restart(unit); o.lifecycle() }
+		}
+		o.stress(args, during, time.Duration(intArg(args, "distro.before_seconds", 3))*time.Second,
+			time.Duration(intArg(args, "distro.after_seconds", 8))*time.Second)
+		o.network()
+	} else if soak := intArg(args, "distro.soak", 0); soak > 0 {
+		o.stress(args, nil, 0, time.Duration(soak)*time.Second)
 		o.network()
 	}
 	if action == "" {
@@ -89,28 +106,23 @@ func main() {
 	}
 }
 
-// failedUnits reports every failed unit and the end of its journal.
-// keeper reports the root keeper's memory (VmRSS and its parts), found by
-// its argv[0] "@nbdroot", and its root directory.
+// keeper reports the root keeper's memory (VmRSS and its parts) and its
+// root directory.
 func (o out) keeper() {
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil || !strings.HasPrefix(string(b), "@nbdroot\x00") {
-			continue
-		}
-		st, _ := os.ReadFile("/proc/" + e.Name() + "/status")
+	if pid := keeperPid(); pid != "none" {
+		st, _ := os.ReadFile("/proc/" + pid + "/status")
 		var mem []string
 		for _, l := range lines(string(st)) {
 			if k, v, ok := strings.Cut(l, ":"); ok && strings.HasPrefix(k, "Rss") || k == "VmRSS" {
 				mem = append(mem, k+"="+strings.Join(strings.Fields(v), ""))
 			}
 		}
-		root, _ := os.Readlink("/proc/" + e.Name() + "/root")
-		o.say("keeper pid=%s %s root=%s t=%.3f", e.Name(), strings.Join(mem, " "), root, uptime())
+		root, _ := os.Readlink("/proc/" + pid + "/root")
+		o.say("keeper pid=%s %s root=%s t=%.3f", pid, strings.Join(mem, " "), root, uptime())
 	}
 }
 
+// failedUnits reports every failed unit and the end of its journal.
 func (o out) failedUnits() {
 	s, _ := run("systemctl", "list-units", "--failed", "--plain", "--no-legend", "--no-pager")
 	n := 0
@@ -175,12 +187,71 @@ func (o out) rootState() {
 	}
 }
 
-// stress writes and fsyncs blocks while unit is restarted, then verifies
-// them from the device.
-func (o out) stress(args map[string]string, unit string) {
+// restart restarts unit and reports how it went.
+func (o out) restart(unit string) {
+	t0 := time.Now()
+	s, err := run("systemctl", "restart", unit)
+	o.say("restart unit=%s rc=%d t=%.3f seconds=%.3f %s", unit, exitCode(err), uptime(), time.Since(t0).Seconds(), strings.Join(lines(s), " | "))
+}
+
+// lifecycle re-executes systemd, isolates rescue.target and goes back to
+// the default target, reporting after each step the keeper's pid and
+// systemd's state; in rescue.target it also reports the addresses (the
+// root's network stack has been stopped).
+func (o out) lifecycle() {
+	steps := []struct {
+		name string
+		argv []string
+	}{
+		{"daemon-reexec", []string{"systemctl", "daemon-reexec"}},
+		{"isolate-rescue", []string{"systemctl", "isolate", "rescue.target"}},
+		{"isolate-default", []string{"systemctl", "isolate", "default.target"}},
+	}
+	for _, st := range steps {
+		s, err := run(st.argv...)
+		time.Sleep(2 * time.Second) // let the stopped units' stop actions act
+		state, _ := run("systemctl", "is-system-running")
+		if st.name == "isolate-default" {
+			state, _ = run("systemctl", "is-system-running", "--wait")
+		}
+		o.say("lifecycle %s rc=%d keeper=%s state=%s t=%.3f %s", st.name, exitCode(err), keeperPid(), strings.TrimSpace(state), uptime(), strings.Join(lines(s), " | "))
+		if st.name == "isolate-rescue" {
+			a, _ := run("ip", "-o", "-4", "addr", "show", "scope", "global")
+			for _, l := range lines(a) {
+				o.say("lifecycle rescue addr %s", l)
+			}
+		}
+	}
+}
+
+// exitCode is a command's exit status: 0, its code, or -1 when it did not
+// run or was killed.
+func exitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode()
+	} else if err != nil {
+		return -1
+	}
+	return 0
+}
+
+// keeperPid is the pid of the root's keeper (argv[0] "@nbdroot"), or
+// "none".
+func keeperPid() string {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.HasPrefix(string(b), "@nbdroot\x00") {
+			return e.Name()
+		}
+	}
+	return "none"
+}
+
+// stress writes and fsyncs blocks for before, runs during (if any), goes
+// on for after, and then verifies the blocks from the device.
+func (o out) stress(args map[string]string, during func(), before, after time.Duration) {
 	path := args["distro.stress_file"]
-	before := time.Duration(intArg(args, "distro.before_seconds", 3)) * time.Second
-	after := time.Duration(intArg(args, "distro.after_seconds", 8)) * time.Second
+	interval := time.Duration(intArg(args, "distro.stress_interval_ms", 0)) * time.Millisecond
 	id := stressblock.RunID(args["distro.token"])
 	const maxBlocks = 8192
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -201,6 +272,7 @@ func (o out) stress(args map[string]string, unit string) {
 	go func() {
 		n, errs := 0, 0
 		for ; n < maxBlocks && !stop.Load(); n++ {
+			t0 := time.Now()
 			b := stressblock.Make(id, uint64(n), uint64(n), uint64(uptime()*1e9))
 			op := "write"
 			_, err := f.WriteAt(b, int64(n)*stressblock.Size)
@@ -215,19 +287,14 @@ func (o out) stress(args map[string]string, unit string) {
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
+			time.Sleep(interval - time.Since(t0))
 		}
 		done <- n
 	}()
 	time.Sleep(before)
-	t0 := time.Now()
-	s, err := run("systemctl", "restart", unit)
-	rc := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		rc = ee.ExitCode()
-	} else if err != nil {
-		rc = -1
+	if during != nil {
+		during()
 	}
-	o.say("restart unit=%s rc=%d t=%.3f seconds=%.3f %s", unit, rc, uptime(), time.Since(t0).Seconds(), strings.Join(lines(s), " | "))
 	time.Sleep(after)
 	stop.Store(true)
 	n := <-done

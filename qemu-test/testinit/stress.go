@@ -15,8 +15,9 @@ import (
 // The stress mode (testinit.mode=stress) writes checksummed blocks to
 // stressPath, one write and one fsync per block, for
 // testinit.stress_seconds (default 20) or until testinit.stress_blocks
-// blocks (default 8192) have been tried, while the test restarts the
-// server under it. Block i lives at offset i*stressBlockSize. Console lines:
+// blocks (default 8192) have been tried, at most one block per
+// testinit.stress_interval_ms (default: no pause), while the test restarts
+// the server under it. Block i lives at offset i*stressBlockSize. Console lines:
 //
 //	TESTINIT: stress started t=UPTIME seconds=S max_blocks=M
 //	TESTINIT: stress error index=I op=write|fsync err=ERRNO t=UPTIME
@@ -104,6 +105,7 @@ func stress(args map[string]string) {
 	lockMemory()
 	seconds := intArg(args, "testinit.stress_seconds", 20)
 	maxBlocks := intArg(args, "testinit.stress_blocks", 8192)
+	interval := time.Duration(intArg(args, "testinit.stress_interval_ms", 0)) * time.Millisecond
 	id := runID(args["testinit.token"])
 	if err := os.MkdirAll(filepath.Dir(stressPath), 0o755); err != nil {
 		say("stress blocks=0 errors=0 verify=FAIL(mkdir: %v)", err)
@@ -154,6 +156,7 @@ func stress(args map[string]string) {
 			say("stress progress blocks=%d errors=%d t=%.3f", n+1, errs, uptime())
 			lastProgress = time.Now()
 		}
+		time.Sleep(interval - time.Since(t0))
 	}
 	say("stress max_stall=%.3f", maxStall.Seconds())
 	say("stress blocks=%d errors=%d verify=%s", n, errs, verifyStress(id, failed[:n]))
