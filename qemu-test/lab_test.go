@@ -58,10 +58,12 @@ func (r *rig) pxeLab(t *testing.T, img, cmdline string, set map[string]string) (
 // nbdroot's initramfs over TFTP; nbdroot=dhcp takes the server from the
 // DHCP root-path and boots the root. The NIC is an e1000 with ipxe-qemu's
 // ROM (iPXE prints on the VGA console only, so dnsmasq's log is the
-// witness). virtio-net's ROM from the same package sent no DHCPDISCOVER
-// within a minute under TCG, so it is not tested.
+// witness). virtio-net is not tested: SeaBIOS 1.16.2 never runs a
+// virtio-net-pci device's ROM, neither ipxe-qemu's efi-virtio.rom nor its
+// BIOS-only pxe-virtio.rom (its debug console, isa-debugcon at 0x402, lists
+// no "Running option rom" for the NIC), and boots "No bootable device".
 func TestLabPXE(t *testing.T) {
-	for _, nic := range []string{"e1000", "virtio-net-pci"} {
+	for _, nic := range []string{"e1000"} {
 		t.Run(nic, func(t *testing.T) {
 			r := setup(t)
 			img := r.rootImage(t)

@@ -238,14 +238,10 @@ func (r *rig) qemu(g guest) ([]string, time.Duration) {
 	return append(argv, "-device", "virtio-rng-pci"), g.timeout
 }
 
-// ipxeROM is ipxe-qemu's ROM for a QEMU NIC model: the e1000's BIOS+EFI
-// ROM, virtio-net's BIOS-only ROM (its BIOS+EFI one sent no DHCPDISCOVER
-// within a minute under TCG).
+// ipxeROM is ipxe-qemu's ROM for a QEMU NIC model.
 func ipxeROM(nic string) string {
-	return map[string]string{
-		"e1000":          "/usr/lib/ipxe/qemu/efi-e1000.rom",
-		"virtio-net-pci": "/usr/lib/ipxe/qemu/pxe-virtio.rom",
-	}[nic]
+	name := map[string]string{"e1000": "e1000", "virtio-net-pci": "virtio"}[nic]
+	return "/usr/lib/ipxe/qemu/efi-" + name + ".rom"
 }
 
 // console returns what the guest printed so far.
