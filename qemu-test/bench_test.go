@@ -3,10 +3,12 @@ package qemutest
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/nbdroot/nbdroot/internal/testrig"
@@ -16,9 +18,11 @@ import (
 // to the root's init starting (its CLOCK_BOOTTIME at entry) and nbdroot's
 // network step, with a static ip=, with DHCP from QEMU's user network, and
 // with DHCP from dnsmasq on a lab bridge (nbdroot=dhcp: the root-path of
-// docs/lab/dnsmasq.conf), and reports the medians over b.N boots. It also
-// reports the sizes of nbdroot and of the default initramfs. Run it with
-// `make bench-boot` (-benchtime 5x).
+// docs/lab/dnsmasq.conf), and reports the medians over b.N boots. The
+// static case alternates with boots of the floor (floor.sh: modprobe and
+// a static address, nothing else) and reports its median and nbdroot's
+// ratio to it. It also reports the sizes of nbdroot and of the default
+// initramfs. Run it with `make bench-boot` (-benchtime 5x).
 func BenchmarkBoot(b *testing.B) {
 	for _, mode := range []struct {
 		name, net string
@@ -42,8 +46,15 @@ func BenchmarkBoot(b *testing.B) {
 				srv := testrig.QemuNBD(b, img, "rootfs")
 				g.append = fmt.Sprintf("%s nbdroot=10.0.2.2:%d/rootfs ro testinit.mode=ro", mode.net, srv.Port)
 			}
-			var samples, network []float64
+			floor := ""
+			if mode.name == "static" {
+				floor = r.floorImage(b)
+			}
+			var samples, network, floors []float64
 			for i := 0; i < b.N; i++ {
+				if floor != "" {
+					floors = append(floors, r.floorBoot(b, floor))
+				}
 				c := r.boot(b, g)
 				d, err := runInitToInit(c)
 				if err != nil {
@@ -54,6 +65,10 @@ func BenchmarkBoot(b *testing.B) {
 			}
 			b.ReportMetric(median(samples), "s-init-to-root-init")
 			b.ReportMetric(median(network), "s-network-step")
+			if floor != "" {
+				b.ReportMetric(median(floors), "s-floor")
+				b.ReportMetric(median(samples)/median(floors), "x-floor")
+			}
 			b.ReportMetric(0, "ns/op")
 		})
 	}
@@ -70,9 +85,43 @@ func BenchmarkBoot(b *testing.B) {
 	})
 }
 
+// floorImage writes the floor's initramfs: nbdroot's base archive (its
+// module tree) with busybox and floor.sh as /init.
+func (r *rig) floorImage(b *testing.B) string {
+	b.Helper()
+	testrig.Need(b, "busybox")
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		b.Fatal(err)
+	}
+	img := filepath.Join(b.TempDir(), "floor.img")
+	out, err := exec.Command(r.nbdroot, "mkinitramfs", "--base-only", "--shell", busybox, "--file", "floor.sh:/init",
+		"--kernel", r.kernel, "--compress", "gzip", "-o", img).CombinedOutput()
+	if err != nil {
+		b.Fatalf("nbdroot mkinitramfs (floor): %v\n%s", err, out)
+	}
+	return img
+}
+
+// floorBoot boots the floor image once and returns the seconds from
+// "Run /init" to its last line.
+func (r *rig) floorBoot(b *testing.B, img string) float64 {
+	b.Helper()
+	c := r.boot(b, guest{initramfs: img})
+	run := runInitRe.FindStringSubmatch(string(c))
+	done := floorDoneRe.FindStringSubmatch(string(c))
+	if run == nil || done == nil || strings.Contains(string(c), "FLOOR: modprobe") {
+		b.Fatalf("the floor's boot failed\n--- console ---\n%s", c)
+	}
+	t0, _ := strconv.ParseFloat(run[1], 64)
+	t1, _ := strconv.ParseFloat(done[1], 64)
+	return t1 - t0
+}
+
 var (
-	runInitRe  = regexp.MustCompile(`\[\s*([0-9.]+)\] Run /init as init process`)
-	rootInitRe = regexp.MustCompile(`TESTINIT: uptime=([0-9.]+)`)
+	floorDoneRe = regexp.MustCompile(`FLOOR: done uptime=([0-9.]+)`)
+	runInitRe   = regexp.MustCompile(`\[\s*([0-9.]+)\] Run /init as init process`)
+	rootInitRe  = regexp.MustCompile(`TESTINIT: uptime=([0-9.]+)`)
 )
 
 // runInitToInit returns the seconds from "Run /init" to the root's init.
