@@ -196,7 +196,7 @@ func (r *rig) qemu(g guest) ([]string, time.Duration) {
 	}
 	// panic=-1 and -no-reboot: a kernel panic ends QEMU at once instead of
 	// hanging the test until its timeout.
-	cmdline := "console=ttyS0 panic=-1 " + g.append
+	cmdline := "console=ttyS0 panic=-1 no_timer_check " + g.append
 	// NBDROOT_TEST_APPEND adds kernel arguments to every boot, for debugging
 	// (e.g. nbdroot.boot.log_level=debug); NBDROOT_TEST_CONSOLE=1 logs every
 	// console, passing or not.

@@ -42,6 +42,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -119,6 +120,42 @@ func (o out) keeper() {
 		}
 		root, _ := os.Readlink("/proc/" + pid + "/root")
 		o.say("keeper pid=%s %s root=%s t=%.3f", pid, strings.Join(mem, " "), root, uptime())
+		o.smaps(pid)
+	}
+}
+
+// smaps reports the keeper's largest mappings by resident size, to tell
+// its heap from its binary's pages from the rest:
+//
+//	DISTRO: keeper map START-END PERMS NAME rss=KB anon=KB
+func (o out) smaps(pid string) {
+	b, err := os.ReadFile("/proc/" + pid + "/smaps")
+	if err != nil {
+		return
+	}
+	type mapping struct {
+		head      string
+		rss, anon int
+	}
+	var maps []mapping
+	for _, l := range lines(string(b)) {
+		f := strings.Fields(l)
+		switch {
+		case len(f) >= 5 && strings.Contains(f[0], "-") && !strings.HasSuffix(f[0], ":"):
+			name := "[anon]"
+			if len(f) >= 6 {
+				name = f[5]
+			}
+			maps = append(maps, mapping{head: f[0] + " " + f[1] + " " + name})
+		case len(maps) > 0 && len(f) >= 2 && f[0] == "Rss:":
+			maps[len(maps)-1].rss, _ = strconv.Atoi(f[1])
+		case len(maps) > 0 && len(f) >= 2 && f[0] == "Anonymous:":
+			maps[len(maps)-1].anon, _ = strconv.Atoi(f[1])
+		}
+	}
+	slices.SortFunc(maps, func(a, b mapping) int { return b.rss - a.rss })
+	for _, m := range maps[:min(len(maps), 8)] {
+		o.say("keeper map %s rss=%d anon=%d", m.head, m.rss, m.anon)
 	}
 }
 
