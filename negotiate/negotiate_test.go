@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -136,7 +137,7 @@ func TestHandshakeGood(t *testing.T) {
 			if f.err != nil && !errors.Is(f.err, io.EOF) && !errors.Is(f.err, io.ErrClosedPipe) {
 				t.Errorf("fake server: %v", f.err)
 			}
-			if *ex != tc.want {
+			if !reflect.DeepEqual(*ex, tc.want) {
 				t.Errorf("export\n got %+v\nwant %+v", *ex, tc.want)
 			}
 			if conn == nil {
@@ -227,7 +228,7 @@ func TestList(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := r.wait(t)
-			if !slices.Equal(got, tc.want) {
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("List\n got %+v\nwant %+v", got, tc.want)
 			}
 			if !slices.Equal(f.opts, tc.wantOpts) {
