@@ -258,6 +258,33 @@ func TestRawImage(t *testing.T) {
 	}
 }
 
+func TestSparseImage(t *testing.T) {
+	dir := t.TempDir()
+	for _, format := range []string{"raw", "qcow2"} {
+		img := SparseImage(t, filepath.Join(dir, "sparse."+format), format, 8<<20,
+			Write{Offset: 1 << 20, Length: 64 << 10, Pattern: 0xab}, Write{Offset: 4 << 20, Length: 1 << 20, Zero: true})
+		var data, total int64
+		for _, e := range QemuImgMap(t, "-f", format, img) {
+			total += e.Length
+			if e.Data {
+				data += e.Length
+				if e.Zero {
+					t.Errorf("%s: %+v is data and zero", format, e)
+				}
+			}
+		}
+		// raw: qemu-img create allocates the first 4 KiB of a raw file.
+		if total != 8<<20 || (data != 64<<10 && data != 64<<10+4096) {
+			t.Errorf("%s: map covers %d bytes with %d of data, want 8 MiB with 64 KiB", format, total, data)
+		}
+		// qemu-nbd serves it in that format.
+		s := QemuNBD(t, img, "disk", Format(format))
+		if m := greeting(t, dial(t, s)); m != optMagic {
+			t.Errorf("%s: qemu-nbd greeting %#x, want newstyle", format, m)
+		}
+	}
+}
+
 func TestQemuNBD(t *testing.T) {
 	dir := t.TempDir()
 	s := QemuNBD(t, RawImage(t, filepath.Join(dir, "disk.img"), 1<<20), "disk")
