@@ -239,3 +239,41 @@ func QemuImgMap(t testing.TB, args ...string) []MapEntry {
 	}
 	return m
 }
+
+// Allocation is a run of an image in the terms of NBD's base:allocation
+// metadata context: Flags holds NBD_STATE_HOLE (1) and NBD_STATE_ZERO (2).
+type Allocation struct {
+	Offset, Length uint64
+	Flags          uint32
+}
+
+// Allocations turns qemu-img map's ranges into base:allocation runs as
+// QEMU's NBD server and client translate them (no data: a hole; zero:
+// NBD_STATE_ZERO), adjacent runs with the same flags merged.
+func Allocations(m []MapEntry) []Allocation {
+	runs := make([]Allocation, 0, len(m))
+	for _, e := range m {
+		var flags uint32
+		if !e.Data {
+			flags |= 1
+		}
+		if e.Zero {
+			flags |= 2
+		}
+		runs = append(runs, Allocation{Offset: uint64(e.Start), Length: uint64(e.Length), Flags: flags})
+	}
+	return MergeAllocations(runs)
+}
+
+// MergeAllocations merges adjacent runs with the same flags.
+func MergeAllocations(runs []Allocation) []Allocation {
+	var out []Allocation
+	for _, r := range runs {
+		if n := len(out); n > 0 && out[n-1].Flags == r.Flags && out[n-1].Offset+out[n-1].Length == r.Offset {
+			out[n-1].Length += r.Length
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}

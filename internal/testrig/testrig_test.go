@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -282,6 +283,21 @@ func TestSparseImage(t *testing.T) {
 		if m := greeting(t, dial(t, s)); m != optMagic {
 			t.Errorf("%s: qemu-nbd greeting %#x, want newstyle", format, m)
 		}
+	}
+}
+
+func TestAllocations(t *testing.T) {
+	got := Allocations([]MapEntry{
+		{Start: 0, Length: 4096, Data: true},
+		{Start: 4096, Length: 4096, Data: true},
+		{Start: 8192, Length: 8192, Zero: true},
+		{Start: 16384, Length: 4096, Data: true, Zero: true},
+		{Start: 20480, Length: 4096},
+		{Start: 24576, Length: 4096, Zero: true},
+	})
+	want := []Allocation{{0, 8192, 0}, {8192, 8192, 3}, {16384, 4096, 2}, {20480, 4096, 1}, {24576, 4096, 3}}
+	if !slices.Equal(got, want) {
+		t.Errorf("Allocations = %v, want %v", got, want)
 	}
 }
 
