@@ -29,8 +29,9 @@ type Options struct {
 	// config is cloned, and MinVersion raised to TLS 1.2 when lower.
 	TLS *tls.Config
 
-	// Timeout bounds the whole handshake; 0 means DefaultTimeout. The
-	// earlier of this and ctx's deadline applies.
+	// Timeout bounds the whole handshake, and in a Query each request's
+	// reply; 0 means DefaultTimeout. The earlier of this and ctx's
+	// deadline applies.
 	Timeout time.Duration
 }
 

@@ -26,13 +26,12 @@ type Extent struct {
 // the kernel's nbd driver could not parse, so its connection never leaves
 // it. Its methods are not safe for concurrent use.
 type Query struct {
-	s       *session
-	export  Export
-	id      uint32 // the context's ID
-	cookie  uint64 // of the last request
-	broken  bool   // out of step with the server: no NBD_CMD_DISC
-	closed  bool
-	extents func(Extent) error // Map's callback, for the request in flight
+	s      *session
+	export Export
+	id     uint32 // the context's ID
+	cookie uint64 // of the last request
+	broken bool   // out of step with the server: no NBD_CMD_DISC
+	closed bool
 }
 
 // OpenQuery negotiates on conn a query session for opts.Export with the
@@ -123,11 +122,14 @@ func (q *Query) Map(ctx context.Context, offset, length uint64, fn func(Extent) 
 			<-done // the connection's deadline is spoilt: the next request sets its own
 		}
 	}()
-	q.extents = fn
-	defer func() { q.extents = nil }()
-
+	extent := func(e Extent) error {
+		if err := fn(e); err != nil {
+			return &callbackError{err}
+		}
+		return nil
+	}
 	for pos := offset; pos < end; {
-		p := &pending{cmd: cmdBlockStatus, offset: pos, length: uint32(min(end-pos, mapWindow)), context: q.id, extent: q.extent}
+		p := &pending{cmd: cmdBlockStatus, offset: pos, length: uint32(min(end-pos, mapWindow)), context: q.id, extent: extent}
 		n, err := q.do(p)
 		if err != nil {
 			var ce *CommandError
@@ -149,14 +151,6 @@ func (q *Query) Map(ctx context.Context, offset, length uint64, fn func(Extent) 
 type callbackError struct{ err error }
 
 func (e *callbackError) Error() string { return e.err.Error() }
-
-// extent passes one extent to Map's callback, marking its error.
-func (q *Query) extent(e Extent) error {
-	if err := q.extents(e); err != nil {
-		return &callbackError{err}
-	}
-	return nil
-}
 
 // read reads len(b) bytes at offset with NBD_CMD_READ over structured
 // replies. Only the tests use it, to drive the decoder's content chunks.

@@ -21,12 +21,13 @@ import (
 const mapSynopsis = "[--map [--context NAME] [--totals]]"
 
 // mapDoc is what probe's help says about --map.
-const mapDoc = `--map prints the export's allocation map as nbdinfo --map does: NBD_CMD_BLOCK_STATUS
-over structured replies, on a connection of its own that never goes to the
-kernel. Each line is OFFSET LENGTH FLAGS TYPE, adjacent extents of the same
-type merged; under base:allocation TYPE is data (0), hole (1), zero (2) or
-hole,zero (3). --totals prints bytes and percentage per type instead;
---context and --totals imply --map.`
+const mapDoc = `--map prints the export's allocation map as nbdinfo --map does, asking
+NBD_CMD_BLOCK_STATUS over structured replies on a connection of its own that
+never goes to the kernel. Each line is OFFSET LENGTH FLAGS TYPE, adjacent
+extents of the same type merged; under base:allocation TYPE is data (0),
+hole (1), zero (2) or hole,zero (3). --totals prints bytes and percentage
+per type instead; --context and --totals imply --map. --timeout bounds each
+reply too.`
 
 // maxTypes bounds the distinct extent types --totals counts.
 const maxTypes = 1024
