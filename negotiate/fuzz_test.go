@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -136,9 +137,15 @@ func FuzzList(f *testing.F) {
 	for _, seed := range fuzzSeeds() {
 		f.Add(seed)
 	}
-	f.Add(tape(greetingNew(hflagFixedNewstyle), serverTape("a", "first"), serverTape("b", ""), ackTape(OptList),
+	f.Add(tape(greetingNew(hflagFixedNewstyle), replyTape(OptStructuredReply, RepErrUnsup, nil),
+		serverTape("a", "first"), serverTape("b", ""), ackTape(OptList),
 		infoExportTape(OptInfo, 1<<20, 1), infoBlockTape(OptInfo, 1, 4096, math.MaxUint32), ackTape(OptInfo),
 		replyTape(OptInfo, RepErrUnsup, nil), ackTape(OptAbort)))
+	f.Add(tape(greetingNew(hflagFixedNewstyle), ackTape(OptStructuredReply), serverTape("a", ""), serverTape("b", ""), ackTape(OptList),
+		infoExportTape(OptInfo, 1<<20, FlagHasFlags|FlagSendDF), ackTape(OptInfo),
+		metaContextTape(OptListMetaContext, 0, ContextBaseAllocation), metaContextTape(OptListMetaContext, 0, "qemu:dirty-bitmap:b"),
+		ackTape(OptListMetaContext), replyTape(OptInfo, RepErrPolicy, nil), replyTape(OptListMetaContext, RepErrUnsup, nil),
+		ackTape(OptAbort)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cli, wait := serverBytes(data)
 		start := time.Now()
@@ -152,7 +159,56 @@ func FuzzList(f *testing.F) {
 			}
 			for i := range exports {
 				checkExport(t, &exports[i])
+				checkContexts(t, exports[i].MetaContexts)
 			}
+		}
+		cli.Close()
+		wait()
+	})
+}
+
+// checkContexts checks metadata context names a session accepted.
+func checkContexts(t *testing.T, names []string) {
+	t.Helper()
+	if len(names) > maxMetaContexts {
+		t.Errorf("%d metadata contexts", len(names))
+	}
+	for _, n := range names {
+		if err := checkContextName(n); err != nil || n == "" || len(n) > MaxStringSize {
+			t.Errorf("metadata context %q accepted: %v", n, err)
+		}
+	}
+}
+
+// FuzzOpenQuery is FuzzHandshake for OpenQuery's negotiation.
+func FuzzOpenQuery(f *testing.F) {
+	for _, seed := range fuzzSeeds() {
+		f.Add(seed)
+	}
+	good := tape(greetingNew(hflagFixedNewstyle|hflagNoZeroes), ackTape(OptStructuredReply),
+		metaContextTape(OptSetMetaContext, 1, ContextBaseAllocation), ackTape(OptSetMetaContext),
+		infoExportTape(OptGo, 1<<20, FlagHasFlags|FlagSendDF), infoBlockTape(OptGo, 1, 4096, 32<<20), ackTape(OptGo))
+	f.Add(good)
+	f.Add(tape(greetingNew(hflagFixedNewstyle), replyTape(OptStructuredReply, RepErrUnsup, []byte("no"))))
+	f.Add(tape(greetingNew(hflagFixedNewstyle), ackTape(OptStructuredReply), ackTape(OptSetMetaContext)))
+	f.Add(tape(greetingNew(hflagFixedNewstyle), ackTape(OptStructuredReply),
+		metaContextTape(OptSetMetaContext, 1, "qemu:allocation-depth"), ackTape(OptSetMetaContext)))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cli, wait := serverBytes(data)
+		start := time.Now()
+		q, err := OpenQuery(context.Background(), cli, Options{Export: "disk", Timeout: fuzzTimeout}, ContextBaseAllocation)
+		if d := time.Since(start); d > fuzzTimeout+time.Second {
+			t.Errorf("OpenQuery took %v", d)
+		}
+		if err == nil {
+			ex := q.Export()
+			checkExport(t, &ex)
+			if !ex.StructuredReplies || !slices.Equal(ex.MetaContexts, []string{ContextBaseAllocation}) {
+				t.Errorf("export %+v", ex)
+			}
+			q.Close()
+		} else if q != nil {
+			t.Error("error with a Query")
 		}
 		cli.Close()
 		wait()
