@@ -2,7 +2,9 @@
 // Unix socket), sets up TLS from a spec's certificate files, negotiates with
 // package negotiate, and, in Connect, tries a spec's servers round after
 // round with backoff until one answers. The boot's keeper, probe and list
-// all connect through it, so they behave alike.
+// all connect through it, so they behave alike. Query opens a session for
+// looking at an export (probe --map), whose connection never goes to the
+// kernel.
 //
 // It owns the connection attempt and its retry policy, not the connection
 // afterwards (the keeper hands it to the kernel). It may import config,
@@ -136,6 +138,22 @@ func (d *Dialer) List(ctx context.Context, ep config.Endpoint) ([]negotiate.Expo
 		return nil, &Error{Endpoint: ep.Server(), Err: err}
 	}
 	return exps, nil
+}
+
+// Query connects as Dial does and opens a query session on ep's export with
+// the metadata context metaContext (negotiate.OpenQuery): structured
+// replies, for looking at the export, never for the kernel. The caller
+// closes the Query.
+func (d *Dialer) Query(ctx context.Context, ep config.Endpoint, metaContext string) (*negotiate.Query, error) {
+	opts, conn, err := d.open(ctx, ep)
+	if err != nil {
+		return nil, err
+	}
+	q, err := negotiate.OpenQuery(ctx, conn, opts, metaContext)
+	if err != nil {
+		return nil, &Error{Endpoint: ep.String(), Err: err}
+	}
+	return q, nil
 }
 
 // Dial is a one-off attempt: NewDialer(spec) and Dial(ep).

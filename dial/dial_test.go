@@ -181,3 +181,54 @@ func TestDialHandshakeTimeout(t *testing.T) {
 		t.Errorf("err = %v, want a timeout naming the endpoint", err)
 	}
 }
+
+// TestDialerQuery opens a query session as probe --map does: over TLS to
+// nbdkit (whose memory plugin is all hole,zero until written), and, failing,
+// with the endpoint in the error.
+func TestDialerQuery(t *testing.T) {
+	cs := testrig.Certs(t, t.TempDir())
+	s := testrig.Nbdkit(t, "--tls=require", "--tls-certificates="+cs.Dir, "memory", "4M")
+	spec, ep := dialSpec(t, s.Addr, "")
+	spec.TLS = config.TLS{Enabled: true, CAFile: cs.CA, VerifyPeer: true}
+	d, err := dial.NewDialer(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := d.Query(context.Background(), ep, negotiate.ContextBaseAllocation)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := q.Export()
+	var got []negotiate.Extent
+	err = q.Map(context.Background(), 0, exp.Size, func(e negotiate.Extent) error { got = append(got, e); return nil })
+	if cerr := q.Close(); cerr != nil {
+		t.Errorf("Close: %v", cerr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if exp.TLSVersion < tls.VersionTLS12 || !exp.StructuredReplies || len(got) == 0 {
+		t.Errorf("export %+v, extents %v", exp, got)
+	}
+	var n uint64
+	for _, e := range got {
+		if e.Flags != negotiate.StateHole|negotiate.StateZero {
+			t.Errorf("extent %+v of an unwritten memory disk", e)
+		}
+		n += e.Length
+	}
+	if n != 4<<20 {
+		t.Errorf("extents cover %d bytes, want %d", n, 4<<20)
+	}
+
+	// Plain text against the TLS-only server: refused, naming the endpoint.
+	spec.TLS = config.TLS{}
+	d, err = dial.NewDialer(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Query(context.Background(), ep, negotiate.ContextBaseAllocation)
+	if err == nil || !strings.HasPrefix(err.Error(), ep.String()+": negotiate: ") || !errors.Is(err, negotiate.ErrTLSRequired) {
+		t.Errorf("plaintext query of a TLS-only server: %v", err)
+	}
+}

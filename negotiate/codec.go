@@ -3,7 +3,11 @@ package negotiate
 import (
 	"encoding"
 	"encoding/binary"
+	"fmt"
 	"math"
+	"strconv"
+	"strings"
+	"unicode/utf8"
 )
 
 // The wire records of the handshake (doc/proto.md), each a type with
@@ -12,8 +16,9 @@ import (
 // exact sizes, string and payload limits, export size), failing with an error
 // that wraps ErrProtocol; rules spanning records (the option a reply echoes,
 // block sizes against the export size, reply counts) are the session's.
-// MarshalBinary never fails. A new record (structured replies, meta contexts)
-// is one more type here.
+// MarshalBinary never fails. The option-phase records come first, then those
+// of the transmission phase (requests, simple replies, structured reply
+// chunks and their payloads), which only a query session reads.
 
 // Record sizes.
 const (
@@ -31,6 +36,15 @@ const (
 	serverNameLen    = 4                               // the name length opening NBD_REP_SERVER
 	infoRequestLen   = 4 + 2                           // name length and request count of NBD_OPT_INFO/GO
 	maxServerReply   = serverNameLen + 2*MaxStringSize // NBD_REP_SERVER with the longest name and description
+	metaRequestLen   = 4 + 4                           // name length and query count of NBD_OPT_*_META_CONTEXT
+	contextIDLen     = 4                               // the context ID opening NBD_REP_META_CONTEXT and BLOCK_STATUS
+	simpleReplyLen   = 4 + 4 + 8                       // magic, error, cookie
+	chunkHeaderLen   = 4 + 2 + 2 + 8 + 4               // magic, flags, type, cookie, payload length
+	offsetLen        = 8                               // the offset opening OFFSET_DATA and OFFSET_HOLE
+	offsetHoleLen    = offsetLen + 4                   // NBD_REPLY_TYPE_OFFSET_HOLE
+	descriptorLen    = 4 + 4                           // one block status descriptor: length, flags
+	errorChunkLen    = 4 + 2                           // error and message length opening every error chunk
+	maxStatusPayload = contextIDLen + descriptorLen*maxExtentsPerChunk
 )
 
 // newstyleGreeting opens a newstyle handshake: "NBDMAGIC", "IHAVEOPT" and the
@@ -576,5 +590,418 @@ func checkBlockSizes(minBlock, pref, maxBlock uint32, size uint64) error {
 	if uint64(maxBlock) < min(uint64(pref), size) {
 		return protocolError("maximum block size %d is smaller than the preferred block size %d", maxBlock, pref)
 	}
+	return nil
+}
+
+// metaContextRequest is the data of NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT: the export's name and the queries.
+type metaContextRequest struct {
+	Name    string
+	Queries []string
+}
+
+// MarshalBinary encodes the request.
+func (r metaContextRequest) MarshalBinary() ([]byte, error) {
+	n := metaRequestLen + len(r.Name)
+	for _, q := range r.Queries {
+		n += 4 + len(q)
+	}
+	b := make([]byte, 0, n)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Name)))
+	b = append(b, r.Name...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Queries)))
+	for _, q := range r.Queries {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(q)))
+		b = append(b, q...)
+	}
+	return b, nil
+}
+
+// UnmarshalBinary decodes the request: every length must match, and no
+// string may be longer than MaxStringSize.
+func (r *metaContextRequest) UnmarshalBinary(b []byte) error {
+	name, rest, err := lengthString("meta context request export name", b)
+	if err != nil {
+		return err
+	}
+	if len(rest) < 4 {
+		return protocolError("meta context request of %d bytes, too short for the query count", len(b))
+	}
+	count := binary.BigEndian.Uint32(rest)
+	rest = rest[4:]
+	// Each query takes at least its 4-byte length: count is bounded by
+	// the data before anything is allocated for it.
+	if uint64(count) > uint64(len(rest)/4) {
+		return protocolError("meta context request of %d queries in %d bytes", count, len(rest))
+	}
+	queries := make([]string, 0, count)
+	for range count {
+		var q string
+		if q, rest, err = lengthString("meta context query", rest); err != nil {
+			return err
+		}
+		queries = append(queries, q)
+	}
+	if len(rest) != 0 {
+		return protocolError("meta context request has %d bytes after its queries", len(rest))
+	}
+	r.Name, r.Queries = name, queries
+	if count == 0 {
+		r.Queries = nil
+	}
+	return nil
+}
+
+// lengthString decodes a 32-bit length and that many bytes of string from
+// the start of b, and returns the rest.
+func lengthString(what string, b []byte) (string, []byte, error) {
+	if len(b) < 4 {
+		return "", nil, protocolError("%s: %d bytes, too short for the length", what, len(b))
+	}
+	n := binary.BigEndian.Uint32(b)
+	if uint64(n) > uint64(len(b)-4) {
+		return "", nil, protocolError("%s length %d exceeds the %d bytes left", what, n, len(b)-4)
+	}
+	if err := checkString(what, int(n)); err != nil {
+		return "", nil, err
+	}
+	return string(b[4 : 4+n]), b[4+n:], nil
+}
+
+// metaContextReply is the payload of NBD_REP_META_CONTEXT: a context's ID
+// and its name, which must be valid UTF-8 of the form NAMESPACE:NAME.
+type metaContextReply struct {
+	ID   uint32
+	Name string
+}
+
+// MarshalBinary encodes the reply.
+func (r metaContextReply) MarshalBinary() ([]byte, error) {
+	b := binary.BigEndian.AppendUint32(make([]byte, 0, contextIDLen+len(r.Name)), r.ID)
+	return append(b, r.Name...), nil
+}
+
+// UnmarshalBinary decodes the reply.
+func (r *metaContextReply) UnmarshalBinary(b []byte) error {
+	if len(b) <= contextIDLen {
+		return protocolError("NBD_REP_META_CONTEXT of %d bytes, too short for a context ID and a name", len(b))
+	}
+	name := b[contextIDLen:]
+	if err := checkString("NBD_REP_META_CONTEXT name", len(name)); err != nil {
+		return err
+	}
+	if err := checkContextName(string(name)); err != nil {
+		return protocolError("NBD_REP_META_CONTEXT %v", err)
+	}
+	r.ID, r.Name = binary.BigEndian.Uint32(b), string(name)
+	return nil
+}
+
+// checkContextName checks that a metadata context name is valid UTF-8
+// without NUL, of the form NAMESPACE:NAME. The error says what is wrong
+// with "name QUOTED ...".
+func checkContextName(name string) error {
+	why := ""
+	switch {
+	case !utf8.ValidString(name):
+		why = "is not valid UTF-8"
+	case strings.IndexByte(name, 0) >= 0:
+		why = "contains NUL"
+	case strings.IndexByte(name, ':') < 1:
+		why = "has no namespace (want NAMESPACE:NAME)"
+	default:
+		return nil
+	}
+	return fmt.Errorf("name %s %s", quoteName(name), why)
+}
+
+// quoteName quotes a server-supplied name for a message, cut short.
+func quoteName(s string) string {
+	const show = 64
+	if len(s) > show {
+		return strconv.Quote(s[:show]) + "..."
+	}
+	return strconv.Quote(s)
+}
+
+// simpleReply is a simple reply of the transmission phase: the error (0
+// for success) and the cookie of the request it answers. The data a simple
+// reply to NBD_CMD_READ carries is not part of the record.
+type simpleReply struct {
+	Error  uint32
+	Cookie uint64
+}
+
+// MarshalBinary encodes the reply.
+func (r simpleReply) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, simpleReplyLen)
+	b = binary.BigEndian.AppendUint32(b, magicSimpleReply)
+	b = binary.BigEndian.AppendUint32(b, r.Error)
+	return binary.BigEndian.AppendUint64(b, r.Cookie), nil
+}
+
+// UnmarshalBinary decodes the reply.
+func (r *simpleReply) UnmarshalBinary(b []byte) error {
+	if err := wantLen("simple reply", len(b), simpleReplyLen); err != nil {
+		return err
+	}
+	if m := binary.BigEndian.Uint32(b); m != magicSimpleReply {
+		return protocolError("bad simple reply magic %#08x, want %#08x", m, magicSimpleReply)
+	}
+	r.Error, r.Cookie = binary.BigEndian.Uint32(b[4:]), binary.BigEndian.Uint64(b[8:])
+	return nil
+}
+
+// chunkHeader opens every structured reply chunk. UnmarshalBinary enforces
+// the payload length each chunk type allows, so that no payload is read
+// before its length is known to be sane.
+type chunkHeader struct {
+	Flags  uint16 // such as chunkFlagDone; unknown flags are kept
+	Type   uint16 // such as chunkBlockStatus
+	Cookie uint64
+	Length uint32
+}
+
+// MarshalBinary encodes the header.
+func (h chunkHeader) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, chunkHeaderLen)
+	b = binary.BigEndian.AppendUint32(b, magicStructuredReply)
+	b = binary.BigEndian.AppendUint16(b, h.Flags)
+	b = binary.BigEndian.AppendUint16(b, h.Type)
+	b = binary.BigEndian.AppendUint64(b, h.Cookie)
+	return binary.BigEndian.AppendUint32(b, h.Length), nil
+}
+
+// UnmarshalBinary decodes the header. It refuses a chunk type this client
+// does not know unless it is an error type (bit 15), which the spec lets a
+// client read as an error.
+func (h *chunkHeader) UnmarshalBinary(b []byte) error {
+	if err := wantLen("structured reply chunk header", len(b), chunkHeaderLen); err != nil {
+		return err
+	}
+	if m := binary.BigEndian.Uint32(b); m != magicStructuredReply {
+		return protocolError("bad structured reply magic %#08x, want %#08x", m, magicStructuredReply)
+	}
+	flags, typ, n := binary.BigEndian.Uint16(b[4:]), binary.BigEndian.Uint16(b[6:]), binary.BigEndian.Uint32(b[16:])
+	if err := checkChunkLength(flags, typ, n); err != nil {
+		return err
+	}
+	h.Flags, h.Type, h.Cookie, h.Length = flags, typ, binary.BigEndian.Uint64(b[8:]), n
+	return nil
+}
+
+// checkChunkLength applies the payload length rules of each chunk type.
+func checkChunkLength(flags, typ uint16, n uint32) error {
+	name := chunkTypeName(typ)
+	switch {
+	case typ == chunkNone:
+		if n != 0 {
+			return protocolError("%s carries a %d-byte payload, want none", name, n)
+		}
+		if flags&chunkFlagDone == 0 {
+			return protocolError("%s without NBD_REPLY_FLAG_DONE", name)
+		}
+	case typ == chunkOffsetData:
+		if n <= offsetLen || n > offsetLen+maxDataChunk {
+			return protocolError("%s of %d bytes, want %d to %d", name, n, offsetLen+1, offsetLen+maxDataChunk)
+		}
+	case typ == chunkOffsetHole:
+		if n != offsetHoleLen {
+			return protocolError("%s of %d bytes, want %d", name, n, offsetHoleLen)
+		}
+	case typ == chunkBlockStatus:
+		if n < contextIDLen+descriptorLen || n > maxStatusPayload || (n-contextIDLen)%descriptorLen != 0 {
+			return protocolError("%s of %d bytes, want 4 + 8 × (1 to %d descriptors)", name, n, maxExtentsPerChunk)
+		}
+	case typ == chunkErrorOffset:
+		if n < errorChunkLen+offsetLen || n > maxErrorChunk {
+			return protocolError("%s of %d bytes, want %d to %d", name, n, errorChunkLen+offsetLen, maxErrorChunk)
+		}
+	case typ&chunkErrBit != 0:
+		if n < errorChunkLen || n > maxErrorChunk {
+			return protocolError("%s of %d bytes, want %d to %d", name, n, errorChunkLen, maxErrorChunk)
+		}
+	default:
+		return protocolError("unknown chunk type %s", name)
+	}
+	return nil
+}
+
+// offsetData is the payload of NBD_REPLY_TYPE_OFFSET_DATA: data read at
+// Offset. A session reads only the offset as a record and streams the data.
+type offsetData struct {
+	Offset uint64
+	Data   []byte
+}
+
+// MarshalBinary encodes the payload.
+func (d offsetData) MarshalBinary() ([]byte, error) {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, offsetLen+len(d.Data)), d.Offset)
+	return append(b, d.Data...), nil
+}
+
+// UnmarshalBinary decodes the payload; Data refers to b.
+func (d *offsetData) UnmarshalBinary(b []byte) error {
+	if err := checkChunkLength(0, chunkOffsetData, uint32(min(len(b), math.MaxUint32))); err != nil {
+		return err
+	}
+	d.Offset, d.Data = binary.BigEndian.Uint64(b), b[offsetLen:]
+	return nil
+}
+
+// offsetHole is the payload of NBD_REPLY_TYPE_OFFSET_HOLE: Size bytes of
+// zeroes at Offset.
+type offsetHole struct {
+	Offset uint64
+	Size   uint32
+}
+
+// MarshalBinary encodes the payload.
+func (h offsetHole) MarshalBinary() ([]byte, error) {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, offsetHoleLen), h.Offset)
+	return binary.BigEndian.AppendUint32(b, h.Size), nil
+}
+
+// UnmarshalBinary decodes the payload.
+func (h *offsetHole) UnmarshalBinary(b []byte) error {
+	if err := wantLen(chunkTypeName(chunkOffsetHole), len(b), offsetHoleLen); err != nil {
+		return err
+	}
+	size := binary.BigEndian.Uint32(b[offsetLen:])
+	if size == 0 {
+		return protocolError("%s of size 0", chunkTypeName(chunkOffsetHole))
+	}
+	h.Offset, h.Size = binary.BigEndian.Uint64(b), size
+	return nil
+}
+
+// descriptor is one extent of NBD_REPLY_TYPE_BLOCK_STATUS: its length and
+// its status flags in the context.
+type descriptor struct {
+	Length uint32
+	Flags  uint32
+}
+
+// decodeDescriptor decodes one descriptor from the first descriptorLen
+// bytes of b; a zero length is a protocol violation.
+func decodeDescriptor(b []byte) (descriptor, error) {
+	d := descriptor{Length: binary.BigEndian.Uint32(b), Flags: binary.BigEndian.Uint32(b[4:])}
+	if d.Length == 0 {
+		return d, protocolError("block status descriptor of length 0")
+	}
+	return d, nil
+}
+
+// blockStatus is the payload of NBD_REPLY_TYPE_BLOCK_STATUS: the context's
+// ID and one or more descriptors. A session reads the ID and streams the
+// descriptors in extentBatch pieces with decodeDescriptor; this record is
+// the whole payload at once, for tests and tapes.
+type blockStatus struct {
+	ContextID   uint32
+	Descriptors []descriptor
+}
+
+// MarshalBinary encodes the payload.
+func (s blockStatus) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, contextIDLen+descriptorLen*len(s.Descriptors))
+	b = binary.BigEndian.AppendUint32(b, s.ContextID)
+	for _, d := range s.Descriptors {
+		b = binary.BigEndian.AppendUint32(b, d.Length)
+		b = binary.BigEndian.AppendUint32(b, d.Flags)
+	}
+	return b, nil
+}
+
+// UnmarshalBinary decodes the payload.
+func (s *blockStatus) UnmarshalBinary(b []byte) error {
+	if err := checkChunkLength(0, chunkBlockStatus, uint32(min(len(b), math.MaxUint32))); err != nil {
+		return err
+	}
+	ds := make([]descriptor, 0, (len(b)-contextIDLen)/descriptorLen)
+	for rest := b[contextIDLen:]; len(rest) > 0; rest = rest[descriptorLen:] {
+		d, err := decodeDescriptor(rest)
+		if err != nil {
+			return err
+		}
+		ds = append(ds, d)
+	}
+	s.ContextID, s.Descriptors = binary.BigEndian.Uint32(b), ds
+	return nil
+}
+
+// errorChunk is the payload of an error chunk: NBD_REPLY_TYPE_ERROR
+// (HasOffset false) or NBD_REPLY_TYPE_ERROR_OFFSET (HasOffset true, with
+// the offset after the message). The error must be nonzero and the message
+// at most MaxStringSize bytes; the lengths must add up exactly.
+type errorChunk struct {
+	Error     uint32
+	Message   string
+	HasOffset bool
+	Offset    uint64
+}
+
+// MarshalBinary encodes the payload.
+func (e errorChunk) MarshalBinary() ([]byte, error) {
+	b := make([]byte, 0, errorChunkLen+len(e.Message)+offsetLen)
+	b = binary.BigEndian.AppendUint32(b, e.Error)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Message)))
+	b = append(b, e.Message...)
+	if e.HasOffset {
+		b = binary.BigEndian.AppendUint64(b, e.Offset)
+	}
+	return b, nil
+}
+
+// UnmarshalBinary decodes the payload: with exactly 8 bytes after the
+// message it is an NBD_REPLY_TYPE_ERROR_OFFSET, with none an
+// NBD_REPLY_TYPE_ERROR. unmarshalErrorChunk decodes by chunk type.
+func (e *errorChunk) UnmarshalBinary(b []byte) error {
+	if len(b) >= errorChunkLen {
+		n := int(binary.BigEndian.Uint16(b[4:]))
+		if len(b)-errorChunkLen-n == offsetLen {
+			return e.unmarshal(b, chunkErrorOffset)
+		}
+	}
+	return e.unmarshal(b, chunkError)
+}
+
+// unmarshalErrorChunk decodes the payload of an error chunk of type typ;
+// for an error type this client does not know, what follows the message is
+// skipped.
+func unmarshalErrorChunk(b []byte, typ uint16) (errorChunk, error) {
+	var e errorChunk
+	return e, e.unmarshal(b, typ)
+}
+
+func (e *errorChunk) unmarshal(b []byte, typ uint16) error {
+	name := chunkTypeName(typ)
+	if len(b) < errorChunkLen {
+		return protocolError("%s of %d bytes, too short for the error and message length", name, len(b))
+	}
+	errno, n := binary.BigEndian.Uint32(b), int(binary.BigEndian.Uint16(b[4:]))
+	rest := len(b) - errorChunkLen
+	if n > rest {
+		return protocolError("%s message length %d exceeds the %d bytes left", name, n, rest)
+	}
+	if err := checkString(name+" message", n); err != nil {
+		return err
+	}
+	tail := b[errorChunkLen+n:]
+	var offset uint64
+	switch typ {
+	case chunkError:
+		if len(tail) != 0 {
+			return protocolError("%s has %d bytes after its message", name, len(tail))
+		}
+	case chunkErrorOffset:
+		if len(tail) != offsetLen {
+			return protocolError("%s has %d bytes after its message, want the 8-byte offset", name, len(tail))
+		}
+		offset = binary.BigEndian.Uint64(tail)
+	}
+	if errno == 0 {
+		return protocolError("%s with error value 0", name)
+	}
+	*e = errorChunk{Error: errno, Message: string(b[errorChunkLen : errorChunkLen+n]), HasOffset: typ == chunkErrorOffset, Offset: offset}
 	return nil
 }

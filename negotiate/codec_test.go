@@ -75,6 +75,28 @@ func codecCases() []struct {
 		{&exportNameReply{Size: 1 << 20, Flags: FlagHasFlags, Zeroes: true}, "0000000000100000 0001 Z*124"},
 		{&request{Type: cmdDisc}, "25609513 0000 0002 Z*8 Z*8 00000000"},
 		{&request{Flags: 1, Type: 1, Cookie: 7, Offset: 512, Length: 4096}, "25609513 0001 0001 0000000000000007 0000000000000200 00001000"},
+		{&request{Type: cmdBlockStatus, Cookie: 1, Length: 1 << 30}, "25609513 0000 0007 0000000000000001 Z*8 40000000"},
+		{&metaContextRequest{Name: "disk", Queries: []string{"base:allocation"}}, "00000004 6469736b 00000001 0000000f 626173653a616c6c6f636174696f6e"},
+		{&metaContextRequest{Name: "", Queries: []string{"a:", "qemu:"}}, "00000000 00000002 00000002 613a 00000005 71656d753a"},
+		{&metaContextRequest{Name: "x"}, "00000001 78 00000000"},
+		{&metaContextReply{ID: 1, Name: "base:allocation"}, "00000001 626173653a616c6c6f636174696f6e"},
+		{&metaContextReply{ID: 0xfffffffe, Name: "qemu:dirty-bitmap:b0"}, "fffffffe 71656d753a64697274792d6269746d61703a6230"},
+		{&simpleReply{Error: 22, Cookie: 7}, "67446698 00000016 0000000000000007"},
+		{&simpleReply{}, "67446698 00000000 Z*8"},
+		{&chunkHeader{Flags: chunkFlagDone, Type: chunkNone, Cookie: 1}, "668e33ef 0001 0000 0000000000000001 00000000"},
+		{&chunkHeader{Type: chunkBlockStatus, Cookie: 2, Length: 12}, "668e33ef 0000 0005 0000000000000002 0000000c"},
+		{&chunkHeader{Type: chunkBlockStatus, Length: maxStatusPayload}, "668e33ef 0000 0005 Z*8 00800004"},
+		{&chunkHeader{Flags: 0x8001, Type: chunkOffsetData, Cookie: 3, Length: 9}, "668e33ef 8001 0001 0000000000000003 00000009"},
+		{&chunkHeader{Type: chunkOffsetData, Length: offsetLen + maxDataChunk}, "668e33ef 0000 0001 Z*8 04000008"},
+		{&chunkHeader{Type: chunkOffsetHole, Length: 12}, "668e33ef 0000 0002 Z*8 0000000c"},
+		{&chunkHeader{Flags: chunkFlagDone, Type: chunkError, Cookie: 4, Length: 6}, "668e33ef 0001 8001 0000000000000004 00000006"},
+		{&chunkHeader{Type: chunkErrorOffset, Length: 14}, "668e33ef 0000 8002 Z*8 0000000e"},
+		{&chunkHeader{Type: chunkErrBit | 42, Length: maxErrorChunk}, "668e33ef 0000 802a Z*8 00001046"},
+		{&offsetData{Offset: 512, Data: []byte("ab")}, "0000000000000200 6162"},
+		{&offsetHole{Offset: 4096, Size: 512}, "0000000000001000 00000200"},
+		{&blockStatus{ContextID: 1, Descriptors: []descriptor{{1 << 20, StateHole | StateZero}, {64 << 10, 0}}}, "00000001 00100000 00000003 00010000 00000000"},
+		{&errorChunk{Error: 5, Message: "bad"}, "00000005 0003 626164"},
+		{&errorChunk{Error: 22, HasOffset: true, Offset: 8}, "00000016 0000 0000000000000008"},
 	}
 }
 
@@ -146,6 +168,48 @@ func codecErrors() []struct {
 		{new(exportNameReply), "8000000000000000 0001", "export size 9223372036854775808"},
 		{new(request), "25609513 0000 0002", "request of 8 bytes, want 28"},
 		{new(request), "25609514 0000 0002 Z*8 Z*8 00000000", "bad request magic 0x25609514"},
+		{new(metaContextRequest), "000000", "meta context request export name: 3 bytes, too short for the length"},
+		{new(metaContextRequest), "00000006 78 00000000", "meta context request export name length 6 exceeds the 5 bytes left"},
+		{new(metaContextRequest), "00000001 78 000000", "meta context request of 8 bytes, too short for the query count"},
+		{new(metaContextRequest), "00000001 78 00000002 00000001 61", "meta context request of 2 queries in 5 bytes"},
+		{new(metaContextRequest), "00000001 78 ffffffff", "meta context request of 4294967295 queries in 0 bytes"},
+		{new(metaContextRequest), "00000001 78 00000001 00000002 61", "meta context query length 2 exceeds the 1 bytes left"},
+		{new(metaContextRequest), "00000001 78 00000001 00000001 61 ff", "meta context request has 1 bytes after its queries"},
+		{new(metaContextReply), "00000001", "NBD_REP_META_CONTEXT of 4 bytes, too short for a context ID and a name"},
+		{new(metaContextReply), "00000001 613aff", `NBD_REP_META_CONTEXT name "a:\xff" is not valid UTF-8`},
+		{new(metaContextReply), "00000001 613a00", `NBD_REP_META_CONTEXT name "a:\x00" contains NUL`},
+		{new(metaContextReply), "00000001 6e6f6e616d657370616365", `NBD_REP_META_CONTEXT name "nonamespace" has no namespace`},
+		{new(metaContextReply), "00000001 3a78", `name ":x" has no namespace`},
+		{new(simpleReply), "67446698 00000000 0000", "simple reply of 10 bytes, want 16"},
+		{new(simpleReply), "668e33ef 00000000 Z*8", "bad simple reply magic 0x668e33ef, want 0x67446698"},
+		{new(chunkHeader), "668e33ef 0001 0000 Z*8 000000", "structured reply chunk header of 19 bytes, want 20"},
+		{new(chunkHeader), "67446698 0001 0000 Z*8 00000000", "bad structured reply magic 0x67446698"},
+		{new(chunkHeader), "668e33ef 0001 0000 Z*8 00000004", "NBD_REPLY_TYPE_NONE carries a 4-byte payload, want none"},
+		{new(chunkHeader), "668e33ef 0000 0000 Z*8 00000000", "NBD_REPLY_TYPE_NONE without NBD_REPLY_FLAG_DONE"},
+		{new(chunkHeader), "668e33ef 0000 0001 Z*8 00000008", "NBD_REPLY_TYPE_OFFSET_DATA of 8 bytes, want 9 to 67108872"},
+		{new(chunkHeader), "668e33ef 0000 0001 Z*8 04000009", "NBD_REPLY_TYPE_OFFSET_DATA of 67108873 bytes"},
+		{new(chunkHeader), "668e33ef 0000 0002 Z*8 0000000b", "NBD_REPLY_TYPE_OFFSET_HOLE of 11 bytes, want 12"},
+		{new(chunkHeader), "668e33ef 0000 0005 Z*8 00000004", "NBD_REPLY_TYPE_BLOCK_STATUS of 4 bytes, want 4 + 8 × (1 to 1048576 descriptors)"},
+		{new(chunkHeader), "668e33ef 0000 0005 Z*8 0000000d", "NBD_REPLY_TYPE_BLOCK_STATUS of 13 bytes"},
+		{new(chunkHeader), "668e33ef 0000 0005 Z*8 0080000c", "NBD_REPLY_TYPE_BLOCK_STATUS of 8388620 bytes"},
+		{new(chunkHeader), "668e33ef 0000 0005 Z*8 ffffffff", "NBD_REPLY_TYPE_BLOCK_STATUS of 4294967295 bytes"},
+		{new(chunkHeader), "668e33ef 0000 8001 Z*8 00000005", "NBD_REPLY_TYPE_ERROR of 5 bytes, want 6 to 4166"},
+		{new(chunkHeader), "668e33ef 0000 8001 Z*8 00001047", "NBD_REPLY_TYPE_ERROR of 4167 bytes"},
+		{new(chunkHeader), "668e33ef 0000 8002 Z*8 0000000d", "NBD_REPLY_TYPE_ERROR_OFFSET of 13 bytes, want 14 to 4166"},
+		{new(chunkHeader), "668e33ef 0000 802a Z*8 ffffffff", "NBD_REPLY_TYPE_ERROR(0x802a) of 4294967295 bytes"},
+		{new(chunkHeader), "668e33ef 0000 0003 Z*8 00000000", "unknown chunk type NBD_REPLY_TYPE(3)"},
+		{new(chunkHeader), "668e33ef 0000 0006 Z*8 0000000c", "unknown chunk type NBD_REPLY_TYPE(6)"},
+		{new(offsetData), "0000000000000200", "NBD_REPLY_TYPE_OFFSET_DATA of 8 bytes, want 9"},
+		{new(offsetHole), "0000000000001000 00000000", "NBD_REPLY_TYPE_OFFSET_HOLE of size 0"},
+		{new(offsetHole), "0000000000001000 000002", "NBD_REPLY_TYPE_OFFSET_HOLE of 11 bytes, want 12"},
+		{new(blockStatus), "00000001", "NBD_REPLY_TYPE_BLOCK_STATUS of 4 bytes"},
+		{new(blockStatus), "00000001 00000200 00000000 00", "NBD_REPLY_TYPE_BLOCK_STATUS of 13 bytes"},
+		{new(blockStatus), "00000001 00000200 00000000 00000000 00000003", "block status descriptor of length 0"},
+		{new(errorChunk), "00000000 0000", "NBD_REPLY_TYPE_ERROR with error value 0"},
+		{new(errorChunk), "00000005 00", "NBD_REPLY_TYPE_ERROR of 5 bytes, too short"},
+		{new(errorChunk), "00000005 0004 616263", "NBD_REPLY_TYPE_ERROR message length 4 exceeds the 3 bytes left"},
+		{new(errorChunk), "00000005 0000 616263", "NBD_REPLY_TYPE_ERROR has 3 bytes after its message"},
+		{new(errorChunk), "00000000 0000 0000000000000008", "NBD_REPLY_TYPE_ERROR_OFFSET with error value 0"},
 	}
 }
 
@@ -167,6 +231,10 @@ func longStrings() []struct {
 		{new(serverReply), tape(uint32(1), "x", long), "NBD_REP_SERVER string longer than 4096 bytes"},
 		{new(serverReply), tape(uint32(1), "x", long, long), "NBD_REP_SERVER of 8199 bytes, longer than a name and a description of 4096 bytes each"},
 		{new(infoRequest), tape(uint32(len(long)), long, uint16(0)), "export name of 4097 bytes, longer than"},
+		{new(metaContextRequest), tape(uint32(len(long)), long, uint32(0)), "meta context request export name of 4097 bytes, longer than"},
+		{new(metaContextRequest), tape(uint32(0), uint32(1), uint32(len(long)), long), "meta context query of 4097 bytes, longer than"},
+		{new(metaContextReply), tape(uint32(1), "a:", long), "NBD_REP_META_CONTEXT name of 4099 bytes, longer than"},
+		{new(errorChunk), tape(uint32(5), uint16(len(long)), long), "NBD_REPLY_TYPE_ERROR message of 4097 bytes, longer than"},
 	}
 }
 
@@ -230,6 +298,14 @@ func codecKinds() []struct {
 		{decodeAs[exportNameReply], true},
 		{decodeAs[request], false},
 		{func(b []byte) (encoding.BinaryMarshaler, error) { return unmarshalInfo(b) }, false},
+		{decodeAs[metaContextRequest], false},
+		{decodeAs[metaContextReply], false},
+		{decodeAs[simpleReply], false},
+		{decodeAs[chunkHeader], false},
+		{decodeAs[offsetData], false},
+		{decodeAs[offsetHole], false},
+		{decodeAs[blockStatus], false},
+		{decodeAs[errorChunk], false},
 	}
 }
 
@@ -275,4 +351,20 @@ func FuzzCodec(f *testing.F) {
 			t.Fatalf("%T %+v encodes as %x, which decodes as %+v, %v", rec, rec, enc, again, err)
 		}
 	})
+}
+
+// TestUnknownErrorChunk checks that an error chunk of a type this client
+// does not know is read as an error, skipping what follows the message.
+func TestUnknownErrorChunk(t *testing.T) {
+	b := unhex(t, "0000001c 0002 6869 0102030405")
+	e, err := unmarshalErrorChunk(b, chunkErrBit|42)
+	if err != nil || e.Error != 28 || e.Message != "hi" || e.HasOffset {
+		t.Errorf("unmarshalErrorChunk = %+v, %v; want ENOSPC \"hi\"", e, err)
+	}
+	if _, err := unmarshalErrorChunk(b, chunkError); err == nil || !strings.Contains(err.Error(), "has 5 bytes after its message") {
+		t.Errorf("as NBD_REPLY_TYPE_ERROR: %v", err)
+	}
+	if _, err := unmarshalErrorChunk(unhex(t, "0000001c 0003 6869"), chunkErrBit|42); err == nil || !errors.Is(err, ErrProtocol) {
+		t.Errorf("message past the payload: %v", err)
+	}
 }

@@ -24,6 +24,16 @@ var (
 	// (NBD_REP_ERR_UNKNOWN, or a name missing from NBD_OPT_LIST).
 	ErrExportNotFound = errors.New("export not found")
 
+	// ErrNoStructuredReplies: the server refused NBD_OPT_STRUCTURED_REPLY
+	// (nbd-server answers NBD_REP_ERR_UNSUP), so it cannot answer
+	// NBD_CMD_BLOCK_STATUS. The *OptionError is wrapped too.
+	ErrNoStructuredReplies = errors.New("server does not support structured replies")
+
+	// ErrNoMetaContext: the server does not offer the metadata context
+	// asked for on this export (NBD_OPT_SET_META_CONTEXT selected nothing,
+	// or was refused as unsupported).
+	ErrNoMetaContext = errors.New("server does not offer metadata context")
+
 	// ErrProtocol: the server broke the protocol (bad magic, a length that
 	// does not match, a reply to the wrong option, too many replies...).
 	ErrProtocol = errors.New("protocol violation")
@@ -67,6 +77,32 @@ func (e *OptionError) Unwrap() error {
 		return ErrExportNotFound
 	}
 	return nil
+}
+
+// CommandError is an error the server reported for one transmission-phase
+// request, in an error chunk (or a simple reply, which has no message). The
+// connection stays usable.
+type CommandError struct {
+	Command uint16 // such as 7, NBD_CMD_BLOCK_STATUS
+	Errno   uint32 // the protocol's error value, such as 22 (EINVAL)
+	Message string // the server's message, possibly empty; not sanitised
+	// Offset is where the error occurred, from
+	// NBD_REPLY_TYPE_ERROR_OFFSET; HasOffset says whether it was sent.
+	Offset    uint64
+	HasOffset bool
+}
+
+// Error describes the failure: "server failed NBD_CMD_BLOCK_STATUS: EINVAL:
+// MESSAGE", with " at offset N" when the server gave one.
+func (e *CommandError) Error() string {
+	s := fmt.Sprintf("server failed %s: %s", commandName(e.Command), errnoName(e.Errno))
+	if e.HasOffset {
+		s += fmt.Sprintf(" at offset %d", e.Offset)
+	}
+	if msg := sanitize(e.Message); msg != "" {
+		s += ": " + msg
+	}
+	return s
 }
 
 // protocolError returns an error wrapping ErrProtocol.

@@ -60,6 +60,39 @@ func serverTape(name, desc string) []byte {
 	return replyTape(OptList, RepServer, tape(uint32(len(name)), name, desc))
 }
 func ackTape(opt uint32) []byte { return replyTape(opt, RepAck, nil) }
+func metaContextTape(opt, id uint32, name string) []byte {
+	return replyTape(opt, RepMetaContext, tape(id, name))
+}
+
+// Tapes of the transmission phase.
+func chunkTape(flags, typ uint16, cookie uint64, payload []byte) []byte {
+	return tape(magicStructuredReply, flags, typ, cookie, uint32(len(payload)), payload)
+}
+func noneTape(cookie uint64) []byte { return chunkTape(chunkFlagDone, chunkNone, cookie, nil) }
+func statusTape(flags uint16, cookie uint64, id uint32, ds ...descriptor) []byte {
+	b, _ := blockStatus{ContextID: id, Descriptors: ds}.MarshalBinary()
+	return chunkTape(flags, chunkBlockStatus, cookie, b)
+}
+func errorTape(flags, typ uint16, cookie uint64, e errorChunk) []byte {
+	b, _ := e.MarshalBinary()
+	return chunkTape(flags, typ, cookie, b)
+}
+func simpleTape(errno uint32, cookie uint64) []byte { return tape(magicSimpleReply, errno, cookie) }
+
+// readRequest reads one transmission-phase request; ok is false once the
+// client is gone.
+func (f *fake) readRequest() (request, bool) {
+	b := f.read(requestLen)
+	if b == nil {
+		return request{}, false
+	}
+	var r request
+	if err := r.UnmarshalBinary(b); err != nil {
+		f.failf("request: %v", err)
+		return request{}, false
+	}
+	return r, true
+}
 
 // fake is the server end of a scripted conversation. Its methods record the
 // first error and then do nothing, so scripts read straight through.
@@ -161,8 +194,9 @@ type fakeExport struct {
 	name, desc        string
 	size              uint64
 	flags             Flags
-	minB, prefB, maxB uint32 // 0: no NBD_INFO_BLOCK_SIZE
-	canonical         string // sent as NBD_INFO_NAME when non-empty
+	minB, prefB, maxB uint32   // 0: no NBD_INFO_BLOCK_SIZE
+	canonical         string   // sent as NBD_INFO_NAME when non-empty
+	contexts          []string // metadata contexts, for a structured server
 }
 
 // goodServer plays a conforming server of the given style.
@@ -175,6 +209,8 @@ type goodServer struct {
 	defaultName string      // the export "" selects
 	tls         *tls.Config // accept NBD_OPT_STARTTLS with this config
 	forceTLS    bool        // FORCEDTLS: NBD_REP_ERR_TLS_REQD before STARTTLS
+	structured  bool        // accept NBD_OPT_STRUCTURED_REPLY and the meta-context options
+	noMetaList  bool        // NBD_REP_ERR_UNSUP for NBD_OPT_LIST_META_CONTEXT
 	// transmission, if set, runs once the export is selected.
 	transmission func(f *fake)
 
@@ -307,6 +343,37 @@ func (g *goodServer) serve(f *fake) {
 				g.transmit(f)
 				return
 			}
+		case OptStructuredReply:
+			if !g.structured {
+				f.write(replyTape(opt, RepErrUnsup, []byte("no structured replies here")))
+				continue
+			}
+			f.write(ackTape(opt))
+		case OptListMetaContext, OptSetMetaContext:
+			if !g.structured || (opt == OptListMetaContext && g.noMetaList) {
+				f.write(replyTape(opt, RepErrUnsup, nil))
+				continue
+			}
+			var req metaContextRequest
+			if err := req.UnmarshalBinary(data); err != nil {
+				f.failf("%s: %v", OptionName(opt), err)
+				return
+			}
+			e, ok := g.lookup(req.Name)
+			if !ok {
+				f.write(replyTape(opt, RepErrUnknown, []byte("export not found")))
+				continue
+			}
+			for i, c := range e.contexts {
+				if len(req.Queries) == 0 || slices.Contains(req.Queries, c) {
+					id := uint32(0)
+					if opt == OptSetMetaContext {
+						id = uint32(i + 1)
+					}
+					f.write(metaContextTape(opt, id, c))
+				}
+			}
+			f.write(ackTape(opt))
 		default:
 			f.write(replyTape(opt, RepErrUnsup, nil))
 		}

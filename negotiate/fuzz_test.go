@@ -1,11 +1,14 @@
 package negotiate
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
 	"math"
 	"net"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -134,9 +137,15 @@ func FuzzList(f *testing.F) {
 	for _, seed := range fuzzSeeds() {
 		f.Add(seed)
 	}
-	f.Add(tape(greetingNew(hflagFixedNewstyle), serverTape("a", "first"), serverTape("b", ""), ackTape(OptList),
+	f.Add(tape(greetingNew(hflagFixedNewstyle), replyTape(OptStructuredReply, RepErrUnsup, nil),
+		serverTape("a", "first"), serverTape("b", ""), ackTape(OptList),
 		infoExportTape(OptInfo, 1<<20, 1), infoBlockTape(OptInfo, 1, 4096, math.MaxUint32), ackTape(OptInfo),
 		replyTape(OptInfo, RepErrUnsup, nil), ackTape(OptAbort)))
+	f.Add(tape(greetingNew(hflagFixedNewstyle), ackTape(OptStructuredReply), serverTape("a", ""), serverTape("b", ""), ackTape(OptList),
+		infoExportTape(OptInfo, 1<<20, FlagHasFlags|FlagSendDF), ackTape(OptInfo),
+		metaContextTape(OptListMetaContext, 0, ContextBaseAllocation), metaContextTape(OptListMetaContext, 0, "qemu:dirty-bitmap:b"),
+		ackTape(OptListMetaContext), replyTape(OptInfo, RepErrPolicy, nil), replyTape(OptListMetaContext, RepErrUnsup, nil),
+		ackTape(OptAbort)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cli, wait := serverBytes(data)
 		start := time.Now()
@@ -150,9 +159,147 @@ func FuzzList(f *testing.F) {
 			}
 			for i := range exports {
 				checkExport(t, &exports[i])
+				checkContexts(t, exports[i].MetaContexts)
 			}
 		}
 		cli.Close()
+		wait()
+	})
+}
+
+// checkContexts checks metadata context names a session accepted.
+func checkContexts(t *testing.T, names []string) {
+	t.Helper()
+	if len(names) > maxMetaContexts {
+		t.Errorf("%d metadata contexts", len(names))
+	}
+	for _, n := range names {
+		if err := checkContextName(n); err != nil || n == "" || len(n) > MaxStringSize {
+			t.Errorf("metadata context %q accepted: %v", n, err)
+		}
+	}
+}
+
+// FuzzOpenQuery is FuzzHandshake for OpenQuery's negotiation.
+func FuzzOpenQuery(f *testing.F) {
+	for _, seed := range fuzzSeeds() {
+		f.Add(seed)
+	}
+	good := tape(greetingNew(hflagFixedNewstyle|hflagNoZeroes), ackTape(OptStructuredReply),
+		metaContextTape(OptSetMetaContext, 1, ContextBaseAllocation), ackTape(OptSetMetaContext),
+		infoExportTape(OptGo, 1<<20, FlagHasFlags|FlagSendDF), infoBlockTape(OptGo, 1, 4096, 32<<20), ackTape(OptGo))
+	f.Add(good)
+	f.Add(tape(greetingNew(hflagFixedNewstyle), replyTape(OptStructuredReply, RepErrUnsup, []byte("no"))))
+	f.Add(tape(greetingNew(hflagFixedNewstyle), ackTape(OptStructuredReply), ackTape(OptSetMetaContext)))
+	f.Add(tape(greetingNew(hflagFixedNewstyle), ackTape(OptStructuredReply),
+		metaContextTape(OptSetMetaContext, 1, "qemu:allocation-depth"), ackTape(OptSetMetaContext)))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cli, wait := serverBytes(data)
+		start := time.Now()
+		q, err := OpenQuery(context.Background(), cli, Options{Export: "disk", Timeout: fuzzTimeout}, ContextBaseAllocation)
+		if d := time.Since(start); d > fuzzTimeout+time.Second {
+			t.Errorf("OpenQuery took %v", d)
+		}
+		if err == nil {
+			ex := q.Export()
+			checkExport(t, &ex)
+			if !ex.StructuredReplies || !slices.Equal(ex.MetaContexts, []string{ContextBaseAllocation}) {
+				t.Errorf("export %+v", ex)
+			}
+			q.Close()
+		} else if q != nil {
+			t.Error("error with a Query")
+		}
+		cli.Close()
+		wait()
+	})
+}
+
+// fuzzQuery is a Query in the transmission phase on cli, as OpenQuery
+// leaves it, for an export of size bytes whose context has ID 1.
+func fuzzQuery(t *testing.T, cli net.Conn, size uint64) *Query {
+	s, err := begin(context.Background(), cli, Options{Timeout: fuzzTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.stop()
+	return &Query{s: s, export: Export{Size: size}, id: 1}
+}
+
+// structuredSeeds are server replies to the first requests of a Map (or of
+// a read, for the content chunks): good ones and the hostile ones of
+// TestQueryHostile.
+func structuredSeeds() [][]byte {
+	const size = 8 << 20
+	full := descriptor{Length: size}
+	cat := func(parts ...[]byte) []byte { return tape(anys(parts)...) }
+	data, _ := offsetData{Offset: 0, Data: []byte("abcd")}.MarshalBinary()
+	hole, _ := offsetHole{Offset: 4, Size: 4}.MarshalBinary()
+	return [][]byte{
+		statusTape(chunkFlagDone, 1, 1, full),
+		cat(statusTape(0, 1, 1, descriptor{1 << 20, 3}, descriptor{64 << 10, 0}), noneTape(1),
+			statusTape(chunkFlagDone, 2, 1, descriptor{size - (1<<20 + 64<<10), 3})),
+		cat(statusTape(0, 1, 1, full), errorTape(chunkFlagDone, chunkErrorOffset, 1, errorChunk{Error: 28, HasOffset: true, Offset: 4096})),
+		cat(errorTape(0, chunkError, 1, errorChunk{Error: 5, Message: "disk on fire"}), noneTape(1)),
+		simpleTape(22, 1),
+		simpleTape(0, 1),
+		statusTape(chunkFlagDone, 99, 1, full),
+		statusTape(chunkFlagDone, 1, 7, full),
+		statusTape(chunkFlagDone, 1, 1, descriptor{Length: size + 1}, descriptor{Length: 1}),
+		statusTape(chunkFlagDone, 1, 1, descriptor{Length: 0}),
+		tape(magicStructuredReply, chunkFlagDone, chunkBlockStatus, uint64(1), uint32(0xfffffffc)),
+		tape(magicStructuredReply, chunkFlagDone, chunkOffsetData, uint64(1), uint32(0xffffffff)),
+		chunkTape(chunkFlagDone, chunkErrBit|9, 1, tape(uint32(95), uint16(2), "no", "extra")),
+		chunkTape(0, chunkNone, 1, nil),
+		cat(chunkTape(0, chunkOffsetHole, 1, hole), chunkTape(0, chunkOffsetData, 1, data), noneTape(1)),
+		// Chunks without NBD_REPLY_FLAG_DONE (TestQueryHostile sends
+		// them endlessly; a long seed makes minimizing crawl).
+		bytes.Repeat(errorTape(0, chunkError, 1, errorChunk{Error: 5}), 3),
+	}
+}
+
+// FuzzStructuredReply feeds arbitrary bytes as the server's replies in the
+// transmission phase of a query session, to Map (or, with read, to a read
+// of up to 8 bytes): the client must return within the deadline, never
+// panic, allocate a bounded amount, and only accept extents that follow on
+// from each other within the export.
+func FuzzStructuredReply(f *testing.F) {
+	for _, seed := range structuredSeeds() {
+		f.Add(seed, false, uint32(8<<20))
+		f.Add(seed, true, uint32(8))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, read bool, size uint32) {
+		size = max(size, 1)
+		cli, wait := serverBytes(data)
+		q := fuzzQuery(t, cli, uint64(size))
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		start := time.Now()
+		var err error
+		var pos uint64
+		if read {
+			b := make([]byte, min(size, 8))
+			err = q.read(context.Background(), b, 0)
+		} else {
+			err = q.Map(context.Background(), 0, uint64(size), func(e Extent) error {
+				if e.Offset != pos || e.Length == 0 || e.Offset+e.Length > uint64(size) {
+					t.Fatalf("extent %+v at %d of an export of %d bytes", e, pos, size)
+				}
+				pos += e.Length
+				return nil
+			})
+		}
+		if d := time.Since(start); d > fuzzTimeout+time.Second {
+			t.Errorf("took %v", d)
+		}
+		runtime.ReadMemStats(&after)
+		if d := after.TotalAlloc - before.TotalAlloc; d > 1<<20+uint64(len(data)) {
+			t.Errorf("allocated %d bytes", d)
+		}
+		if err == nil && !read && pos != uint64(size) {
+			t.Errorf("Map succeeded with extents up to %d of %d", pos, size)
+		}
+		q.Close()
 		wait()
 	})
 }

@@ -33,6 +33,13 @@ func (s *session) handshake() (*Export, error) {
 		}
 	}
 
+	return s.selectExport(name)
+}
+
+// selectExport ends option haggling on a fixed-newstyle server with
+// NBD_OPT_GO for name, or, on a server that does not know NBD_OPT_GO,
+// NBD_OPT_LIST (to name a missing export) and NBD_OPT_EXPORT_NAME.
+func (s *session) selectExport(name string) (*Export, error) {
 	ex, err := s.infoOrGo(OptGo, name)
 	if err == nil {
 		ex.Path = PathGo
@@ -83,33 +90,116 @@ func (s *session) listAll() ([]Export, error) {
 			return nil, err
 		}
 	}
+	// As QEMU's client lists: structured replies first, so that the
+	// server describes each export as it would to a client using them
+	// (NBD_FLAG_SEND_DF) and lets the client list metadata contexts.
+	refused, err := s.optional(OptStructuredReply, s.structuredReply)
+	if err != nil {
+		return nil, fmt.Errorf("negotiate: NBD_OPT_STRUCTURED_REPLY: %w", err)
+	}
+	structured := refused == 0
 	exports, err := s.list()
 	if err != nil {
 		return nil, fmt.Errorf("negotiate: NBD_OPT_LIST: %w", err)
 	}
+	info, metas := true, structured
 	for i := range exports {
 		e := &exports[i]
-		ex, err := s.infoOrGo(OptInfo, e.Name)
-		if err != nil {
-			var oe *OptionError
-			if !errors.As(err, &oe) || oe.Code == RepErrShutdown {
-				return nil, fmt.Errorf("negotiate: NBD_OPT_INFO %q: %w", e.Name, err)
+		name, desc := e.Name, e.Description
+		if info {
+			var ex *Export
+			refused, err := s.optional(OptInfo, func() (err error) { ex, err = s.infoOrGo(OptInfo, name); return err })
+			switch {
+			case err != nil:
+				return nil, fmt.Errorf("negotiate: NBD_OPT_INFO %q: %w", name, err)
+			case refused == 0:
+				*e = *ex
+				e.Name = name
+				if e.Description == "" {
+					e.Description = desc
+				}
+			case refused == RepErrUnsup:
+				info = false // an older server: names and descriptions only
 			}
-			if oe.Code == RepErrUnsup {
-				break // an older server: names and descriptions only
+		}
+		if metas {
+			var names []string
+			refused, err := s.optional(OptListMetaContext, func() (err error) { names, err = s.listMetaContexts(name); return err })
+			switch {
+			case err != nil:
+				return nil, fmt.Errorf("negotiate: NBD_OPT_LIST_META_CONTEXT %q: %w", name, err)
+			case refused == 0:
+				e.MetaContexts = names
+				if e.MetaContexts == nil {
+					e.MetaContexts = []string{}
+				}
+			case refused == RepErrUnsup:
+				metas = false
 			}
-			continue // refused for this export only
 		}
-		if ex.Description == "" {
-			ex.Description = e.Description
-		}
-		ex.Name = e.Name
-		*e = *ex
 	}
 	for i := range exports {
 		exports[i].TLSVersion, exports[i].TLSCipher = s.tlsVersion, s.tlsCipher
+		exports[i].StructuredReplies = structured
 	}
 	return exports, nil
+}
+
+// query runs the negotiation for OpenQuery and returns the export and the
+// ID of the metadata context.
+func (s *session) query(context string) (*Export, uint32, error) {
+	name := s.opts.Export
+	if err := s.greet(false); err != nil {
+		return nil, 0, fmt.Errorf("negotiate: greeting: %w", err)
+	}
+	if s.oldstyle != nil {
+		return nil, 0, fmt.Errorf("negotiate: greeting: %w: the server uses oldstyle negotiation, which has no options", ErrNoStructuredReplies)
+	}
+	if !s.fixed {
+		return nil, 0, fmt.Errorf("negotiate: greeting: %w: the server uses non-fixed newstyle negotiation, which has no options but NBD_OPT_EXPORT_NAME", ErrNoStructuredReplies)
+	}
+	if s.opts.TLS != nil {
+		if err := s.secure(); err != nil {
+			return nil, 0, err
+		}
+	}
+	var oe *OptionError
+	if err := s.structuredReply(); err != nil {
+		if errors.As(err, &oe) && oe.Code != RepErrTLSReqd && oe.Code != RepErrShutdown {
+			err = fmt.Errorf("%w: %w", ErrNoStructuredReplies, err)
+		}
+		return nil, 0, fmt.Errorf("negotiate: NBD_OPT_STRUCTURED_REPLY: %w", err)
+	}
+	id, err := s.setMetaContext(name, context)
+	if err != nil {
+		if errors.As(err, &oe) && (oe.Code == RepErrUnsup || oe.Code == RepErrPolicy) {
+			err = fmt.Errorf("%w %s: %w", ErrNoMetaContext, quoteName(context), err)
+		}
+		return nil, 0, fmt.Errorf("negotiate: NBD_OPT_SET_META_CONTEXT %q: %w", name, err)
+	}
+	ex, err := s.selectExport(name)
+	if err != nil {
+		return nil, 0, err
+	}
+	return ex, id, nil
+}
+
+// optional runs do, one option (opt) that List can do without. A refusal
+// by the server is no error: optional returns its code (0 when do
+// succeeded), except for NBD_REP_ERR_SHUTDOWN, after which nothing more
+// would work. A refusal for TLS (NBD_REP_ERR_TLS_REQD) is the export's
+// alone, or, from a server that demands TLS for everything, shows again
+// at NBD_OPT_LIST, which is not optional.
+func (s *session) optional(opt uint32, do func() error) (refused uint32, err error) {
+	err = do()
+	var oe *OptionError
+	switch {
+	case err == nil:
+		return 0, nil
+	case !errors.As(err, &oe) || oe.Option != opt || oe.Code == RepErrShutdown:
+		return 0, err
+	}
+	return oe.Code, nil
 }
 
 // greet reads the server's greeting and, for newstyle, sends the client

@@ -313,22 +313,32 @@ func TestInteropList(t *testing.T) {
 	// its NBD_OPT_INFO reply gives size 0 (fixed upstream in 2024 by
 	// probing the file on INFO).
 	sizeOrZero := func(got, want uint64) bool { return got == want || got == 0 }
+	// structured: the server offers structured replies, and lists
+	// base:allocation for every export; nbd-server has neither, and is
+	// listed all the same.
 	for _, tc := range []struct {
-		name  string
-		start func(t *testing.T) *testrig.Server
-		tls   bool
-		want  []want
+		name       string
+		start      func(t *testing.T) *testrig.Server
+		tls        bool
+		structured bool
+		want       []want
 	}{
 		{"qemu-nbd", func(t *testing.T) *testrig.Server {
 			// qemu-nbd serves one export; -D gives it a description.
 			return testrig.QemuNBD(t, r.img, "disk", testrig.Args("-D", "the root disk"))
-		}, false, []want{{"disk", 4 << 20}}},
+		}, false, true, []want{{"disk", 4 << 20}}},
+		{"qemu-nbd-tls", func(t *testing.T) *testrig.Server {
+			return testrig.QemuNBD(t, r.img, "disk", testrig.TLS(r.cs.Dir))
+		}, true, true, []want{{"disk", 4 << 20}}},
+		{"nbdkit", func(t *testing.T) *testrig.Server {
+			return testrig.Nbdkit(t, "memory", "1M")
+		}, false, true, []want{{"", 1 << 20}}},
 		{"nbd-server", func(t *testing.T) *testrig.Server {
 			return testrig.NbdServer(t, map[string]string{"disk": r.img, "other": r.img2})
-		}, false, []want{{"disk", 4 << 20}, {"other", 2 << 20}}},
+		}, false, false, []want{{"disk", 4 << 20}, {"other", 2 << 20}}},
 		{"nbd-server-tls", func(t *testing.T) *testrig.Server {
 			return testrig.NbdServer(t, map[string]string{"disk": r.img, "other": r.img2}, testrig.TLS(r.cs.Dir))
-		}, true, []want{{"disk", 4 << 20}, {"other", 2 << 20}}},
+		}, true, false, []want{{"disk", 4 << 20}, {"other", 2 << 20}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := tc.start(t)
@@ -358,8 +368,107 @@ func TestInteropList(t *testing.T) {
 			if tc.name == "qemu-nbd" && len(exps) == 1 && exps[0].Description != "the root disk" {
 				t.Errorf("description %q, want %q", exps[0].Description, "the root disk")
 			}
+			for _, e := range exps {
+				if e.StructuredReplies != tc.structured {
+					t.Errorf("%q: structured replies %v, want %v", e.Name, e.StructuredReplies, tc.structured)
+				}
+				hasBase := slices.Contains(e.MetaContexts, negotiate.ContextBaseAllocation)
+				if hasBase != tc.structured || (!tc.structured && e.MetaContexts != nil) {
+					t.Errorf("%q: meta contexts %q", e.Name, e.MetaContexts)
+				}
+				// As qemu-nbd --list shows: DF comes with structured
+				// replies, and only with them.
+				if strings.HasPrefix(tc.name, "qemu-nbd") && !e.Flags.Has(negotiate.FlagSendDF) {
+					t.Errorf("%q: flags %v without SEND_DF", e.Name, e.Flags)
+				}
+				if !tc.structured && e.Flags.Has(negotiate.FlagSendDF) {
+					t.Errorf("%q: flags %v with SEND_DF but no structured replies", e.Name, e.Flags)
+				}
+			}
 		})
 	}
+}
+
+// TestInteropQuery maps sparse images through a query session (dial's
+// Query, as probe --map opens it) against qemu-nbd, plain and with TLS, and
+// compares the map with what qemu-img map says of the same image; against
+// nbd-server, which has no structured replies, it must fail clearly.
+// cmd/nbdroot's TestProbeMapInterop does the same through the command.
+func TestInteropQuery(t *testing.T) {
+	r := newRig(t)
+	dir := t.TempDir()
+	writes := []testrig.Write{
+		{Offset: 1 << 20, Length: 64 << 10, Pattern: 0xab},
+		{Offset: 10 << 20, Length: 2 << 20, Pattern: 0xcd},
+		{Offset: 20 << 20, Length: 1 << 20, Zero: true},
+		{Offset: 64<<20 - 4096, Length: 4096, Pattern: 1},
+	}
+	raw := testrig.SparseImage(t, filepath.Join(dir, "sparse.raw"), "raw", 64<<20, writes...)
+	qcow := testrig.SparseImage(t, filepath.Join(dir, "sparse.qcow2"), "qcow2", 64<<20, writes...)
+	for _, tc := range []struct {
+		name, img, format string
+		tls               bool
+	}{
+		{"qemu-nbd raw", raw, "raw", false},
+		{"qemu-nbd qcow2", qcow, "qcow2", false},
+		{"qemu-nbd-tls qcow2", qcow, "qcow2", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			want := testrig.Allocations(testrig.QemuImgMap(t, "-f", tc.format, tc.img))
+			opts := []testrig.Option{testrig.Format(tc.format), testrig.ReadOnly()}
+			var cfg *config.TLS
+			if tc.tls {
+				opts, cfg = append(opts, testrig.TLS(r.cs.Dir)), &r.certs
+			}
+			s := testrig.QemuNBD(t, tc.img, "disk", opts...)
+			spec, ep := interopSpec(t, s.Addr, "disk", cfg)
+			q, err := mustDialer(t, spec).Query(context.Background(), ep, negotiate.ContextBaseAllocation)
+			if err != nil {
+				t.Fatalf("Query: %v\n%s", err, s.Output())
+			}
+			exp := q.Export()
+			var got []testrig.Allocation
+			err = q.Map(context.Background(), 0, exp.Size, func(e negotiate.Extent) error {
+				got = append(got, testrig.Allocation{Offset: e.Offset, Length: e.Length, Flags: e.Flags})
+				return nil
+			})
+			if cerr := q.Close(); cerr != nil {
+				t.Errorf("Close: %v", cerr)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = testrig.MergeAllocations(got)
+			t.Logf("%s: %v", tc.name, got)
+			if !slices.Equal(got, want) {
+				t.Errorf("map\n got %v\nwant %v (qemu-img map)", got, want)
+			}
+			if tc.tls && exp.TLSVersion < tls.VersionTLS12 {
+				t.Errorf("TLS version %#x", exp.TLSVersion)
+			}
+		})
+	}
+
+	t.Run("nbd-server", func(t *testing.T) {
+		s := testrig.NbdServer(t, map[string]string{"disk": raw})
+		spec, ep := interopSpec(t, s.Addr, "disk", nil)
+		_, err := mustDialer(t, spec).Query(context.Background(), ep, negotiate.ContextBaseAllocation)
+		wantErr(t, err, ep, "negotiate: NBD_OPT_STRUCTURED_REPLY: server does not support structured replies", "NBD_REP_ERR_UNSUP")
+		var oe *negotiate.OptionError
+		if !errors.Is(err, negotiate.ErrNoStructuredReplies) || !errors.As(err, &oe) || oe.Code != negotiate.RepErrUnsup {
+			t.Errorf("error %v: want ErrNoStructuredReplies and NBD_REP_ERR_UNSUP", err)
+		}
+	})
+
+	t.Run("unknown context", func(t *testing.T) {
+		s := testrig.QemuNBD(t, raw, "disk", testrig.ReadOnly())
+		spec, ep := interopSpec(t, s.Addr, "disk", nil)
+		_, err := mustDialer(t, spec).Query(context.Background(), ep, "qemu:dirty-bitmap:nosuch")
+		wantErr(t, err, ep, `NBD_OPT_SET_META_CONTEXT "disk": server does not offer metadata context "qemu:dirty-bitmap:nosuch"`)
+		if !errors.Is(err, negotiate.ErrNoMetaContext) {
+			t.Errorf("errors.Is(%v, ErrNoMetaContext) = false", err)
+		}
+	})
 }
 
 // mustDialer returns a dial.Dialer for spec or fails the test.

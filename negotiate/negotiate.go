@@ -29,8 +29,9 @@ type Options struct {
 	// config is cloned, and MinVersion raised to TLS 1.2 when lower.
 	TLS *tls.Config
 
-	// Timeout bounds the whole handshake; 0 means DefaultTimeout. The
-	// earlier of this and ctx's deadline applies.
+	// Timeout bounds the whole handshake, and in a Query each request's
+	// reply; 0 means DefaultTimeout. The earlier of this and ctx's
+	// deadline applies.
 	Timeout time.Duration
 }
 
@@ -67,6 +68,18 @@ type Export struct {
 	// tls.VersionTLS13), 0 without TLS.
 	TLSVersion uint16
 	TLSCipher  uint16
+	// StructuredReplies reports that the server accepted
+	// NBD_OPT_STRUCTURED_REPLY on the connection that described the export
+	// (List's, or a Query's). It is always false from Handshake, which
+	// never asks: see the package documentation. Servers report
+	// FlagSendDF only when it is true.
+	StructuredReplies bool
+	// MetaContexts are the metadata contexts the server offers for the
+	// export: from List, every context NBD_OPT_LIST_META_CONTEXT returned
+	// (nil when the server has no structured replies or refused to
+	// list); from a Query, the one context it selected. Always nil from
+	// Handshake.
+	MetaContexts []string
 }
 
 // Handshake negotiates on conn and returns the export and the connection to
@@ -137,10 +150,12 @@ func Disconnect(conn net.Conn) error {
 type session struct {
 	ctx       context.Context
 	opts      Options
-	raw       net.Conn // the caller's connection
-	conn      net.Conn // raw, or the TLS client on top of it
+	raw       net.Conn      // the caller's connection
+	conn      net.Conn      // raw, or the TLS client on top of it
+	timeout   time.Duration // Options.Timeout, or DefaultTimeout
 	deadline  time.Time
 	budget    time.Duration // deadline - start, for messages
+	late      string        // what the deadline missed: "handshake not done"
 	ctxSets   bool          // the deadline is ctx's
 	stop      func() bool   // stops the cancellation callback
 	cancelled chan struct{} // closed by the cancellation callback when done
@@ -190,6 +205,8 @@ func begin(ctx context.Context, conn net.Conn, opts Options) (*session, error) {
 		opts:      opts,
 		raw:       conn,
 		conn:      conn,
+		timeout:   timeout,
+		late:      "handshake not done",
 		deadline:  now.Add(timeout),
 		cancelled: make(chan struct{}),
 		buf:       make([]byte, 0, oldstyleLen), // the largest fixed-size record
@@ -276,9 +293,9 @@ func (s *session) ioError(what string, err error) error {
 	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
 		if s.ctxSets {
 			// The connection's deadline can fire just before ctx's.
-			return fmt.Errorf("%shandshake not done within %v: %w (%w)", prefix, s.budget, context.DeadlineExceeded, err)
+			return fmt.Errorf("%s%s within %v: %w (%w)", prefix, s.late, s.budget, context.DeadlineExceeded, err)
 		}
-		return fmt.Errorf("%shandshake not done within %v: %w", prefix, s.budget, err)
+		return fmt.Errorf("%s%s within %v: %w", prefix, s.late, s.budget, err)
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return fmt.Errorf("%sserver closed the connection: %w", prefix, err)

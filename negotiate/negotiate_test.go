@@ -8,6 +8,7 @@ import (
 	"math"
 	"net"
 	"os"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -136,7 +137,7 @@ func TestHandshakeGood(t *testing.T) {
 			if f.err != nil && !errors.Is(f.err, io.EOF) && !errors.Is(f.err, io.ErrClosedPipe) {
 				t.Errorf("fake server: %v", f.err)
 			}
-			if *ex != tc.want {
+			if !reflect.DeepEqual(*ex, tc.want) {
 				t.Errorf("export\n got %+v\nwant %+v", *ex, tc.want)
 			}
 			if conn == nil {
@@ -205,7 +206,31 @@ func TestList(t *testing.T) {
 			{Name: "rootfs", Description: "the root filesystem", Size: 8 << 30, Flags: rootfs.flags,
 				MinBlock: 512, PrefBlock: 4096, MaxBlock: 32 << 20},
 		},
-		wantOpts: []uint32{OptList, OptInfo, OptInfo, OptAbort},
+		wantOpts: []uint32{OptStructuredReply, OptList, OptInfo, OptInfo, OptAbort},
+	}, {
+		name: "with structured replies and meta contexts",
+		server: goodServer{style: "fixed", structured: true, exports: []fakeExport{
+			withContexts(scratch, ContextBaseAllocation, "qemu:dirty-bitmap:b0"), rootfs,
+		}},
+		want: []Export{
+			{Name: "scratch", Size: 1 << 20, Flags: scratch.flags, StructuredReplies: true,
+				MetaContexts: []string{ContextBaseAllocation, "qemu:dirty-bitmap:b0"}},
+			{Name: "rootfs", Description: "the root filesystem", Size: 8 << 30, Flags: rootfs.flags,
+				MinBlock: 512, PrefBlock: 4096, MaxBlock: 32 << 20, StructuredReplies: true, MetaContexts: []string{}},
+		},
+		wantOpts: []uint32{OptStructuredReply, OptList, OptInfo, OptListMetaContext, OptInfo, OptListMetaContext, OptAbort},
+	}, {
+		name: "structured replies without NBD_OPT_LIST_META_CONTEXT",
+		server: goodServer{style: "fixed", structured: true, noMetaList: true, exports: []fakeExport{
+			withContexts(scratch, ContextBaseAllocation), rootfs,
+		}},
+		want: []Export{
+			{Name: "scratch", Size: 1 << 20, Flags: scratch.flags, StructuredReplies: true},
+			{Name: "rootfs", Description: "the root filesystem", Size: 8 << 30, Flags: rootfs.flags,
+				MinBlock: 512, PrefBlock: 4096, MaxBlock: 32 << 20, StructuredReplies: true},
+		},
+		// Asked once: NBD_REP_ERR_UNSUP is the server's answer for all.
+		wantOpts: []uint32{OptStructuredReply, OptList, OptInfo, OptListMetaContext, OptInfo, OptAbort},
 	}, {
 		name:   "without INFO",
 		server: goodServer{style: "fixed", noGo: true, exports: []fakeExport{scratch, rootfs}},
@@ -213,11 +238,11 @@ func TestList(t *testing.T) {
 			{Name: "scratch"},
 			{Name: "rootfs", Description: "the root filesystem"},
 		},
-		wantOpts: []uint32{OptList, OptInfo, OptAbort},
+		wantOpts: []uint32{OptStructuredReply, OptList, OptInfo, OptAbort},
 	}, {
 		name:     "empty",
 		server:   goodServer{style: "fixed"},
-		wantOpts: []uint32{OptList, OptAbort},
+		wantOpts: []uint32{OptStructuredReply, OptList, OptAbort},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			srv := tc.server
@@ -227,7 +252,7 @@ func TestList(t *testing.T) {
 				t.Fatal(err)
 			}
 			f := r.wait(t)
-			if !slices.Equal(got, tc.want) {
+			if !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("List\n got %+v\nwant %+v", got, tc.want)
 			}
 			if !slices.Equal(f.opts, tc.wantOpts) {
@@ -235,6 +260,12 @@ func TestList(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withContexts returns e offering the metadata contexts.
+func withContexts(e fakeExport, contexts ...string) fakeExport {
+	e.contexts = contexts
+	return e
 }
 
 func TestListNotFixed(t *testing.T) {

@@ -125,6 +125,91 @@ func (s *session) list() ([]Export, error) {
 	return exports, nil
 }
 
+// structuredReply sends NBD_OPT_STRUCTURED_REPLY, which wants a bare
+// NBD_REP_ACK; a refusal is an *OptionError. Only List and OpenQuery call
+// it, never Handshake.
+func (s *session) structuredReply() error {
+	if err := s.simpleOption(OptStructuredReply); err != nil {
+		return err
+	}
+	s.canAbort = true
+	return nil
+}
+
+// listMetaContexts sends NBD_OPT_LIST_META_CONTEXT for export name with no
+// query, which asks for every context, and returns the names. The IDs of
+// list replies mean nothing and are ignored, as the spec asks.
+func (s *session) listMetaContexts(name string) ([]string, error) {
+	var names []string
+	err := s.metaContextOption(OptListMetaContext, name, nil, func(r metaContextReply) error {
+		if len(names) >= maxMetaContexts {
+			return protocolError("more than %d NBD_REP_META_CONTEXT replies", maxMetaContexts)
+		}
+		names = append(names, r.Name)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return names, nil
+}
+
+// setMetaContext sends NBD_OPT_SET_META_CONTEXT for export name selecting
+// the one context, and returns the ID the server gave it. As in QEMU's
+// client, the server must answer with exactly that context or none; none
+// (a bare NBD_REP_ACK) is ErrNoMetaContext.
+func (s *session) setMetaContext(name, context string) (uint32, error) {
+	var id uint32
+	n := 0
+	err := s.metaContextOption(OptSetMetaContext, name, []string{context}, func(r metaContextReply) error {
+		if n++; n > 1 {
+			return protocolError("a second NBD_REP_META_CONTEXT (%s) for one query", quoteName(r.Name))
+		}
+		if r.Name != context {
+			return protocolError("NBD_REP_META_CONTEXT %s, but the client asked for %s", quoteName(r.Name), quoteName(context))
+		}
+		id = r.ID
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("%w %s for this export", ErrNoMetaContext, quoteName(context))
+	}
+	return id, nil
+}
+
+// metaContextOption sends opt (NBD_OPT_LIST_META_CONTEXT or
+// NBD_OPT_SET_META_CONTEXT) for export name with the queries, and hands
+// each NBD_REP_META_CONTEXT to each, bounded at maxMetaContextBytes.
+func (s *session) metaContextOption(opt uint32, name string, queries []string, each func(metaContextReply) error) error {
+	data, _ := metaContextRequest{Name: name, Queries: queries}.MarshalBinary()
+	if err := s.sendOption(opt, data); err != nil {
+		return err
+	}
+	total := 0
+	err := s.replies(opt, RepMetaContext, func(n uint32) error {
+		if total += int(n); total > maxMetaContextBytes {
+			return protocolError("%s replies exceed %d bytes", OptionName(opt), maxMetaContextBytes)
+		}
+		b, err := s.readPayload(n, "reading NBD_REP_META_CONTEXT")
+		if err != nil {
+			return err
+		}
+		var r metaContextReply
+		if err := r.UnmarshalBinary(b); err != nil {
+			return err
+		}
+		return each(r)
+	})
+	if err != nil {
+		return err
+	}
+	s.canAbort = true
+	return nil
+}
+
 // exportName sends NBD_OPT_EXPORT_NAME, which ends option haggling, and reads
 // the export description. The server's only way to refuse is to close the
 // connection.

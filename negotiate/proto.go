@@ -32,9 +32,9 @@ const (
 	OptStartTLS        uint32 = 5  // NBD_OPT_STARTTLS: upgrade the connection to TLS
 	OptInfo            uint32 = 6  // NBD_OPT_INFO: describe an export
 	OptGo              uint32 = 7  // NBD_OPT_GO: describe an export and end the handshake
-	OptStructuredReply uint32 = 8  // NBD_OPT_STRUCTURED_REPLY: never sent by this package
-	OptListMetaContext uint32 = 9  // NBD_OPT_LIST_META_CONTEXT: never sent by this package
-	OptSetMetaContext  uint32 = 10 // NBD_OPT_SET_META_CONTEXT: never sent by this package
+	OptStructuredReply uint32 = 8  // NBD_OPT_STRUCTURED_REPLY: sent by List and OpenQuery only, never by Handshake
+	OptListMetaContext uint32 = 9  // NBD_OPT_LIST_META_CONTEXT: sent by List only
+	OptSetMetaContext  uint32 = 10 // NBD_OPT_SET_META_CONTEXT: sent by OpenQuery only
 	OptExtendedHeaders uint32 = 11 // NBD_OPT_EXTENDED_HEADERS: never sent by this package
 )
 
@@ -67,8 +67,108 @@ const (
 	infoBlockSize   uint16 = 3
 )
 
-// Transmission-phase command used by Disconnect.
-const cmdDisc uint16 = 2
+// Transmission-phase commands: NBD_CMD_DISC (Disconnect, Query.Close), and
+// on a query session only NBD_CMD_READ and NBD_CMD_BLOCK_STATUS.
+const (
+	cmdRead        uint16 = 0
+	cmdDisc        uint16 = 2
+	cmdBlockStatus uint16 = 7
+)
+
+// Transmission-phase magic numbers of the two reply forms.
+const (
+	magicSimpleReply     uint32 = 0x67446698 // NBD_SIMPLE_REPLY_MAGIC
+	magicStructuredReply uint32 = 0x668e33ef // NBD_STRUCTURED_REPLY_MAGIC
+)
+
+// Structured reply chunk flags and types (doc/proto.md, "Structured reply
+// types"). Error chunk types have bit 15 set (chunkErrBit).
+const (
+	chunkFlagDone uint16 = 1 << 0 // NBD_REPLY_FLAG_DONE: the last chunk of the reply
+
+	chunkNone        uint16 = 0 // NBD_REPLY_TYPE_NONE
+	chunkOffsetData  uint16 = 1 // NBD_REPLY_TYPE_OFFSET_DATA
+	chunkOffsetHole  uint16 = 2 // NBD_REPLY_TYPE_OFFSET_HOLE
+	chunkBlockStatus uint16 = 5 // NBD_REPLY_TYPE_BLOCK_STATUS
+
+	chunkErrBit      uint16 = 1 << 15
+	chunkError              = chunkErrBit | 1 // NBD_REPLY_TYPE_ERROR
+	chunkErrorOffset        = chunkErrBit | 2 // NBD_REPLY_TYPE_ERROR_OFFSET
+)
+
+// chunkTypeName returns the protocol name of a structured reply chunk type.
+func chunkTypeName(typ uint16) string {
+	switch typ {
+	case chunkNone:
+		return "NBD_REPLY_TYPE_NONE"
+	case chunkOffsetData:
+		return "NBD_REPLY_TYPE_OFFSET_DATA"
+	case chunkOffsetHole:
+		return "NBD_REPLY_TYPE_OFFSET_HOLE"
+	case chunkBlockStatus:
+		return "NBD_REPLY_TYPE_BLOCK_STATUS"
+	case chunkError:
+		return "NBD_REPLY_TYPE_ERROR"
+	case chunkErrorOffset:
+		return "NBD_REPLY_TYPE_ERROR_OFFSET"
+	}
+	if typ&chunkErrBit != 0 {
+		return fmt.Sprintf("NBD_REPLY_TYPE_ERROR(%#04x)", typ)
+	}
+	return fmt.Sprintf("NBD_REPLY_TYPE(%d)", typ)
+}
+
+// commandName returns the protocol name of a transmission command.
+func commandName(cmd uint16) string {
+	switch cmd {
+	case cmdRead:
+		return "NBD_CMD_READ"
+	case cmdDisc:
+		return "NBD_CMD_DISC"
+	case cmdBlockStatus:
+		return "NBD_CMD_BLOCK_STATUS"
+	}
+	return fmt.Sprintf("NBD_CMD(%d)", cmd)
+}
+
+// errnoName returns the name of an error value of the transmission phase
+// (doc/proto.md, "Error values"), such as "EIO", or "error 42".
+func errnoName(e uint32) string {
+	switch e {
+	case 1:
+		return "EPERM"
+	case 5:
+		return "EIO"
+	case 12:
+		return "ENOMEM"
+	case 22:
+		return "EINVAL"
+	case 28:
+		return "ENOSPC"
+	case 75:
+		return "EOVERFLOW"
+	case 95:
+		return "ENOTSUP"
+	case 108:
+		return "ESHUTDOWN"
+	}
+	return fmt.Sprintf("error %d", e)
+}
+
+// The base:allocation metadata context (doc/proto.md, "Metadata contexts").
+const (
+	// ContextBaseAllocation is the one metadata context the protocol
+	// defines: whether each extent is allocated, and whether it reads as
+	// zeroes.
+	ContextBaseAllocation = "base:allocation"
+
+	// StateHole (NBD_STATE_HOLE) in an extent's flags under
+	// base:allocation: the extent is not allocated on the server.
+	StateHole uint32 = 1 << 0
+	// StateZero (NBD_STATE_ZERO) under base:allocation: the extent reads
+	// as zeroes.
+	StateZero uint32 = 1 << 1
+)
 
 // Limits that keep a hostile server from costing the client memory or time.
 const (
@@ -87,6 +187,31 @@ const (
 
 	// maxInfoReplies bounds the NBD_REP_INFO replies to one NBD_OPT_INFO/GO.
 	maxInfoReplies = 64
+
+	// maxMetaContexts and maxMetaContextBytes bound the replies to one
+	// NBD_OPT_LIST_META_CONTEXT.
+	maxMetaContexts     = 1024
+	maxMetaContextBytes = 1 << 20
+
+	// maxDataChunk bounds the payload of one NBD_REPLY_TYPE_OFFSET_DATA.
+	maxDataChunk = 64 << 20
+
+	// maxExtentsPerChunk bounds the descriptors of one
+	// NBD_REPLY_TYPE_BLOCK_STATUS chunk (8 MiB of payload), read in
+	// extentBatch pieces, never whole.
+	maxExtentsPerChunk = 1 << 20
+
+	// maxErrorChunk bounds the payload of an error chunk: the error,
+	// the message length, a message of MaxStringSize and room for an
+	// offset or a future type's fields.
+	maxErrorChunk = errorChunkLen + MaxStringSize + 64
+
+	// maxStatusChunks and maxReadChunks bound the chunks of one reply to
+	// NBD_CMD_BLOCK_STATUS (one per context, plus errors and
+	// NBD_REPLY_TYPE_NONE) and to NBD_CMD_READ (content chunks of at
+	// least one byte each, plus errors).
+	maxStatusChunks = 64
+	maxReadChunks   = 1 << 16
 
 	// zeroPad is the reserved tail of the oldstyle greeting and of the
 	// NBD_OPT_EXPORT_NAME reply without NBD_FLAG_C_NO_ZEROES.

@@ -125,7 +125,7 @@ func TestTLS(t *testing.T) {
 			t.Errorf("List: %+v", got)
 		}
 		f := r.wait(t)
-		if !slices.Equal(f.opts, []uint32{OptStartTLS, OptList, OptInfo, OptInfo, OptAbort}) {
+		if !slices.Equal(f.opts, []uint32{OptStartTLS, OptStructuredReply, OptList, OptInfo, OptInfo, OptAbort}) {
 			t.Errorf("options %v", optNames(f.opts))
 		}
 	})

@@ -102,12 +102,16 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
-// synopsisFlag matches a flag named in a synopsis.
-var synopsisFlag = regexp.MustCompile(`(?:^|[ \[|])--?([a-z][a-z-]*)`)
+// synopsisFlag matches a flag named in a synopsis, and othersFlags another
+// command's flags named as a whole ("[list's flags]").
+var (
+	synopsisFlag = regexp.MustCompile(`(?:^|[ \[|])--?([a-z][a-z-]*)`)
+	othersFlags  = regexp.MustCompile(`\[([a-z]+)'s flags\]`)
+)
 
 // TestSynopsisFlags checks each command's synopses against its flags: every
-// flag they name exists, and every flag is named ("[probe's flags]" names
-// probe's).
+// flag they name exists, and every flag is named ("[list's flags]" names
+// list's).
 func TestSynopsisFlags(t *testing.T) {
 	defined := map[string][]string{}
 	for _, c := range commands() {
@@ -118,8 +122,8 @@ func TestSynopsisFlags(t *testing.T) {
 	for _, c := range commands() {
 		var named []string
 		for _, form := range c.synopsis {
-			if strings.Contains(form, "[probe's flags]") {
-				named = append(named, defined["probe"]...)
+			for _, m := range othersFlags.FindAllStringSubmatch(form, -1) {
+				named = append(named, defined[m[1]]...)
 			}
 			for _, m := range synopsisFlag.FindAllStringSubmatch(form, -1) {
 				named = append(named, m[1])

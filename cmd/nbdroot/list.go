@@ -12,8 +12,10 @@ import (
 )
 
 // listFlags registers list's flags. list connects as boot would (TLS
-// included), asks the server for its exports (NBD_OPT_LIST, then
-// NBD_OPT_INFO on each) and prints them as a table, or a JSON array with
+// included), asks for structured replies as qemu-nbd --list does, asks the
+// server for its exports (NBD_OPT_LIST, then NBD_OPT_INFO and
+// NBD_OPT_LIST_META_CONTEXT on each) and prints them as a table followed by
+// whether the server offers structured replies, or a JSON array with
 // --json. The export name in SPEC, if any, is ignored.
 func listFlags(fs *flag.FlagSet) runFunc {
 	var f clientFlags
@@ -34,29 +36,56 @@ func listFlags(fs *flag.FlagSet) runFunc {
 		if f.json {
 			infos := make([]exportInfo, 0, len(exps))
 			for _, e := range exps {
-				infos = append(infos, describe(e))
+				info := describe(e)
+				metas := e.MetaContexts
+				if metas == nil {
+					metas = []string{}
+				}
+				info.StructuredReplies, info.MetaContexts = &e.StructuredReplies, &metas
+				infos = append(infos, info)
 			}
 			return writeJSON(sio.out, infos)
 		}
+		w := &errWriter{w: sio.out}
 		if len(exps) == 0 {
-			_, err := fmt.Fprintf(sio.out, "%s lists no exports\n", ep.Server())
-			return err
+			w.printf("%s lists no exports\n", ep.Server())
+			return w.err
 		}
 		var table bytes.Buffer
 		tw := tabwriter.NewWriter(&table, 0, 4, 2, ' ', 0)
-		fmt.Fprintf(tw, "NAME\tSIZE\tBLOCK SIZES\tFLAGS\tDESCRIPTION\n")
+		fmt.Fprintf(tw, "NAME\tSIZE\tBLOCK SIZES\tFLAGS\tMETA CONTEXTS\tDESCRIPTION\n")
 		for _, e := range exps {
-			fmt.Fprintf(tw, "%s\t%d (%s)\t%s\t%s\t%s\n", displayName(e.Name), e.Size, humanSize(e.Size),
-				blockSizes(e), flagsString(e.Flags), e.Description)
+			fmt.Fprintf(tw, "%s\t%d (%s)\t%s\t%s\t%s\t%s\n", displayName(e.Name), e.Size, humanSize(e.Size),
+				blockSizes(e), flagsString(e.Flags), metaContexts(e.MetaContexts), e.Description)
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
 		// An empty last column leaves the padding of the one before it.
-		w := &errWriter{w: sio.out}
 		for line := range strings.Lines(table.String()) {
 			w.printf("%s\n", strings.TrimRight(line, " \n"))
 		}
+		w.printf("structured replies: %s\n", yesNo(exps[0].StructuredReplies))
 		return w.err
 	}
+}
+
+// metaContexts formats an export's metadata contexts: comma-separated, or
+// "none".
+func metaContexts(names []string) string {
+	if len(names) == 0 {
+		return "none"
+	}
+	clean := make([]string, len(names))
+	for i, n := range names {
+		clean[i] = displayName(n)
+	}
+	return strings.Join(clean, ",")
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }

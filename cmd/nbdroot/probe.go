@@ -103,14 +103,21 @@ func oneSpec(args []string) error {
 }
 
 // probeFlags registers probe's flags. probe negotiates with the server
-// exactly as the keeper does (dial.Dial), describes the export, and disconnects.
+// exactly as the keeper does (dial.Dial), describes the export, and
+// disconnects; with --map it prints the allocation map instead, from a
+// query session (probemap.go).
 func probeFlags(fs *flag.FlagSet) runFunc {
 	var f clientFlags
 	f.register(fs)
+	var m mapFlags
+	m.register(fs)
 	return func(ctx context.Context, sio stdio, args []string) error {
 		spec, ep, err := f.onlyTarget(args)
 		if err != nil {
 			return err
+		}
+		if m.wanted(fs) {
+			return probeMap(ctx, sio, spec, ep, m, f.json)
 		}
 		exp, conn, err := dial.Dial(ctx, spec, ep)
 		if err != nil {
@@ -157,6 +164,9 @@ type exportInfo struct {
 	TLS                bool     `json:"tls"`
 	TLSVersion         string   `json:"tls_version,omitempty"`
 	TLSCipher          string   `json:"tls_cipher,omitempty"`
+	// List only: probe's handshake is the kernel's and never asks.
+	StructuredReplies *bool     `json:"structured_replies,omitempty"`
+	MetaContexts      *[]string `json:"meta_contexts,omitempty"`
 }
 
 func describe(e negotiate.Export) exportInfo {

@@ -153,9 +153,12 @@ func TestList(t *testing.T) {
 			t.Errorf("list %s: exit %d", spec, status)
 			continue
 		}
+		// nbd-server has no structured replies and no metadata
+		// contexts: listed all the same.
 		lines := strings.Split(strings.TrimSpace(out), "\n")
-		if len(lines) != 3 || !strings.HasPrefix(lines[0], "NAME") ||
-			!strings.HasPrefix(lines[1], "disk ") || !strings.HasPrefix(lines[2], "other ") {
+		if len(lines) != 4 || !strings.HasPrefix(lines[0], "NAME") || !strings.Contains(lines[0], "  META CONTEXTS  ") ||
+			!strings.HasPrefix(lines[1], "disk ") || !strings.HasPrefix(lines[2], "other ") ||
+			!strings.Contains(lines[1], "  none") || lines[3] != "structured replies: no" {
 			t.Errorf("list %s:\n%s", spec, out)
 		}
 	}
@@ -170,6 +173,38 @@ func TestList(t *testing.T) {
 	}
 	if len(got) != 2 || got[0].Name != "disk" || got[1].Name != "other" {
 		t.Errorf("--json exports = %+v", got)
+	}
+	for _, e := range got {
+		if e.StructuredReplies == nil || *e.StructuredReplies || e.MetaContexts == nil || len(*e.MetaContexts) != 0 {
+			t.Errorf("--json: %q: structured_replies %v, meta_contexts %v; want false and []", e.Name, e.StructuredReplies, e.MetaContexts)
+		}
+	}
+}
+
+// TestListMetaContexts lists qemu-nbd, which offers structured replies and
+// base:allocation, as qemu-nbd --list shows them.
+func TestListMetaContexts(t *testing.T) {
+	dir := t.TempDir()
+	s := testrig.QemuNBD(t, testrig.RawImage(t, filepath.Join(dir, "disk.img"), 1<<20), "disk")
+	status, out, _ := nbdroot(t, "list", s.Addr)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if status != 0 || len(lines) != 3 || !strings.HasPrefix(lines[1], "disk ") ||
+		!strings.Contains(lines[1], ",SEND_DF,") || !strings.Contains(lines[1], "  base:allocation") ||
+		lines[2] != "structured replies: yes" {
+		t.Errorf("exit %d:\n%s", status, out)
+	}
+	status, out, _ = nbdroot(t, "list", "--json", s.Addr)
+	var got []map[string]any
+	if err := json.Unmarshal([]byte(out), &got); status != 0 || err != nil || len(got) != 1 {
+		t.Fatalf("--json: exit %d, %v:\n%s", status, err, out)
+	}
+	if got[0]["structured_replies"] != true || fmt.Sprint(got[0]["meta_contexts"]) != "[base:allocation]" {
+		t.Errorf("--json: structured_replies %v, meta_contexts %v", got[0]["structured_replies"], got[0]["meta_contexts"])
+	}
+	// probe's JSON has neither: its handshake is the kernel's.
+	_, out, _ = nbdroot(t, "probe", "--json", s.Addr+"/disk")
+	if strings.Contains(out, "structured_replies") || strings.Contains(out, "meta_contexts") {
+		t.Errorf("probe --json:\n%s", out)
 	}
 }
 

@@ -45,6 +45,7 @@ type Server struct {
 type Option func(*options)
 
 type options struct {
+	format     string
 	tlsDir     string
 	verifyPeer bool
 	shared     int
@@ -83,6 +84,10 @@ func (o options) endpoint(t testing.TB) endpoint {
 	return endpoint{host: "127.0.0.1", port: FreePort(t), dial: Dial}
 }
 
+// Format makes qemu-nbd open the image as format ("qcow2"; the default is
+// "raw"). nbd-server ignores it.
+func Format(format string) Option { return func(o *options) { o.format = format } }
+
 // ReadOnly serves the export read-only.
 func ReadOnly() Option { return func(o *options) { o.readOnly = true } }
 
@@ -90,15 +95,20 @@ func ReadOnly() Option { return func(o *options) { o.readOnly = true } }
 // nbd-server's [generic] section.
 func Args(a ...string) Option { return func(o *options) { o.extra = append(o.extra, a...) } }
 
-// QemuNBD serves image (raw) as export on a free port with qemu-nbd
-// --persistent. Give Shared(n) for more than one simultaneous client.
+// QemuNBD serves image (raw, or as Format says) as export on a free port
+// with qemu-nbd --persistent. Give Shared(n) for more than one simultaneous
+// client.
 func QemuNBD(t testing.TB, image, export string, opts ...Option) *Server {
 	t.Helper()
 	Need(t, "qemu-nbd")
 	o := collect(opts)
 	ep := o.endpoint(t)
+	format := o.format
+	if format == "" {
+		format = "raw"
+	}
 	argv := append(ep.prefix, "qemu-nbd", "-x", export, "-b", ep.host, "-p", strconv.Itoa(ep.port),
-		"-f", "raw", "--persistent")
+		"-f", format, "--persistent")
 	if o.shared > 0 {
 		argv = append(argv, "--shared="+strconv.Itoa(o.shared))
 	}

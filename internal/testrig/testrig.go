@@ -10,6 +10,8 @@ package testrig
 
 import (
 	"encoding/binary"
+	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -172,4 +174,106 @@ func PartitionedExt4(t testing.TB, img string, size int64, src string) string {
 		t.Fatalf("testrig: mkfs.ext4 -E offset=%d -d %s %s: %v\n%s", PartitionOffset, src, img, err, out)
 	}
 	return img
+}
+
+// Write is one write SparseImage makes: Length bytes at Offset, each the
+// byte Pattern, or, with Zero, zeroes written as such (qemu-io write -z),
+// which a format may record as a hole or a zero cluster.
+type Write struct {
+	Offset, Length int64
+	Pattern        byte
+	Zero           bool
+}
+
+// SparseImage creates an image of size bytes at path in format ("raw",
+// "qcow2"; qemu-img create), makes the writes with qemu-io, and returns
+// path. What is not written stays unallocated.
+func SparseImage(t testing.TB, path, format string, size int64, writes ...Write) string {
+	t.Helper()
+	Need(t, "qemu-img", "qemu-io")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", format, path, strconv.FormatInt(size, 10)).CombinedOutput(); err != nil {
+		t.Fatalf("testrig: qemu-img create -f %s %s: %v\n%s", format, path, err, out)
+	}
+	if len(writes) == 0 {
+		return path
+	}
+	args := []string{"-f", format}
+	for _, w := range writes {
+		cmd := fmt.Sprintf("write -P %d %d %d", w.Pattern, w.Offset, w.Length)
+		if w.Zero {
+			cmd = fmt.Sprintf("write -z %d %d", w.Offset, w.Length)
+		}
+		args = append(args, "-c", cmd)
+	}
+	if out, err := exec.Command("qemu-io", append(args, path)...).CombinedOutput(); err != nil {
+		t.Fatalf("testrig: qemu-io %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return path
+}
+
+// MapEntry is one range of `qemu-img map --output=json`: Data (allocated
+// data) and Zero (reads as zeroes).
+type MapEntry struct {
+	Start  int64 `json:"start"`
+	Length int64 `json:"length"`
+	Data   bool  `json:"data"`
+	Zero   bool  `json:"zero"`
+}
+
+// QemuImgMap runs `qemu-img map --output=json` with args (such as "-f",
+// "qcow2", PATH, or an nbd:// URI) and returns its ranges.
+func QemuImgMap(t testing.TB, args ...string) []MapEntry {
+	t.Helper()
+	Need(t, "qemu-img")
+	out, err := exec.Command("qemu-img", append([]string{"map", "--output=json"}, args...)...).Output()
+	if err != nil {
+		var stderr []byte
+		if ee, ok := err.(*exec.ExitError); ok {
+			stderr = ee.Stderr
+		}
+		t.Fatalf("testrig: qemu-img map %s: %v\n%s", strings.Join(args, " "), err, stderr)
+	}
+	var m []MapEntry
+	if err := json.Unmarshal(out, &m); err != nil {
+		t.Fatalf("testrig: qemu-img map %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return m
+}
+
+// Allocation is a run of an image in the terms of NBD's base:allocation
+// metadata context: Flags holds NBD_STATE_HOLE (1) and NBD_STATE_ZERO (2).
+type Allocation struct {
+	Offset, Length uint64
+	Flags          uint32
+}
+
+// Allocations turns qemu-img map's ranges into base:allocation runs as
+// QEMU's NBD server and client translate them (no data: a hole; zero:
+// NBD_STATE_ZERO), adjacent runs with the same flags merged.
+func Allocations(m []MapEntry) []Allocation {
+	runs := make([]Allocation, 0, len(m))
+	for _, e := range m {
+		var flags uint32
+		if !e.Data {
+			flags |= 1
+		}
+		if e.Zero {
+			flags |= 2
+		}
+		runs = append(runs, Allocation{Offset: uint64(e.Start), Length: uint64(e.Length), Flags: flags})
+	}
+	return MergeAllocations(runs)
+}
+
+// MergeAllocations merges adjacent runs with the same flags.
+func MergeAllocations(runs []Allocation) []Allocation {
+	var out []Allocation
+	for _, r := range runs {
+		if n := len(out); n > 0 && out[n-1].Flags == r.Flags && out[n-1].Offset+out[n-1].Length == r.Offset {
+			out[n-1].Length += r.Length
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -255,6 +256,48 @@ func TestRawImage(t *testing.T) {
 	}
 	if got := string(data[8*20000 : 8*20001]); got != "00004e20" {
 		t.Errorf("word 20000 = %q, want 00004e20", got)
+	}
+}
+
+func TestSparseImage(t *testing.T) {
+	dir := t.TempDir()
+	for _, format := range []string{"raw", "qcow2"} {
+		img := SparseImage(t, filepath.Join(dir, "sparse."+format), format, 8<<20,
+			Write{Offset: 1 << 20, Length: 64 << 10, Pattern: 0xab}, Write{Offset: 4 << 20, Length: 1 << 20, Zero: true})
+		var data, total int64
+		for _, e := range QemuImgMap(t, "-f", format, img) {
+			total += e.Length
+			if e.Data {
+				data += e.Length
+				if e.Zero {
+					t.Errorf("%s: %+v is data and zero", format, e)
+				}
+			}
+		}
+		// raw: qemu-img create allocates the first 4 KiB of a raw file.
+		if total != 8<<20 || (data != 64<<10 && data != 64<<10+4096) {
+			t.Errorf("%s: map covers %d bytes with %d of data, want 8 MiB with 64 KiB", format, total, data)
+		}
+		// qemu-nbd serves it in that format.
+		s := QemuNBD(t, img, "disk", Format(format))
+		if m := greeting(t, dial(t, s)); m != optMagic {
+			t.Errorf("%s: qemu-nbd greeting %#x, want newstyle", format, m)
+		}
+	}
+}
+
+func TestAllocations(t *testing.T) {
+	got := Allocations([]MapEntry{
+		{Start: 0, Length: 4096, Data: true},
+		{Start: 4096, Length: 4096, Data: true},
+		{Start: 8192, Length: 8192, Zero: true},
+		{Start: 16384, Length: 4096, Data: true, Zero: true},
+		{Start: 20480, Length: 4096},
+		{Start: 24576, Length: 4096, Zero: true},
+	})
+	want := []Allocation{{0, 8192, 0}, {8192, 8192, 3}, {16384, 4096, 2}, {20480, 4096, 1}, {24576, 4096, 3}}
+	if !slices.Equal(got, want) {
+		t.Errorf("Allocations = %v, want %v", got, want)
 	}
 }
 
