@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"time"
 
@@ -88,6 +89,10 @@ func (k *keeper) report(rep Report) {
 	// first DHCP and netlink exchanges) is garbage from here on: give it
 	// back to the kernel now rather than at the scavenger's pace.
 	debug.FreeOSMemory()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	k.log.Debugf(k.step, "memory: heap %d KiB in use of %d KiB (%d KiB released), stacks %d KiB, runtime %d KiB, objects %d, GCs %d",
+		m.HeapInuse>>10, m.HeapSys>>10, m.HeapReleased>>10, m.StackSys>>10, (m.Sys-m.HeapSys-m.StackSys)>>10, m.HeapObjects, m.NumGC)
 }
 
 // fail is the keeper's failure in step op; it tells the starter, if the

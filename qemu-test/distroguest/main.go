@@ -127,15 +127,15 @@ func (o out) keeper() {
 // smaps reports the keeper's largest mappings by resident size, to tell
 // its heap from its binary's pages from the rest:
 //
-//	DISTRO: keeper map START-END PERMS NAME rss=KB anon=KB
+//	DISTRO: keeper map START-END PERMS NAME rss=KB anon=KB thp=KB
 func (o out) smaps(pid string) {
 	b, err := os.ReadFile("/proc/" + pid + "/smaps")
 	if err != nil {
 		return
 	}
 	type mapping struct {
-		head      string
-		rss, anon int
+		head           string
+		rss, anon, thp int
 	}
 	var maps []mapping
 	for _, l := range lines(string(b)) {
@@ -151,11 +151,13 @@ func (o out) smaps(pid string) {
 			maps[len(maps)-1].rss, _ = strconv.Atoi(f[1])
 		case len(maps) > 0 && len(f) >= 2 && f[0] == "Anonymous:":
 			maps[len(maps)-1].anon, _ = strconv.Atoi(f[1])
+		case len(maps) > 0 && len(f) >= 2 && f[0] == "AnonHugePages:":
+			maps[len(maps)-1].thp, _ = strconv.Atoi(f[1])
 		}
 	}
 	slices.SortFunc(maps, func(a, b mapping) int { return b.rss - a.rss })
 	for _, m := range maps[:min(len(maps), 8)] {
-		o.say("keeper map %s rss=%d anon=%d", m.head, m.rss, m.anon)
+		o.say("keeper map %s rss=%d anon=%d thp=%d", m.head, m.rss, m.anon, m.thp)
 	}
 }
 
