@@ -35,7 +35,8 @@ type Logger struct {
 }
 
 // New returns a Logger writing to console, measuring elapsed time from
-// start.
+// start (for a boot, ProcessStart: its offsets then count from the
+// kernel's exec of /init).
 func New(console io.Writer, start time.Time) *Logger {
 	return &Logger{start: start, console: console}
 }
@@ -122,6 +123,60 @@ func (l *Logger) SetDebug(on bool) {
 	l.mu.Lock()
 	l.debug = on
 	l.mu.Unlock()
+}
+
+// ProcessStart returns when this process began, on the wall clock: now
+// less its age, the kernel's starttime in /proc/self/stat (set at fork, in
+// clock ticks of 10 ms since boot) against CLOCK_BOOTTIME. It accounts for
+// the exec and the Go runtime's start, which no log line can. If the age
+// cannot be read, it is now.
+func ProcessStart() time.Time {
+	now := time.Now()
+	age, err := ProcessAge()
+	if err != nil {
+		return now
+	}
+	return now.Add(-age)
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat's times, fixed at 100
+// on every Linux architecture nbdroot runs on.
+const clockTicks = 100
+
+// ProcessAge returns how long ago this process was forked, to 10 ms.
+func ProcessAge() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0, err
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0, err
+	}
+	return ageFromStat(string(b), time.Duration(ts.Nano()))
+}
+
+// ageFromStat is the age of the process whose /proc/PID/stat is stat at
+// boot time now: field 22, starttime, counted after the command name,
+// which may hold spaces and parentheses.
+func ageFromStat(stat string, now time.Duration) (time.Duration, error) {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/self/stat: no command name")
+	}
+	f := strings.Fields(stat[i+1:]) // f[0] is field 3, the state
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/self/stat: %d fields", len(f)+2)
+	}
+	ticks, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("/proc/self/stat: starttime: %w", err)
+	}
+	age := now - time.Duration(ticks)*time.Second/clockTicks
+	if age < 0 {
+		age = 0
+	}
+	return age, nil
 }
 
 // Elapsed returns the time since the logger's start.

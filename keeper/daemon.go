@@ -73,6 +73,7 @@ type Report struct {
 	Device   int               // N of /dev/nbdN
 	Endpoint string            // the server that answered
 	Export   *negotiate.Export `json:",omitempty"`
+	Startup  time.Duration     // fork, exec and the Go runtime's start, to 10 ms
 	Connect  time.Duration     // dial + negotiate, retries included
 	Attach   time.Duration     // handing the sockets to the kernel
 	Pid      int               // the keeper's pid
@@ -198,6 +199,7 @@ const (
 // daemon's identity, then connects, attaches and serves the device until it
 // is detached. It logs its own errors.
 func Main() error {
+	startup, _ := bootlog.ProcessAge()
 	var a args
 	if err := json.Unmarshal([]byte(os.Getenv(argsEnv)), &a); err != nil {
 		return &Error{Op: "keeper", Err: fmt.Errorf("bad %s: %w", argsEnv, err)}
@@ -211,7 +213,7 @@ func Main() error {
 	log := bootlog.New(os.Stderr, a.Start)
 	log.OpenKmsg()
 	log.SetDebug(a.Spec.Boot.LogLevel == "debug")
-	k := &keeper{log: log, step: "keeper " + nbddev.Name(a.Device), spec: a.Spec, dev: a.Device, lease: a.Lease, status: os.NewFile(3, "status")}
+	k := &keeper{log: log, step: "keeper " + nbddev.Name(a.Device), spec: a.Spec, dev: a.Device, lease: a.Lease, status: os.NewFile(3, "status"), startup: startup}
 	protect(log, k.step)
 	debug.SetGCPercent(gcPercent)
 	// The TLS files are read now, while they can be: the exitrd holds none.

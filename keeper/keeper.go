@@ -37,6 +37,8 @@ type keeper struct {
 	dir    RunDir
 	lease  *network.Lease // the root's network to keep, or nil
 	status *os.File       // the pipe to the starter, until the report is sent
+	// startup is the keeper's own start (fork to main), for the report.
+	startup time.Duration
 	state  State
 	// exportSize and exportFlags are the export's at the first attach: a
 	// reconnect must find the same size, and a read-write device the same
@@ -80,7 +82,7 @@ func (k *keeper) report(rep Report) {
 	if k.status == nil {
 		return
 	}
-	rep.Device, rep.Pid = k.dev, os.Getpid()
+	rep.Device, rep.Pid, rep.Startup = k.dev, os.Getpid(), k.startup
 	b, _ := json.Marshal(rep)
 	_, _ = k.status.Write(append(b, '\n'))
 	k.status.Close()

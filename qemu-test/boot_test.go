@@ -35,7 +35,7 @@ func rootReached(t *testing.T, c console, mountOpts string) {
 func rootReachedAfterFailures(t *testing.T, c console, mountOpts string) {
 	t.Helper()
 	c.must(t,
-		`nbdroot: root ready in [0-9.]+s \(modules [0-9.]+s, network [0-9.]+s, connect [0-9.]+s, attach [0-9.]+s, mount [0-9.]+s\)`,
+		`nbdroot: root ready in [0-9.]+s \(start [0-9.]+s, modules [0-9.]+s, network [0-9.]+s, keeper [0-9.]+s, connect [0-9.]+s, attach [0-9.]+s, mount [0-9.]+s\)`,
 		`TESTINIT: pid=1\n`,
 		`TESTINIT: root=\S+ fstype=\S+ opts=`+mountOpts,
 		`TESTINIT: keeper=[0-9]+:@nbdroot\n`,

@@ -46,7 +46,7 @@ func bootFlags(fs *flag.FlagSet) runFunc {
 // policy returns only when the operator asks for a retry from the rescue
 // shell; the next attempt resumes where the last one failed.
 func runPID1(sio stdio) {
-	log := bootlog.New(sio.err, time.Now())
+	log := bootlog.New(sio.err, bootlog.ProcessStart())
 	quietStdlog(log)
 	prog := &boot.Progress{}
 	opts := boot.Options{InitArgs: os.Args[1:]}

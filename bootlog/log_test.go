@@ -1,0 +1,44 @@
+package bootlog
+
+import (
+	"testing"
+	"time"
+)
+
+func TestAgeFromStat(t *testing.T) {
+	for _, tc := range []struct {
+		name, stat string
+		now, want  time.Duration
+		err        bool
+	}{
+		// Field 22 (starttime) is 412 ticks: the process began 4.12 s
+		// after boot.
+		{"init", "1 (init) S 0 1 1 0 -1 4194560 190 0 0 0 1 5 0 0 20 0 1 0 412 10000 200 18446744073709551615", 5 * time.Second, 880 * time.Millisecond, false},
+		{"name with spaces and parens", "77 (a) b (c)) R 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 100 0 0", 2 * time.Second, time.Second, false},
+		{"clock behind", "1 (x) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 900 0 0", time.Second, 0, false},
+		{"no name", "1 x S 0", time.Second, 0, true},
+		{"short", "1 (x) S 0 1 1", time.Second, 0, true},
+		{"bad starttime", "1 (x) S 0 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 -5 0 0", time.Second, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ageFromStat(tc.stat, tc.now)
+			if (err != nil) != tc.err || got != tc.want {
+				t.Fatalf("ageFromStat = %v, %v; want %v, error %v", got, err, tc.want, tc.err)
+			}
+		})
+	}
+}
+
+func TestProcessAge(t *testing.T) {
+	age, err := ProcessAge()
+	if err != nil {
+		t.Skipf("no /proc/self/stat here: %v", err)
+	}
+	// This test binary started before the test ran, and not days ago.
+	if age < 0 || age > 24*time.Hour {
+		t.Fatalf("ProcessAge = %v", age)
+	}
+	if start := ProcessStart(); time.Since(start) < age-time.Second {
+		t.Fatalf("ProcessStart %v is later than the age %v says", start, age)
+	}
+}
