@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/nbdroot/nbdroot/config"
@@ -89,6 +90,22 @@ func TestStepErrorNamesTheStepOnce(t *testing.T) {
 	} {
 		if got := tc.err.Error(); got != tc.want {
 			t.Errorf("got %q\nwant %q", got, tc.want)
+		}
+	}
+}
+
+func TestRootModules(t *testing.T) {
+	for _, tc := range []struct {
+		root config.Root
+		want []string
+	}{
+		{config.Root{}, []string{"ext4"}},
+		{config.Root{FSType: "xfs"}, []string{"xfs"}},
+		{config.Root{FSType: "squashfs", Overlay: config.OverlayTmpfs}, []string{"squashfs", "overlay"}},
+		{config.Root{Overlay: config.OverlayTmpfs}, []string{"ext4", "overlay"}},
+	} {
+		if got := rootModules(tc.root); !slices.Equal(got, tc.want) {
+			t.Errorf("rootModules(%+v) = %q, want %q", tc.root, got, tc.want)
 		}
 	}
 }
