@@ -103,6 +103,8 @@ type distroCase struct {
 	// lab boots the guest on a lab's network (its dnsmasq already
 	// running) with nbdroot=dhcp, instead of QEMU's user network.
 	lab *testrig.Lab
+	// requested is distroSetup's.
+	requested func()
 }
 
 // TestDistro boots the Debian root with each network stack, restarts the
@@ -151,7 +153,7 @@ func distroBoot(t *testing.T, tc distroCase) {
 	case tc.soak > 0:
 		writer = fmt.Sprintf(" distro.soak=%d distro.stress_interval_ms=%d", int(tc.soak.Seconds()), soakIntervalMs)
 	}
-	run := r.distroRun(t, img, distroSetup{lab: tc.lab, soak: tc.soak}, func(port int) string {
+	run := r.distroRun(t, img, distroSetup{lab: tc.lab, soak: tc.soak, requested: tc.requested}, func(port int) string {
 		root := fmt.Sprintf("nbdroot=10.0.2.2:%d/rootfs", port)
 		if tc.lab != nil {
 			root = "nbdroot=dhcp" // the lab's DHCP root-path
@@ -291,6 +293,9 @@ type distroSetup struct {
 	initramfs string        // default: the rig's
 	lab       *testrig.Lab  // the lab network (nbdkit in it, guest MAC 0), or QEMU's user network
 	soak      time.Duration // how much longer than a boot the helper's request may take
+	// requested, if set, is called when the helper asks for the
+	// power-off or reboot, before the shutdown begins.
+	requested func()
 }
 
 // distroRun serves img with nbdkit (file plugin, log filter, -v), boots it
@@ -313,6 +318,9 @@ func (r *rig) distroRun(t testing.TB, img string, o distroSetup, args func(port 
 	// Up to the request, then the shutdown, each with its own limit.
 	run := distroGuest{srv: srv, logFile: logFile}
 	run.requested = waitConsole(guest, `DISTRO: request=`, distroBootTimeout+o.soak)
+	if run.requested && o.requested != nil {
+		o.requested()
+	}
 	if run.requested {
 		run.qerr = guest.p.Wait(distroOffWait)
 		run.exited = run.qerr == nil
