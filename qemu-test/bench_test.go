@@ -38,7 +38,10 @@ func BenchmarkBoot(b *testing.B) {
 			g := guest{}
 			if mode.lab {
 				lab := testrig.NewLab(b)
-				testrig.QemuNBD(b, img, "rootfs", testrig.InLab(lab))
+				// Shared: a guest that powers off leaves its connection
+				// half-open (nothing on the bridge tells qemu-nbd), and
+				// the next one must not queue behind it.
+				testrig.QemuNBD(b, img, "rootfs", testrig.InLab(lab), testrig.Shared(16))
 				lab.Dnsmasq(b, testrig.DnsmasqConfig{Base: filepath.Join(labDocs, "dnsmasq.conf")})
 				g.lab, g.mac = lab, testrig.MAC(0)
 				g.append = "nbdroot=dhcp ip=dhcp ro testinit.mode=ro"
