@@ -39,7 +39,7 @@ type keeper struct {
 	status *os.File       // the pipe to the starter, until the report is sent
 	// startup is the keeper's own start (fork to main), for the report.
 	startup time.Duration
-	state  State
+	state   State
 	// exportSize and exportFlags are the export's at the first attach: a
 	// reconnect must find the same size, and a read-write device the same
 	// flags (another server too: listing several asserts they serve the
