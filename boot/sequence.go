@@ -94,7 +94,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	}
 	spec := res.Spec
 	policy = spec.Boot
-	log.SetDebug(spec.Boot.LogLevel == "debug")
+	log.SetDebug(spec.Boot.Debug())
 
 	// Everything before the modules: the exec of /init and the Go
 	// runtime's start (the logger counts from the process's start), the

@@ -250,3 +250,6 @@ type Boot struct {
 	// "error", "info" or "debug".
 	LogLevel string `toml:"log_level" check:"log_level" default:"info"`
 }
+
+// Debug reports whether log_level asks for debug lines.
+func (b Boot) Debug() bool { return b.LogLevel == "debug" }

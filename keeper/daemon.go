@@ -212,7 +212,7 @@ func Main() error {
 	defer stop()
 	log := bootlog.New(os.Stderr, a.Start)
 	log.OpenKmsg()
-	log.SetDebug(a.Spec.Boot.LogLevel == "debug")
+	log.SetDebug(a.Spec.Boot.Debug())
 	k := &keeper{log: log, step: "keeper " + nbddev.Name(a.Device), spec: a.Spec, dev: a.Device, lease: a.Lease, status: os.NewFile(3, "status"), startup: startup}
 	protect(log, k.step)
 	debug.SetGCPercent(gcPercent)

@@ -91,6 +91,9 @@ func (k *keeper) report(rep Report) {
 	// first DHCP and netlink exchanges) is garbage from here on: give it
 	// back to the kernel now rather than at the scavenger's pace.
 	debug.FreeOSMemory()
+	if !k.spec.Boot.Debug() {
+		return
+	}
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	k.log.Debugf(k.step, "memory: heap %d KiB in use of %d KiB (%d KiB released), stacks %d KiB, runtime %d KiB, objects %d, GCs %d",
