@@ -7,7 +7,7 @@
 #   make lint       gofmt, go mod tidy, go vet, staticcheck
 #   make fuzz       every fuzz target for FUZZTIME (60s) each
 #   make bench      handshake, keeper and reconnect benchmarks
-#   make bench-boot the boot timeline under QEMU
+#   make bench-boot the boot timeline under QEMU, against the floor (qemu-test/floor.sh)
 #   make bench-lab  four lab boots at once
 #   make bench-distro, test-distro  the Debian root (see below)
 
