@@ -2,8 +2,6 @@ package qemutest
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,16 +11,16 @@ import (
 	"time"
 
 	"github.com/nbdroot/nbdroot/internal/testrig"
+	"github.com/nbdroot/nbdroot/qemu-test/stressblock"
 )
 
-// The stress mode's file and block layout; qemu-test/testinit/stress.go
-// writes them and documents the layout.
+// The stress mode's file (qemu-test/testinit/stress.go) and its schedule;
+// the blocks' layout is package stressblock's.
 const (
-	stressPath      = "/nbdroot-test/stress.dat"
-	stressBlockSize = 4096
-	stressSeconds   = 30 // testinit.stress_seconds: long enough for two outages
-	outage          = 2 * time.Second
-	restarts        = 2
+	stressPath    = "/nbdroot-test/stress.dat"
+	stressSeconds = 30 // testinit.stress_seconds: long enough for two outages
+	outage        = 2 * time.Second
+	restarts      = 2
 )
 
 // stressRun is what one stress boot produced.
@@ -158,19 +156,18 @@ func parseStress(t testing.TB, c console) stressRun {
 // the guest reported written and fsynced.
 func checkStressImage(t testing.TB, data, tok string, run stressRun) {
 	t.Helper()
-	sum := sha256.Sum256([]byte(tok))
-	id := sum[:16]
+	id := stressblock.RunID(tok)
 	bad := 0
 	for i := range run.blocks {
 		if run.failed[i] {
 			continue
 		}
 		var why string
-		off := i * stressBlockSize
-		if off+stressBlockSize > len(data) {
+		off := i * stressblock.Size
+		if off+stressblock.Size > len(data) {
 			why = fmt.Sprintf("missing (file is %d bytes)", len(data))
 		} else {
-			why = checkStressBlock([]byte(data[off:off+stressBlockSize]), id, uint64(i))
+			why = stressblock.Check([]byte(data[off:off+stressblock.Size]), id, uint64(i))
 		}
 		if why != "" {
 			bad++
@@ -183,23 +180,6 @@ func checkStressImage(t testing.TB, data, tok string, run stressRun) {
 		t.Fatalf("image: %d of %d acknowledged blocks are wrong", bad, run.blocks-run.errs)
 	}
 	t.Logf("image: all %d acknowledged blocks verify (%d failed writes skipped)", run.blocks-run.errs, run.errs)
-}
-
-// checkStressBlock says what is wrong with b as block index of run id, or "".
-func checkStressBlock(b, id []byte, index uint64) string {
-	const sumAt = stressBlockSize - sha256.Size
-	switch {
-	case string(b[:8]) != "NBDRSTRS":
-		return fmt.Sprintf("magic %q", b[:8])
-	case !bytes.Equal(b[8:24], id):
-		return "another run's block"
-	case binary.LittleEndian.Uint64(b[24:]) != index:
-		return fmt.Sprintf("holds block %d", binary.LittleEndian.Uint64(b[24:]))
-	}
-	if sum := sha256.Sum256(b[:sumAt]); !bytes.Equal(sum[:], b[sumAt:]) {
-		return "checksum mismatch"
-	}
-	return ""
 }
 
 // TestRestartUnderLoadNetlink: with the netlink interface and a dead

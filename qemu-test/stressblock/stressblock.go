@@ -12,7 +12,8 @@
 //	[48:4064]  payload: SHA-256 in counter mode over the run id and index
 //	[4064:]    SHA-256 of [0:4064]
 //
-// qemu-test/testinit writes the same layout (its own copy, older).
+// qemu-test/testinit and distroguest write them; the tests check the image
+// with Check.
 package stressblock
 
 import (
