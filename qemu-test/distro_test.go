@@ -213,7 +213,7 @@ func distroBoot(t *testing.T, tc distroCase) {
 		}
 		d.want("the kernel's final line", regexp.QuoteMeta(final), `reboot:|nbdroot|Failed|[Ss]topp|I/O error`)
 		if took, ok := offTime(c, final); !ok {
-			d.fail("no printk-stamped request and %q on the console: cannot time the %s", final, tc.action)
+			d.fail("no printk-stamped request and %q on the console: cannot time the %s; the lines:\n%s", final, tc.action, c.grep(`nbdroot-distro|request=|reboot:|Power down|Restarting`))
 		} else if took > distroOffLimit {
 			d.fail("%s took %v on the guest clock, want at most %v", tc.action, took, distroOffLimit)
 		} else {
@@ -446,7 +446,7 @@ func (d distroReport) stress() (stressRun, bool) {
 var (
 	distroStressResult = regexp.MustCompile(`DISTRO: stress blocks=(\d+) errors=(\d+) verify=(ok|FAIL\(.*?\))`)
 	distroStressFailed = regexp.MustCompile(`DISTRO: stress failed=(none|[0-9,-]+)\n`)
-	printkLine         = regexp.MustCompile(`(?m)^\[\s*(\d+\.\d+)\] (.*)$`)
+	printkStamp        = regexp.MustCompile(`\[\s*(\d+\.\d+)\] ([^\r\n[]*)`)
 )
 
 // grep returns the console's lines matching pattern, at most the last 150.
@@ -465,11 +465,15 @@ func (c console) grep(pattern string) string {
 }
 
 // offTime is the time on the guest's printk clock from the helper's
-// request to the kernel's final line.
+// request to the kernel's final line. A printk line need not start a
+// console line: the kernel writes its messages to the serial port while
+// the tty drains userspace's output (the helper's own DISTRO line, written
+// right after its /dev/kmsg line, or systemd's status lines), so a message
+// can land in the middle of another line; it is never split itself.
 func offTime(c console, final string) (time.Duration, bool) {
 	var req, end float64
 	var haveReq, haveEnd bool
-	for _, m := range printkLine.FindAllStringSubmatch(string(c), -1) {
+	for _, m := range printkStamp.FindAllStringSubmatch(string(c), -1) {
 		ts, _ := strconv.ParseFloat(m[1], 64)
 		switch {
 		case strings.HasPrefix(m[2], "nbdroot-distro: request="):
@@ -497,4 +501,27 @@ func waitConsole(g *running, pattern string, timeout time.Duration) bool {
 		}
 	}
 	return false
+}
+
+// TestOffTime times power-offs from consoles where the kernel's lines land
+// in the middle of userspace's, as a loaded guest's serial console has them.
+func TestOffTime(t *testing.T) {
+	for _, tc := range []struct {
+		name, console string
+		want          time.Duration
+		ok            bool
+	}{
+		{"clean", "[   10.500000] nbdroot-distro: request=poweroff\nDISTRO: request=poweroff t=10.49\n[  OK  ] Stopped x.\n[   13.000000] reboot: Power down\n", 2500 * time.Millisecond, true},
+		{"interleaved", "DISTRO: req[   10.500000] nbdroot-distro: request=poweroff\nuest=poweroff t=10.49\n[  OK  ] Stopp[   13.250000] reboot: Power down\r\ned x.\n", 2750 * time.Millisecond, true},
+		{"two stamps on a line", "[    9.000000] other [   10.000000] nbdroot-distro: request=poweroff\n[   11.000000] reboot: Power down\n", time.Second, true},
+		{"no request", "DISTRO: request=poweroff t=10.49\n[   13.000000] reboot: Power down\n", 0, false},
+		{"no final line", "[   10.500000] nbdroot-distro: request=poweroff\n", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := offTime(console(tc.console), "reboot: Power down")
+			if ok != tc.ok || (ok && (got-tc.want).Abs() > time.Microsecond) {
+				t.Errorf("offTime = %v, %v; want %v, %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
 }
