@@ -6,16 +6,19 @@ import (
 	"io"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 )
 
-// Compression is how an archive is compressed. Debian's kernels unpack all
-// three; gzip is the one every kernel config has.
+// Compression is how an archive is compressed. Debian's kernels unpack
+// all of them (CONFIG_RD_GZIP, RD_ZSTD, RD_XZ); gzip is the one every
+// kernel config has.
 type Compression string
 
 // Compressions.
 const (
 	Gzip Compression = "gzip"
 	Zstd Compression = "zstd"
+	Xz   Compression = "xz"
 	None Compression = "none"
 )
 
@@ -24,18 +27,23 @@ const (
 // tool uses at its default levels.
 const zstdWindow = 8 << 20
 
-// ParseCompression parses a compression name: gzip, zstd or none.
+// xzDict is the xz dictionary: the kernel's initramfs unpacker allocates it
+// whole (XZ_DYNALLOC), and 8 MiB is xz's own default (-6).
+const xzDict = 8 << 20
+
+// ParseCompression parses a compression name: gzip, zstd, xz or none.
 func ParseCompression(s string) (Compression, error) {
 	switch c := Compression(s); c {
-	case Gzip, Zstd, None:
+	case Gzip, Zstd, Xz, None:
 		return c, nil
 	}
-	return "", fmt.Errorf("unknown compression %q (want gzip, zstd or none)", s)
+	return "", fmt.Errorf("unknown compression %q (want gzip, zstd, xz or none)", s)
 }
 
 // compressor returns a writer that compresses into w; closing it finishes
 // the stream but does not close w. The output depends only on the input:
-// the gzip header has no name and no time, and zstd runs on one goroutine.
+// the gzip header has no name and no time, zstd runs on one goroutine, and
+// xz writes one block.
 func compressor(w io.Writer, c Compression) (io.WriteCloser, error) {
 	switch c {
 	case Gzip:
@@ -55,10 +63,19 @@ func compressor(w io.Writer, c Compression) (io.WriteCloser, error) {
 			return nil, fmt.Errorf("zstd: %w", err)
 		}
 		return zw, nil
+	case Xz:
+		// The kernel's xz decoder knows the CRC32 check and no other
+		// (Documentation/staging/xz.rst: xz --check=crc32).
+		zw, err := xz.WriterConfig{CheckSum: xz.CRC32, DictCap: xzDict}.NewWriter(w)
+		if err != nil {
+			return nil, fmt.Errorf("xz: %w", err)
+		}
+		return zw, nil
 	case None:
 		return nopCloser{w}, nil
 	}
-	return nil, fmt.Errorf("unknown compression %q (want gzip, zstd or none)", c)
+	_, err := ParseCompression(string(c))
+	return nil, err
 }
 
 // nopCloser adds a Close that does nothing.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/nbdroot/nbdroot/config"
@@ -111,6 +112,12 @@ func decompress(t *testing.T, data []byte, c Compression) []byte {
 			t.Fatal(err)
 		}
 		defer zr.Close()
+		r = zr
+	case Xz:
+		zr, err := xz.NewReader(bytes.NewReader(data))
+		if err != nil {
+			t.Fatal(err)
+		}
 		r = zr
 	case None:
 		return data
@@ -271,7 +278,7 @@ func TestWriteContents(t *testing.T) {
 func TestWriteCompressionRoundTrip(t *testing.T) {
 	f := newFixture(t)
 	plain, _ := writeImage(t, f.options(None))
-	for _, c := range []Compression{Gzip, Zstd} {
+	for _, c := range []Compression{Gzip, Zstd, Xz} {
 		t.Run(string(c), func(t *testing.T) {
 			data, rep := writeImage(t, f.options(c))
 			if rep.Compression != c {
@@ -288,6 +295,13 @@ func TestWriteCompressionRoundTrip(t *testing.T) {
 				// No name, no time: FLG has no FNAME and MTIME is zero.
 				if data[3]&0x08 != 0 || binary.LittleEndian.Uint32(data[4:8]) != 0 {
 					t.Errorf("gzip header carries a name or time: % x", data[:10])
+				}
+			}
+			if c == Xz {
+				// Stream flags: check type 0x01, CRC32, the one the
+				// kernel's decoder knows besides none.
+				if data[7] != 0x01 {
+					t.Errorf("xz stream flags % x: check type %#x, want CRC32 (0x01)", data[6:8], data[7])
 				}
 			}
 		})
@@ -427,12 +441,12 @@ func TestWriteModuleTree(t *testing.T) {
 }
 
 func TestParseCompression(t *testing.T) {
-	for _, s := range []string{"gzip", "zstd", "none"} {
+	for _, s := range []string{"gzip", "zstd", "xz", "none"} {
 		if c, err := ParseCompression(s); err != nil || string(c) != s {
 			t.Errorf("ParseCompression(%q) = %q, %v", s, c, err)
 		}
 	}
-	for _, s := range []string{"", "GZIP", "xz"} {
+	for _, s := range []string{"", "GZIP", "lz4", "xz "} {
 		if _, err := ParseCompression(s); err == nil {
 			t.Errorf("ParseCompression(%q) succeeded", s)
 		}

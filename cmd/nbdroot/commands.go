@@ -63,7 +63,7 @@ func commands() []command {
 		{name: "mkinitramfs", flags: mkinitramfsFlags,
 			synopsis: []string{
 				"-o FILE [--kver VERSION | --kernel PATH] [--config FILE] [--module NAME]... [--file SRC[:DST]]..." +
-					" [--shell PATH] [--compress gzip|zstd|none] [--modules-dir DIR] [--binary PATH]",
+					" [--shell PATH] [--compress gzip|zstd|xz|none] [--modules-dir DIR] [--binary PATH]",
 				"--base-only -o FILE [same flags, no --binary]",
 				"--modules-only DIR [--kver VERSION | --kernel PATH] [--modules-dir DIR] [--module NAME]...",
 			},

@@ -87,7 +87,7 @@ func mkinitramfsFlags(fs *flag.FlagSet) runFunc {
 	fs.StringVar(&m.configFile, "config", "", "install the spec TOML `FILE` as /etc/nbdroot.toml, with the TLS files it names")
 	fs.Var(&m.modules, "module", "also carry kernel module `NAME` and its dependencies (repeatable)")
 	fs.Var(&m.files, "file", "copy host file `SRC[:DST]` into the image (repeatable)")
-	fs.StringVar(&m.compress, "compress", string(initramfs.Gzip), "compress with `METHOD`: gzip, zstd or none")
+	fs.StringVar(&m.compress, "compress", string(initramfs.Gzip), "compress with `METHOD`: gzip, zstd, xz or none")
 	fs.StringVar(&m.binary, "binary", "", "install `PATH` as /init (default: this nbdroot binary)")
 	fs.StringVar(&m.modulesOnly, "modules-only", "", "write only the module tree, into `DIR`/lib/modules/VERSION")
 	fs.StringVar(&m.shell, "shell", "", "install the static shell at `PATH` for boot.on_failure = \"shell\" (busybox: as /bin/busybox with /bin/sh and applet links)")
