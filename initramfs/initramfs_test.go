@@ -17,8 +17,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
 	"github.com/u-root/u-root/pkg/cpio"
+	"github.com/ulikunitz/xz"
 
 	"github.com/nbdroot/nbdroot/config"
 )
