@@ -4,20 +4,34 @@
 // filesystem with it, attach loads nbd, and initramfs writes the names the
 // same way.
 //
-// It may import bootlog, u-root's kmodule and x/sys/unix.
+// It reads modules.dep, modules.alias, modules.softdep and modules.builtin
+// as depmod wrote them, and inserts with finit_module(2), as kmod's
+// modprobe does: the kernel reads the file itself, so a module costs no
+// copy through this process's heap (under emulation a copy and the garbage
+// it leaves cost more than the kernel's own work). A compressed module
+// (.ko.xz, .ko.zst, .ko.gz) is given to the kernel to decompress
+// (MODULE_INIT_COMPRESSED_FILE, Linux 6.4), or decompressed here for an
+// older kernel.
+//
+// It may import bootlog and x/sys/unix, and the decompressors.
 package kmod
 
 import (
 	"bufio"
+	"compress/gzip"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path"
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/nbdroot/nbdroot/bootlog"
-	"github.com/u-root/u-root/pkg/kmodule"
+	"github.com/ulikunitz/xz"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,38 +53,117 @@ import (
 // A Modules is safe for concurrent use, so that a module the root will need
 // can load while the network step waits.
 type Modules struct {
-	log      *bootlog.Logger
-	prober   *kmodule.Prober
+	log *bootlog.Logger
+	// dir is the module tree (/lib/modules/VERSION); empty when there is
+	// none, and every load is a no-op.
+	dir string
+	// sys is the sysfs Coldplug reads ("/sys").
+	sys string
+	// insert puts one module file into the kernel.
+	insert func(file string) error
+
+	paths    map[string]string   // module name → its file, relative to dir
+	deps     map[string][]string // module name → modules.dep's files
+	builtin  map[string]bool
 	aliases  []moduleAlias
 	softdeps map[string][]string
 
-	mu     sync.Mutex
-	tried  map[string]bool
-	loaded int
+	mu       sync.Mutex
+	tried    map[string]bool
+	inserted map[string]*insertion // by file
+	loaded   int
 }
 
-type moduleAlias struct{ pattern, module string }
+// insertion is one module file's insertion, done once for every caller.
+type insertion struct {
+	once sync.Once
+	err  error
+}
+
+// moduleAlias is one line of modules.alias: a glob over modaliases and
+// the module that serves them.
+type moduleAlias struct {
+	pattern, module string
+	// literal is the pattern up to its first glob character: a modalias
+	// without this prefix cannot match, and most are told so by a string
+	// comparison instead of path.Match.
+	literal string
+}
+
+// newAlias returns the alias of pattern for module.
+func newAlias(pattern, module string) moduleAlias {
+	lit := pattern
+	if i := strings.IndexAny(pattern, `*?[\`); i >= 0 {
+		lit = pattern[:i]
+	}
+	return moduleAlias{pattern: pattern, module: module, literal: lit}
+}
+
+// matches reports whether the modalias (or module alias) name matches a.
+func (a moduleAlias) matches(name string) bool {
+	if !strings.HasPrefix(name, a.literal) {
+		return false
+	}
+	ok, _ := path.Match(a.pattern, name)
+	return ok
+}
 
 // New reads the module index of the running kernel. Without one (a
 // kernel with everything built in) every load is a no-op.
 func New(log *bootlog.Logger) *Modules {
-	m := &Modules{log: log, softdeps: map[string][]string{}, tried: map[string]bool{}}
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err != nil {
 		log.Errorf("modules", "uname: %v", err)
-		return m
+		return open(log, "", "/sys", nil)
 	}
 	kver := unix.ByteSliceToString(uts.Release[:])
-	p, err := kmodule.NewProber(kmodule.ProbeOpts{KVer: kver})
-	if err != nil {
-		log.Printf("modules", "no module index for %s (%v); relying on built-in drivers", kver, err)
+	dir := ""
+	for _, d := range []string{"/lib/modules", "/usr/lib/modules"} {
+		if _, err := os.Stat(filepath.Join(d, kver, "modules.dep")); err == nil {
+			dir = filepath.Join(d, kver)
+			break
+		}
+	}
+	if dir == "" {
+		log.Printf("modules", "no module index for %s (no modules.dep in /lib/modules or /usr/lib/modules); relying on built-in drivers", kver)
+		return open(log, "", "/sys", nil)
+	}
+	m := open(log, dir, "/sys", finit)
+	eachLine("/proc/modules", func(f []string) {
+		if len(f) > 0 {
+			if file, ok := m.paths[Canonical(f[0])]; ok {
+				m.inserted[file] = done(nil)
+			}
+		}
+	})
+	return m
+}
+
+// open reads the module tree at dir (none when empty); insert puts one
+// module file into the kernel. It is New's seam for tests.
+func open(log *bootlog.Logger, dir, sys string, insert func(string) error) *Modules {
+	m := &Modules{log: log, dir: dir, sys: sys, insert: insert,
+		paths: map[string]string{}, deps: map[string][]string{}, builtin: map[string]bool{},
+		softdeps: map[string][]string{}, tried: map[string]bool{}, inserted: map[string]*insertion{}}
+	if dir == "" {
 		return m
 	}
-	m.prober = p
-	dir := filepath.Join("/lib/modules", kver)
+	eachLine(filepath.Join(dir, "modules.dep"), func(f []string) {
+		if len(f) == 0 || !strings.HasSuffix(f[0], ":") {
+			return
+		}
+		file := strings.TrimSuffix(f[0], ":")
+		name := moduleName(file)
+		m.paths[name], m.deps[name] = file, f[1:]
+	})
+	eachLine(filepath.Join(dir, "modules.builtin"), func(f []string) {
+		if len(f) == 1 {
+			m.builtin[moduleName(f[0])] = true
+		}
+	})
 	eachLine(filepath.Join(dir, "modules.alias"), func(f []string) {
 		if len(f) == 3 && f[0] == "alias" {
-			m.aliases = append(m.aliases, moduleAlias{Canonical(f[1]), Canonical(f[2])})
+			m.aliases = append(m.aliases, newAlias(Canonical(f[1]), Canonical(f[2])))
 		}
 	})
 	eachLine(filepath.Join(dir, "modules.softdep"), func(f []string) {
@@ -93,6 +186,23 @@ func New(log *bootlog.Logger) *Modules {
 		}
 	})
 	return m
+}
+
+// done is an insertion that has happened, with err.
+func done(err error) *insertion {
+	in := &insertion{err: err}
+	in.once.Do(func() {})
+	return in
+}
+
+// moduleName is the name of the module in file: its base name without
+// .ko and a compression suffix, spelled as the kernel does.
+func moduleName(file string) string {
+	base := path.Base(file)
+	if i := strings.Index(base, ".ko"); i >= 0 {
+		base = base[:i]
+	}
+	return Canonical(base)
 }
 
 // Loaded returns how many modules were loaded so far.
@@ -122,49 +232,143 @@ func (m *Modules) Load(names ...string) {
 
 func (m *Modules) load(name string, depth int) {
 	name = Canonical(name)
-	if m.prober == nil || depth > 8 || !m.try(name) {
+	if m.dir == "" || depth > 8 || !m.try(name) {
 		return
 	}
 	for _, pre := range m.softdeps[name] {
 		m.load(pre, depth+1)
 	}
-	err := m.prober.Probe(name, "")
+	if m.builtin[name] {
+		m.log.Debugf("modules", "%s is built in", name)
+		return
+	}
+	file, ok := m.paths[name]
+	if !ok {
+		// Not a module of the image: maybe an alias.
+		for _, a := range m.aliases {
+			if a.matches(name) {
+				m.load(a.module, depth+1)
+			}
+		}
+		return
+	}
+	t := time.Now()
+	err := m.insertWithDeps(name, file)
 	switch {
 	case err == nil:
 		m.mu.Lock()
 		m.loaded++
 		m.mu.Unlock()
-		m.log.Debugf("modules", "%s loaded", name)
-		return
+		m.log.Debugf("modules", "%s loaded in %.3fs", name, time.Since(t).Seconds())
 	case errors.Is(err, unix.ENODEV):
 		// No such hardware (crc32c_intel without SSE4.2): expected.
 		m.log.Debugf("modules", "%s: %v", name, err)
-		return
-	case !strings.Contains(err.Error(), "could not find module path"):
+	default:
 		m.log.Errorf("modules", "%s: %v", name, err)
-		return
-	}
-	// Not a module of the image: maybe an alias.
-	for _, a := range m.aliases {
-		if ok, _ := path.Match(a.pattern, name); ok {
-			m.load(a.module, depth+1)
-		}
 	}
 }
 
+// insertWithDeps inserts the dependencies modules.dep gives name, last
+// first as modprobe does (depmod lists a module's dependencies before
+// theirs), then file.
+func (m *Modules) insertWithDeps(name, file string) error {
+	deps := m.deps[name]
+	for i := len(deps) - 1; i >= 0; i-- {
+		if err := m.insertOnce(deps[i]); err != nil {
+			return fmt.Errorf("dependency %s: %w", moduleName(deps[i]), err)
+		}
+	}
+	return m.insertOnce(file)
+}
+
+// insertOnce inserts file unless it is in the kernel already; callers that
+// race for the same file wait for the first one's result.
+func (m *Modules) insertOnce(file string) error {
+	m.mu.Lock()
+	in, ok := m.inserted[file]
+	if !ok {
+		in = &insertion{}
+		m.inserted[file] = in
+	}
+	m.mu.Unlock()
+	in.once.Do(func() {
+		in.err = m.insert(filepath.Join(m.dir, file))
+		if errors.Is(in.err, unix.EEXIST) {
+			in.err = nil
+		}
+	})
+	return in.err
+}
+
+// moduleInitCompressedFile is finit_module's flag for a compressed module
+// file (Linux 6.4); x/sys/unix does not name it.
+const moduleInitCompressedFile = 4
+
+// finit inserts the module in file with finit_module(2). A compressed file
+// goes to the kernel's own decompressor, or, when the kernel has none for
+// it, through this process's and init_module(2).
+func finit(file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	ext := path.Ext(file)
+	if ext == ".ko" {
+		return unix.FinitModule(int(f.Fd()), "", 0)
+	}
+	err = unix.FinitModule(int(f.Fd()), "", moduleInitCompressedFile)
+	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EOPNOTSUPP) {
+		return err
+	}
+	var r io.Reader
+	switch ext {
+	case ".xz":
+		r, err = xz.NewReader(f)
+	case ".zst":
+		var zr *zstd.Decoder
+		if zr, err = zstd.NewReader(f, zstd.WithDecoderConcurrency(1)); err == nil {
+			defer zr.Close()
+			r = zr
+		}
+	case ".gz":
+		r, err = gzip.NewReader(f)
+	default:
+		return fmt.Errorf("%s: unknown module compression %q", file, ext)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	image, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("%s: %w", file, err)
+	}
+	return unix.InitModule(image, "")
+}
+
 // Coldplug loads the drivers for the devices present, pass after pass, since
-// a bus driver (virtio_pci) reveals new devices (virtio net, rng).
+// a bus driver (virtio_pci) reveals new devices (virtio net, rng). A
+// modalias is matched once: a later pass looks only at the devices that
+// appeared since.
 func (m *Modules) Coldplug() {
+	seen := map[string]bool{}
 	for pass := 0; pass < 4; pass++ {
 		before := m.triedCount()
-		for _, alias := range modaliases() {
+		fresh := 0
+		for _, alias := range m.modaliases() {
 			alias = Canonical(alias)
+			if seen[alias] {
+				continue
+			}
+			seen[alias] = true
+			fresh++
 			for _, a := range m.aliases {
-				if ok, _ := path.Match(a.pattern, alias); ok {
+				if a.matches(alias) {
 					m.load(a.module, 0)
 				}
 			}
 		}
+		m.log.Debugf("modules", "coldplug pass %d: %d new device aliases, %d known", pass+1, fresh, len(seen))
 		if m.triedCount() == before {
 			return
 		}
@@ -178,8 +382,8 @@ func (m *Modules) triedCount() int {
 }
 
 // modaliases returns the modalias of every device on every bus.
-func modaliases() []string {
-	files, _ := filepath.Glob("/sys/bus/*/devices/*/modalias")
+func (m *Modules) modaliases() []string {
+	files, _ := filepath.Glob(filepath.Join(m.sys, "bus/*/devices/*/modalias"))
 	var out []string
 	for _, f := range files {
 		b, err := os.ReadFile(f)
