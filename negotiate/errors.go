@@ -116,16 +116,7 @@ func sanitize(s string) string {
 	if len(s) > MaxStringSize {
 		s = s[:MaxStringSize]
 	}
-	clean := true
-	for _, r := range s {
-		if r == utf8.RuneError || unicode.IsControl(r) {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return s
-	}
+	// strings.Map returns s itself when no rune changes.
 	return strings.Map(func(r rune) rune {
 		if r == utf8.RuneError || unicode.IsControl(r) {
 			return utf8.RuneError
