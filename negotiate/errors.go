@@ -136,11 +136,9 @@ func (e *notFoundError) Error() string {
 		return fmt.Sprintf("negotiate: export %q not found on server; it lists no exports", e.name)
 	}
 	const show = 20
-	names := make([]string, 0, min(len(e.offers), show))
-	for i, ex := range e.offers {
-		if i == show {
-			break
-		}
+	shown := e.offers[:min(len(e.offers), show)]
+	names := make([]string, 0, len(shown))
+	for _, ex := range shown {
 		names = append(names, sanitize(ex.Name))
 	}
 	more := ""

@@ -177,17 +177,18 @@ func begin(ctx context.Context, conn net.Conn, opts Options) (*session, error) {
 	if timeout == 0 {
 		timeout = DefaultTimeout
 	}
+	var err error
 	switch {
 	case timeout < 0:
-		conn.Close()
-		return nil, fmt.Errorf("negotiate: negative timeout %v", timeout)
+		err = fmt.Errorf("negotiate: negative timeout %v", timeout)
 	case len(opts.Export) > MaxStringSize:
-		conn.Close()
-		return nil, fmt.Errorf("negotiate: export name is %d bytes, longer than the protocol's limit of %d", len(opts.Export), MaxStringSize)
+		err = fmt.Errorf("negotiate: export name is %d bytes, longer than the protocol's limit of %d", len(opts.Export), MaxStringSize)
+	case ctx.Err() != nil:
+		err = fmt.Errorf("negotiate: %w", ctx.Err())
 	}
-	if err := ctx.Err(); err != nil {
+	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("negotiate: %w", err)
+		return nil, err
 	}
 	s := &session{
 		ctx:     ctx,
@@ -310,8 +311,7 @@ func (s *session) ioError(what string, err error) error {
 	if cerr := s.ctx.Err(); cerr != nil {
 		return fmt.Errorf("%s%w", prefix, cerr)
 	}
-	var ne net.Error
-	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+	if ne, ok := errors.AsType[net.Error](err); errors.Is(err, os.ErrDeadlineExceeded) || (ok && ne.Timeout()) {
 		if s.ctxSets {
 			// The connection's deadline can fire just before ctx's.
 			return fmt.Errorf("%s%s within %v: %w (%w)", prefix, s.late, s.budget, context.DeadlineExceeded, err)

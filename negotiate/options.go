@@ -17,8 +17,7 @@ import (
 // is ErrTLSUnsupported: Options.TLS means TLS or nothing.
 func (s *session) startTLS() error {
 	err := s.exchange(OptStartTLS, nil, 0, nil)
-	var oe *OptionError
-	if errors.As(err, &oe) {
+	if oe, ok := errors.AsType[*OptionError](err); ok {
 		return fmt.Errorf("%w; refusing to continue without TLS (%w)", ErrTLSUnsupported, oe)
 	}
 	return err

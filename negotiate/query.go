@@ -119,15 +119,7 @@ func (q *Query) Map(ctx context.Context, offset, length uint64, fn func(Extent) 
 		p := &pending{cmd: cmdBlockStatus, offset: pos, length: uint32(min(end-pos, mapWindow)), context: q.id, extent: extent}
 		n, err := q.do(p)
 		if err != nil {
-			var ce *CommandError
-			if !errors.As(err, &ce) {
-				q.broken = true
-			}
-			var cbe *callbackError
-			if errors.As(err, &cbe) {
-				return cbe.err
-			}
-			return fmt.Errorf("negotiate: %s: %w", p.describe(), err)
+			return err
 		}
 		pos += n
 	}
@@ -147,18 +139,29 @@ func (q *Query) read(ctx context.Context, b []byte, offset uint64) error {
 	}
 	q.s.ctx = ctx
 	p := &pending{cmd: cmdRead, offset: offset, length: uint32(len(b)), data: b}
-	if _, err := q.do(p); err != nil {
-		var ce *CommandError
-		if !errors.As(err, &ce) {
-			q.broken = true
-		}
-		return fmt.Errorf("negotiate: %s: %w", p.describe(), err)
-	}
-	return nil
+	_, err := q.do(p)
+	return err
 }
 
-// do sends p's request under a fresh deadline and reads its reply.
+// do runs p's request (see roundTrip). Any error but a *CommandError
+// breaks q. Errors name the request, except one from Map's callback,
+// which is returned as it is.
 func (q *Query) do(p *pending) (uint64, error) {
+	n, err := q.roundTrip(p)
+	if err == nil {
+		return n, nil
+	}
+	if _, ok := errors.AsType[*CommandError](err); !ok {
+		q.broken = true
+	}
+	if cbe, ok := errors.AsType[*callbackError](err); ok {
+		return 0, cbe.err
+	}
+	return 0, fmt.Errorf("negotiate: %s: %w", p.describe(), err)
+}
+
+// roundTrip sends p's request under a fresh deadline and reads its reply.
+func (q *Query) roundTrip(p *pending) (uint64, error) {
 	s := q.s
 	if err := s.arm("no complete reply"); err != nil {
 		return 0, err
