@@ -764,7 +764,10 @@ func checkChunkLength(flags, typ uint16, n uint32) error {
 		}
 		return nil
 	case typ == chunkOffsetHole:
-		return wantLen(name, int(n), offsetHoleLen)
+		if n != offsetHoleLen {
+			return protocolError("%s of %d bytes, want %d", name, n, offsetHoleLen)
+		}
+		return nil
 	case typ == chunkBlockStatus:
 		if n < contextIDLen+descriptorLen || n > maxStatusPayload || (n-contextIDLen)%descriptorLen != 0 {
 			return protocolError("%s of %d bytes, want 4 + 8 × (1 to %d descriptors)", name, n, maxExtentsPerChunk)
