@@ -36,7 +36,6 @@ const (
 	serverNameLen    = 4                               // the name length opening NBD_REP_SERVER
 	infoRequestLen   = 4 + 2                           // name length and request count of NBD_OPT_INFO/GO
 	maxServerReply   = serverNameLen + 2*MaxStringSize // NBD_REP_SERVER with the longest name and description
-	metaRequestLen   = 4 + 4                           // name length and query count of NBD_OPT_*_META_CONTEXT
 	contextIDLen     = 4                               // the context ID opening NBD_REP_META_CONTEXT and BLOCK_STATUS
 	simpleReplyLen   = 4 + 4 + 8                       // magic, error, cookie
 	chunkHeaderLen   = 4 + 2 + 2 + 8 + 4               // magic, flags, type, cookie, payload length
@@ -55,10 +54,7 @@ type newstyleGreeting struct {
 
 // MarshalBinary encodes the greeting.
 func (g newstyleGreeting) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, newstyleLen)
-	b = binary.BigEndian.AppendUint64(b, magicInit)
-	b = binary.BigEndian.AppendUint64(b, magicOpt)
-	return binary.BigEndian.AppendUint16(b, g.Flags), nil
+	return put(nil, magicInit, magicOpt, g.Flags), nil
 }
 
 // UnmarshalBinary decodes the greeting. Unknown flags are kept.
@@ -86,12 +82,7 @@ type oldstyleGreeting struct {
 
 // MarshalBinary encodes the greeting.
 func (g oldstyleGreeting) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, oldstyleLen)
-	b = binary.BigEndian.AppendUint64(b, magicInit)
-	b = binary.BigEndian.AppendUint64(b, magicOldstyle)
-	b = binary.BigEndian.AppendUint64(b, g.Size)
-	b = binary.BigEndian.AppendUint32(b, uint32(g.Flags))
-	return append(b, make([]byte, zeroPad)...), nil
+	return put(nil, magicInit, magicOldstyle, g.Size, uint32(g.Flags), make([]byte, zeroPad)), nil
 }
 
 // UnmarshalBinary decodes the greeting; the reserved bytes are not checked.
@@ -161,11 +152,7 @@ type optionRequest struct {
 
 // MarshalBinary encodes the request.
 func (r optionRequest) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, optionHeaderLen+len(r.Data))
-	b = binary.BigEndian.AppendUint64(b, magicOpt)
-	b = binary.BigEndian.AppendUint32(b, r.Option)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Data)))
-	return append(b, r.Data...), nil
+	return put(nil, magicOpt, r.Option, uint32(len(r.Data)), r.Data), nil
 }
 
 // UnmarshalBinary decodes a request; Data refers to b.
@@ -192,12 +179,9 @@ type infoRequest struct {
 
 // MarshalBinary encodes the request.
 func (r infoRequest) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, infoRequestLen+len(r.Name)+2*len(r.Infos))
-	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Name)))
-	b = append(b, r.Name...)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Infos)))
+	b := put(nil, uint32(len(r.Name)), r.Name, uint16(len(r.Infos)))
 	for _, typ := range r.Infos {
-		b = binary.BigEndian.AppendUint16(b, typ)
+		b = put(b, typ)
 	}
 	return b, nil
 }
@@ -236,11 +220,7 @@ type replyHeader struct {
 
 // MarshalBinary encodes the header.
 func (h replyHeader) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, replyHeaderLen)
-	b = binary.BigEndian.AppendUint64(b, magicReply)
-	b = binary.BigEndian.AppendUint32(b, h.Option)
-	b = binary.BigEndian.AppendUint32(b, h.Type)
-	return binary.BigEndian.AppendUint32(b, h.Length), nil
+	return put(nil, magicReply, h.Option, h.Type, h.Length), nil
 }
 
 // UnmarshalBinary decodes the header, refusing a payload longer than
@@ -271,9 +251,7 @@ type serverReply struct {
 
 // MarshalBinary encodes the reply.
 func (r serverReply) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, serverNameLen+len(r.Name)+len(r.Description))
-	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Name)))
-	return append(append(b, r.Name...), r.Description...), nil
+	return put(nil, uint32(len(r.Name)), r.Name, r.Description), nil
 }
 
 // UnmarshalBinary decodes the reply.
@@ -339,10 +317,7 @@ type exportInfo struct {
 
 // MarshalBinary encodes the information.
 func (i exportInfo) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, exportInfoLen)
-	b = binary.BigEndian.AppendUint16(b, infoExport)
-	b = binary.BigEndian.AppendUint64(b, i.Size)
-	return binary.BigEndian.AppendUint16(b, uint16(i.Flags)), nil
+	return put(nil, infoExport, i.Size, i.Flags), nil
 }
 
 // UnmarshalBinary decodes the information.
@@ -366,11 +341,7 @@ type blockSizeInfo struct {
 
 // MarshalBinary encodes the information.
 func (i blockSizeInfo) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, blockSizeInfoLen)
-	b = binary.BigEndian.AppendUint16(b, infoBlockSize)
-	b = binary.BigEndian.AppendUint32(b, i.Min)
-	b = binary.BigEndian.AppendUint32(b, i.Pref)
-	return binary.BigEndian.AppendUint32(b, i.Max), nil
+	return put(nil, infoBlockSize, i.Min, i.Pref, i.Max), nil
 }
 
 // UnmarshalBinary decodes the information.
@@ -388,16 +359,11 @@ func (i *blockSizeInfo) UnmarshalBinary(b []byte) error {
 type nameInfo string
 
 // MarshalBinary encodes the information.
-func (i nameInfo) MarshalBinary() ([]byte, error) { return marshalStringInfo(infoName, string(i)), nil }
+func (i nameInfo) MarshalBinary() ([]byte, error) { return put(nil, infoName, string(i)), nil }
 
 // UnmarshalBinary decodes the information.
 func (i *nameInfo) UnmarshalBinary(b []byte) error {
-	s, err := unmarshalStringInfo(b, infoName)
-	if err != nil {
-		return err
-	}
-	*i = nameInfo(s)
-	return nil
+	return unmarshalStringInfo(i, b, infoName)
 }
 
 // descriptionInfo is NBD_INFO_DESCRIPTION: the export's description.
@@ -405,31 +371,25 @@ type descriptionInfo string
 
 // MarshalBinary encodes the information.
 func (i descriptionInfo) MarshalBinary() ([]byte, error) {
-	return marshalStringInfo(infoDescription, string(i)), nil
+	return put(nil, infoDescription, string(i)), nil
 }
 
 // UnmarshalBinary decodes the information.
 func (i *descriptionInfo) UnmarshalBinary(b []byte) error {
-	s, err := unmarshalStringInfo(b, infoDescription)
-	if err != nil {
+	return unmarshalStringInfo(i, b, infoDescription)
+}
+
+// unmarshalStringInfo decodes into s an NBD_REP_INFO of information type
+// typ whose payload is one string (NBD_INFO_NAME, NBD_INFO_DESCRIPTION).
+func unmarshalStringInfo[S ~string](s *S, b []byte, typ uint16) error {
+	if err := checkInfo(b, typ, 0); err != nil {
 		return err
 	}
-	*i = descriptionInfo(s)
-	return nil
-}
-
-func marshalStringInfo(typ uint16, s string) []byte {
-	return append(binary.BigEndian.AppendUint16(make([]byte, 0, infoTypeLen+len(s)), typ), s...)
-}
-
-func unmarshalStringInfo(b []byte, typ uint16) (string, error) {
-	if err := checkInfo(b, typ, 0); err != nil {
-		return "", err
-	}
 	if err := checkString(infoTypeName(typ), len(b)-infoTypeLen); err != nil {
-		return "", err
+		return err
 	}
-	return string(b[infoTypeLen:]), nil
+	*s = S(b[infoTypeLen:])
+	return nil
 }
 
 // otherInfo is an NBD_REP_INFO of a type the client does not use, skipped as
@@ -441,7 +401,7 @@ type otherInfo struct {
 
 // MarshalBinary encodes the information.
 func (i otherInfo) MarshalBinary() ([]byte, error) {
-	return append(binary.BigEndian.AppendUint16(make([]byte, 0, infoTypeLen+len(i.Data)), i.Type), i.Data...), nil
+	return put(nil, i.Type, i.Data), nil
 }
 
 // UnmarshalBinary decodes the information; Data refers to b.
@@ -489,9 +449,7 @@ type exportNameReply struct {
 
 // MarshalBinary encodes the reply.
 func (r exportNameReply) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, exportNameLen+zeroPad)
-	b = binary.BigEndian.AppendUint64(b, r.Size)
-	b = binary.BigEndian.AppendUint16(b, uint16(r.Flags))
+	b := put(nil, r.Size, r.Flags)
 	if r.Zeroes {
 		b = append(b, make([]byte, zeroPad)...)
 	}
@@ -523,13 +481,7 @@ type request struct {
 
 // MarshalBinary encodes the request.
 func (r request) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, requestLen)
-	b = binary.BigEndian.AppendUint32(b, magicRequest)
-	b = binary.BigEndian.AppendUint16(b, r.Flags)
-	b = binary.BigEndian.AppendUint16(b, r.Type)
-	b = binary.BigEndian.AppendUint64(b, r.Cookie)
-	b = binary.BigEndian.AppendUint64(b, r.Offset)
-	return binary.BigEndian.AppendUint32(b, r.Length), nil
+	return put(nil, magicRequest, r.Flags, r.Type, r.Cookie, r.Offset, r.Length), nil
 }
 
 // UnmarshalBinary decodes the request.
@@ -544,6 +496,31 @@ func (r *request) UnmarshalBinary(b []byte) error {
 	r.Cookie, r.Offset = binary.BigEndian.Uint64(b[8:]), binary.BigEndian.Uint64(b[16:])
 	r.Length = binary.BigEndian.Uint32(b[24:])
 	return nil
+}
+
+// put appends fields to b: uint16, uint32, uint64 and Flags (16 bits)
+// big-endian, string and []byte as they are. Each MarshalBinary is one put
+// of its record's fields in wire order.
+func put(b []byte, fields ...any) []byte {
+	for _, f := range fields {
+		switch v := f.(type) {
+		case uint16:
+			b = binary.BigEndian.AppendUint16(b, v)
+		case Flags:
+			b = binary.BigEndian.AppendUint16(b, uint16(v))
+		case uint32:
+			b = binary.BigEndian.AppendUint32(b, v)
+		case uint64:
+			b = binary.BigEndian.AppendUint64(b, v)
+		case string:
+			b = append(b, v...)
+		case []byte:
+			b = append(b, v...)
+		default:
+			panic(fmt.Sprintf("negotiate: put of a %T", f))
+		}
+	}
+	return b
 }
 
 // wantLen refuses a record of got bytes where the protocol has want.
@@ -602,17 +579,9 @@ type metaContextRequest struct {
 
 // MarshalBinary encodes the request.
 func (r metaContextRequest) MarshalBinary() ([]byte, error) {
-	n := metaRequestLen + len(r.Name)
+	b := put(nil, uint32(len(r.Name)), r.Name, uint32(len(r.Queries)))
 	for _, q := range r.Queries {
-		n += 4 + len(q)
-	}
-	b := make([]byte, 0, n)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Name)))
-	b = append(b, r.Name...)
-	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Queries)))
-	for _, q := range r.Queries {
-		b = binary.BigEndian.AppendUint32(b, uint32(len(q)))
-		b = append(b, q...)
+		b = put(b, uint32(len(q)), q)
 	}
 	return b, nil
 }
@@ -677,8 +646,7 @@ type metaContextReply struct {
 
 // MarshalBinary encodes the reply.
 func (r metaContextReply) MarshalBinary() ([]byte, error) {
-	b := binary.BigEndian.AppendUint32(make([]byte, 0, contextIDLen+len(r.Name)), r.ID)
-	return append(b, r.Name...), nil
+	return put(nil, r.ID, r.Name), nil
 }
 
 // UnmarshalBinary decodes the reply.
@@ -734,10 +702,7 @@ type simpleReply struct {
 
 // MarshalBinary encodes the reply.
 func (r simpleReply) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, simpleReplyLen)
-	b = binary.BigEndian.AppendUint32(b, magicSimpleReply)
-	b = binary.BigEndian.AppendUint32(b, r.Error)
-	return binary.BigEndian.AppendUint64(b, r.Cookie), nil
+	return put(nil, magicSimpleReply, r.Error, r.Cookie), nil
 }
 
 // UnmarshalBinary decodes the reply.
@@ -764,12 +729,7 @@ type chunkHeader struct {
 
 // MarshalBinary encodes the header.
 func (h chunkHeader) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, chunkHeaderLen)
-	b = binary.BigEndian.AppendUint32(b, magicStructuredReply)
-	b = binary.BigEndian.AppendUint16(b, h.Flags)
-	b = binary.BigEndian.AppendUint16(b, h.Type)
-	b = binary.BigEndian.AppendUint64(b, h.Cookie)
-	return binary.BigEndian.AppendUint32(b, h.Length), nil
+	return put(nil, magicStructuredReply, h.Flags, h.Type, h.Cookie, h.Length), nil
 }
 
 // UnmarshalBinary decodes the header. It refuses a chunk type this client
@@ -793,6 +753,7 @@ func (h *chunkHeader) UnmarshalBinary(b []byte) error {
 // checkChunkLength applies the payload length rules of each chunk type.
 func checkChunkLength(flags, typ uint16, n uint32) error {
 	name := chunkTypeName(typ)
+	var lo, hi uint32 // the payload lengths allowed
 	switch {
 	case typ == chunkNone:
 		if n != 0 {
@@ -801,28 +762,28 @@ func checkChunkLength(flags, typ uint16, n uint32) error {
 		if flags&chunkFlagDone == 0 {
 			return protocolError("%s without NBD_REPLY_FLAG_DONE", name)
 		}
-	case typ == chunkOffsetData:
-		if n <= offsetLen || n > offsetLen+maxDataChunk {
-			return protocolError("%s of %d bytes, want %d to %d", name, n, offsetLen+1, offsetLen+maxDataChunk)
-		}
+		return nil
 	case typ == chunkOffsetHole:
 		if n != offsetHoleLen {
 			return protocolError("%s of %d bytes, want %d", name, n, offsetHoleLen)
 		}
+		return nil
 	case typ == chunkBlockStatus:
 		if n < contextIDLen+descriptorLen || n > maxStatusPayload || (n-contextIDLen)%descriptorLen != 0 {
 			return protocolError("%s of %d bytes, want 4 + 8 × (1 to %d descriptors)", name, n, maxExtentsPerChunk)
 		}
+		return nil
+	case typ == chunkOffsetData:
+		lo, hi = offsetLen+1, offsetLen+maxDataChunk
 	case typ == chunkErrorOffset:
-		if n < errorChunkLen+offsetLen || n > maxErrorChunk {
-			return protocolError("%s of %d bytes, want %d to %d", name, n, errorChunkLen+offsetLen, maxErrorChunk)
-		}
+		lo, hi = errorChunkLen+offsetLen, maxErrorChunk
 	case typ&chunkErrBit != 0:
-		if n < errorChunkLen || n > maxErrorChunk {
-			return protocolError("%s of %d bytes, want %d to %d", name, n, errorChunkLen, maxErrorChunk)
-		}
+		lo, hi = errorChunkLen, maxErrorChunk
 	default:
 		return protocolError("unknown chunk type %s", name)
+	}
+	if n < lo || n > hi {
+		return protocolError("%s of %d bytes, want %d to %d", name, n, lo, hi)
 	}
 	return nil
 }
@@ -836,8 +797,7 @@ type offsetData struct {
 
 // MarshalBinary encodes the payload.
 func (d offsetData) MarshalBinary() ([]byte, error) {
-	b := binary.BigEndian.AppendUint64(make([]byte, 0, offsetLen+len(d.Data)), d.Offset)
-	return append(b, d.Data...), nil
+	return put(nil, d.Offset, d.Data), nil
 }
 
 // UnmarshalBinary decodes the payload; Data refers to b.
@@ -858,8 +818,7 @@ type offsetHole struct {
 
 // MarshalBinary encodes the payload.
 func (h offsetHole) MarshalBinary() ([]byte, error) {
-	b := binary.BigEndian.AppendUint64(make([]byte, 0, offsetHoleLen), h.Offset)
-	return binary.BigEndian.AppendUint32(b, h.Size), nil
+	return put(nil, h.Offset, h.Size), nil
 }
 
 // UnmarshalBinary decodes the payload.
@@ -903,11 +862,9 @@ type blockStatus struct {
 
 // MarshalBinary encodes the payload.
 func (s blockStatus) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, contextIDLen+descriptorLen*len(s.Descriptors))
-	b = binary.BigEndian.AppendUint32(b, s.ContextID)
+	b := put(nil, s.ContextID)
 	for _, d := range s.Descriptors {
-		b = binary.BigEndian.AppendUint32(b, d.Length)
-		b = binary.BigEndian.AppendUint32(b, d.Flags)
+		b = put(b, d.Length, d.Flags)
 	}
 	return b, nil
 }
@@ -942,12 +899,9 @@ type errorChunk struct {
 
 // MarshalBinary encodes the payload.
 func (e errorChunk) MarshalBinary() ([]byte, error) {
-	b := make([]byte, 0, errorChunkLen+len(e.Message)+offsetLen)
-	b = binary.BigEndian.AppendUint32(b, e.Error)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(e.Message)))
-	b = append(b, e.Message...)
+	b := put(nil, e.Error, uint16(len(e.Message)), e.Message)
 	if e.HasOffset {
-		b = binary.BigEndian.AppendUint64(b, e.Offset)
+		b = put(b, e.Offset)
 	}
 	return b, nil
 }
@@ -956,52 +910,48 @@ func (e errorChunk) MarshalBinary() ([]byte, error) {
 // message it is an NBD_REPLY_TYPE_ERROR_OFFSET, with none an
 // NBD_REPLY_TYPE_ERROR. unmarshalErrorChunk decodes by chunk type.
 func (e *errorChunk) UnmarshalBinary(b []byte) error {
-	if len(b) >= errorChunkLen {
-		n := int(binary.BigEndian.Uint16(b[4:]))
-		if len(b)-errorChunkLen-n == offsetLen {
-			return e.unmarshal(b, chunkErrorOffset)
-		}
+	typ := chunkError
+	if len(b) >= errorChunkLen && len(b)-errorChunkLen-int(binary.BigEndian.Uint16(b[4:])) == offsetLen {
+		typ = chunkErrorOffset
 	}
-	return e.unmarshal(b, chunkError)
+	d, err := unmarshalErrorChunk(b, typ)
+	if err == nil {
+		*e = d
+	}
+	return err
 }
 
 // unmarshalErrorChunk decodes the payload of an error chunk of type typ;
 // for an error type this client does not know, what follows the message is
 // skipped.
 func unmarshalErrorChunk(b []byte, typ uint16) (errorChunk, error) {
-	var e errorChunk
-	return e, e.unmarshal(b, typ)
-}
-
-func (e *errorChunk) unmarshal(b []byte, typ uint16) error {
 	name := chunkTypeName(typ)
 	if len(b) < errorChunkLen {
-		return protocolError("%s of %d bytes, too short for the error and message length", name, len(b))
+		return errorChunk{}, protocolError("%s of %d bytes, too short for the error and message length", name, len(b))
 	}
 	errno, n := binary.BigEndian.Uint32(b), int(binary.BigEndian.Uint16(b[4:]))
 	rest := len(b) - errorChunkLen
 	if n > rest {
-		return protocolError("%s message length %d exceeds the %d bytes left", name, n, rest)
+		return errorChunk{}, protocolError("%s message length %d exceeds the %d bytes left", name, n, rest)
 	}
 	if err := checkString(name+" message", n); err != nil {
-		return err
+		return errorChunk{}, err
 	}
 	tail := b[errorChunkLen+n:]
 	var offset uint64
 	switch typ {
 	case chunkError:
 		if len(tail) != 0 {
-			return protocolError("%s has %d bytes after its message", name, len(tail))
+			return errorChunk{}, protocolError("%s has %d bytes after its message", name, len(tail))
 		}
 	case chunkErrorOffset:
 		if len(tail) != offsetLen {
-			return protocolError("%s has %d bytes after its message, want the 8-byte offset", name, len(tail))
+			return errorChunk{}, protocolError("%s has %d bytes after its message, want the 8-byte offset", name, len(tail))
 		}
 		offset = binary.BigEndian.Uint64(tail)
 	}
 	if errno == 0 {
-		return protocolError("%s with error value 0", name)
+		return errorChunk{}, protocolError("%s with error value 0", name)
 	}
-	*e = errorChunk{Error: errno, Message: string(b[errorChunkLen : errorChunkLen+n]), HasOffset: typ == chunkErrorOffset, Offset: offset}
-	return nil
+	return errorChunk{Error: errno, Message: string(b[errorChunkLen : errorChunkLen+n]), HasOffset: typ == chunkErrorOffset, Offset: offset}, nil
 }

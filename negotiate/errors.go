@@ -116,16 +116,7 @@ func sanitize(s string) string {
 	if len(s) > MaxStringSize {
 		s = s[:MaxStringSize]
 	}
-	clean := true
-	for _, r := range s {
-		if r == utf8.RuneError || unicode.IsControl(r) {
-			clean = false
-			break
-		}
-	}
-	if clean {
-		return s
-	}
+	// strings.Map returns s itself when no rune changes.
 	return strings.Map(func(r rune) rune {
 		if r == utf8.RuneError || unicode.IsControl(r) {
 			return utf8.RuneError
@@ -145,11 +136,9 @@ func (e *notFoundError) Error() string {
 		return fmt.Sprintf("negotiate: export %q not found on server; it lists no exports", e.name)
 	}
 	const show = 20
-	names := make([]string, 0, min(len(e.offers), show))
-	for i, ex := range e.offers {
-		if i == show {
-			break
-		}
+	shown := e.offers[:min(len(e.offers), show)]
+	names := make([]string, 0, len(shown))
+	for _, ex := range shown {
 		names = append(names, sanitize(ex.Name))
 	}
 	more := ""

@@ -45,8 +45,7 @@ func (s *session) selectExport(name string) (*Export, error) {
 		ex.Path = PathGo
 		return ex, nil
 	}
-	var oe *OptionError
-	if !errors.As(err, &oe) || oe.Code != RepErrUnsup {
+	if oe, ok := errors.AsType[*OptionError](err); !ok || oe.Code != RepErrUnsup {
 		return nil, fmt.Errorf("negotiate: NBD_OPT_GO %q: %w", name, err)
 	}
 
@@ -55,12 +54,13 @@ func (s *session) selectExport(name string) (*Export, error) {
 	// export need not be listed.
 	if name != "" {
 		exports, err := s.list()
+		oe, refused := errors.AsType[*OptionError](err)
 		switch {
 		case err == nil:
 			if !slices.ContainsFunc(exports, func(e Export) bool { return e.Name == name }) {
 				return nil, &notFoundError{name: name, offers: exports}
 			}
-		case errors.As(err, &oe) && oe.Code != RepErrTLSReqd && oe.Code != RepErrShutdown:
+		case refused && oe.Code != RepErrTLSReqd && oe.Code != RepErrShutdown:
 			// Listing is optional (unsupported, or forbidden by
 			// policy): go ahead without it.
 		default:
@@ -137,10 +137,8 @@ func (s *session) listAll() ([]Export, error) {
 				metas = false
 			}
 		}
-	}
-	for i := range exports {
-		exports[i].TLSVersion, exports[i].TLSCipher = s.tlsVersion, s.tlsCipher
-		exports[i].StructuredReplies = structured
+		e.TLSVersion, e.TLSCipher = s.tlsVersion, s.tlsCipher
+		e.StructuredReplies = structured
 	}
 	return exports, nil
 }
@@ -163,16 +161,15 @@ func (s *session) query(context string) (*Export, uint32, error) {
 			return nil, 0, err
 		}
 	}
-	var oe *OptionError
 	if err := s.structuredReply(); err != nil {
-		if errors.As(err, &oe) && oe.Code != RepErrTLSReqd && oe.Code != RepErrShutdown {
+		if oe, ok := errors.AsType[*OptionError](err); ok && oe.Code != RepErrTLSReqd && oe.Code != RepErrShutdown {
 			err = fmt.Errorf("%w: %w", ErrNoStructuredReplies, err)
 		}
 		return nil, 0, fmt.Errorf("negotiate: NBD_OPT_STRUCTURED_REPLY: %w", err)
 	}
 	id, err := s.setMetaContext(name, context)
 	if err != nil {
-		if errors.As(err, &oe) && (oe.Code == RepErrUnsup || oe.Code == RepErrPolicy) {
+		if oe, ok := errors.AsType[*OptionError](err); ok && (oe.Code == RepErrUnsup || oe.Code == RepErrPolicy) {
 			err = fmt.Errorf("%w %s: %w", ErrNoMetaContext, quoteName(context), err)
 		}
 		return nil, 0, fmt.Errorf("negotiate: NBD_OPT_SET_META_CONTEXT %q: %w", name, err)
@@ -192,11 +189,11 @@ func (s *session) query(context string) (*Export, uint32, error) {
 // at NBD_OPT_LIST, which is not optional.
 func (s *session) optional(opt uint32, do func() error) (refused uint32, err error) {
 	err = do()
-	var oe *OptionError
+	oe, ok := errors.AsType[*OptionError](err)
 	switch {
 	case err == nil:
 		return 0, nil
-	case !errors.As(err, &oe) || oe.Option != opt || oe.Code == RepErrShutdown:
+	case !ok || oe.Option != opt || oe.Code == RepErrShutdown:
 		return 0, err
 	}
 	return oe.Code, nil

@@ -92,19 +92,9 @@ func Handshake(ctx context.Context, conn net.Conn, opts Options) (*Export, net.C
 		return nil, nil, err
 	}
 	ex, err := s.handshake()
-	if err != nil {
-		return nil, nil, s.fail(err)
+	if err := s.finish(ex, err); err != nil {
+		return nil, nil, err
 	}
-	if !s.stop() {
-		// ctx was cancelled just as the handshake ended: its callback
-		// has run or is running, and has spoilt the deadline.
-		<-s.cancelled
-		return nil, nil, s.fail(fmt.Errorf("negotiate: %w", s.ctx.Err()))
-	}
-	if err := s.conn.SetDeadline(time.Time{}); err != nil {
-		return nil, nil, s.fail(fmt.Errorf("negotiate: clearing the handshake deadline: %w", err))
-	}
-	ex.TLSVersion, ex.TLSCipher = s.tlsVersion, s.tlsCipher
 	return ex, s.conn, nil
 }
 
@@ -187,44 +177,76 @@ func begin(ctx context.Context, conn net.Conn, opts Options) (*session, error) {
 	if timeout == 0 {
 		timeout = DefaultTimeout
 	}
+	var err error
 	switch {
 	case timeout < 0:
-		conn.Close()
-		return nil, fmt.Errorf("negotiate: negative timeout %v", timeout)
+		err = fmt.Errorf("negotiate: negative timeout %v", timeout)
 	case len(opts.Export) > MaxStringSize:
-		conn.Close()
-		return nil, fmt.Errorf("negotiate: export name is %d bytes, longer than the protocol's limit of %d", len(opts.Export), MaxStringSize)
+		err = fmt.Errorf("negotiate: export name is %d bytes, longer than the protocol's limit of %d", len(opts.Export), MaxStringSize)
+	case ctx.Err() != nil:
+		err = fmt.Errorf("negotiate: %w", ctx.Err())
 	}
-	if err := ctx.Err(); err != nil {
+	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("negotiate: %w", err)
+		return nil, err
 	}
-	now := time.Now()
 	s := &session{
-		ctx:       ctx,
-		opts:      opts,
-		raw:       conn,
-		conn:      conn,
-		timeout:   timeout,
-		late:      "handshake not done",
-		deadline:  now.Add(timeout),
-		cancelled: make(chan struct{}),
-		buf:       make([]byte, 0, oldstyleLen), // the largest fixed-size record
+		ctx:     ctx,
+		opts:    opts,
+		raw:     conn,
+		conn:    conn,
+		timeout: timeout,
+		buf:     make([]byte, 0, oldstyleLen), // the largest fixed-size record
 	}
-	if d, ok := ctx.Deadline(); ok && !d.After(s.deadline) {
-		s.deadline, s.ctxSets = d, true
-	}
-	s.budget = s.deadline.Sub(now).Round(time.Millisecond)
-	if err := conn.SetDeadline(s.deadline); err != nil {
+	if err := s.arm("handshake not done"); err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("negotiate: setting the handshake deadline: %w", err)
 	}
+	s.watch(ctx)
+	return s, nil
+}
+
+// arm sets the deadline for what comes next, of which late says what it
+// misses: Options.Timeout from now, or s.ctx's deadline if earlier.
+func (s *session) arm(late string) error {
+	now := time.Now()
+	s.deadline, s.ctxSets, s.late = now.Add(s.timeout), false, late
+	if d, ok := s.ctx.Deadline(); ok && !d.After(s.deadline) {
+		s.deadline, s.ctxSets = d, true
+	}
+	s.budget = s.deadline.Sub(now).Round(time.Millisecond)
+	return s.conn.SetDeadline(s.deadline)
+}
+
+// watch makes ctx's cancellation break any blocked read or write, until
+// s.stop; s.cancelled is closed once the callback is done.
+func (s *session) watch(ctx context.Context) {
+	s.cancelled = make(chan struct{})
 	s.stop = context.AfterFunc(ctx, func() {
 		// A deadline in the past wakes every blocked read and write.
-		_ = conn.SetDeadline(time.Unix(1, 0))
+		_ = s.raw.SetDeadline(time.Unix(1, 0))
 		close(s.cancelled)
 	})
-	return s, nil
+}
+
+// finish ends the negotiation that returned ex and err: on success it
+// stops the cancellation, clears the deadline and records the TLS state in
+// ex; on failure, or if that fails, it fails the session.
+func (s *session) finish(ex *Export, err error) error {
+	if err != nil {
+		return s.fail(err)
+	}
+	if !s.stop() {
+		// ctx was cancelled just as the handshake ended: its callback
+		// has run or is running, and has spoilt the deadline.
+		<-s.cancelled
+		return s.fail(fmt.Errorf("negotiate: %w", s.ctx.Err()))
+	}
+	if err := s.conn.SetDeadline(time.Time{}); err != nil {
+		return s.fail(fmt.Errorf("negotiate: clearing the handshake deadline: %w", err))
+	}
+	ex.TLSVersion, ex.TLSCipher = s.tlsVersion, s.tlsCipher
+	return nil
 }
 
 // fail ends a failed session: NBD_OPT_ABORT when the server is waiting for
@@ -289,8 +311,7 @@ func (s *session) ioError(what string, err error) error {
 	if cerr := s.ctx.Err(); cerr != nil {
 		return fmt.Errorf("%s%w", prefix, cerr)
 	}
-	var ne net.Error
-	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {
+	if ne, ok := errors.AsType[net.Error](err); errors.Is(err, os.ErrDeadlineExceeded) || (ok && ne.Timeout()) {
 		if s.ctxSets {
 			// The connection's deadline can fire just before ctx's.
 			return fmt.Errorf("%s%s within %v: %w (%w)", prefix, s.late, s.budget, context.DeadlineExceeded, err)

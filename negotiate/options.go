@@ -16,9 +16,8 @@ import (
 // startTLS sends NBD_OPT_STARTTLS, which wants a bare NBD_REP_ACK. A refusal
 // is ErrTLSUnsupported: Options.TLS means TLS or nothing.
 func (s *session) startTLS() error {
-	err := s.simpleOption(OptStartTLS)
-	var oe *OptionError
-	if errors.As(err, &oe) {
+	err := s.exchange(OptStartTLS, nil, 0, nil)
+	if oe, ok := errors.AsType[*OptionError](err); ok {
 		return fmt.Errorf("%w; refusing to continue without TLS (%w)", ErrTLSUnsupported, oe)
 	}
 	return err
@@ -33,14 +32,10 @@ func (s *session) infoOrGo(opt uint32, name string) (*Export, error) {
 		req.Infos = req.Infos[1:] // List already knows the name
 	}
 	data, _ := req.MarshalBinary()
-	if err := s.sendOption(opt, data); err != nil {
-		return nil, err
-	}
-
 	ex := &Export{Name: name}
 	var block *blockSizeInfo
 	haveExport, count := false, 0
-	err := s.replies(opt, RepInfo, func(n uint32) error {
+	err := s.exchange(opt, data, RepInfo, func(n uint32) error {
 		if count++; count > maxInfoReplies {
 			return protocolError("more than %d replies", maxInfoReplies)
 		}
@@ -95,12 +90,9 @@ func (s *session) readInfo(n uint32) (infoReply, error) {
 
 // list sends NBD_OPT_LIST and returns the exports, with name and description.
 func (s *session) list() ([]Export, error) {
-	if err := s.sendOption(OptList, nil); err != nil {
-		return nil, err
-	}
 	var exports []Export
 	total := 0
-	err := s.replies(OptList, RepServer, func(n uint32) error {
+	err := s.exchange(OptList, nil, RepServer, func(n uint32) error {
 		if len(exports) >= maxListEntries {
 			return protocolError("more than %d NBD_REP_SERVER replies", maxListEntries)
 		}
@@ -129,7 +121,7 @@ func (s *session) list() ([]Export, error) {
 // NBD_REP_ACK; a refusal is an *OptionError. Only List and OpenQuery call
 // it, never Handshake.
 func (s *session) structuredReply() error {
-	if err := s.simpleOption(OptStructuredReply); err != nil {
+	if err := s.exchange(OptStructuredReply, nil, 0, nil); err != nil {
 		return err
 	}
 	s.canAbort = true
@@ -185,11 +177,8 @@ func (s *session) setMetaContext(name, context string) (uint32, error) {
 // each NBD_REP_META_CONTEXT to each, bounded at maxMetaContextBytes.
 func (s *session) metaContextOption(opt uint32, name string, queries []string, each func(metaContextReply) error) error {
 	data, _ := metaContextRequest{Name: name, Queries: queries}.MarshalBinary()
-	if err := s.sendOption(opt, data); err != nil {
-		return err
-	}
 	total := 0
-	err := s.replies(opt, RepMetaContext, func(n uint32) error {
+	err := s.exchange(opt, data, RepMetaContext, func(n uint32) error {
 		if total += int(n); total > maxMetaContextBytes {
 			return protocolError("%s replies exceed %d bytes", OptionName(opt), maxMetaContextBytes)
 		}
@@ -250,14 +239,6 @@ func (s *session) abort() {
 	_, _ = io.ReadFull(s.conn, s.scratch(replyHeaderLen))
 }
 
-// simpleOption sends opt without data and expects a bare NBD_REP_ACK.
-func (s *session) simpleOption(opt uint32) error {
-	if err := s.sendOption(opt, nil); err != nil {
-		return err
-	}
-	return s.replies(opt, 0, nil)
-}
-
 // sendOption writes one option request with its data.
 func (s *session) sendOption(opt uint32, data []byte) error {
 	s.canAbort = false
@@ -268,11 +249,15 @@ func (s *session) sendOption(opt uint32, data []byte) error {
 	return nil
 }
 
-// replies reads the replies to opt up to the final one. Each reply of type
-// more goes to each, which must read its n-byte payload; NBD_REP_ACK ends the
-// exchange, an error reply ends it as an *OptionError, and any other reply
-// breaks the protocol.
-func (s *session) replies(opt, more uint32, each func(n uint32) error) error {
+// exchange sends opt with data and reads the replies up to the final one.
+// Each reply of type more goes to each, which must read its n-byte payload;
+// NBD_REP_ACK ends the exchange, an error reply ends it as an
+// *OptionError, and any other reply breaks the protocol. An option that
+// wants a bare NBD_REP_ACK has no more and no each.
+func (s *session) exchange(opt uint32, data []byte, more uint32, each func(n uint32) error) error {
+	if err := s.sendOption(opt, data); err != nil {
+		return err
+	}
 	for {
 		h, err := s.readReply(opt)
 		if err != nil {

@@ -96,63 +96,71 @@ const (
 	chunkErrorOffset        = chunkErrBit | 2 // NBD_REPLY_TYPE_ERROR_OFFSET
 )
 
+// The protocol names of the values above, looked up with nameOr.
+var (
+	chunkTypeNames = map[uint16]string{
+		chunkNone:        "NBD_REPLY_TYPE_NONE",
+		chunkOffsetData:  "NBD_REPLY_TYPE_OFFSET_DATA",
+		chunkOffsetHole:  "NBD_REPLY_TYPE_OFFSET_HOLE",
+		chunkBlockStatus: "NBD_REPLY_TYPE_BLOCK_STATUS",
+		chunkError:       "NBD_REPLY_TYPE_ERROR",
+		chunkErrorOffset: "NBD_REPLY_TYPE_ERROR_OFFSET",
+	}
+	commandNames = map[uint16]string{
+		cmdRead:        "NBD_CMD_READ",
+		cmdDisc:        "NBD_CMD_DISC",
+		cmdBlockStatus: "NBD_CMD_BLOCK_STATUS",
+	}
+	// errnoNames are the error values of the transmission phase
+	// (doc/proto.md, "Error values").
+	errnoNames = map[uint32]string{
+		1:   "EPERM",
+		5:   "EIO",
+		12:  "ENOMEM",
+		22:  "EINVAL",
+		28:  "ENOSPC",
+		75:  "EOVERFLOW",
+		95:  "ENOTSUP",
+		108: "ESHUTDOWN",
+	}
+	infoTypeNames = map[uint16]string{
+		infoExport:      "NBD_INFO_EXPORT",
+		infoName:        "NBD_INFO_NAME",
+		infoDescription: "NBD_INFO_DESCRIPTION",
+		infoBlockSize:   "NBD_INFO_BLOCK_SIZE",
+	}
+)
+
+// nameOr returns the name of v in names, or v formatted with format when
+// names has none.
+func nameOr[K comparable](names map[K]string, v K, format string) string {
+	if name, ok := names[v]; ok {
+		return name
+	}
+	return fmt.Sprintf(format, v)
+}
+
 // chunkTypeName returns the protocol name of a structured reply chunk type.
 func chunkTypeName(typ uint16) string {
-	switch typ {
-	case chunkNone:
-		return "NBD_REPLY_TYPE_NONE"
-	case chunkOffsetData:
-		return "NBD_REPLY_TYPE_OFFSET_DATA"
-	case chunkOffsetHole:
-		return "NBD_REPLY_TYPE_OFFSET_HOLE"
-	case chunkBlockStatus:
-		return "NBD_REPLY_TYPE_BLOCK_STATUS"
-	case chunkError:
-		return "NBD_REPLY_TYPE_ERROR"
-	case chunkErrorOffset:
-		return "NBD_REPLY_TYPE_ERROR_OFFSET"
-	}
 	if typ&chunkErrBit != 0 {
-		return fmt.Sprintf("NBD_REPLY_TYPE_ERROR(%#04x)", typ)
+		return nameOr(chunkTypeNames, typ, "NBD_REPLY_TYPE_ERROR(%#04x)")
 	}
-	return fmt.Sprintf("NBD_REPLY_TYPE(%d)", typ)
+	return nameOr(chunkTypeNames, typ, "NBD_REPLY_TYPE(%d)")
 }
 
 // commandName returns the protocol name of a transmission command.
 func commandName(cmd uint16) string {
-	switch cmd {
-	case cmdRead:
-		return "NBD_CMD_READ"
-	case cmdDisc:
-		return "NBD_CMD_DISC"
-	case cmdBlockStatus:
-		return "NBD_CMD_BLOCK_STATUS"
-	}
-	return fmt.Sprintf("NBD_CMD(%d)", cmd)
+	return nameOr(commandNames, cmd, "NBD_CMD(%d)")
 }
 
-// errnoName returns the name of an error value of the transmission phase
-// (doc/proto.md, "Error values"), such as "EIO", or "error 42".
+// errnoName returns the name of an error value of the transmission phase,
+// such as "EIO", or "error 42".
 func errnoName(e uint32) string {
-	switch e {
-	case 1:
-		return "EPERM"
-	case 5:
-		return "EIO"
-	case 12:
-		return "ENOMEM"
-	case 22:
-		return "EINVAL"
-	case 28:
-		return "ENOSPC"
-	case 75:
-		return "EOVERFLOW"
-	case 95:
-		return "ENOTSUP"
-	case 108:
-		return "ESHUTDOWN"
-	}
-	return fmt.Sprintf("error %d", e)
+	return nameOr(errnoNames, e, "error %d")
+}
+
+func infoTypeName(typ uint16) string {
+	return nameOr(infoTypeNames, typ, "NBD_INFO(%d)")
 }
 
 // The base:allocation metadata context (doc/proto.md, "Metadata contexts").
@@ -221,69 +229,52 @@ const (
 	maxMinBlock = 64 << 10
 )
 
+var optionNames = map[uint32]string{
+	OptExportName:      "NBD_OPT_EXPORT_NAME",
+	OptAbort:           "NBD_OPT_ABORT",
+	OptList:            "NBD_OPT_LIST",
+	OptPeekExport:      "NBD_OPT_PEEK_EXPORT",
+	OptStartTLS:        "NBD_OPT_STARTTLS",
+	OptInfo:            "NBD_OPT_INFO",
+	OptGo:              "NBD_OPT_GO",
+	OptStructuredReply: "NBD_OPT_STRUCTURED_REPLY",
+	OptListMetaContext: "NBD_OPT_LIST_META_CONTEXT",
+	OptSetMetaContext:  "NBD_OPT_SET_META_CONTEXT",
+	OptExtendedHeaders: "NBD_OPT_EXTENDED_HEADERS",
+}
+
 // OptionName returns the protocol name of an option code, such as
 // "NBD_OPT_GO", or "NBD_OPT(42)" for a code this package does not know.
 func OptionName(opt uint32) string {
-	switch opt {
-	case OptExportName:
-		return "NBD_OPT_EXPORT_NAME"
-	case OptAbort:
-		return "NBD_OPT_ABORT"
-	case OptList:
-		return "NBD_OPT_LIST"
-	case OptPeekExport:
-		return "NBD_OPT_PEEK_EXPORT"
-	case OptStartTLS:
-		return "NBD_OPT_STARTTLS"
-	case OptInfo:
-		return "NBD_OPT_INFO"
-	case OptGo:
-		return "NBD_OPT_GO"
-	case OptStructuredReply:
-		return "NBD_OPT_STRUCTURED_REPLY"
-	case OptListMetaContext:
-		return "NBD_OPT_LIST_META_CONTEXT"
-	case OptSetMetaContext:
-		return "NBD_OPT_SET_META_CONTEXT"
-	case OptExtendedHeaders:
-		return "NBD_OPT_EXTENDED_HEADERS"
-	}
-	return fmt.Sprintf("NBD_OPT(%d)", opt)
+	return nameOr(optionNames, opt, "NBD_OPT(%d)")
+}
+
+// replies are the option reply types this package knows: the protocol name
+// and, for an error reply, the spec's one-line meaning, shown when the
+// server sends no message of its own.
+var replies = map[uint32]struct{ name, meaning string }{
+	RepAck:              {"NBD_REP_ACK", ""},
+	RepServer:           {"NBD_REP_SERVER", ""},
+	RepInfo:             {"NBD_REP_INFO", ""},
+	RepMetaContext:      {"NBD_REP_META_CONTEXT", ""},
+	RepErrUnsup:         {"NBD_REP_ERR_UNSUP", "option not supported by the server"},
+	RepErrPolicy:        {"NBD_REP_ERR_POLICY", "forbidden by server policy"},
+	RepErrInvalid:       {"NBD_REP_ERR_INVALID", "the server found the request invalid"},
+	RepErrPlatform:      {"NBD_REP_ERR_PLATFORM", "not supported on the server's platform"},
+	RepErrTLSReqd:       {"NBD_REP_ERR_TLS_REQD", "TLS is required"},
+	RepErrUnknown:       {"NBD_REP_ERR_UNKNOWN", "export not available"},
+	RepErrShutdown:      {"NBD_REP_ERR_SHUTDOWN", "the server is shutting down"},
+	RepErrBlockSizeReqd: {"NBD_REP_ERR_BLOCK_SIZE_REQD", "the client must request block size constraints"},
+	RepErrTooBig:        {"NBD_REP_ERR_TOO_BIG", "request or reply too large"},
+	RepErrExtHeaderReqd: {"NBD_REP_ERR_EXT_HEADER_REQD", "the server requires extended headers"},
 }
 
 // ReplyName returns the protocol name of an option reply type, such as
 // "NBD_REP_ERR_UNKNOWN", or "NBD_REP_ERR(0x8000002a)" / "NBD_REP(42)" for a
 // type this package does not know.
 func ReplyName(rep uint32) string {
-	switch rep {
-	case RepAck:
-		return "NBD_REP_ACK"
-	case RepServer:
-		return "NBD_REP_SERVER"
-	case RepInfo:
-		return "NBD_REP_INFO"
-	case RepMetaContext:
-		return "NBD_REP_META_CONTEXT"
-	case RepErrUnsup:
-		return "NBD_REP_ERR_UNSUP"
-	case RepErrPolicy:
-		return "NBD_REP_ERR_POLICY"
-	case RepErrInvalid:
-		return "NBD_REP_ERR_INVALID"
-	case RepErrPlatform:
-		return "NBD_REP_ERR_PLATFORM"
-	case RepErrTLSReqd:
-		return "NBD_REP_ERR_TLS_REQD"
-	case RepErrUnknown:
-		return "NBD_REP_ERR_UNKNOWN"
-	case RepErrShutdown:
-		return "NBD_REP_ERR_SHUTDOWN"
-	case RepErrBlockSizeReqd:
-		return "NBD_REP_ERR_BLOCK_SIZE_REQD"
-	case RepErrTooBig:
-		return "NBD_REP_ERR_TOO_BIG"
-	case RepErrExtHeaderReqd:
-		return "NBD_REP_ERR_EXT_HEADER_REQD"
+	if r, ok := replies[rep]; ok {
+		return r.name
 	}
 	if rep&RepErrBit != 0 {
 		return fmt.Sprintf("NBD_REP_ERR(%#08x)", rep)
@@ -291,46 +282,12 @@ func ReplyName(rep uint32) string {
 	return fmt.Sprintf("NBD_REP(%d)", rep)
 }
 
-// replyMeaning is the spec's one-line meaning of an error reply, shown when
-// the server sends no message of its own.
+// replyMeaning is the spec's one-line meaning of an error reply.
 func replyMeaning(rep uint32) string {
-	switch rep {
-	case RepErrUnsup:
-		return "option not supported by the server"
-	case RepErrPolicy:
-		return "forbidden by server policy"
-	case RepErrInvalid:
-		return "the server found the request invalid"
-	case RepErrPlatform:
-		return "not supported on the server's platform"
-	case RepErrTLSReqd:
-		return "TLS is required"
-	case RepErrUnknown:
-		return "export not available"
-	case RepErrShutdown:
-		return "the server is shutting down"
-	case RepErrBlockSizeReqd:
-		return "the client must request block size constraints"
-	case RepErrTooBig:
-		return "request or reply too large"
-	case RepErrExtHeaderReqd:
-		return "the server requires extended headers"
+	if m := replies[rep].meaning; m != "" {
+		return m
 	}
 	return "unknown error"
-}
-
-func infoTypeName(typ uint16) string {
-	switch typ {
-	case infoExport:
-		return "NBD_INFO_EXPORT"
-	case infoName:
-		return "NBD_INFO_NAME"
-	case infoDescription:
-		return "NBD_INFO_DESCRIPTION"
-	case infoBlockSize:
-		return "NBD_INFO_BLOCK_SIZE"
-	}
-	return fmt.Sprintf("NBD_INFO(%d)", typ)
 }
 
 // Flags are the 16 transmission flags the server sends with the export.
@@ -370,24 +327,16 @@ func (fl Flags) String() string {
 	if fl == 0 {
 		return "0"
 	}
-	var b strings.Builder
+	var names []string
 	rest := fl
 	for i, name := range flagNames {
-		bit := Flags(1) << i
-		if fl&bit == 0 {
-			continue
+		if bit := Flags(1) << i; fl&bit != 0 {
+			names = append(names, name)
+			rest &^= bit
 		}
-		rest &^= bit
-		if b.Len() > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(name)
 	}
 	if rest != 0 {
-		if b.Len() > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, "%#x", uint16(rest))
+		names = append(names, fmt.Sprintf("%#x", uint16(rest)))
 	}
-	return b.String()
+	return strings.Join(names, ",")
 }

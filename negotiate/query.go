@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"time"
 )
 
 // mapWindow is the most one NBD_CMD_BLOCK_STATUS asks about. The server
@@ -53,17 +52,9 @@ func OpenQuery(ctx context.Context, conn net.Conn, opts Options, metaContext str
 		return nil, err
 	}
 	ex, id, err := s.query(metaContext)
-	if err != nil {
-		return nil, s.fail(err)
+	if err := s.finish(ex, err); err != nil {
+		return nil, err
 	}
-	if !s.stop() {
-		<-s.cancelled
-		return nil, s.fail(fmt.Errorf("negotiate: %w", s.ctx.Err()))
-	}
-	if err := s.conn.SetDeadline(time.Time{}); err != nil {
-		return nil, s.fail(fmt.Errorf("negotiate: clearing the handshake deadline: %w", err))
-	}
-	ex.TLSVersion, ex.TLSCipher = s.tlsVersion, s.tlsCipher
 	ex.StructuredReplies, ex.MetaContexts = true, []string{metaContext}
 	s.canAbort = false
 	return &Query{s: s, export: *ex, id: id}, nil
@@ -112,14 +103,10 @@ func (q *Query) Map(ctx context.Context, offset, length uint64, fn func(Extent) 
 	}
 	s := q.s
 	s.ctx = ctx
-	done := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		_ = s.raw.SetDeadline(time.Unix(1, 0))
-		close(done)
-	})
+	s.watch(ctx)
 	defer func() {
-		if !stop() {
-			<-done // the connection's deadline is spoilt: the next request sets its own
+		if !s.stop() {
+			<-s.cancelled // the connection's deadline is spoilt: the next request sets its own
 		}
 	}()
 	extent := func(e Extent) error {
@@ -132,15 +119,7 @@ func (q *Query) Map(ctx context.Context, offset, length uint64, fn func(Extent) 
 		p := &pending{cmd: cmdBlockStatus, offset: pos, length: uint32(min(end-pos, mapWindow)), context: q.id, extent: extent}
 		n, err := q.do(p)
 		if err != nil {
-			var ce *CommandError
-			if !errors.As(err, &ce) {
-				q.broken = true
-			}
-			var cbe *callbackError
-			if errors.As(err, &cbe) {
-				return cbe.err
-			}
-			return fmt.Errorf("negotiate: %s: %w", p.describe(), err)
+			return err
 		}
 		pos += n
 	}
@@ -160,27 +139,31 @@ func (q *Query) read(ctx context.Context, b []byte, offset uint64) error {
 	}
 	q.s.ctx = ctx
 	p := &pending{cmd: cmdRead, offset: offset, length: uint32(len(b)), data: b}
-	if _, err := q.do(p); err != nil {
-		var ce *CommandError
-		if !errors.As(err, &ce) {
-			q.broken = true
-		}
-		return fmt.Errorf("negotiate: %s: %w", p.describe(), err)
-	}
-	return nil
+	_, err := q.do(p)
+	return err
 }
 
-// do sends p's request under a fresh deadline and reads its reply.
+// do runs p's request (see roundTrip). Any error but a *CommandError
+// breaks q. Errors name the request, except one from Map's callback,
+// which is returned as it is.
 func (q *Query) do(p *pending) (uint64, error) {
-	s := q.s
-	now := time.Now()
-	s.deadline, s.ctxSets = now.Add(s.timeout), false
-	if d, ok := s.ctx.Deadline(); ok && !d.After(s.deadline) {
-		s.deadline, s.ctxSets = d, true
+	n, err := q.roundTrip(p)
+	if err == nil {
+		return n, nil
 	}
-	s.budget = s.deadline.Sub(now).Round(time.Millisecond)
-	s.late = "no complete reply"
-	if err := s.conn.SetDeadline(s.deadline); err != nil {
+	if _, ok := errors.AsType[*CommandError](err); !ok {
+		q.broken = true
+	}
+	if cbe, ok := errors.AsType[*callbackError](err); ok {
+		return 0, cbe.err
+	}
+	return 0, fmt.Errorf("negotiate: %s: %w", p.describe(), err)
+}
+
+// roundTrip sends p's request under a fresh deadline and reads its reply.
+func (q *Query) roundTrip(p *pending) (uint64, error) {
+	s := q.s
+	if err := s.arm("no complete reply"); err != nil {
 		return 0, err
 	}
 	// After the deadline is set: a cancellation from now on breaks it.

@@ -1,6 +1,7 @@
 package negotiate
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -236,7 +237,7 @@ func (s *session) content(h chunkHeader, p *pending, st *replyState) error {
 		return protocolError("%s %d+%d outside the request %d+%d", name, off, n, p.offset, p.length)
 	}
 	sp := span{off, off + n}
-	i, _ := slices.BinarySearchFunc(st.spans, sp, func(a, b span) int { return cmpUint(a.start, b.start) })
+	i, _ := slices.BinarySearchFunc(st.spans, sp, func(a, b span) int { return cmp.Compare(a.start, b.start) })
 	if (i > 0 && st.spans[i-1].end > sp.start) || (i < len(st.spans) && st.spans[i].start < sp.end) {
 		return protocolError("%s %d+%d overlaps earlier content", name, off, n)
 	}
@@ -247,16 +248,6 @@ func (s *session) content(h chunkHeader, p *pending, st *replyState) error {
 		return nil
 	}
 	return s.readFull(dst, "reading "+name+" data")
-}
-
-func cmpUint(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // covered is the number of bytes in spans, which do not overlap.
