@@ -71,13 +71,12 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	log.Printf("start", "nbdroot as PID 1")
 	if prog.exitrd == nil && os.Getpid() == 1 {
 		// The exitrd (systemd-shutdown's way back, and the keeper's home)
-		// is a copy of this binary on /run: made while the modules load.
+		// is a copy of this binary on /run, made once the modules are in.
 		self, err := os.Executable()
 		if err != nil {
 			self = "/proc/self/exe"
 		}
 		prog.exitrd = sync.OnceValues(func() (string, error) { return shutdown.Install(shutdown.Dir, self) })
-		go prog.exitrd()
 	}
 
 	cmdline := opts.Cmdline
@@ -115,6 +114,12 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	mods.Coldplug()
 	tl.add("modules", t)
 	log.Printf("modules", "%d loaded", mods.Loaded())
+	if prog.exitrd != nil {
+		// The copy (8 MiB) is made while the network step waits for
+		// carrier; during the module loads it slowed them down (one
+		// virtual CPU).
+		go prog.exitrd()
+	}
 	// The root's filesystem driver, when the spec names it, loads while the
 	// network and connect steps wait on the wire.
 	rootMods := rootModules(spec.Root)

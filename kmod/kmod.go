@@ -347,28 +347,25 @@ func finit(file string) error {
 }
 
 // Coldplug loads the drivers for the devices present, pass after pass, since
-// a bus driver (virtio_pci) reveals new devices (virtio net, rng). A
-// modalias is matched once: a later pass looks only at the devices that
-// appeared since.
+// a bus driver (virtio_pci) reveals new devices (virtio net, rng). A device
+// is read once: a later pass lists the buses' device directories again and
+// reads the modalias of the devices that appeared since. (Reading every
+// device's modalias again, through sysfs's symlinks, cost about 0.3 s a
+// pass under emulation.)
 func (m *Modules) Coldplug() {
 	seen := map[string]bool{}
 	for pass := 0; pass < 4; pass++ {
 		before := m.triedCount()
-		fresh := 0
-		for _, alias := range m.modaliases() {
+		fresh := m.newModaliases(seen)
+		for _, alias := range fresh {
 			alias = Canonical(alias)
-			if seen[alias] {
-				continue
-			}
-			seen[alias] = true
-			fresh++
 			for _, a := range m.aliases {
 				if a.matches(alias) {
 					m.load(a.module, 0)
 				}
 			}
 		}
-		m.log.Debugf("modules", "coldplug pass %d: %d new device aliases, %d known", pass+1, fresh, len(seen))
+		m.log.Debugf("modules", "coldplug pass %d: %d new device aliases, %d devices", pass+1, len(fresh), len(seen))
 		if m.triedCount() == before {
 			return
 		}
@@ -381,14 +378,24 @@ func (m *Modules) triedCount() int {
 	return len(m.tried)
 }
 
-// modaliases returns the modalias of every device on every bus.
-func (m *Modules) modaliases() []string {
-	files, _ := filepath.Glob(filepath.Join(m.sys, "bus/*/devices/*/modalias"))
+// newModaliases returns the modalias of every device under /sys/bus/*/devices
+// that is not in seen, and adds those devices to seen.
+func (m *Modules) newModaliases(seen map[string]bool) []string {
+	buses, _ := os.ReadDir(filepath.Join(m.sys, "bus"))
 	var out []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err == nil && len(b) > 1 {
-			out = append(out, strings.TrimSpace(string(b)))
+	for _, bus := range buses {
+		dir := filepath.Join(m.sys, "bus", bus.Name(), "devices")
+		devs, _ := os.ReadDir(dir)
+		for _, d := range devs {
+			key := bus.Name() + "/" + d.Name()
+			if seen[key] {
+				continue
+			}
+			seen[key] = true
+			b, err := os.ReadFile(filepath.Join(dir, d.Name(), "modalias"))
+			if err == nil && len(b) > 1 {
+				out = append(out, strings.TrimSpace(string(b)))
+			}
 		}
 	}
 	return out

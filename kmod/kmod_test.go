@@ -173,7 +173,21 @@ func TestLoadConcurrent(t *testing.T) {
 }
 
 func TestColdplug(t *testing.T) {
-	m, got := tree(t, nil, "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", "pci:v00008086d00007000sv00000000sd00000000bc06sc01i00", "virtio:d00000001v00001AF4", "acpi:PNP0A03:")
+	m, got := tree(t, nil, "pci:v00001AF4d00001000sv00001AF4sd00000001bc02sc00i00", "pci:v00008086d00007000sv00000000sd00000000bc06sc01i00", "acpi:PNP0A03:")
+	// The bus driver reveals the virtio device, as virtio_pci does.
+	insert := m.insert
+	m.insert = func(file string) error {
+		if strings.HasSuffix(file, "/virtio_pci.ko") {
+			d := filepath.Join(m.sys, "bus", "virtio", "devices", "virtio0")
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(d, "modalias"), []byte("virtio:d00000001v00001AF4\n"), 0o444); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return insert(file)
+	}
 	m.Coldplug()
 	want := []string{"kernel/drivers/virtio/virtio_pci_modern_dev.ko", "kernel/drivers/virtio/virtio_pci.ko",
 		"kernel/net/core/failover.ko", "kernel/drivers/net/net_failover.ko", "kernel/drivers/net/virtio_net.ko"}
