@@ -69,24 +69,16 @@ type Resolved struct {
 func Resolve(src Sources) (*Resolved, error) {
 	r := newResolver()
 	args, initArgs := splitKernel(src.Cmdline)
-	path, optional := src.ConfigPath, false
-	where := origin{source: "--config", field: strconv.Quote(path)}
+	path, where, optional := src.ConfigPath, origin{source: "--config", field: strconv.Quote(src.ConfigPath)}, false
 	if path == "" {
-		var cfg *karg
-		for i := range args {
-			if args[i].name == "nbdroot.config" {
-				cfg = &args[i]
+		path, where, optional = DefaultConfigPath, origin{source: DefaultConfigPath}, true
+		for _, a := range args {
+			if a.name == "nbdroot.config" {
+				path, where, optional = a.val, origin{source: "cmdline", field: a.field()}, false
 			}
 		}
-		if cfg != nil {
-			where = origin{source: "cmdline", field: cfg.field()}
-			path = cfg.val
-			if path == "" {
-				r.fail(where, "needs a path: nbdroot.config=PATH")
-			}
-		} else {
-			path, optional = DefaultConfigPath, true
-			where = origin{source: path}
+		if path == "" {
+			r.fail(where, "needs a path: nbdroot.config=PATH")
 		}
 	}
 	var configFile string
@@ -343,7 +335,9 @@ func (r *resolver) loadCmdline(args, initArgs []karg) {
 			r.fail(o, "value is not valid UTF-8")
 			continue
 		}
-		as, err := parse()
+		var b batch
+		parse(&b)
+		as, err := b.result()
 		if err != nil {
 			r.fail(o, err.Error())
 			continue
@@ -402,11 +396,8 @@ func (r *resolver) origins() map[string]string {
 func (r *resolver) finish(partial bool) {
 	s := &r.spec
 	t := &s.TLS
-	files := []struct {
-		key, val string
-	}{{"tls.ca", t.CAFile}, {"tls.cert", t.CertFile}, {"tls.key", t.KeyFile}}
 	req, reqSet := r.recs["tls.required"]
-	for _, f := range files {
+	for _, f := range []struct{ key, val string }{{"tls.ca", t.CAFile}, {"tls.cert", t.CertFile}, {"tls.key", t.KeyFile}} {
 		if f.val == "" {
 			continue
 		}
