@@ -338,24 +338,18 @@ func (b *batch) root(v string, isRoot bool) {
 // dracut parses dracut's SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]
 // (after "nbd:"). SERVER may be a bracketed IPv6 address.
 func (b *batch) dracut(v string) {
-	var host, rest string
-	if strings.HasPrefix(v, "[") {
-		var err error
-		if host, rest, err = cutBracketed(v, ":"); err != nil {
-			b.fail(err)
-			return
-		}
+	host, rest, _ := strings.Cut(v, ":")
+	var err error
+	switch {
+	case strings.HasPrefix(v, "["):
+		host, rest, err = cutBracketed(v, ":")
 		rest = strings.TrimPrefix(rest, ":")
-	} else {
-		host, rest, _ = strings.Cut(v, ":")
-		if host == "" {
-			b.fail(errors.New("no server (want nbd:SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]])"))
-			return
-		}
-		var err error
+	case host == "":
+		err = errors.New("no server (want nbd:SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]])")
+	default:
 		host, err = checkHost(host)
-		b.fail(err)
 	}
+	b.fail(err)
 	fields := strings.SplitN(rest, ":", 4)
 	fields = append(fields, make([]string, 4-len(fields))...)
 	portOrName, fstype, flags, opts := fields[0], fields[1], fields[2], fields[3]
@@ -390,31 +384,21 @@ func (b *batch) nbdOpts(opts string) {
 			continue
 		}
 		name, val, hasVal := strings.Cut(strings.TrimLeft(o, "-"), "=")
-		var key string
-		switch name {
-		case "ro", "readonly", "r":
-			if !hasVal {
-				b.add(assign{"device.read_only", true})
-				continue
-			}
-		case "persist", "p", "systemd-mark", "m":
+		switch {
+		case hasVal:
+		case name == "ro" || name == "readonly" || name == "r":
+			b.add(assign{"device.read_only", true})
+			continue
+		case name == "persist" || name == "p" || name == "systemd-mark" || name == "m":
 			// nbdroot always reconnects, and its keeper always survives
 			// shutdown's killing spree.
-			if !hasVal {
-				continue
-			}
-		case "nonetlink", "L":
-			if !hasVal {
-				b.add(assign{"device.interface", string(InterfaceIoctl)})
-				continue
-			}
-		case "timeout", "t":
-			key = "device.timeout"
-		case "bs", "block-size", "b":
-			key = "device.block_size"
-		case "connections", "C":
-			key = "device.connections"
+			continue
+		case name == "nonetlink" || name == "L":
+			b.add(assign{"device.interface", string(InterfaceIoctl)})
+			continue
 		}
+		key := map[string]string{"timeout": "device.timeout", "t": "device.timeout", "bs": "device.block_size",
+			"block-size": "device.block_size", "b": "device.block_size", "connections": "device.connections", "C": "device.connections"}[name]
 		if key == "" || !hasVal {
 			b.fail(fmt.Errorf("NBD option %q is not supported (want ro, persist, systemd-mark, nonetlink, timeout=SECONDS, bs=BYTES or connections=N)", o))
 			return

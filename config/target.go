@@ -17,11 +17,9 @@ type target struct {
 	ep   Endpoint
 	dhcp bool // "dhcp" or "": the whole endpoint comes from DHCP's root-path
 	tls  bool // nbds:// or nbds+unix://
-	// tls-hostname and tls-verify-peer query keys, when given.
-	tlsHost       string
-	hasTLSHost    bool
-	verifyPeer    bool
-	hasVerifyPeer bool
+	// tls-hostname and tls-verify-peer query keys; nil when not given.
+	tlsHost    *string
+	verifyPeer *bool
 }
 
 // parseTarget parses one server string: an NBD URI (nbd://, nbds://,
@@ -76,25 +74,19 @@ func parseHostForm(s string) (Endpoint, error) {
 			return ep, err
 		}
 	}
+	port, hasPort := strings.CutPrefix(rest, ":") // rest is "", ":…" or "/…"
+	ps, name, slash := strings.Cut(port, "/")
 	switch {
-	case rest == "":
-	case rest[0] == ':':
-		r := rest[1:]
-		ps, name, slash := strings.Cut(r, "/")
-		if ps == "" {
-			if slash {
-				ep.Export = "/" + name // HOST:/NAME keeps its slash
-			}
-		} else {
-			p, err := parsePort(ps)
-			if err != nil {
-				return ep, err
-			}
-			ep.Port = p
-			ep.Export = name
+	case hasPort && ps == "" && slash:
+		ep.Export = "/" + name // HOST:/NAME keeps its slash
+	case ps != "":
+		p, err := parsePort(ps)
+		if err != nil {
+			return ep, err
 		}
-	default: // '/'
-		ep.Export = rest[1:]
+		ep.Port, ep.Export = p, name
+	default:
+		ep.Export = name
 	}
 	return ep, checkExport(ep.Export)
 }
@@ -231,13 +223,13 @@ func parseURI(s string) (target, error) {
 			if _, err := keyIndex()["tls.server_name"].check(v); err != nil {
 				return t, fmt.Errorf("tls-hostname: %v", err)
 			}
-			t.tlsHost, t.hasTLSHost = v, true
+			t.tlsHost = &v
 		case "tls-verify-peer":
 			b, ok := parseBool(v)
 			if !ok {
 				return t, fmt.Errorf("tls-verify-peer=%q is not a boolean (want true or false)", v)
 			}
-			t.verifyPeer, t.hasVerifyPeer = b, true
+			t.verifyPeer = &b
 		case "socket":
 			if !unix {
 				return t, fmt.Errorf("socket= is only for %s+unix:// URIs", lower)
@@ -341,7 +333,8 @@ func bootTarget(s string, withDHCP bool, n int) (target, error) {
 // from URIs, tls.required, tls.server_name and tls.verify_peer.
 func (b *batch) servers(ts ...target) {
 	var canon []string
-	var tlsHost, verify *target
+	var tlsHost *string
+	var verify *bool
 	anyTLS := false
 	for i := range ts {
 		t := &ts[i]
@@ -351,19 +344,19 @@ func (b *batch) servers(ts ...target) {
 		}
 		canon = append(canon, t.ep.String())
 		anyTLS = anyTLS || t.tls
-		if t.hasTLSHost {
-			if tlsHost != nil && tlsHost.tlsHost != t.tlsHost {
-				b.fail(fmt.Errorf("servers disagree on tls-hostname (%q and %q); TLS settings are shared by all servers", tlsHost.tlsHost, t.tlsHost))
+		if t.tlsHost != nil {
+			if tlsHost != nil && *tlsHost != *t.tlsHost {
+				b.fail(fmt.Errorf("servers disagree on tls-hostname (%q and %q); TLS settings are shared by all servers", *tlsHost, *t.tlsHost))
 				return
 			}
-			tlsHost = t
+			tlsHost = t.tlsHost
 		}
-		if t.hasVerifyPeer {
-			if verify != nil && verify.verifyPeer != t.verifyPeer {
+		if t.verifyPeer != nil {
+			if verify != nil && *verify != *t.verifyPeer {
 				b.fail(errors.New("servers disagree on tls-verify-peer; TLS settings are shared by all servers"))
 				return
 			}
-			verify = t
+			verify = t.verifyPeer
 		}
 	}
 	b.add(assign{"server.servers", canon})
@@ -371,10 +364,10 @@ func (b *batch) servers(ts ...target) {
 		b.add(assign{"tls.required", true})
 	}
 	if tlsHost != nil {
-		b.add(assign{"tls.server_name", tlsHost.tlsHost})
+		b.add(assign{"tls.server_name", *tlsHost})
 	}
 	if verify != nil {
-		b.add(assign{"tls.verify_peer", verify.verifyPeer})
+		b.add(assign{"tls.verify_peer", *verify})
 	}
 }
 
