@@ -1,8 +1,10 @@
 package config
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -17,27 +19,25 @@ type karg struct {
 }
 
 // joined is the argument as the kernel hands it on: NAME or NAME=VALUE.
-func (a karg) joined() string {
-	if !a.hasVal {
-		return a.name
-	}
-	return a.name + "=" + a.val
-}
+func (a karg) joined() string { return a.show(func(s string) string { return s }) }
 
 // field is the argument as error messages show it: NAME or NAME="VALUE".
-func (a karg) field() string {
-	if !a.hasVal {
-		return a.name
-	}
-	return a.name + "=" + strconv.Quote(a.val)
-}
+func (a karg) field() string { return a.show(strconv.Quote) }
 
 // text is the argument as origins show it: quoted only when needed.
 func (a karg) text() string {
 	if !a.hasVal {
 		return quoteIfNeeded(a.name)
 	}
-	return a.name + "=" + quoteIfNeeded(a.val)
+	return a.show(quoteIfNeeded)
+}
+
+// show returns NAME, or NAME=VALUE with the value written by quote.
+func (a karg) show(quote func(string) string) string {
+	if !a.hasVal {
+		return a.name
+	}
+	return a.name + "=" + quote(a.val)
 }
 
 func quoteIfNeeded(s string) string {
@@ -50,13 +50,7 @@ func quoteIfNeeded(s string) string {
 }
 
 // isKernelSpace is the kernel's isspace (lib/ctype.c), which includes 0xa0.
-func isKernelSpace(c byte) bool {
-	switch c {
-	case ' ', '\t', '\n', '\v', '\f', '\r', 0xa0:
-		return true
-	}
-	return false
-}
+func isKernelSpace(c byte) bool { return strings.IndexByte(" \t\n\v\f\r\xa0", c) >= 0 }
 
 func skipSpaces(s string) string {
 	for len(s) > 0 && isKernelSpace(s[0]) {
@@ -69,16 +63,12 @@ func skipSpaces(s string) string {
 // words and are removed at the start of the argument or of its value and at
 // its end; quotes elsewhere are kept.
 func nextArg(s string) (karg, string) {
-	quoted, inQuote := false, false
-	if s[0] == '"' {
+	quoted := s[0] == '"'
+	if quoted {
 		s = s[1:]
-		quoted, inQuote = true, true
 	}
-	i, equals := 0, 0
-	for ; i < len(s); i++ {
-		if isKernelSpace(s[i]) && !inQuote {
-			break
-		}
+	i, equals, inQuote := 0, 0, quoted
+	for ; i < len(s) && (inQuote || !isKernelSpace(s[i])); i++ {
 		if equals == 0 && s[i] == '=' {
 			equals = i
 		}
@@ -86,37 +76,24 @@ func nextArg(s string) (karg, string) {
 			inQuote = !inQuote
 		}
 	}
-	end := i
 	rest := ""
 	if i < len(s) {
 		rest = s[i+1:]
 	}
-	var a karg
-	if equals == 0 {
-		e := end
-		if quoted && e > 0 && s[e-1] == '"' {
-			e--
-		}
-		a.name = s[:e]
-	} else {
-		a.name, a.hasVal = s[:equals], true
-		vs, ve := equals+1, end
-		trimmed := false
-		if vs < end && s[vs] == '"' {
-			vs++
-			if s[end-1] == '"' {
-				ve, trimmed = end-1, true
-			}
-		}
-		if quoted && !trimmed && s[end-1] == '"' {
-			ve = end - 1
-		}
-		if ve < vs {
-			ve = vs
-		}
-		a.val = s[vs:ve]
+	// A quote at the end goes if the argument or its value opened with one.
+	valQuoted := equals > 0 && equals+1 < i && s[equals+1] == '"'
+	end := i
+	if (quoted || valQuoted) && i > 0 && s[i-1] == '"' {
+		end--
 	}
-	return a, skipSpaces(rest)
+	if equals == 0 {
+		return karg{name: s[:end]}, skipSpaces(rest)
+	}
+	vs := equals + 1
+	if valQuoted {
+		vs++
+	}
+	return karg{name: s[:equals], val: s[vs:max(vs, end)], hasVal: true}, skipSpaces(rest)
 }
 
 // splitKernel splits a command line as the kernel does: arguments up to a
@@ -162,116 +139,141 @@ func SplitCmdline(cmdline string) (args []string, initArgs []string) {
 	return args, initArgs
 }
 
+// batch collects what one input sets. Its first error sticks and later
+// steps add nothing that counts, so a grammar reads as a list of steps
+// rather than a ladder of error checks.
+type batch struct {
+	as  []assign
+	err error
+}
+
+// fail records err unless an error is already recorded.
+func (b *batch) fail(err error) {
+	if b.err == nil {
+		b.err = err
+	}
+}
+
+// add appends assignments that need no check.
+func (b *batch) add(as ...assign) { b.as = append(b.as, as...) }
+
+// set adds what key = v sets, through the key's checks; what, unless
+// empty, names the value in an error.
+func (b *batch) set(what, key string, v any) {
+	if b.err != nil {
+		return
+	}
+	as, err := keyIndex()[key].assigns(v)
+	if err != nil && what != "" {
+		err = fmt.Errorf("%s: %v", what, err)
+	}
+	b.fail(err)
+	b.add(as...)
+}
+
+// result returns what the input sets, or its first error.
+func (b *batch) result() ([]assign, error) {
+	if b.err != nil {
+		return nil, b.err
+	}
+	return b.as, nil
+}
+
 // cmdRule says how nbdroot reads a kernel argument: the family it belongs
 // to ("" if nbdroot ignores it) and its parser. Within a family the last
 // argument wins, as in the kernel; different families that set one key to
 // different values are a contradiction. Besides nbdroot.KEY=VALUE and the
 // aliases named by Spec's cmdline tags (rootfstype=…), nbdroot reads the
 // grammars of nbdroot=, nbddev=, root=, netroot=, ip=, ro and rw.
-func cmdRule(a karg) (family string, parse func() ([]assign, error)) {
+func cmdRule(a karg) (family string, parse func(*batch)) {
 	v := a.val
-	key := func(name string, val any) func() ([]assign, error) {
-		return func() ([]assign, error) { return keyIndex()[name].assigns(val) }
-	}
 	switch {
 	case a.name == "nbdroot":
-		return a.name, func() ([]assign, error) { return parseNbdroot(v) }
+		return a.name, func(b *batch) { b.nbdroot(v) }
 	case a.name == "ro" || a.name == "rw":
 		if a.hasVal {
 			return "", nil // the kernel only honours bare ro and rw
 		}
-		return "ro/rw", key("root.read_only", a.name == "ro")
+		return "ro/rw", func(b *batch) { b.set("", "root.read_only", a.name == "ro") }
 	case strings.HasPrefix(a.name, "nbdroot."):
-		return a.name, func() ([]assign, error) { return parseKeyArg(a) }
+		return a.name, func(b *batch) { b.keyArg(a) }
 	case !a.hasVal:
 		return "", nil
 	}
 	switch a.name {
 	case "nbddev":
-		return a.name, func() ([]assign, error) {
+		return a.name, func(b *batch) {
 			n, err := parseNbdDev(v)
-			if err != nil {
-				return nil, err
-			}
-			return keyIndex()["device.index"].assigns(int64(n))
+			b.fail(err)
+			b.set("", "device.index", int64(n))
 		}
 	case "root", "netroot":
-		return a.name, func() ([]assign, error) { return parseRoot(v, a.name == "root") }
+		return a.name, func(b *batch) { b.root(v, a.name == "root") }
 	case "ip":
-		return a.name, func() ([]assign, error) { return parseIP(v) }
+		return a.name, func(b *batch) { b.ip(v) }
 	}
 	for _, k := range keyTable() {
 		if k.alias == a.name {
-			return a.name, key(k.name, v)
+			return a.name, func(b *batch) { b.set("", k.name, v) }
 		}
 	}
 	return "", nil
 }
 
-// parseKeyArg parses nbdroot.KEY=VALUE.
-func parseKeyArg(a karg) ([]assign, error) {
+// keyArg parses nbdroot.KEY=VALUE.
+func (b *batch) keyArg(a karg) {
 	name := strings.TrimPrefix(a.name, "nbdroot.")
 	k, ok := keyIndex()[name]
-	if !ok {
+	switch {
+	case !ok:
 		msg := "unknown key"
 		if s := suggest(name, append([]string{"config"}, knownKeys()...)); s != "" {
 			msg += " (did you mean nbdroot." + s + "?)"
 		}
-		return nil, errors.New(msg)
+		b.fail(errors.New(msg))
+	case !a.hasVal:
+		b.fail(fmt.Errorf("needs a value: nbdroot.%s=VALUE", name))
+	default:
+		as, err := k.parse(a.val)
+		b.fail(err)
+		b.add(as...)
 	}
-	if !a.hasVal {
-		return nil, fmt.Errorf("needs a value: nbdroot.%s=VALUE", name)
-	}
-	val, err := fromString(k.kind, a.val)
-	if err != nil {
-		return nil, err
-	}
-	return k.assigns(val)
 }
 
-// parseNbdroot parses Debian's nbdroot= value (and nbdroot's URI forms).
-func parseNbdroot(v string) ([]assign, error) {
-	if strings.Contains(v, ",") && !isURI(v) {
-		return parseNbdrootCommas(v)
-	}
-	t, err := bootTarget(v, true, 1)
-	if err != nil {
-		return nil, err
-	}
-	return serverAssigns([]target{t})
+// target adds the one server s names, parsed as for boot.
+func (b *batch) target(s string, withDHCP bool) {
+	t, err := bootTarget(s, withDHCP, 1)
+	b.fail(err)
+	b.servers(t)
 }
 
-// parseNbdrootCommas parses Debian's HOST,PORT and HOST,NAME,nbdN.
-func parseNbdrootCommas(v string) ([]assign, error) {
+// nbdroot parses Debian's nbdroot= value (and nbdroot's URI forms), and
+// Debian's HOST,PORT and HOST,NAME,nbdN.
+func (b *batch) nbdroot(v string) {
+	if !strings.Contains(v, ",") || isURI(v) {
+		b.target(v, true)
+		return
+	}
 	parts := strings.Split(v, ",")
 	if len(parts) > 3 {
-		return nil, errors.New("too many commas (want HOST,PORT or HOST,NAME,nbdN)")
+		b.fail(errors.New("too many commas (want HOST,PORT or HOST,NAME,nbdN)"))
+		return
 	}
 	ep := Endpoint{Port: DefaultPort}
-	var err error
 	if host := parts[0]; strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		var err error
 		ep.Host, _, err = cutBracketed(host, "")
+		b.fail(err)
 	} else {
-		err = ep.setHost(host)
+		b.fail(ep.setHost(host))
 	}
-	if err != nil {
-		return nil, err
-	}
-	if err := ep.setPortOrName(parts[1]); err != nil {
-		return nil, err
-	}
-	out, err := serverAssigns([]target{{ep: ep}})
-	if err != nil {
-		return nil, err
-	}
+	b.fail(ep.setPortOrName(parts[1]))
+	b.servers(target{ep: ep})
 	if len(parts) == 3 {
 		n, err := parseNbdDev(parts[2])
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, assign{"device.index", int64(n)})
+		b.fail(err)
+		b.add(assign{"device.index", int64(n)})
 	}
-	return out, nil
 }
 
 // parseNbdDev parses nbdN or /dev/nbdN.
@@ -316,160 +318,106 @@ func smallInt(s string, max int) (int, error) {
 	return n, nil
 }
 
-// parseRoot parses root= and netroot=. Values that are not nbdroot's
+// root parses root= and netroot=. Values that are not nbdroot's
 // (root=/dev/sda1, netroot=iscsi:…) set nothing.
-func parseRoot(v string, isRoot bool) ([]assign, error) {
+func (b *batch) root(v string, isRoot bool) {
 	switch {
 	case isURI(v) && (strings.HasPrefix(v, "nbd") || strings.HasPrefix(v, "NBD")):
-		t, err := bootTarget(v, false, 1)
-		if err != nil {
-			return nil, err
-		}
-		return serverAssigns([]target{t})
+		b.target(v, false)
 	case strings.HasPrefix(v, "nbd:"):
-		return parseDracut(v[len("nbd:"):])
+		b.dracut(v[len("nbd:"):])
 	case isRoot && strings.HasPrefix(v, "/dev/nbd"):
 		n, part, err := parseDevNbd(v)
 		if err != nil {
-			return nil, fmt.Errorf("%q is not an nbd device (want /dev/nbdN or /dev/nbdNpM)", v)
+			b.fail(fmt.Errorf("%q is not an nbd device (want /dev/nbdN or /dev/nbdNpM)", v))
 		}
-		if part < 0 {
-			part = 0
-		}
-		return []assign{{"device.index", int64(n)}, {"root.partition", int64(part)}}, nil
+		b.add(assign{"device.index", int64(n)}, assign{"root.partition", int64(max(part, 0))})
 	}
-	return nil, nil
 }
 
-// parseDracut parses dracut's SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]
+// dracut parses dracut's SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]
 // (after "nbd:"). SERVER may be a bracketed IPv6 address.
-func parseDracut(v string) ([]assign, error) {
-	var host, rest string
-	if strings.HasPrefix(v, "[") {
-		var err error
-		if host, rest, err = cutBracketed(v, ":"); err != nil {
-			return nil, err
-		}
+func (b *batch) dracut(v string) {
+	host, rest, _ := strings.Cut(v, ":")
+	var err error
+	switch {
+	case strings.HasPrefix(v, "["):
+		host, rest, err = cutBracketed(v, ":")
 		rest = strings.TrimPrefix(rest, ":")
-	} else {
-		host, rest, _ = strings.Cut(v, ":")
-		if host == "" {
-			return nil, errors.New("no server (want nbd:SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]])")
-		}
-		var err error
-		if host, err = checkHost(host); err != nil {
-			return nil, err
-		}
+	case host == "":
+		err = errors.New("no server (want nbd:SERVER:PORT|NAME[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]])")
+	default:
+		host, err = checkHost(host)
 	}
+	b.fail(err)
 	fields := strings.SplitN(rest, ":", 4)
-	for len(fields) < 4 {
-		fields = append(fields, "")
-	}
+	fields = append(fields, make([]string, 4-len(fields))...)
 	portOrName, fstype, flags, opts := fields[0], fields[1], fields[2], fields[3]
 	ep := Endpoint{Host: host, Port: DefaultPort}
-	if err := ep.setPortOrName(portOrName); err != nil {
-		return nil, err
-	}
-	out, err := serverAssigns([]target{{ep: ep}})
-	if err != nil {
-		return nil, err
-	}
+	b.fail(ep.setPortOrName(portOrName))
+	b.servers(target{ep: ep})
 	if fstype != "" {
-		if out, err = addKey(out, "root.fstype", "root.fstype", fstype); err != nil {
-			return nil, err
+		b.set("root.fstype", "root.fstype", fstype)
+	}
+	var others []string
+	for _, f := range strings.Split(flags, ",") {
+		switch f {
+		case "ro", "rw":
+			b.add(assign{"root.read_only", f == "ro"})
+		case "":
+		default:
+			others = append(others, f)
 		}
 	}
-	if flags != "" {
-		var rest []string
-		for _, f := range strings.Split(flags, ",") {
-			switch f {
-			case "ro":
-				out = append(out, assign{"root.read_only", true})
-			case "rw":
-				out = append(out, assign{"root.read_only", false})
-			case "":
-			default:
-				rest = append(rest, f)
-			}
-		}
-		if len(rest) > 0 {
-			if out, err = addKey(out, "root.flags", "root.flags", strings.Join(rest, ",")); err != nil {
-				return nil, err
-			}
-		}
+	if len(others) > 0 {
+		b.set("root.flags", "root.flags", strings.Join(others, ","))
 	}
 	if opts != "" {
-		as, err := parseNBDOpts(opts)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, as...)
+		b.nbdOpts(opts)
 	}
-	return out, nil
 }
 
-// parseNBDOpts maps dracut's comma-separated nbd-client options.
-func parseNBDOpts(opts string) ([]assign, error) {
-	var out []assign
+// nbdOpts maps dracut's comma-separated nbd-client options.
+func (b *batch) nbdOpts(opts string) {
 	for _, o := range strings.Split(opts, ",") {
 		if o == "" {
 			continue
 		}
 		name, val, hasVal := strings.Cut(strings.TrimLeft(o, "-"), "=")
-		var key string
-		switch name {
-		case "ro", "readonly", "r":
-			if !hasVal {
-				out = append(out, assign{"device.read_only", true})
-				continue
-			}
-		case "persist", "p", "systemd-mark", "m":
+		switch {
+		case hasVal:
+		case name == "ro" || name == "readonly" || name == "r":
+			b.add(assign{"device.read_only", true})
+			continue
+		case name == "persist" || name == "p" || name == "systemd-mark" || name == "m":
 			// nbdroot always reconnects, and its keeper always survives
 			// shutdown's killing spree.
-			if !hasVal {
-				continue
-			}
-		case "nonetlink", "L":
-			if !hasVal {
-				out = append(out, assign{"device.interface", string(InterfaceIoctl)})
-				continue
-			}
-		case "timeout", "t":
-			key = "device.timeout"
-		case "bs", "block-size", "b":
-			key = "device.block_size"
-		case "connections", "C":
-			key = "device.connections"
+			continue
+		case name == "nonetlink" || name == "L":
+			b.add(assign{"device.interface", string(InterfaceIoctl)})
+			continue
 		}
+		key := map[string]string{"timeout": "device.timeout", "t": "device.timeout", "bs": "device.block_size",
+			"block-size": "device.block_size", "b": "device.block_size", "connections": "device.connections", "C": "device.connections"}[name]
 		if key == "" || !hasVal {
-			return nil, fmt.Errorf("NBD option %q is not supported (want ro, persist, systemd-mark, nonetlink, timeout=SECONDS, bs=BYTES or connections=N)", o)
+			b.fail(fmt.Errorf("NBD option %q is not supported (want ro, persist, systemd-mark, nonetlink, timeout=SECONDS, bs=BYTES or connections=N)", o))
+			return
 		}
 		n, err := strconv.ParseInt(val, 10, 64)
 		if err != nil {
-			return nil, fmt.Errorf("NBD option %q: %q is not an integer", o, val)
+			b.fail(fmt.Errorf("NBD option %q: %q is not an integer", o, val))
+			return
 		}
 		var v any = n
 		if key == "device.timeout" {
 			if n < 0 || n > 1<<31 {
-				return nil, fmt.Errorf("NBD option %q: %d is out of range", o, n)
+				b.fail(fmt.Errorf("NBD option %q: %d is out of range", o, n))
+				return
 			}
 			v = time.Duration(n) * time.Second
 		}
-		if out, err = addKey(out, fmt.Sprintf("NBD option %q", o), key, v); err != nil {
-			return nil, err
-		}
+		b.set(fmt.Sprintf("NBD option %q", o), key, v)
 	}
-	return out, nil
-}
-
-// addKey appends what key = v sets to out; what names the input in an
-// error.
-func addKey(out []assign, what, key string, v any) ([]assign, error) {
-	as, err := keyIndex()[key].assigns(v)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %v", what, err)
-	}
-	return append(out, as...), nil
 }
 
 // splitIPFields splits ip='s value on colons outside [brackets].
@@ -507,58 +455,56 @@ func autoconf(s string) (NetworkMode, error) {
 	return "", fmt.Errorf("autoconf %q is not one of off, none, on, any, dhcp, bootp, both", s)
 }
 
-func ipAddrField(name, s string) (netip.Addr, error) {
+// addr parses an address field of ip= (the zero Addr if s is empty); name
+// names it in an error.
+func (b *batch) addr(name, s string) netip.Addr {
+	if s == "" {
+		return netip.Addr{}
+	}
 	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
 	if err != nil {
-		return a, fmt.Errorf("%s %q is not an IP address", name, s)
+		b.fail(fmt.Errorf("%s %q is not an IP address", name, s))
 	}
-	return a, nil
+	return a
 }
 
-// parseIP parses the kernel's ip= (Documentation/admin-guide/nfs/nfsroot.rst):
+// ip parses the kernel's ip= (Documentation/admin-guide/nfs/nfsroot.rst):
 // CLIENT:SERVER:GW:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1:NTP0, its
 // keywords, and dracut's DEVICE:AUTOCONF.
-func parseIP(v string) ([]assign, error) {
+func (b *batch) ip(v string) {
 	f := splitIPFields(v)
-	if len(f) == 1 && f[0] != "" {
-		if !strings.ContainsAny(f[0], ".:[") { // a keyword, not a client address
-			mode, err := autoconf(f[0])
-			if err != nil {
-				return nil, err
-			}
-			return []assign{{"network.mode", string(mode)}}, nil
-		}
+	if len(f) == 1 && f[0] != "" && !strings.ContainsAny(f[0], ".:[") { // a keyword, not a client address
+		mode, err := autoconf(f[0])
+		b.fail(err)
+		b.add(assign{"network.mode", string(mode)})
+		return
 	}
 	if len(f) == 2 {
 		if mode, err := autoconf(f[1]); err == nil && f[1] != "" {
 			if _, err := netip.ParseAddr(strings.Trim(f[0], "[]")); err != nil {
 				// dracut's ip=DEVICE:AUTOCONF.
-				return addKey([]assign{{"network.mode", string(mode)}}, "device", "network.interfaces", []string{f[0]})
+				b.add(assign{"network.mode", string(mode)})
+				b.set("device", "network.interfaces", []string{f[0]})
+				return
 			}
 		}
 	}
 	if len(f) > 10 {
-		return nil, fmt.Errorf("%d fields; want at most 10 (CLIENT:SERVER:GW:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1:NTP0)", len(f))
+		b.fail(fmt.Errorf("%d fields; want at most 10 (CLIENT:SERVER:GW:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1:NTP0)", len(f)))
+		return
 	}
-	for len(f) < 10 {
-		f = append(f, "")
-	}
+	f = append(f, make([]string, 10-len(f))...)
 	client, server, gw, mask, host, dev, auto, dns0, dns1, ntp := f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]
 	mode, err := autoconf(auto)
-	if err != nil {
-		return nil, err
-	}
-	var out []assign
+	b.fail(err)
 	if client != "" {
-		a, err := ipAddrField("client address", client)
-		if err != nil {
-			return nil, err
+		a := b.addr("client address", client)
+		if !a.IsValid() {
+			return
 		}
 		bits, err := netmaskBits(mask, a)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, assign{"network.address", netip.PrefixFrom(a, bits).String()})
+		b.fail(err)
+		b.add(assign{"network.address", netip.PrefixFrom(a, bits).String()})
 		if auto == "" || mode == NetworkNone {
 			mode = NetworkStatic
 		}
@@ -567,50 +513,31 @@ func parseIP(v string) ([]assign, error) {
 			mode = NetworkDHCP
 		}
 		if mask != "" {
-			if _, err := netmaskBits(mask, netip.IPv4Unspecified()); err != nil {
-				return nil, err
-			}
+			_, err := netmaskBits(mask, netip.IPv4Unspecified())
+			b.fail(err)
 		}
 	}
-	out = append(out, assign{"network.mode", string(mode)})
-	for _, x := range []struct{ name, val string }{{"server address", server}, {"NTP server", ntp}} {
-		if x.val != "" { // checked, but nbdroot has no use for it
-			if _, err := ipAddrField(x.name, x.val); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if gw != "" {
-		a, err := ipAddrField("gateway", gw)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, assign{"network.gateway", a.String()})
+	b.add(assign{"network.mode", string(mode)})
+	b.addr("server address", server) // checked, but nbdroot has no use for it
+	b.addr("NTP server", ntp)
+	if a := b.addr("gateway", gw); a.IsValid() {
+		b.add(assign{"network.gateway", a.String()})
 	}
 	if host != "" {
-		if out, err = addKey(out, "hostname", "network.hostname", host); err != nil {
-			return nil, err
-		}
+		b.set("hostname", "network.hostname", host)
 	}
 	if dev != "" {
-		if out, err = addKey(out, "device", "network.interfaces", []string{dev}); err != nil {
-			return nil, err
-		}
+		b.set("device", "network.interfaces", []string{dev})
 	}
 	var dns []string
 	for i, d := range []string{dns0, dns1} {
-		if d != "" {
-			a, err := ipAddrField(fmt.Sprintf("DNS server %d", i), d)
-			if err != nil {
-				return nil, err
-			}
+		if a := b.addr(fmt.Sprintf("DNS server %d", i), d); a.IsValid() {
 			dns = append(dns, a.String())
 		}
 	}
 	if dns != nil {
-		out = append(out, assign{"network.dns", dns})
+		b.add(assign{"network.dns", dns})
 	}
-	return out, nil
 }
 
 // netmaskBits turns a dotted netmask or a prefix length into a prefix
@@ -645,14 +572,9 @@ func netmaskBits(mask string, client netip.Addr) (int, error) {
 	if client.Is6() {
 		return 0, fmt.Errorf("netmask %s is IPv4 but the client address %s is IPv6", mask, client)
 	}
-	b := m.As4()
-	u := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	ones := 0
-	for u&(1<<31) != 0 {
-		ones++
-		u <<= 1
-	}
-	if u != 0 {
+	u := binary.BigEndian.Uint32(m.AsSlice())
+	ones := bits.LeadingZeros32(^u)
+	if u<<ones != 0 {
 		return 0, fmt.Errorf("netmask %s is not contiguous", mask)
 	}
 	return ones, nil

@@ -69,24 +69,16 @@ type Resolved struct {
 func Resolve(src Sources) (*Resolved, error) {
 	r := newResolver()
 	args, initArgs := splitKernel(src.Cmdline)
-	path, optional := src.ConfigPath, false
-	where := origin{source: "--config", field: strconv.Quote(path)}
+	path, where, optional := src.ConfigPath, origin{source: "--config", field: strconv.Quote(src.ConfigPath)}, false
 	if path == "" {
-		var cfg *karg
-		for i := range args {
-			if args[i].name == "nbdroot.config" {
-				cfg = &args[i]
+		path, where, optional = DefaultConfigPath, origin{source: DefaultConfigPath}, true
+		for _, a := range args {
+			if a.name == "nbdroot.config" {
+				path, where, optional = a.val, origin{source: "cmdline", field: a.field()}, false
 			}
 		}
-		if cfg != nil {
-			where = origin{source: "cmdline", field: cfg.field()}
-			path = cfg.val
-			if path == "" {
-				r.fail(where, "needs a path: nbdroot.config=PATH")
-			}
-		} else {
-			path, optional = DefaultConfigPath, true
-			where = origin{source: path}
+		if path == "" {
+			r.fail(where, "needs a path: nbdroot.config=PATH")
 		}
 	}
 	var configFile string
@@ -234,7 +226,6 @@ func (r *resolver) loadFile(path string, data []byte) {
 		}
 		return
 	}
-	tables := map[string]map[string]toml.Primitive{}
 	bad := map[string]bool{}
 	known := knownKeys()
 	for _, k := range md.Keys() {
@@ -255,13 +246,10 @@ func (r *resolver) loadFile(path string, data []byte) {
 			}
 			continue
 		}
-		sec, ok := tables[k[0]]
-		if !ok {
-			if err := md.PrimitiveDecode(top[k[0]], &sec); err != nil {
-				bad[k[0]] = true
-				continue
-			}
-			tables[k[0]] = sec
+		var sec map[string]toml.Primitive
+		if err := md.PrimitiveDecode(top[k[0]], &sec); err != nil {
+			bad[k[0]] = true
+			continue
 		}
 		if len(k) > 2 {
 			// A sub-table of a key: find the line of the deepest part.
@@ -293,10 +281,8 @@ func (r *resolver) loadFile(path string, data []byte) {
 			continue
 		}
 		var v any
-		err := md.PrimitiveDecode(p, &v)
-		if err == nil {
-			v, err = fromTOML(def.kind, v)
-		}
+		_ = md.PrimitiveDecode(p, &v) // any TOML value decodes into an any
+		v, err := fromTOML(def.kind, v)
 		var as []assign
 		if err == nil {
 			as, err = def.assigns(v)
@@ -343,7 +329,9 @@ func (r *resolver) loadCmdline(args, initArgs []karg) {
 			r.fail(o, "value is not valid UTF-8")
 			continue
 		}
-		as, err := parse()
+		var b batch
+		parse(&b)
+		as, err := b.result()
 		if err != nil {
 			r.fail(o, err.Error())
 			continue
@@ -360,11 +348,9 @@ func (r *resolver) loadCmdline(args, initArgs []karg) {
 	}
 	o := origin{layer: layerCmdline, family: "--", source: "cmdline", field: "--",
 		text: "cmdline: -- " + strings.Join(texts, " ")}
-	for i, w := range words {
-		if !utf8.ValidString(w) {
-			r.fail(o, fmt.Sprintf("init argument %d is not valid UTF-8", i+1))
-			return
-		}
+	if i := slices.IndexFunc(words, func(w string) bool { return !utf8.ValidString(w) }); i >= 0 {
+		r.fail(o, fmt.Sprintf("init argument %d is not valid UTF-8", i+1))
+		return
 	}
 	r.apply([]assign{{"root.init_args", words}}, o)
 }
@@ -402,11 +388,8 @@ func (r *resolver) origins() map[string]string {
 func (r *resolver) finish(partial bool) {
 	s := &r.spec
 	t := &s.TLS
-	files := []struct {
-		key, val string
-	}{{"tls.ca", t.CAFile}, {"tls.cert", t.CertFile}, {"tls.key", t.KeyFile}}
 	req, reqSet := r.recs["tls.required"]
-	for _, f := range files {
+	for _, f := range []struct{ key, val string }{{"tls.ca", t.CAFile}, {"tls.cert", t.CertFile}, {"tls.key", t.KeyFile}} {
 		if f.val == "" {
 			continue
 		}
@@ -470,14 +453,11 @@ func writeTOML(b *strings.Builder, s *Spec, origins map[string]string) {
 			}
 		}
 		for j, l := range lines {
-			b.WriteString(l)
-			if origins != nil {
-				if pad := width - utf8.RuneCountInString(l); pad > 0 {
-					b.WriteString(strings.Repeat(" ", pad))
-				}
-				b.WriteString("  # " + commentText(comments[j]))
+			if origins == nil {
+				fmt.Fprintln(b, l)
+			} else {
+				fmt.Fprintf(b, "%-*s  # %s\n", width, l, commentText(comments[j])) // fmt pads to a width in runes
 			}
-			b.WriteByte('\n')
 		}
 	}
 }

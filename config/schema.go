@@ -2,6 +2,7 @@ package config
 
 import (
 	"encoding"
+	"errors"
 	"fmt"
 	"net/netip"
 	"path"
@@ -51,12 +52,13 @@ type keyDef struct {
 	alias string       // the kernel argument that sets it too ("rootfstype")
 	def   string       // the default as text; "" for the zero value
 	auto  int64        // kAutoInt: the value "auto" stands for
-	// check is the field's check tag made a function: func(any) (any,
-	// error) sees and normalizes every value; func(string) error sees
-	// non-empty strings and every list element; func(int64) error and
-	// func(time.Duration) error see numbers.
-	check any
+	check check        // the field's check tag made a function; nil for none
 }
+
+// check is a key's rule on its values, made from its check tag by
+// namedCheck. It sees every value (every element of a list) in the key's
+// Go form and returns it normalized, or says what is wrong with it.
+type check func(any) (any, error)
 
 // isServers reports whether t is server.servers' type, the one key whose
 // value implies others.
@@ -149,58 +151,51 @@ func (k *keyDef) assigns(v any) ([]assign, error) {
 	return []assign{{k.name, v}}, nil
 }
 
-// conv checks a value of the key's kind and returns it normalized: netip
-// values canonical, "auto" for the integer it stands for.
-func (k *keyDef) conv(v any) (any, error) {
-	if c, ok := k.check.(func(any) (any, error)); ok {
-		return c(v)
+// parse reads the text form of a value, as nbdroot.KEY=VALUE gives it, and
+// returns what it sets.
+func (k *keyDef) parse(text string) ([]assign, error) {
+	v, err := fromString(k.kind, text)
+	if err != nil {
+		return nil, err
 	}
-	switch k.kind {
-	case kString:
-		s := v.(string)
-		if isText(k.typ) {
-			return convText(k.typ, s)
+	return k.assigns(v)
+}
+
+// conv checks a value of the key's kind and returns it normalized: netip
+// values canonical, "auto" for the integer it stands for. The elements of a
+// list are checked one by one.
+func (k *keyDef) conv(v any) (any, error) {
+	l, isList := v.([]string)
+	if !isList {
+		return k.convOne(k.typ, v)
+	}
+	var out []string
+	for _, e := range l {
+		if e == "" && isText(k.typ.Elem()) {
+			return nil, fmt.Errorf("%q is not %s", e, textWant(k.typ.Elem()))
 		}
-		if c, ok := k.check.(func(string) error); ok && s != "" {
-			return s, c(s)
+		x, err := k.convOne(k.typ.Elem(), e)
+		if err != nil {
+			return nil, err
 		}
-	case kList:
-		var out []string
-		elem := k.typ.Elem()
-		text := isText(elem)
-		for _, e := range v.([]string) {
-			var err error
-			switch c, ok := k.check.(func(string) error); {
-			case text && e == "":
-				err = fmt.Errorf("%q is not %s", e, textWant(elem))
-			case text:
-				e, err = convText(elem, e)
-			case ok:
-				err = c(e)
-			}
-			if err != nil {
-				return nil, err
-			}
-			out = append(out, e)
+		out = append(out, x.(string))
+	}
+	return out, nil
+}
+
+// convOne is conv for a scalar value of type t.
+func (k *keyDef) convOne(t reflect.Type, v any) (any, error) {
+	if k.check != nil {
+		var err error
+		if v, err = k.check(v); err != nil {
+			return nil, err
 		}
-		return out, nil
-	case kInt, kAutoInt:
-		n, ok := v.(int64)
-		if !ok {
-			return v, nil // "auto"
-		}
-		if c, ok := k.check.(func(int64) error); ok {
-			if err := c(n); err != nil {
-				return nil, err
-			}
-		}
-		if k.kind == kAutoInt && n == k.auto {
-			return "auto", nil
-		}
-	case kDuration:
-		if c, ok := k.check.(func(time.Duration) error); ok {
-			return v, c(v.(time.Duration))
-		}
+	}
+	if s, ok := v.(string); ok && isText(t) {
+		return convText(t, s)
+	}
+	if k.kind == kAutoInt && v == any(k.auto) {
+		return "auto", nil
 	}
 	return v, nil
 }
@@ -291,14 +286,46 @@ func getScalar(f reflect.Value) any {
 	return f.Convert(reflect.TypeFor[int64]()).Interface()
 }
 
-// namedCheck returns the check a field's check tag names (see keyDef.check).
-func namedCheck(name string) any {
-	c, ok := map[string]any{"": nil,
-		"positive": durPositive, "nonnegative": durNonNegative, "seconds": durWholeSeconds,
-		"abspath": checkAbsPath, "nocontrol": checkNoControl, "servername": checkServerName,
-		"hostname": checkHostname, "ifname": checkIfName, "module": checkModule, "fstype": convFSType,
-		"index": intRange(0, MaxIndex), "connections": intRange(1, MaxConnections),
-		"partition": intRange(0, MaxPartition), "blocksize": checkBlockSize,
+// namedCheck returns the check a field's check tag names.
+func namedCheck(name string) check {
+	noControl := rule(func(s string) bool { return !strings.ContainsFunc(s, isControl) }, "%q contains a control character")
+	c, ok := map[string]check{"": nil,
+		"positive":    rule(func(d time.Duration) bool { return d > 0 }, "%s is not a positive duration"),
+		"nonnegative": rule(func(d time.Duration) bool { return d >= 0 }, "%s is negative"),
+		// 0 and whole seconds: the kernel counts seconds.
+		"seconds": rule(func(d time.Duration) bool { return d >= 0 }, "%s is negative",
+			rule(func(d time.Duration) bool { return d%time.Second == 0 }, "%s is not a whole number of seconds (the kernel counts seconds)")),
+		"abspath":    rule(func(s string) bool { return s == "" || path.IsAbs(s) }, "%q is not an absolute path", noControl),
+		"nocontrol":  noControl,
+		"servername": rule(func(s string) bool { return !strings.ContainsAny(s, " /") }, "%q is not a host name", noControl),
+		"hostname": rule(func(s string) bool { return len(s) <= 64 && !strings.ContainsAny(s, " /") },
+			"%q is not a host name (at most 64 bytes, no spaces or slashes)", noControl),
+		// What the kernel accepts as a network interface name.
+		"ifname": rule(func(s string) bool {
+			return s != "" && len(s) <= 15 && s != "." && s != ".." && !strings.ContainsAny(s, "/: \t\n") && utf8.ValidString(s)
+		}, "%q is not a network interface name", noControl),
+		"module": func(v any) (any, error) {
+			if v == "" {
+				return nil, errors.New("empty module name")
+			}
+			return rule(func(s string) bool { return onlyChars(s, "_-") }, "%q is not a module name")(v)
+		},
+		"fstype": func(v any) (any, error) {
+			if v == "auto" {
+				return "", nil
+			}
+			return rule(func(s string) bool { return onlyChars(s, "._-") }, "%q is not a filesystem type")(v)
+		},
+		"index":       intRange(0, MaxIndex),
+		"connections": intRange(1, MaxConnections),
+		"partition":   intRange(0, MaxPartition),
+		// 0 ("auto") and nbddev's rule.
+		"blocksize": func(v any) (any, error) {
+			if n, ok := v.(int64); ok && n != 0 {
+				return v, nbddev.CheckBlockSize(n)
+			}
+			return v, nil
+		},
 		"interface":  oneOf(InterfaceAuto, InterfaceNetlink, InterfaceIoctl),
 		"mode":       oneOf(NetworkDHCP, NetworkStatic, NetworkNone),
 		"order":      oneOf(OrderListed, OrderSpread),
@@ -310,6 +337,36 @@ func namedCheck(name string) any {
 		panic("config: unknown check " + strconv.Quote(name))
 	}
 	return c
+}
+
+// rule returns a check of T values: a value ok rejects fails with msg,
+// formatted with the value (a duration as formatDuration writes it); one it
+// accepts must pass the checks in then. Values of other types ("auto" for
+// an integer) pass.
+func rule[T any](ok func(T) bool, msg string, then ...check) check {
+	return func(v any) (any, error) {
+		if x, isT := v.(T); isT && !ok(x) {
+			if d, isDur := v.(time.Duration); isDur {
+				return nil, fmt.Errorf(msg, formatDuration(d))
+			}
+			return nil, fmt.Errorf(msg, v)
+		}
+		for _, c := range then {
+			if _, err := c(v); err != nil {
+				return nil, err
+			}
+		}
+		return v, nil
+	}
+}
+
+// isControl reports whether r is an ASCII control character.
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// onlyChars reports whether s has only ASCII letters, digits and the bytes
+// of extra.
+func onlyChars(s, extra string) bool {
+	return strings.Trim(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"+extra) == ""
 }
 
 // Limits enforced on the spec.
@@ -341,11 +398,7 @@ func (s *Spec) Set(key, value string) error {
 
 // setText is Set for a known key.
 func (s *Spec) setText(keys map[string]*keyDef, k *keyDef, text string) error {
-	v, err := fromString(k.kind, text)
-	var as []assign
-	if err == nil {
-		as, err = k.assigns(v)
-	}
+	as, err := k.parse(text)
 	if err != nil {
 		return &Error{Field: k.name, Msg: err.Error()}
 	}
@@ -408,24 +461,11 @@ func knownKeys() []string {
 	return out
 }
 
-func intRange(lo, hi int64) func(int64) error {
-	return func(n int64) error {
-		if n < lo || n > hi {
-			return fmt.Errorf("%d is out of range %d-%d", n, lo, hi)
-		}
-		return nil
-	}
+func intRange(lo, hi int64) check {
+	return rule(func(n int64) bool { return n >= lo && n <= hi }, fmt.Sprintf("%%d is out of range %d-%d", lo, hi))
 }
 
-// checkBlockSize accepts 0 ("auto") and nbddev's rule.
-func checkBlockSize(n int64) error {
-	if n == 0 {
-		return nil
-	}
-	return nbddev.CheckBlockSize(n)
-}
-
-func oneOf[T ~string](choices ...T) func(any) (any, error) {
+func oneOf[T ~string](choices ...T) check {
 	return func(v any) (any, error) {
 		s := v.(string)
 		var names []string
@@ -437,94 +477,6 @@ func oneOf[T ~string](choices ...T) func(any) (any, error) {
 		}
 		return nil, fmt.Errorf("%q is not one of %s", s, strings.Join(names, ", "))
 	}
-}
-
-func durPositive(d time.Duration) error {
-	if d <= 0 {
-		return fmt.Errorf("%s is not a positive duration", formatDuration(d))
-	}
-	return nil
-}
-
-func durNonNegative(d time.Duration) error {
-	if d < 0 {
-		return fmt.Errorf("%s is negative", formatDuration(d))
-	}
-	return nil
-}
-
-// durWholeSeconds accepts 0 and whole seconds: the kernel counts seconds.
-func durWholeSeconds(d time.Duration) error {
-	if err := durNonNegative(d); err != nil {
-		return err
-	}
-	if d%time.Second != 0 {
-		return fmt.Errorf("%s is not a whole number of seconds (the kernel counts seconds)", formatDuration(d))
-	}
-	return nil
-}
-
-func convFSType(v any) (any, error) {
-	s := v.(string)
-	if s == "auto" {
-		return "", nil
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
-			return nil, fmt.Errorf("%q is not a filesystem type", s)
-		}
-	}
-	return s, nil
-}
-
-func checkAbsPath(s string) error {
-	if !path.IsAbs(s) {
-		return fmt.Errorf("%q is not an absolute path", s)
-	}
-	return checkNoControl(s)
-}
-
-func checkNoControl(s string) error {
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f {
-			return fmt.Errorf("%q contains a control character", s)
-		}
-	}
-	return nil
-}
-
-func checkServerName(s string) error {
-	if strings.ContainsAny(s, " /") {
-		return fmt.Errorf("%q is not a host name", s)
-	}
-	return checkNoControl(s)
-}
-
-// checkIfName accepts what the kernel accepts as a network interface name.
-func checkIfName(s string) error {
-	if s == "" || len(s) > 15 || s == "." || s == ".." || strings.ContainsAny(s, "/: \t\n") || !utf8.ValidString(s) {
-		return fmt.Errorf("%q is not a network interface name", s)
-	}
-	return checkNoControl(s)
-}
-
-func checkHostname(s string) error {
-	if len(s) > 64 || strings.ContainsAny(s, " /") {
-		return fmt.Errorf("%q is not a host name (at most 64 bytes, no spaces or slashes)", s)
-	}
-	return checkNoControl(s)
-}
-
-func checkModule(s string) error {
-	if s == "" {
-		return fmt.Errorf("empty module name")
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
-			return fmt.Errorf("%q is not a module name", s)
-		}
-	}
-	return nil
 }
 
 // fromString converts a command-line value to kind k.
@@ -590,47 +542,37 @@ func fromTOML(k kind, v any) (any, error) {
 		for _, e := range x {
 			s, ok := e.(string)
 			if !ok {
-				return nil, fmt.Errorf("list element %s is %s; want a string", tomlText(e), tomlTypeName(e))
+				text, typ := tomlDesc(e)
+				return nil, fmt.Errorf("list element %s is %s; want a string", text, typ)
 			}
 			out = append(out, s)
 		}
 		return out, nil
 	}
-	return nil, fmt.Errorf("%s is %s; want %s", tomlText(v), tomlTypeName(v), k.want())
+	text, typ := tomlDesc(v)
+	return nil, fmt.Errorf("%s is %s; want %s", text, typ, k.want())
 }
 
-func tomlTypeName(v any) string {
-	switch v.(type) {
-	case string:
-		return "a string"
-	case int64:
-		return "an integer"
-	case float64:
-		return "a float"
-	case bool:
-		return "a boolean"
-	case []any:
-		return "an array"
-	case map[string]any:
-		return "a table"
-	case []map[string]any:
-		return "an array of tables"
-	}
-	return "a datetime"
-}
-
-func tomlText(v any) string {
+// tomlDesc describes a decoded TOML value for an error message: its text
+// and its type.
+func tomlDesc(v any) (text, typ string) {
 	switch x := v.(type) {
 	case string:
-		return strconv.Quote(x)
-	case int64, float64, bool:
-		return fmt.Sprint(x)
+		return strconv.Quote(x), "a string"
+	case int64:
+		return fmt.Sprint(x), "an integer"
+	case float64:
+		return fmt.Sprint(x), "a float"
+	case bool:
+		return fmt.Sprint(x), "a boolean"
 	case []any:
-		return "[...]"
-	case map[string]any, []map[string]any:
-		return "{...}"
+		return "[...]", "an array"
+	case map[string]any:
+		return "{...}", "a table"
+	case []map[string]any:
+		return "{...}", "an array of tables"
 	}
-	return fmt.Sprint(v)
+	return fmt.Sprint(v), "a datetime"
 }
 
 func parseBool(s string) (bool, bool) {
@@ -691,7 +633,7 @@ func tomlQuote(s string) string {
 			b.WriteString(`\` + string(r))
 		case i >= 0:
 			b.WriteString(`\` + "btnfr"[i:i+1])
-		case r < 0x20 || r == 0x7f:
+		case isControl(r):
 			fmt.Fprintf(&b, `\u%04X`, r)
 		default:
 			b.WriteRune(r)
@@ -721,22 +663,20 @@ func editDistance(a, b string) int {
 		}
 		return 64
 	}
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
+	row := make([]int, len(b)+1)
+	for j := range row {
+		row[j] = j
 	}
 	for i := 1; i <= len(a); i++ {
-		cur[0] = i
+		diag := row[0] // the distance of a[:i-1] and b[:j-1]
+		row[0] = i
 		for j := 1; j <= len(b); j++ {
-			c := prev[j-1]
+			c := diag
 			if a[i-1] != b[j-1] {
 				c++
 			}
-			c = min(c, prev[j]+1, cur[j-1]+1)
-			cur[j] = c
+			diag, row[j] = row[j], min(c, row[j]+1, row[j-1]+1)
 		}
-		prev, cur = cur, prev
 	}
-	return prev[len(b)]
+	return row[len(b)]
 }

@@ -3,9 +3,10 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"net/url"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -16,11 +17,9 @@ type target struct {
 	ep   Endpoint
 	dhcp bool // "dhcp" or "": the whole endpoint comes from DHCP's root-path
 	tls  bool // nbds:// or nbds+unix://
-	// tls-hostname and tls-verify-peer query keys, when given.
-	tlsHost       string
-	hasTLSHost    bool
-	verifyPeer    bool
-	hasVerifyPeer bool
+	// tls-hostname and tls-verify-peer query keys; nil when not given.
+	tlsHost    *string
+	verifyPeer *bool
 }
 
 // parseTarget parses one server string: an NBD URI (nbd://, nbds://,
@@ -41,19 +40,10 @@ func parseTarget(s string, withDHCP bool) (target, error) {
 }
 
 // isURI reports whether s starts with SCHEME://.
+// The scheme is a letter, then letters, digits, "+", "-" and ".".
 func isURI(s string) bool {
-	i := strings.Index(s, "://")
-	if i <= 0 {
-		return false
-	}
-	for j, r := range s[:i] {
-		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' ||
-			j > 0 && (r >= '0' && r <= '9' || r == '+' || r == '-' || r == '.')
-		if !ok {
-			return false
-		}
-	}
-	return true
+	scheme, _, ok := strings.Cut(s, "://")
+	return ok && scheme != "" && onlyChars(scheme, "+-.") && !strings.ContainsAny(scheme[:1], "0123456789+-.")
 }
 
 // parseHostForm parses Debian's HOST[:PORT][/NAME] and its bracketed IPv6
@@ -84,25 +74,19 @@ func parseHostForm(s string) (Endpoint, error) {
 			return ep, err
 		}
 	}
+	port, hasPort := strings.CutPrefix(rest, ":") // rest is "", ":…" or "/…"
+	ps, name, slash := strings.Cut(port, "/")
 	switch {
-	case rest == "":
-	case rest[0] == ':':
-		r := rest[1:]
-		ps, name, slash := strings.Cut(r, "/")
-		if ps == "" {
-			if slash {
-				ep.Export = "/" + name // HOST:/NAME keeps its slash
-			}
-		} else {
-			p, err := parsePort(ps)
-			if err != nil {
-				return ep, err
-			}
-			ep.Port = p
-			ep.Export = name
+	case hasPort && ps == "" && slash:
+		ep.Export = "/" + name // HOST:/NAME keeps its slash
+	case ps != "":
+		p, err := parsePort(ps)
+		if err != nil {
+			return ep, err
 		}
-	default: // '/'
-		ep.Export = rest[1:]
+		ep.Port, ep.Export = p, name
+	default:
+		ep.Export = name
 	}
 	return ep, checkExport(ep.Export)
 }
@@ -161,22 +145,12 @@ func checkHost(h string) (string, error) {
 	if len(h) > 253 {
 		return "", bad
 	}
-	digitsAndDots := true
 	for _, label := range strings.Split(strings.TrimSuffix(h, "."), ".") {
-		if label == "" || len(label) > 63 {
+		if label == "" || len(label) > 63 || !onlyChars(label, "-_") {
 			return "", bad
 		}
-		for _, r := range label {
-			switch {
-			case r >= '0' && r <= '9', r == '.':
-			case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r == '-', r == '_':
-				digitsAndDots = false
-			default:
-				return "", bad
-			}
-		}
 	}
-	if digitsAndDots {
+	if strings.Trim(h, "0123456789.") == "" {
 		return "", fmt.Errorf("host %q is not a valid IPv4 address", h)
 	}
 	return h, nil
@@ -184,10 +158,8 @@ func checkHost(h string) (string, error) {
 
 // parsePort parses a TCP port, 1-65535.
 func parsePort(s string) (uint16, error) {
-	for _, r := range s {
-		if r < '0' || r > '9' {
-			return 0, fmt.Errorf("port %q is not a number", s)
-		}
+	if strings.Trim(s, "0123456789") != "" {
+		return 0, fmt.Errorf("port %q is not a number", s)
 	}
 	n, err := strconv.ParseUint(s, 10, 64)
 	if err != nil || n < 1 || n > 65535 {
@@ -210,25 +182,15 @@ func checkExport(name string) error {
 func parseURI(s string) (target, error) {
 	var t target
 	scheme, _, _ := strings.Cut(s, "://")
-	unix := false
-	switch strings.ToLower(scheme) {
-	case "nbd":
-	case "nbds":
-		t.tls = true
-	case "nbd+unix":
-		unix = true
-	case "nbds+unix":
-		t.tls, unix = true, true
-	default:
+	lower := strings.ToLower(scheme)
+	base, unix := strings.CutSuffix(lower, "+unix")
+	if base != "nbd" && base != "nbds" {
 		return t, fmt.Errorf("unknown URI scheme %q (want nbd://, nbds://, nbd+unix:// or nbds+unix://)", scheme)
 	}
+	t.tls = base == "nbds"
 	u, err := url.Parse(s)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return t, fmt.Errorf("not a valid NBD URI: %v", err)
+		return t, fmt.Errorf("not a valid NBD URI: %v", errors.Unwrap(err)) // url.Parse's errors are *url.Error
 	}
 	if u.User != nil {
 		return t, errors.New("user information (USER@) is not supported in NBD URIs")
@@ -247,12 +209,7 @@ func parseURI(s string) (target, error) {
 	if err != nil {
 		return t, fmt.Errorf("bad query %q: %v", u.RawQuery, err)
 	}
-	keys := make([]string, 0, len(q))
-	for k := range q {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(q)) {
 		vs := q[k]
 		if len(vs) > 1 {
 			return t, fmt.Errorf("query key %q is given %d times", k, len(vs))
@@ -263,19 +220,19 @@ func parseURI(s string) (target, error) {
 			if v == "" {
 				return t, errors.New("tls-hostname is empty")
 			}
-			if err := checkServerName(v); err != nil {
+			if _, err := keyIndex()["tls.server_name"].check(v); err != nil {
 				return t, fmt.Errorf("tls-hostname: %v", err)
 			}
-			t.tlsHost, t.hasTLSHost = v, true
+			t.tlsHost = &v
 		case "tls-verify-peer":
 			b, ok := parseBool(v)
 			if !ok {
 				return t, fmt.Errorf("tls-verify-peer=%q is not a boolean (want true or false)", v)
 			}
-			t.verifyPeer, t.hasVerifyPeer = b, true
+			t.verifyPeer = &b
 		case "socket":
 			if !unix {
-				return t, fmt.Errorf("socket= is only for %s+unix:// URIs", strings.ToLower(scheme))
+				return t, fmt.Errorf("socket= is only for %s+unix:// URIs", lower)
 			}
 			if v == "" {
 				return t, errors.New("socket= is empty")
@@ -287,10 +244,10 @@ func parseURI(s string) (target, error) {
 	}
 	if unix {
 		if u.Host != "" {
-			return t, fmt.Errorf("%s:// takes no host (got %q); the socket is ?socket=PATH", strings.ToLower(scheme), u.Host)
+			return t, fmt.Errorf("%s:// takes no host (got %q); the socket is ?socket=PATH", lower, u.Host)
 		}
 		if t.ep.Socket == "" {
-			return t, fmt.Errorf("%s:// needs ?socket=PATH", strings.ToLower(scheme))
+			return t, fmt.Errorf("%s:// needs ?socket=PATH", lower)
 		}
 		return t, nil
 	}
@@ -353,7 +310,9 @@ func expandServers(v any) ([]assign, error) {
 		}
 		ts = append(ts, t)
 	}
-	return serverAssigns(ts)
+	var b batch
+	b.servers(ts...)
+	return b.result()
 }
 
 // bootTarget parses one of n server strings and rejects what parses but
@@ -370,11 +329,12 @@ func bootTarget(s string, withDHCP bool, n int) (target, error) {
 	return t, err
 }
 
-// serverAssigns returns what a list of parsed servers sets: server.servers
-// and, from URIs, tls.required, tls.server_name and tls.verify_peer.
-func serverAssigns(ts []target) ([]assign, error) {
+// servers adds what a list of parsed servers sets: server.servers and,
+// from URIs, tls.required, tls.server_name and tls.verify_peer.
+func (b *batch) servers(ts ...target) {
 	var canon []string
-	var tlsHost, verify *target
+	var tlsHost *string
+	var verify *bool
 	anyTLS := false
 	for i := range ts {
 		t := &ts[i]
@@ -384,30 +344,31 @@ func serverAssigns(ts []target) ([]assign, error) {
 		}
 		canon = append(canon, t.ep.String())
 		anyTLS = anyTLS || t.tls
-		if t.hasTLSHost {
-			if tlsHost != nil && tlsHost.tlsHost != t.tlsHost {
-				return nil, fmt.Errorf("servers disagree on tls-hostname (%q and %q); TLS settings are shared by all servers", tlsHost.tlsHost, t.tlsHost)
+		if t.tlsHost != nil {
+			if tlsHost != nil && *tlsHost != *t.tlsHost {
+				b.fail(fmt.Errorf("servers disagree on tls-hostname (%q and %q); TLS settings are shared by all servers", *tlsHost, *t.tlsHost))
+				return
 			}
-			tlsHost = t
+			tlsHost = t.tlsHost
 		}
-		if t.hasVerifyPeer {
-			if verify != nil && verify.verifyPeer != t.verifyPeer {
-				return nil, errors.New("servers disagree on tls-verify-peer; TLS settings are shared by all servers")
+		if t.verifyPeer != nil {
+			if verify != nil && *verify != *t.verifyPeer {
+				b.fail(errors.New("servers disagree on tls-verify-peer; TLS settings are shared by all servers"))
+				return
 			}
-			verify = t
+			verify = t.verifyPeer
 		}
 	}
-	out := []assign{{"server.servers", canon}}
+	b.add(assign{"server.servers", canon})
 	if anyTLS {
-		out = append(out, assign{"tls.required", true})
+		b.add(assign{"tls.required", true})
 	}
 	if tlsHost != nil {
-		out = append(out, assign{"tls.server_name", tlsHost.tlsHost})
+		b.add(assign{"tls.server_name", *tlsHost})
 	}
 	if verify != nil {
-		out = append(out, assign{"tls.verify_peer", verify.verifyPeer})
+		b.add(assign{"tls.verify_peer", *verify})
 	}
-	return out, nil
 }
 
 // setServers stores a canonical server list (from expandServers).
@@ -446,26 +407,20 @@ func getServers(s *Spec) any {
 // tls-hostname (TLS.ServerName) and tls-verify-peer (TLS.VerifyPeer).
 // Errors are *Error with Source "argument".
 func ParseTarget(s string) (Spec, error) {
-	spec := Defaults()
-	fail := func(msg string) (Spec, error) {
-		return Spec{}, &Error{Source: "argument", Field: strconv.Quote(s), Msg: msg}
-	}
+	var b batch
 	t, err := parseTarget(s, false)
-	if err != nil {
-		return fail(err.Error())
+	if err == nil && t.ep.HostFromDHCP {
+		err = errors.New("no host: only a booting machine knows its DHCP server; name the server")
 	}
-	if t.ep.HostFromDHCP {
-		return fail("no host: only a booting machine knows its DHCP server; name the server")
+	b.fail(err)
+	b.servers(t)
+	spec, err := b.spec("argument", s)
+	if err == nil {
+		// The endpoint as parsed: a host named "dhcp" does not read back
+		// from its canonical text.
+		spec.Server.Endpoints = []Endpoint{t.ep}
 	}
-	spec.Server.Endpoints = []Endpoint{t.ep}
-	spec.TLS.Enabled = t.tls
-	if t.hasTLSHost {
-		spec.TLS.ServerName = t.tlsHost
-	}
-	if t.hasVerifyPeer {
-		spec.TLS.VerifyPeer = t.verifyPeer
-	}
-	return spec, nil
+	return spec, err
 }
 
 // ParseRootPath parses a DHCP root-path (option 17) for a spec whose
@@ -476,17 +431,24 @@ func ParseTarget(s string) (Spec, error) {
 // DHCP server's address. The result is Defaults() with those fields set;
 // errors are *Error with Source "dhcp root-path".
 func ParseRootPath(s string) (Spec, error) {
-	fail := func(msg string) (Spec, error) {
-		return Spec{}, &Error{Source: "dhcp root-path", Field: strconv.Quote(s), Msg: msg}
-	}
+	var b batch
 	if s == "" || s == "dhcp" {
-		return fail("names no server")
+		b.fail(errors.New("names no server"))
 	}
-	as, err := parseNbdroot(s)
+	b.nbdroot(s)
+	return b.spec("dhcp root-path", s)
+}
+
+// spec returns Defaults() with the batch's assignments, or its error as an
+// *Error naming the input.
+func (b *batch) spec(source, input string) (Spec, error) {
+	as, err := b.result()
 	if err != nil {
-		return fail(err.Error())
+		return Spec{}, &Error{Source: source, Field: strconv.Quote(input), Msg: err.Error()}
 	}
-	r := newResolver()
-	r.apply(as, origin{layer: layerCmdline, family: "root-path"})
-	return r.spec, nil
+	s := Defaults()
+	for _, a := range as {
+		keyIndex()[a.key].set(&s, a.val)
+	}
+	return s, nil
 }
