@@ -315,7 +315,7 @@ func TestWriteCompressionRoundTrip(t *testing.T) {
 }
 
 func TestWriteDeterministic(t *testing.T) {
-	for _, c := range []Compression{Gzip, Zstd, None} {
+	for _, c := range []Compression{Gzip, Zstd, Xz, None} {
 		t.Run(string(c), func(t *testing.T) {
 			f := newFixture(t)
 			a, _ := writeImage(t, f.options(c))
