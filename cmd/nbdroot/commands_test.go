@@ -3,7 +3,9 @@ package main
 import (
 	"flag"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -311,5 +313,48 @@ func TestAttachSpec(t *testing.T) {
 	}
 	if strings.Contains(help, "(default 0") || strings.Contains(help, "(default false)") {
 		t.Errorf("attach -h shows a zero default:\n%s", help)
+	}
+}
+
+// TestREADMEFuzzTargets checks that README's list of fuzz targets (the
+// `make fuzz` sentence) names every Fuzz function in the tree, and nothing
+// else.
+func TestREADMEFuzzTargets(t *testing.T) {
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := map[string]bool{}
+	for _, m := range regexp.MustCompile(`\bFuzz[A-Z]\w*`).FindAllString(string(b), -1) {
+		listed[m] = true
+	}
+	def := regexp.MustCompile(`(?m)^func (Fuzz[A-Z]\w*)\(`)
+	err = filepath.WalkDir("../..", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && strings.HasPrefix(d.Name(), ".") && p != "../.." {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(p, "_test.go") {
+			return nil
+		}
+		src, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, m := range def.FindAllStringSubmatch(string(src), -1) {
+			if !listed[m[1]] {
+				t.Errorf("%s: %s is not in README.md's list of fuzz targets", p, m[1])
+			}
+			delete(listed, m[1])
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name := range listed {
+		t.Errorf("README.md names %s, which is no fuzz target", name)
 	}
 }
