@@ -68,7 +68,19 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	if os.Getpid() == 1 {
 		restoreKmsg = bootlog.Unlimit()
 	}
+	var execAge error
+	if os.Getpid() == 1 && prog.mods == nil {
+		// From here the log counts from the kernel's exec of /init, so
+		// that the start step holds the exec and the Go runtime's start.
+		var age time.Duration
+		if age, execAge = bootlog.ExecAge(); execAge == nil {
+			log.Rebase(time.Now().Add(-age))
+		}
+	}
 	log.Printf("start", "nbdroot as PID 1")
+	if execAge != nil {
+		log.Printf("start", "times count from nbdroot's own start, not the kernel's exec of /init: %v", execAge)
+	}
 	if prog.exitrd == nil && os.Getpid() == 1 {
 		// The exitrd (systemd-shutdown's way back, and the keeper's home)
 		// is a copy of this binary on /run, made once the modules are in.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -35,10 +36,18 @@ type Logger struct {
 }
 
 // New returns a Logger writing to console, measuring elapsed time from
-// start (for a boot, ProcessStart: its offsets then count from the
-// kernel's exec of /init).
+// start (for a keeper, ProcessStart; PID 1 rebases on ExecAge once /proc
+// and /dev are mounted, so that its offsets count from the kernel's exec of
+// /init).
 func New(console io.Writer, start time.Time) *Logger {
 	return &Logger{start: start, console: console}
+}
+
+// Rebase makes the logger measure elapsed time from start.
+func (l *Logger) Rebase(start time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.start = start
 }
 
 // OpenKmsg starts copying log lines to /dev/kmsg. A missing /dev/kmsg is not
@@ -156,6 +165,56 @@ func ProcessAge() (time.Duration, error) {
 	return ageFromStat(string(b), time.Duration(ts.Nano()))
 }
 
+// ExecAge returns how long ago the kernel ran the init process: the time
+// since its "Run /init as init process" line in the kernel log (read with
+// one syslog(2) call), on CLOCK_BOOTTIME, the clock of the log's stamps at
+// boot and of /proc/uptime. PID 1 cannot ask /proc/self/stat: its starttime
+// is the fork of the kernel thread that became it, early in the kernel's
+// own start. It needs CAP_SYSLOG and the log's timestamps (printk.time).
+func ExecAge() (time.Duration, error) {
+	size, err := unix.Klogctl(unix.SYSLOG_ACTION_SIZE_BUFFER, nil)
+	if err != nil {
+		return 0, fmt.Errorf("kernel log size: %w", err)
+	}
+	buf := make([]byte, size)
+	n, err := unix.Klogctl(unix.SYSLOG_ACTION_READ_ALL, buf)
+	if err != nil {
+		return 0, fmt.Errorf("kernel log: %w", err)
+	}
+	at, err := execStamp(buf[:n])
+	if err != nil {
+		return 0, err
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0, err
+	}
+	age := time.Duration(ts.Nano()) - at
+	if age < 0 || age > 10*time.Minute {
+		return 0, fmt.Errorf("kernel log: init ran %v ago: not a boot in progress", age.Round(time.Second))
+	}
+	return age, nil
+}
+
+// execStamp returns the stamp of the last "Run PATH as init process" line
+// of a kernel log as syslog(2) gives it ("<6>[    3.568880] Run /init as
+// init process").
+func execStamp(log []byte) (time.Duration, error) {
+	const tail = " as init process"
+	for _, line := range slices.Backward(strings.Split(string(log), "\n")) {
+		open, close := strings.IndexByte(line, '['), strings.IndexByte(line, ']')
+		if open < 0 || close < open || !strings.HasPrefix(line[close+1:], " Run ") || !strings.HasSuffix(line, tail) {
+			continue
+		}
+		sec, err := strconv.ParseFloat(strings.TrimSpace(line[open+1:close]), 64)
+		if err != nil || sec < 0 {
+			return 0, fmt.Errorf("kernel log: bad stamp in %q", line)
+		}
+		return time.Duration(sec * float64(time.Second)), nil
+	}
+	return 0, fmt.Errorf("kernel log: no stamped line%s (printk.time off, or the ring overwritten)", tail)
+}
+
 // ageFromStat is the age of the process whose /proc/PID/stat is stat at
 // boot time now: field 22, starttime, counted after the command name,
 // which may hold spaces and parentheses.
@@ -180,10 +239,14 @@ func ageFromStat(stat string, now time.Duration) (time.Duration, error) {
 }
 
 // Elapsed returns the time since the logger's start.
-func (l *Logger) Elapsed() time.Duration { return time.Since(l.start) }
+func (l *Logger) Elapsed() time.Duration { return time.Since(l.Start()) }
 
 // Start returns the logger's reference time.
-func (l *Logger) Start() time.Time { return l.start }
+func (l *Logger) Start() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.start
+}
 
 // Printf logs one line for step (an empty step logs the bare message).
 func (l *Logger) Printf(step, format string, a ...any) {

@@ -1,6 +1,7 @@
 package bootlog
 
 import (
+	"strings"
 	"testing"
 	"time"
 )
@@ -40,5 +41,35 @@ func TestProcessAge(t *testing.T) {
 	}
 	if start := ProcessStart(); time.Since(start) < age-time.Second {
 		t.Fatalf("ProcessStart %v is later than the age %v says", start, age)
+	}
+}
+
+func TestExecStamp(t *testing.T) {
+	for _, tc := range []struct {
+		name, log string
+		want      time.Duration
+		err       string
+	}{
+		{"syslog's form", "<6>[    0.000000] Linux version 6.1.0\n<6>[    3.568880] Run /init as init process\n<6>[    3.900000] nbdroot: start\n", 3568880 * time.Microsecond, ""},
+		{"rdinit=", "<6>[   12.500000] Run /bin/sh as init process\n", 12500 * time.Millisecond, ""},
+		{"the last one", "<6>[    3.000000] Run /init as init process\n<6>[    9.250000] Run /sbin/init as init process\n", 9250 * time.Millisecond, ""},
+		{"no stamps", "<6>Run /init as init process\n", 0, "no stamped line"},
+		{"none", "<6>[    1.000000] Freeing initrd memory: 3840K\n", 0, "no stamped line"},
+		{"a bad stamp", "<6>[   x.y] Run /init as init process\n", 0, "bad stamp"},
+		{"message text alike", "<6>[    2.000000] foo: Run /init as init process\n", 0, "no stamped line"},
+		{"empty", "", 0, "no stamped line"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := execStamp([]byte(tc.log))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("execStamp = %v, %v; want an error with %q", got, err, tc.err)
+				}
+				return
+			}
+			if err != nil || (got-tc.want).Abs() > time.Microsecond {
+				t.Fatalf("execStamp = %v, %v; want %v", got, err, tc.want)
+			}
+		})
 	}
 }
