@@ -140,11 +140,14 @@ var (
 )
 
 // unpackTime returns the seconds the kernel took to unpack the initramfs.
-func unpackTime(c console) (float64, error) {
-	a := unpackStartRe.FindStringSubmatch(string(c))
-	z := unpackEndRe.FindStringSubmatch(string(c))
+func unpackTime(c console) (float64, error) { return between(c, unpackStartRe, unpackEndRe) }
+
+// between returns the seconds from the first line matching from to the
+// first matching to, each regexp's first group being the line's time.
+func between(c console, from, to *regexp.Regexp) (float64, error) {
+	a, z := from.FindStringSubmatch(string(c)), to.FindStringSubmatch(string(c))
 	if a == nil || z == nil {
-		return 0, fmt.Errorf("console lacks the kernel's unpack lines (Trying to unpack…, Freeing initrd memory)")
+		return 0, fmt.Errorf("console lacks a line matching %q or %q", from, to)
 	}
 	t0, _ := strconv.ParseFloat(a[1], 64)
 	t1, _ := strconv.ParseFloat(z[1], 64)
@@ -174,14 +177,11 @@ func (r *rig) floorImage(b *testing.B) string {
 func (r *rig) floorBoot(b *testing.B, img string) float64 {
 	b.Helper()
 	c := r.boot(b, guest{initramfs: img})
-	run := runInitRe.FindStringSubmatch(string(c))
-	done := floorDoneRe.FindStringSubmatch(string(c))
-	if run == nil || done == nil || strings.Contains(string(c), "FLOOR: modprobe") {
-		b.Fatalf("the floor's boot failed\n--- console ---\n%s", c)
+	d, err := between(c, runInitRe, floorDoneRe)
+	if err != nil || strings.Contains(string(c), "FLOOR: modprobe") {
+		b.Fatalf("the floor's boot failed (%v)\n--- console ---\n%s", err, c)
 	}
-	t0, _ := strconv.ParseFloat(run[1], 64)
-	t1, _ := strconv.ParseFloat(done[1], 64)
-	return t1 - t0
+	return d
 }
 
 var (
@@ -191,16 +191,7 @@ var (
 )
 
 // runInitToInit returns the seconds from "Run /init" to the root's init.
-func runInitToInit(c console) (float64, error) {
-	a := runInitRe.FindStringSubmatch(string(c))
-	z := rootInitRe.FindStringSubmatch(string(c))
-	if a == nil || z == nil {
-		return 0, fmt.Errorf("console lacks the Run /init line or the root init's uptime")
-	}
-	t0, _ := strconv.ParseFloat(a[1], 64)
-	t1, _ := strconv.ParseFloat(z[1], 64)
-	return t1 - t0, nil
-}
+func runInitToInit(c console) (float64, error) { return between(c, runInitRe, rootInitRe) }
 
 // BenchmarkKeeper boots a 320 MiB root served by qemu-nbd and reports, from
 // inside the guest, the keeper's resident memory and the time to read

@@ -40,16 +40,13 @@ func rootReached(t *testing.T, c console, mountOpts string) {
 // were 0.2-0.4 s under TCG.
 func summaryAccounts(t *testing.T, c console) {
 	t.Helper()
-	run := runInitRe.FindStringSubmatch(string(c))
-	ready := readyRe.FindStringSubmatch(string(c))
-	if run == nil || ready == nil {
-		t.Fatalf("no stamped Run /init line or summary line\n--- console ---\n%s", c)
+	passed, err := between(c, runInitRe, readyRe)
+	if err != nil {
+		t.Fatalf("%v\n--- console ---\n%s", err, c)
 	}
-	t0, _ := strconv.ParseFloat(run[1], 64)
-	t1, _ := strconv.ParseFloat(ready[1], 64)
-	total, _ := strconv.ParseFloat(ready[2], 64)
-	if d := (t1 - t0) - total; d > 0.15 || d < -0.15 {
-		t.Errorf("the summary says %.2fs, but %.3fs passed from Run /init to it on the kernel's clock: %.2fs unaccounted\n%s", total, t1-t0, d, c.grep(`Run /init|nbdroot: (start|root ready)`))
+	total, _ := strconv.ParseFloat(readyRe.FindStringSubmatch(string(c))[2], 64)
+	if d := passed - total; d > 0.15 || d < -0.15 {
+		t.Errorf("the summary says %.2fs, but %.3fs passed from Run /init to it on the kernel's clock: %.2fs unaccounted\n%s", total, passed, d, c.grep(`Run /init|nbdroot: (start|root ready)`))
 	}
 }
 
