@@ -5,10 +5,10 @@
 package bootlog
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -196,18 +196,29 @@ func ExecAge() (time.Duration, error) {
 	return age, nil
 }
 
+// maxStamp bounds a kernel log stamp, in seconds: a century, far inside
+// time.Duration.
+const maxStamp = 100 * 365 * 24 * 3600
+
 // execStamp returns the stamp of the last "Run PATH as init process" line
 // of a kernel log as syslog(2) gives it ("<6>[    3.568880] Run /init as
-// init process").
+// init process"). It reads lines from the end, where the line is, and
+// copies none.
 func execStamp(log []byte) (time.Duration, error) {
 	const tail = " as init process"
-	for _, line := range slices.Backward(strings.Split(string(log), "\n")) {
-		open, close := strings.IndexByte(line, '['), strings.IndexByte(line, ']')
-		if open < 0 || close < open || !strings.HasPrefix(line[close+1:], " Run ") || !strings.HasSuffix(line, tail) {
+	for rest := bytes.TrimRight(log, "\n"); len(rest) > 0; {
+		i := bytes.LastIndexByte(rest, '\n')
+		line := rest[i+1:]
+		rest = bytes.TrimRight(rest[:max(i, 0)], "\n")
+		if !bytes.HasSuffix(line, []byte(tail)) {
 			continue
 		}
-		sec, err := strconv.ParseFloat(strings.TrimSpace(line[open+1:close]), 64)
-		if err != nil || sec < 0 {
+		open, close := bytes.IndexByte(line, '['), bytes.IndexByte(line, ']')
+		if open < 0 || close < open || !bytes.HasPrefix(line[close+1:], []byte(" Run ")) {
+			continue
+		}
+		sec, err := strconv.ParseFloat(string(bytes.TrimSpace(line[open+1:close])), 64)
+		if err != nil || !(sec >= 0 && sec <= maxStamp) { // NaN fails both
 			return 0, fmt.Errorf("kernel log: bad stamp in %q", line)
 		}
 		return time.Duration(sec * float64(time.Second)), nil

@@ -56,8 +56,13 @@ func TestExecStamp(t *testing.T) {
 		{"no stamps", "<6>Run /init as init process\n", 0, "no stamped line"},
 		{"none", "<6>[    1.000000] Freeing initrd memory: 3840K\n", 0, "no stamped line"},
 		{"a bad stamp", "<6>[   x.y] Run /init as init process\n", 0, "bad stamp"},
+		{"a stamp past time.Duration", "<6>[10e9] Run /init as init process\n", 0, "bad stamp"},
+		{"NaN", "<6>[NaN] Run /init as init process\n", 0, "bad stamp"},
 		{"message text alike", "<6>[    2.000000] foo: Run /init as init process\n", 0, "no stamped line"},
 		{"empty", "", 0, "no stamped line"},
+		{"newlines only", "\n\n\n", 0, "no stamped line"},
+		{"no newline at the end", "<6>[    1.000000] x\n<6>[    4.000000] Run /init as init process", 4 * time.Second, ""},
+		{"the first line", "<6>[    0.500000] Run /init as init process\n<6>[    1.000000] x\n\n", 500 * time.Millisecond, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := execStamp([]byte(tc.log))
@@ -72,4 +77,17 @@ func TestExecStamp(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzExecStamp feeds arbitrary kernel logs: no panic, and a stamp found
+// is never negative.
+func FuzzExecStamp(f *testing.F) {
+	f.Add([]byte("<6>[    3.568880] Run /init as init process\n"))
+	f.Add([]byte("<6>[ 1e9] Run /init as init process"))
+	f.Add([]byte("] Run [ as init process\n"))
+	f.Fuzz(func(t *testing.T, log []byte) {
+		if d, err := execStamp(log); err == nil && d < 0 {
+			t.Errorf("execStamp(%q) = %v", log, d)
+		}
+	})
 }
