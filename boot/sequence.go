@@ -127,9 +127,8 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	tl.add("modules", t)
 	log.Printf("modules", "%d loaded", mods.Loaded())
 	if prog.exitrd != nil {
-		// The copy (8 MiB) is made while the network step waits for
-		// carrier; during the module loads it slowed them down (one
-		// virtual CPU).
+		// The copy (8 MiB) is made beside the network step; beside the
+		// module loads it slowed them 2-3x (one virtual CPU).
 		go prog.exitrd()
 	}
 	// The root's filesystem driver, when the spec names it, loads while the

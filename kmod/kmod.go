@@ -68,16 +68,12 @@ type Modules struct {
 	aliases  []moduleAlias
 	softdeps map[string][]string
 
-	mu       sync.Mutex
-	tried    map[string]bool
-	inserted map[string]*insertion // by file
+	mu    sync.Mutex
+	tried map[string]bool
+	// inserted holds each module file's insertion by file, done once
+	// for every caller (sync.OnceValue).
+	inserted map[string]func() error
 	loaded   int
-}
-
-// insertion is one module file's insertion, done once for every caller.
-type insertion struct {
-	once sync.Once
-	err  error
 }
 
 // moduleAlias is one line of modules.alias: a glob over modaliases and
@@ -132,7 +128,7 @@ func New(log *bootlog.Logger) *Modules {
 	eachLine("/proc/modules", func(f []string) {
 		if len(f) > 0 {
 			if file, ok := m.paths[Canonical(f[0])]; ok {
-				m.inserted[file] = done(nil)
+				m.inserted[file] = func() error { return nil }
 			}
 		}
 	})
@@ -144,7 +140,7 @@ func New(log *bootlog.Logger) *Modules {
 func open(log *bootlog.Logger, dir, sys string, insert func(string) error) *Modules {
 	m := &Modules{log: log, dir: dir, sys: sys, insert: insert,
 		paths: map[string]string{}, deps: map[string][]string{}, builtin: map[string]bool{},
-		softdeps: map[string][]string{}, tried: map[string]bool{}, inserted: map[string]*insertion{}}
+		softdeps: map[string][]string{}, tried: map[string]bool{}, inserted: map[string]func() error{}}
 	if dir == "" {
 		return m
 	}
@@ -186,13 +182,6 @@ func open(log *bootlog.Logger, dir, sys string, insert func(string) error) *Modu
 		}
 	})
 	return m
-}
-
-// done is an insertion that has happened, with err.
-func done(err error) *insertion {
-	in := &insertion{err: err}
-	in.once.Do(func() {})
-	return in
 }
 
 // moduleName is the name of the module in file: its base name without
@@ -287,17 +276,17 @@ func (m *Modules) insertOnce(file string) error {
 	m.mu.Lock()
 	in, ok := m.inserted[file]
 	if !ok {
-		in = &insertion{}
+		in = sync.OnceValue(func() error {
+			err := m.insert(filepath.Join(m.dir, file))
+			if errors.Is(err, unix.EEXIST) {
+				return nil
+			}
+			return err
+		})
 		m.inserted[file] = in
 	}
 	m.mu.Unlock()
-	in.once.Do(func() {
-		in.err = m.insert(filepath.Join(m.dir, file))
-		if errors.Is(in.err, unix.EEXIST) {
-			in.err = nil
-		}
-	})
-	return in.err
+	return in()
 }
 
 // moduleInitCompressedFile is finit_module's flag for a compressed module
