@@ -9,8 +9,10 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -365,7 +367,7 @@ func TestHandshakeBroken(t *testing.T) {
 	const margin = 700 * time.Millisecond
 	goodExport := infoExportTape(OptGo, 1<<20, FlagHasFlags)
 
-	for _, tc := range []struct {
+	cases := []struct {
 		name   string
 		script func(f *fake)
 		opts   Options
@@ -736,7 +738,9 @@ func TestHandshakeBroken(t *testing.T) {
 		script: func(f *fake) { f.drain() },
 		opts:   Options{Export: strings.Repeat("e", 4097)},
 		want:   "export name is 4097 bytes, longer than the protocol's limit of 4096",
-	}} {
+	}}
+	checkREADMECount(t, `scripted fake server with (\d+) broken behaviours`, len(cases))
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := tc.opts
 			opts.Timeout = timeout
@@ -935,5 +939,24 @@ func BenchmarkHandshakeFake(b *testing.B) {
 		}
 		conn.Close()
 		<-r.done
+	}
+}
+
+// checkREADMECount checks that README.md states a table test's size as
+// it is: pattern's first group, in the README with its line breaks folded
+// into spaces, must be n.
+func checkREADMECount(t *testing.T, pattern string, n int) {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(strings.Fields(string(b)), " ")
+	m := regexp.MustCompile(pattern).FindStringSubmatch(text)
+	if m == nil {
+		t.Fatalf("README.md does not say %q", pattern)
+	}
+	if m[1] != strconv.Itoa(n) {
+		t.Errorf("README.md says %s where the test has %d cases (pattern %q)", m[1], n, pattern)
 	}
 }

@@ -442,7 +442,7 @@ func TestQueryHostile(t *testing.T) {
 	type replyFunc func(f *fake, req request) []byte
 	c := func(req request) uint64 { return req.Cookie }
 	full := descriptor{Length: size}
-	for _, tc := range []struct {
+	cases := []struct {
 		name    string
 		reply   replyFunc
 		want    string
@@ -623,7 +623,9 @@ func TestQueryHostile(t *testing.T) {
 		},
 		want:    "server failed NBD_CMD_BLOCK_STATUS: ENOTSUP: no",
 		command: true,
-	}} {
+	}}
+	checkREADMECount(t, `and (\d+) broken replies in a query`, len(cases))
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			var requests []request
 			srv := queryServer(func(f *fake) {
