@@ -120,13 +120,17 @@ func TestDialUnixSocket(t *testing.T) {
 	testrig.Need(t, "nbdkit")
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	p := testrig.Start(t, "nbdkit", "-f", "--exit-with-parent", "-U", sock, "memory", "2M")
+	// nbdkit binds the socket before it listens: the file exists a moment
+	// before a connection would be accepted, so wait for one that is.
 	deadline := time.Now().Add(testrig.ReadyTimeout)
 	for {
-		if _, err := os.Stat(sock); err == nil {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nbdkit made no socket at %s:\n%s", sock, p.Output())
+			t.Fatalf("nbdkit accepts no connection at %s (%v):\n%s", sock, err, p.Output())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
