@@ -230,8 +230,7 @@ func humanSize(n uint64) string {
 		v /= 1024
 		i++
 	}
-	s := strconv.FormatFloat(v, 'f', 1, 64)
-	s = strings.TrimSuffix(s, ".0")
+	s := strings.TrimSuffix(strconv.FormatFloat(v, 'f', 1, 64), ".0")
 	return s + " " + units[i:i+1] + "iB"
 }
 
