@@ -160,10 +160,7 @@ func statusFlags(fs *flag.FlagSet) runFunc {
 			return fmt.Errorf("status: %w", err)
 		}
 		if *asJSON {
-			if list == nil {
-				list = []keeper.DeviceStatus{}
-			}
-			return writeJSON(sio.out, list)
+			return writeJSON(sio.out, append([]keeper.DeviceStatus{}, list...)) // [] rather than null
 		}
 		if len(list) == 0 {
 			_, err := fmt.Fprintln(sio.out, "no nbd device is attached")

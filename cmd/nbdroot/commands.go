@@ -170,14 +170,12 @@ func printHelp(w io.Writer, cmds []command) error {
 		if i > 0 {
 			p.printf("\n")
 		}
-		for j, form := range c.synopsis {
-			lead := "usage: nbdroot "
-			if j > 0 {
-				lead = "       nbdroot "
-			}
+		lead := "usage: nbdroot "
+		for _, form := range c.synopsis {
 			for _, line := range wrapSynopsis(lead+c.name, form) {
 				p.printf("%s\n", line)
 			}
+			lead = "       nbdroot "
 		}
 		p.printf("\n%s\n", c.summary)
 		if c.doc != "" {
@@ -250,11 +248,8 @@ type errWriter struct {
 	err error
 }
 
-func (w *errWriter) printf(format string, a ...any) {
-	if w.err == nil {
-		_, w.err = fmt.Fprintf(w.w, format, a...)
-	}
-}
+// printf writes through Write, which keeps the first error.
+func (w *errWriter) printf(format string, a ...any) { fmt.Fprintf(w, format, a...) }
 
 // Write lets an errWriter be a flag set's output.
 func (w *errWriter) Write(b []byte) (int, error) {

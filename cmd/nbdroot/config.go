@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -35,11 +36,7 @@ func configCheckFlags(fs *flag.FlagSet) runFunc {
 		}
 		line := *cmdline
 		if !flagGiven(fs, "cmdline") {
-			file := *cmdlineFile
-			if file == "" {
-				file = "/proc/cmdline"
-			}
-			b, err := os.ReadFile(file)
+			b, err := os.ReadFile(cmp.Or(*cmdlineFile, "/proc/cmdline"))
 			if err != nil {
 				return fmt.Errorf("config check: reading the kernel command line: %w", err)
 			}

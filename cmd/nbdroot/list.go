@@ -37,10 +37,7 @@ func listFlags(fs *flag.FlagSet) runFunc {
 			infos := make([]exportInfo, 0, len(exps))
 			for _, e := range exps {
 				info := describe(e)
-				metas := e.MetaContexts
-				if metas == nil {
-					metas = []string{}
-				}
+				metas := append([]string{}, e.MetaContexts...) // [] rather than null
 				info.StructuredReplies, info.MetaContexts = &e.StructuredReplies, &metas
 				infos = append(infos, info)
 			}
@@ -65,7 +62,11 @@ func listFlags(fs *flag.FlagSet) runFunc {
 		for line := range strings.Lines(table.String()) {
 			w.printf("%s\n", strings.TrimRight(line, " \n"))
 		}
-		w.printf("structured replies: %s\n", yesNo(exps[0].StructuredReplies))
+		structured := "no"
+		if exps[0].StructuredReplies {
+			structured = "yes"
+		}
+		w.printf("structured replies: %s\n", structured)
 		return w.err
 	}
 }
@@ -81,11 +82,4 @@ func metaContexts(names []string) string {
 		clean[i] = displayName(n)
 	}
 	return strings.Join(clean, ",")
-}
-
-func yesNo(b bool) string {
-	if b {
-		return "yes"
-	}
-	return "no"
 }

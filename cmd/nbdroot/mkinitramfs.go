@@ -141,24 +141,22 @@ func (m *mkinitramfsCmd) run(ctx context.Context, sio stdio, args []string) erro
 		Shell:         m.shell,
 		BaseOnly:      baseOnly,
 	}
-
+	var r *initramfs.Report
 	if modulesOnly != "" {
-		r, err := initramfs.WriteModuleTree(ctx, modulesOnly, opts)
-		if err != nil {
-			return fmt.Errorf("mkinitramfs: %w", err)
-		}
-		fmt.Fprintf(sio.out, "kernel    %s (%s)\n", r.KernelVersion, r.ModuleTree)
+		r, err = initramfs.WriteModuleTree(ctx, modulesOnly, opts)
+	} else {
+		r, err = writeImage(ctx, out, opts)
+	}
+	if err != nil {
+		return fmt.Errorf("mkinitramfs: %w", err)
+	}
+	fmt.Fprintf(sio.out, "kernel    %s (%s)\n", r.KernelVersion, r.ModuleTree)
+	if modulesOnly != "" {
 		printModules(sio.out, r)
 		fmt.Fprintf(sio.out, "wrote     %s (use with u-root: -files %s:lib/modules)\n",
 			filepath.Join(modulesOnly, "lib/modules", r.KernelVersion), filepath.Join(modulesOnly, "lib/modules"))
 		return nil
 	}
-
-	r, err := writeImage(ctx, out, opts)
-	if err != nil {
-		return fmt.Errorf("mkinitramfs: %w", err)
-	}
-	fmt.Fprintf(sio.out, "kernel    %s (%s)\n", r.KernelVersion, r.ModuleTree)
 	if baseOnly {
 		fmt.Fprintln(sio.out, "binary    none: a base archive (u-root: -base "+out+" -initcmd=nbdroot ... ./cmd/nbdroot)")
 	} else {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -72,15 +73,9 @@ func (f *clientFlags) target(arg string) (config.Spec, config.Endpoint, error) {
 	if f.tls || f.ca != "" || f.cert != "" || f.key != "" || f.hostname != "" || f.noVerify {
 		t.Enabled = true
 	}
-	if f.ca != "" {
-		t.CAFile = f.ca
-	}
-	if f.cert != "" {
-		t.CertFile, t.KeyFile = f.cert, f.key
-	}
-	if f.hostname != "" {
-		t.ServerName = f.hostname
-	}
+	t.CAFile = cmp.Or(f.ca, t.CAFile)
+	t.CertFile, t.KeyFile = cmp.Or(f.cert, t.CertFile), cmp.Or(f.key, t.KeyFile) // given together
+	t.ServerName = cmp.Or(f.hostname, t.ServerName)
 	if f.noVerify {
 		t.VerifyPeer = false
 	}
@@ -142,7 +137,11 @@ func probeFlags(fs *flag.FlagSet) runFunc {
 		w.printf("flags:       %s\n", flagsString(exp.Flags))
 		w.printf("block sizes: %s\n", blockSizes(*exp))
 		w.printf("path:        %s\n", exp.Path)
-		w.printf("tls:         %s\n", tlsString(*exp))
+		tlsDesc := "off"
+		if info.TLS {
+			tlsDesc = info.TLSVersion + ", " + info.TLSCipher
+		}
+		w.printf("tls:         %s\n", tlsDesc)
 		return w.err
 	}
 }
@@ -220,13 +219,6 @@ func blockSizes(e negotiate.Export) string {
 	return fmt.Sprintf("min %s, preferred %s, max %s", one(e.MinBlock), one(e.PrefBlock), one(e.MaxBlock))
 }
 
-func tlsString(e negotiate.Export) string {
-	if e.TLSVersion == 0 {
-		return "off"
-	}
-	return tls.VersionName(e.TLSVersion) + ", " + tls.CipherSuiteName(e.TLSCipher)
-}
-
 // humanSize formats n bytes in binary units: "64 MiB", "1.5 GiB", "512 B".
 func humanSize(n uint64) string {
 	const units = "KMGTPE"
@@ -238,8 +230,7 @@ func humanSize(n uint64) string {
 		v /= 1024
 		i++
 	}
-	s := strconv.FormatFloat(v, 'f', 1, 64)
-	s = strings.TrimSuffix(s, ".0")
+	s := strings.TrimSuffix(strconv.FormatFloat(v, 'f', 1, 64), ".0")
 	return s + " " + units[i:i+1] + "iB"
 }
 

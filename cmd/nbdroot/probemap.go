@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -99,6 +100,7 @@ func mapError(ep config.Endpoint, err error) error {
 type writeError struct{ err error }
 
 func (e writeError) Error() string { return e.err.Error() }
+func (e writeError) Unwrap() error { return e.err }
 
 // mapWriter merges adjacent extents of the same type and prints them as
 // they come (text or JSON lines), or sums them per type for --totals.
@@ -196,10 +198,6 @@ func (m *mapWriter) emit(e negotiate.Extent) error {
 func (m *mapWriter) finish() error {
 	if m.have {
 		if err := m.emit(m.cur); err != nil {
-			var we writeError
-			if errors.As(err, &we) {
-				return we.err
-			}
 			return err
 		}
 	}
@@ -219,13 +217,8 @@ func (m *mapWriter) finish() error {
 
 // printTotals prints bytes and percentage per type, in order of flags.
 func (m *mapWriter) printTotals() {
-	types := make([]uint32, 0, len(m.sums))
-	for f := range m.sums {
-		types = append(types, f)
-	}
-	slices.Sort(types)
-	list := make([]totalJSON, 0, len(types))
-	for _, f := range types {
+	list := make([]totalJSON, 0, len(m.sums))
+	for _, f := range slices.Sorted(maps.Keys(m.sums)) {
 		pct := 0.0
 		if m.size > 0 {
 			pct = 100 * float64(m.sums[f]) / float64(m.size)

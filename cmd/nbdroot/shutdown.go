@@ -30,11 +30,10 @@ func runShutdown(sio stdio, argv []string) {
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-	var sys nbddev.Sysfs
 	err := shutdown.Run(ctx, shutdown.Options{
 		OldRoot:   "/oldroot",
 		Mountinfo: "/proc/self/mountinfo",
-		Devices:   sys.Attached,
+		Devices:   nbddev.Sysfs{}.Attached,
 		Detach:    func(ctx context.Context, i int) error { return keeper.Detach(ctx, i, true) },
 		Log:       log,
 	})
