@@ -188,12 +188,9 @@ func keeperGODEBUG(caller string) string {
 	return "GODEBUG=" + caller + ",disablethp=1"
 }
 
-// Signals understood by a keeper.
-const (
-	// SigDetach asks the keeper to stop after `nbdroot detach` disconnected
-	// its device.
-	SigDetach = unix.SIGUSR1
-)
+// SigDetach, the one signal a keeper understands, asks it to stop after
+// `nbdroot detach` disconnected its device.
+const SigDetach = unix.SIGUSR1
 
 // Main is the keeper process's main (argv[0] Name, see Is): it takes on the
 // daemon's identity, then connects, attaches and serves the device until it
@@ -284,17 +281,6 @@ func enterRoot(dir string) error {
 		_ = os.WriteFile(filepath.Join(dir, "etc", "resolv.conf"), b, 0o644)
 	}
 	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(root)
-	return chrootAt(root, ".")
-}
-
-// chrootAt makes the directory dir, relative to dirfd, the root and the
-// working directory.
-func chrootAt(dirfd int, dir string) error {
-	root, err := unix.Openat(dirfd, dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
