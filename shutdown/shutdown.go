@@ -26,7 +26,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -225,9 +224,7 @@ func mountsUnder(mountinfo, root string) ([]string, error) {
 	// Later mounts stack on earlier ones at the same point: reverse first,
 	// then a stable sort by depth keeps that order among equals.
 	slices.Reverse(out)
-	sort.SliceStable(out, func(i, j int) bool {
-		return strings.Count(out[i], "/") > strings.Count(out[j], "/")
-	})
+	slices.SortStableFunc(out, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
 	return out, nil
 }
 
