@@ -163,8 +163,7 @@ func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device in
 		if ctx.Err() != nil {
 			_ = cmd.Process.Kill()
 		}
-		werr := cmd.Wait()
-		return fail(fmt.Errorf("exited without reporting (%v)", werr))
+		return fail(fmt.Errorf("exited without reporting (%v)", cmd.Wait()))
 	}
 	if !rep.Ready {
 		_ = cmd.Wait()
