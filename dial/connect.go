@@ -33,10 +33,7 @@ func (d *Dialer) Connect(ctx context.Context, log *bootlog.Logger) (*negotiate.E
 		ctx, cancel = context.WithTimeout(ctx, spec.Server.Deadline)
 		defer cancel()
 	}
-	live := make([]bool, len(spec.Server.Endpoints))
-	for i := range live {
-		live[i] = true
-	}
+	refused := make([]bool, len(spec.Server.Endpoints))
 	var last error
 	backoff := spec.Server.BackoffInitial
 	for attempt := 1; ; attempt++ {
@@ -44,7 +41,7 @@ func (d *Dialer) Connect(ctx context.Context, log *bootlog.Logger) (*negotiate.E
 		for j := range spec.Server.Endpoints {
 			i := (d.start + j) % len(spec.Server.Endpoints)
 			ep := spec.Server.Endpoints[i]
-			if !live[i] {
+			if refused[i] {
 				continue
 			}
 			exp, conn, err := d.Dial(ctx, ep)
@@ -56,7 +53,7 @@ func (d *Dialer) Connect(ctx context.Context, log *bootlog.Logger) (*negotiate.E
 				break
 			}
 			if permanent(err) {
-				live[i] = false
+				refused[i] = true
 				log.Errorf("connect", "%v (not retrying this server)", err)
 				continue
 			}
@@ -66,11 +63,10 @@ func (d *Dialer) Connect(ctx context.Context, log *bootlog.Logger) (*negotiate.E
 		if alive == 0 && ctx.Err() == nil {
 			return nil, nil, config.Endpoint{}, fmt.Errorf("every server refused: %w", last)
 		}
-		wait := jitter(backoff)
 		select {
 		case <-ctx.Done():
 			return nil, nil, config.Endpoint{}, fmt.Errorf("gave up after %d attempts (deadline %v): %w", attempt, spec.Server.Deadline, last)
-		case <-time.After(wait):
+		case <-time.After(jitter(backoff)):
 		}
 		backoff = min(2*backoff, spec.Server.BackoffMax)
 	}

@@ -163,8 +163,7 @@ func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device in
 		if ctx.Err() != nil {
 			_ = cmd.Process.Kill()
 		}
-		werr := cmd.Wait()
-		return fail(fmt.Errorf("exited without reporting (%v)", werr))
+		return fail(fmt.Errorf("exited without reporting (%v)", cmd.Wait()))
 	}
 	if !rep.Ready {
 		_ = cmd.Wait()
@@ -188,12 +187,9 @@ func keeperGODEBUG(caller string) string {
 	return "GODEBUG=" + caller + ",disablethp=1"
 }
 
-// Signals understood by a keeper.
-const (
-	// SigDetach asks the keeper to stop after `nbdroot detach` disconnected
-	// its device.
-	SigDetach = unix.SIGUSR1
-)
+// SigDetach, the one signal a keeper understands, asks it to stop after
+// `nbdroot detach` disconnected its device.
+const SigDetach = unix.SIGUSR1
 
 // Main is the keeper process's main (argv[0] Name, see Is): it takes on the
 // daemon's identity, then connects, attaches and serves the device until it
@@ -284,17 +280,6 @@ func enterRoot(dir string) error {
 		_ = os.WriteFile(filepath.Join(dir, "etc", "resolv.conf"), b, 0o644)
 	}
 	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(root)
-	return chrootAt(root, ".")
-}
-
-// chrootAt makes the directory dir, relative to dirfd, the root and the
-// working directory.
-func chrootAt(dirfd int, dir string) error {
-	root, err := unix.Openat(dirfd, dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}

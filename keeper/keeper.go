@@ -107,9 +107,6 @@ func (k *keeper) fail(op string, err error) error {
 	return &Error{Op: op, Err: err}
 }
 
-// publish writes the state file.
-func (k *keeper) publish() { _ = k.dir.Publish(k.state) }
-
 // attachment is what the connect step hands the serve duty.
 type attachment struct {
 	nl     *netlink.Client // nil with the ioctl interface
@@ -193,7 +190,7 @@ func (k *keeper) connect(ctx context.Context, d *dial.Dialer, iface config.Inter
 		// (jitter still spreads a fleet).
 		again: d.Persistent(reconnectBackoffMax),
 		ready: func(attach time.Duration) {
-			k.publish()
+			_ = k.dir.Publish(k.state)
 			setQueueLimits(k.log, k.step, k.sys, k.dev, exp)
 			k.report(Report{Ready: true, Endpoint: ep.String(), Export: exp, Connect: time.Since(t0) - attach, Attach: attach})
 		},
@@ -307,9 +304,6 @@ func (k *keeper) identity() []byte {
 	h, _ := os.Hostname()
 	return []byte(h)
 }
-
-// stopRequested reports whether `nbdroot detach` asked for the disconnect.
-func (k *keeper) stopRequested() bool { return k.dir.StopRequested(k.dev) }
 
 func closeAll(conns []net.Conn) {
 	for _, c := range conns {

@@ -197,8 +197,7 @@ const detachWait = 10 * time.Second
 // attached with, and waits for the keeper to exit. Its errors start with
 // "detach: ".
 func Detach(ctx context.Context, index int, force bool) error {
-	err := detach(ctx, index, force)
-	if err != nil {
+	if err := detach(ctx, index, force); err != nil {
 		return fmt.Errorf("detach: %w", err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package keeper
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -29,21 +30,24 @@ func (k *keeper) serveIoctl(ctx context.Context, a *attachment) error {
 				return
 			}
 			k.state.Reconnects++
-			k.publish()
+			_ = k.dir.Publish(k.state)
 			k.log.Printf(k.step, "reattached to %s (reconnect %d)", k.state.Server, k.state.Reconnects)
 		})
 		if err != nil && round == 0 && k.status != nil {
 			return err
 		}
-		if k.stopRequested() || ctx.Err() != nil {
+		if k.dir.StopRequested(k.dev) || ctx.Err() != nil {
 			k.log.Printf(k.step, "disconnected on request")
 			return nil
 		}
-		k.log.Errorf(k.step, "connection lost (%s)", errOr(err, "DO_IT returned: the server closed the connection"))
+		if err == nil {
+			err = errors.New("DO_IT returned: the server closed the connection")
+		}
+		k.log.Errorf(k.step, "connection lost (%v)", err)
 		if k.sys.InUse(k.dev) {
 			k.log.Errorf(k.step, "the kernel cannot restart %s while it is open (mounted?): the ioctl interface cannot reconnect it; I/O fails until it is released (device.interface=netlink keeps it alive)", nbddev.Path(k.dev))
-			_ = poll.Until(ctx, time.Second, func() (bool, error) { return !k.sys.InUse(k.dev) || k.stopRequested(), nil })
-			if k.stopRequested() || ctx.Err() != nil {
+			_ = poll.Until(ctx, time.Second, func() (bool, error) { return !k.sys.InUse(k.dev) || k.dir.StopRequested(k.dev), nil })
+			if k.dir.StopRequested(k.dev) || ctx.Err() != nil {
 				return nil
 			}
 		}
@@ -89,13 +93,6 @@ func (k *keeper) doIt(conn net.Conn, p ioctl.Params, live func(attach time.Durat
 	}
 	live(time.Since(t0))
 	return <-done
-}
-
-func errOr(err error, s string) string {
-	if err != nil {
-		return err.Error()
-	}
-	return s
 }
 
 // kernelParams derives the device parameters from the spec and the export.

@@ -34,14 +34,15 @@ func (k *keeper) serveNetlink(ctx context.Context, a *attachment) error {
 	t0 := time.Now()
 	var socks []int
 	var releases []func()
-	defer func() {
+	releaseAll := func() {
 		for _, r := range releases {
 			r()
 		}
-	}()
+	}
 	for _, c := range a.conns {
 		s, release, err := kernelSocket(c)
 		if err != nil {
+			releaseAll()
 			return err
 		}
 		socks, releases = append(socks, s), append(releases, release)
@@ -59,10 +60,7 @@ func (k *keeper) serveNetlink(ctx context.Context, a *attachment) error {
 		BackendID: backend,
 	})
 	// The kernel holds its own references to the sockets.
-	for _, r := range releases {
-		r()
-	}
-	releases = nil
+	releaseAll()
 	if err != nil {
 		return err
 	}
@@ -91,7 +89,7 @@ func (k *keeper) serveNetlink(ctx context.Context, a *attachment) error {
 		if ev.Index != k.dev && ev.Index != -1 {
 			continue
 		}
-		if k.stopRequested() {
+		if k.dir.StopRequested(k.dev) {
 			continue // detach disconnected us; its signal follows
 		}
 		lost := time.Now()
@@ -104,7 +102,7 @@ func (k *keeper) serveNetlink(ctx context.Context, a *attachment) error {
 			return err
 		}
 		k.state.Reconnects++
-		k.publish()
+		_ = k.dir.Publish(k.state)
 		k.log.Printf(k.step, "reconnected to %s after %.2fs (reconnect %d)", k.state.Server, time.Since(lost).Seconds(), k.state.Reconnects)
 	}
 }

@@ -26,7 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -82,12 +82,11 @@ func copyFile(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		os.Remove(tmp)
-		return err
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
 	}
-	if err := out.Close(); err != nil {
+	if err != nil {
 		os.Remove(tmp)
 		return err
 	}
@@ -170,15 +169,13 @@ func Run(ctx context.Context, o Options) error {
 		errs = append(errs, err)
 	}
 	for _, m := range mounts {
-		if err := unix.Unmount(m, 0); err != nil {
-			if !errors.Is(err, unix.EBUSY) {
-				errs = append(errs, &Error{Op: "unmount", Path: m, Err: err})
-				continue
-			}
+		err := unix.Unmount(m, 0)
+		if errors.Is(err, unix.EBUSY) {
 			o.Log.Printf("shutdown", "%s is busy; detaching it lazily", m)
-			if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
-				errs = append(errs, &Error{Op: "unmount", Path: m, Err: err})
-			}
+			err = unix.Unmount(m, unix.MNT_DETACH)
+		}
+		if err != nil {
+			errs = append(errs, &Error{Op: "unmount", Path: m, Err: err})
 		}
 	}
 	unix.Sync()
@@ -227,9 +224,7 @@ func mountsUnder(mountinfo, root string) ([]string, error) {
 	// Later mounts stack on earlier ones at the same point: reverse first,
 	// then a stable sort by depth keeps that order among equals.
 	slices.Reverse(out)
-	sort.SliceStable(out, func(i, j int) bool {
-		return strings.Count(out[i], "/") > strings.Count(out[j], "/")
-	})
+	slices.SortStableFunc(out, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
 	return out, nil
 }
 
@@ -241,8 +236,9 @@ func unescapeOctal(s string) string {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		if s[i] == '\\' && i+4 <= len(s) {
-			if n, ok := octal(s[i+1 : i+4]); ok {
-				b.WriteByte(n)
+			// Three octal digits, at most \377.
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
 				i += 3
 				continue
 			}
@@ -250,23 +246,6 @@ func unescapeOctal(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
-}
-
-func octal(s string) (byte, bool) {
-	if len(s) != 3 {
-		return 0, false
-	}
-	var n int
-	for _, c := range s {
-		if c < '0' || c > '7' {
-			return 0, false
-		}
-		n = n*8 + int(c-'0')
-	}
-	if n > 255 {
-		return 0, false
-	}
-	return byte(n), true
 }
 
 // Error is a failed step of the exitrd, with the path or device it
