@@ -242,9 +242,10 @@ func imagePath(p string) (string, error) {
 	return name, nil
 }
 
-// standardDirs are the directories PID 1 mounts on or writes to before the
-// root is attached.
-func standardDirs() []*entry {
+// standardEntries are the directories PID 1 mounts on or writes to before
+// the root is attached, then the device nodes the kernel and PID 1 need
+// before devtmpfs is mounted: the kernel opens /dev/console for /init's stdio.
+func standardEntries() []*entry {
 	dirs := []struct {
 		name string
 		perm uint64
@@ -252,20 +253,13 @@ func standardDirs() []*entry {
 		{"dev", 0o755}, {"etc", 0o755}, {"proc", 0o555}, {"root", 0o700},
 		{"run", 0o755}, {"sys", 0o555}, {"tmp", 0o1777},
 	}
-	es := make([]*entry, len(dirs))
-	for i, d := range dirs {
-		es[i] = &entry{name: d.name, mode: cpio.S_IFDIR | d.perm, origin: "the standard directories"}
+	var es []*entry
+	for _, d := range dirs {
+		es = append(es, &entry{name: d.name, mode: cpio.S_IFDIR | d.perm, origin: "the standard directories"})
 	}
-	return es
-}
-
-// deviceNodes are the nodes the kernel and PID 1 need before devtmpfs is
-// mounted: the kernel opens /dev/console for /init's stdio.
-func deviceNodes() []*entry {
-	return []*entry{
-		{name: "dev/console", mode: cpio.S_IFCHR | 0o600, rmajor: 5, rminor: 1, origin: "the standard device nodes"},
-		{name: "dev/null", mode: cpio.S_IFCHR | 0o666, rmajor: 1, rminor: 3, origin: "the standard device nodes"},
-	}
+	return append(es,
+		&entry{name: "dev/console", mode: cpio.S_IFCHR | 0o600, rmajor: 5, rminor: 1, origin: "the standard device nodes"},
+		&entry{name: "dev/null", mode: cpio.S_IFCHR | 0o666, rmajor: 1, rminor: 3, origin: "the standard device nodes"})
 }
 
 // plan decides what goes into the image. With modulesOnly it plans the
@@ -325,7 +319,7 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 		return im, im.addDirs()
 	}
 
-	for _, e := range append(standardDirs(), deviceNodes()...) {
+	for _, e := range standardEntries() {
 		if err := im.add(e); err != nil {
 			return nil, err
 		}
