@@ -3,6 +3,7 @@ package initramfs
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -336,14 +337,8 @@ func CompareVersions(a, b string) int {
 		}
 		a, b = ra, rb
 	}
-	switch {
-	case a == b:
-		return 0
-	case a == "":
-		return -1
-	default:
-		return 1
-	}
+	// One of them ran out: it is the older, unless both did.
+	return cmp.Compare(len(a), len(b))
 }
 
 // versionToken splits off the leading run of digits or of non-digits.
@@ -360,11 +355,8 @@ func compareTokens(a, b string) int {
 	if isDigit(a[0]) && isDigit(b[0]) {
 		a = strings.TrimLeft(a, "0")
 		b = strings.TrimLeft(b, "0")
-		if len(a) != len(b) {
-			if len(a) < len(b) {
-				return -1
-			}
-			return 1
+		if c := cmp.Compare(len(a), len(b)); c != 0 {
+			return c
 		}
 	}
 	return strings.Compare(a, b)
