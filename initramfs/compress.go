@@ -45,37 +45,32 @@ func ParseCompression(s string) (Compression, error) {
 // the gzip header has no name and no time, zstd runs on one goroutine, and
 // xz writes one block.
 func compressor(w io.Writer, c Compression) (io.WriteCloser, error) {
+	var zw io.WriteCloser
+	var err error
 	switch c {
 	case Gzip:
 		// Level 9 saves 0.5% on a typical image and takes four times as long.
-		zw, err := gzip.NewWriterLevel(w, gzip.DefaultCompression)
-		if err != nil {
-			return nil, fmt.Errorf("gzip: %w", err)
-		}
-		return zw, nil
+		zw, err = gzip.NewWriterLevel(w, gzip.DefaultCompression)
 	case Zstd:
-		zw, err := zstd.NewWriter(w,
+		zw, err = zstd.NewWriter(w,
 			zstd.WithEncoderLevel(zstd.SpeedBestCompression),
 			zstd.WithEncoderConcurrency(1),
 			zstd.WithWindowSize(zstdWindow),
 			zstd.WithEncoderCRC(true))
-		if err != nil {
-			return nil, fmt.Errorf("zstd: %w", err)
-		}
-		return zw, nil
 	case Xz:
 		// The kernel's xz decoder knows the CRC32 check and no other
 		// (Documentation/staging/xz.rst: xz --check=crc32).
-		zw, err := xz.WriterConfig{CheckSum: xz.CRC32, DictCap: xzDict}.NewWriter(w)
-		if err != nil {
-			return nil, fmt.Errorf("xz: %w", err)
-		}
-		return zw, nil
+		zw, err = xz.WriterConfig{CheckSum: xz.CRC32, DictCap: xzDict}.NewWriter(w)
 	case None:
 		return nopCloser{w}, nil
+	default:
+		_, err := ParseCompression(string(c))
+		return nil, err
 	}
-	_, err := ParseCompression(string(c))
-	return nil, err
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c, err)
+	}
+	return zw, nil
 }
 
 // nopCloser adds a Close that does nothing.

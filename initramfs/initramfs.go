@@ -18,6 +18,7 @@ package initramfs
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"debug/elf"
 	"errors"
@@ -221,14 +222,10 @@ func (im *image) hostFile(src, dst string, perm fs.FileMode, origin string) (*en
 // unixPerm converts Go permission bits to cpio's.
 func unixPerm(m fs.FileMode) uint64 {
 	p := uint64(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		p |= cpio.S_ISUID
-	}
-	if m&fs.ModeSetgid != 0 {
-		p |= cpio.S_ISGID
-	}
-	if m&fs.ModeSticky != 0 {
-		p |= cpio.S_ISVTX
+	for goBit, cpioBit := range map[fs.FileMode]uint64{fs.ModeSetuid: cpio.S_ISUID, fs.ModeSetgid: cpio.S_ISGID, fs.ModeSticky: cpio.S_ISVTX} {
+		if m&goBit != 0 {
+			p |= cpioBit
+		}
 	}
 	return p
 }
@@ -245,9 +242,10 @@ func imagePath(p string) (string, error) {
 	return name, nil
 }
 
-// standardDirs are the directories PID 1 mounts on or writes to before the
-// root is attached.
-func standardDirs() []*entry {
+// standardEntries are the directories PID 1 mounts on or writes to before
+// the root is attached, then the device nodes the kernel and PID 1 need
+// before devtmpfs is mounted: the kernel opens /dev/console for /init's stdio.
+func standardEntries() []*entry {
 	dirs := []struct {
 		name string
 		perm uint64
@@ -255,20 +253,13 @@ func standardDirs() []*entry {
 		{"dev", 0o755}, {"etc", 0o755}, {"proc", 0o555}, {"root", 0o700},
 		{"run", 0o755}, {"sys", 0o555}, {"tmp", 0o1777},
 	}
-	es := make([]*entry, len(dirs))
-	for i, d := range dirs {
-		es[i] = &entry{name: d.name, mode: cpio.S_IFDIR | d.perm, origin: "the standard directories"}
+	var es []*entry
+	for _, d := range dirs {
+		es = append(es, &entry{name: d.name, mode: cpio.S_IFDIR | d.perm, origin: "the standard directories"})
 	}
-	return es
-}
-
-// deviceNodes are the nodes the kernel and PID 1 need before devtmpfs is
-// mounted: the kernel opens /dev/console for /init's stdio.
-func deviceNodes() []*entry {
-	return []*entry{
-		{name: "dev/console", mode: cpio.S_IFCHR | 0o600, rmajor: 5, rminor: 1, origin: "the standard device nodes"},
-		{name: "dev/null", mode: cpio.S_IFCHR | 0o666, rmajor: 1, rminor: 3, origin: "the standard device nodes"},
-	}
+	return append(es,
+		&entry{name: "dev/console", mode: cpio.S_IFCHR | 0o600, rmajor: 5, rminor: 1, origin: "the standard device nodes"},
+		&entry{name: "dev/null", mode: cpio.S_IFCHR | 0o666, rmajor: 1, rminor: 3, origin: "the standard device nodes"})
 }
 
 // plan decides what goes into the image. With modulesOnly it plans the
@@ -293,11 +284,10 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 
 	var spec *config.Spec
 	if opts.ConfigFile != "" {
-		s, err := loadSpec(opts.ConfigFile)
-		if err != nil {
+		var err error
+		if spec, err = loadSpec(opts.ConfigFile); err != nil {
 			return nil, err
 		}
-		spec = s
 		required = append(required, spec.Boot.Modules...)
 	}
 
@@ -329,7 +319,7 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 		return im, im.addDirs()
 	}
 
-	for _, e := range append(standardDirs(), deviceNodes()...) {
+	for _, e := range standardEntries() {
 		if err := im.add(e); err != nil {
 			return nil, err
 		}
@@ -343,7 +333,7 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := checkStatic("nbdroot binary", opts.Binary); err != nil {
+		if err := checkStatic("nbdroot binary", opts.Binary, "build it with CGO_ENABLED=0"); err != nil {
 			return nil, err
 		}
 		r.Binary, r.BinarySize = opts.Binary, e.size
@@ -393,10 +383,22 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 	return im, im.addDirs()
 }
 
+// loadSpec resolves the spec file that goes into the image, so that a
+// broken spec fails now rather than at boot, and so that the files it names
+// are known. The check is partial: the kernel command line may still name
+// the server. Spec errors stay *config.Error (they name the file and line).
+func loadSpec(path string) (*config.Spec, error) {
+	res, err := config.Resolve(config.Sources{ConfigPath: path, ReadFile: os.ReadFile, Partial: true})
+	if err != nil {
+		return nil, fmt.Errorf("checking the config file: %w", err)
+	}
+	return &res.Spec, nil
+}
+
 // checkStatic makes sure the binary (what names it in errors) can run in
 // an initramfs that has no shared libraries: an ELF executable without a
-// program interpreter.
-func checkStatic(what, bin string) error {
+// program interpreter. hint says how to get a static build.
+func checkStatic(what, bin, hint string) error {
 	f, err := elf.Open(bin)
 	if err != nil {
 		return fmt.Errorf("%s %s: not an ELF executable: %w", what, bin, err)
@@ -409,18 +411,10 @@ func checkStatic(what, bin string) error {
 		if p.Type == elf.PT_INTERP {
 			interp, _ := io.ReadAll(io.LimitReader(p.Open(), 256))
 			return fmt.Errorf("%s %s is dynamically linked (interpreter %s), which an initramfs cannot run; %s",
-				what, bin, strings.TrimRight(string(interp), "\x00"), staticHint(what))
+				what, bin, strings.TrimRight(string(interp), "\x00"), hint)
 		}
 	}
 	return nil
-}
-
-// staticHint says how to get a static build of what.
-func staticHint(what string) string {
-	if what == "shell" {
-		return "use a static shell such as /bin/busybox from busybox-static"
-	}
-	return "build it with CGO_ENABLED=0"
 }
 
 // Write writes an initramfs archive to w and reports what went in. Nothing
@@ -443,38 +437,36 @@ func Write(ctx context.Context, w io.Writer, opts Options) (*Report, error) {
 		return nil, err
 	}
 	archive := &countingWriter{w: cw}
-	n, err := writeArchive(ctx, archive, im.sorted())
-	if err != nil {
+	if err := writeArchive(ctx, archive, im.sorted()); err != nil {
 		return nil, err
 	}
 	if err := cw.Close(); err != nil {
 		return nil, fmt.Errorf("compressing the archive: %w", err)
 	}
 	r := im.report
-	r.Entries, r.Compression, r.ArchiveSize, r.Size = n, comp, archive.n, out.n
+	r.Entries, r.Compression, r.ArchiveSize, r.Size = len(im.entries), comp, archive.n, out.n
 	return &r, nil
 }
 
-// writeArchive writes the entries and the trailer as newc records and
-// returns how many entries it wrote.
-func writeArchive(ctx context.Context, w io.Writer, entries []*entry) (int, error) {
+// writeArchive writes the entries and the trailer as newc records.
+func writeArchive(ctx context.Context, w io.Writer, entries []*entry) error {
 	bw := bufio.NewWriterSize(w, 256<<10)
 	rw := cpio.Newc.Writer(bw)
 	for i, e := range entries {
 		if err := ctx.Err(); err != nil {
-			return 0, err
+			return err
 		}
 		if err := writeEntry(rw, e, uint64(i+1)); err != nil {
-			return 0, err
+			return err
 		}
 	}
 	if err := cpio.WriteTrailer(rw); err != nil {
-		return 0, fmt.Errorf("writing the archive trailer: %w", err)
+		return fmt.Errorf("writing the archive trailer: %w", err)
 	}
 	if err := bw.Flush(); err != nil {
-		return 0, fmt.Errorf("writing the archive: %w", err)
+		return fmt.Errorf("writing the archive: %w", err)
 	}
-	return len(entries), nil
+	return nil
 }
 
 // writeEntry writes one record with inode number ino.
@@ -556,20 +548,17 @@ func materialize(dir string, e *entry) error {
 	if err != nil {
 		return fmt.Errorf("creating %s: %w", dst, err)
 	}
-	var src io.Reader
+	defer out.Close() // for the early returns; the Close below reports
+	src := io.Reader(bytes.NewReader(e.data))
 	if e.src != "" {
 		in, err := os.Open(e.src)
 		if err != nil {
-			out.Close()
 			return fmt.Errorf("%s: %w", e.origin, err)
 		}
 		defer in.Close()
 		src = in
-	} else {
-		src = strings.NewReader(string(e.data))
 	}
 	if _, err := io.Copy(out, src); err != nil {
-		out.Close()
 		return fmt.Errorf("writing %s: %w", dst, err)
 	}
 	if err := out.Close(); err != nil {

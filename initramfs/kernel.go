@@ -63,8 +63,7 @@ func bzImageVersion(r io.ReaderAt) (string, error) {
 	if n == 0 && err != nil {
 		return "", fmt.Errorf("reading kernel_version string at %#x: %w", int(ptr)+0x200, err)
 	}
-	buf = buf[:n]
-	end := bytes.IndexByte(buf, 0)
+	end := bytes.IndexByte(buf[:n], 0)
 	if end < 0 {
 		return "", fmt.Errorf("kernel_version string at %#x is not NUL-terminated within %d bytes", int(ptr)+0x200, maxVersionLen)
 	}
@@ -76,11 +75,7 @@ func bzImageVersion(r io.ReaderAt) (string, error) {
 	return fields[0], nil
 }
 
+// printable reports whether s is all printable ASCII.
 func printable(s string) bool {
-	for _, c := range []byte(s) {
-		if c <= ' ' || c >= 0x7f {
-			return false
-		}
-	}
-	return true
+	return !strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r >= 0x7f })
 }

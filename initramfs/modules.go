@@ -3,6 +3,7 @@ package initramfs
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -83,12 +84,9 @@ func parseModulesDep(name string, data []byte) (*depFile, error) {
 		if !ok || mod == "" {
 			return nil, fmt.Errorf("%s:%d: malformed line %q (want \"MODULE: DEPS...\")", name, n, line)
 		}
-		if err := checkRelPath(mod); err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", name, n, err)
-		}
 		deps := strings.Fields(rest)
-		for _, dep := range deps {
-			if err := checkRelPath(dep); err != nil {
+		for _, p := range append([]string{mod}, deps...) {
+			if err := checkRelPath(p); err != nil {
 				return nil, fmt.Errorf("%s:%d: %w", name, n, err)
 			}
 		}
@@ -99,8 +97,8 @@ func parseModulesDep(name string, data []byte) (*depFile, error) {
 		d.deps[mod] = deps
 		// Two files with one module name cannot both load; like modprobe,
 		// the first one listed wins.
-		if _, seen := d.byName[moduleNameFromPath(mod)]; !seen {
-			d.byName[moduleNameFromPath(mod)] = mod
+		if modName := moduleNameFromPath(mod); d.byName[modName] == "" {
+			d.byName[modName] = mod
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -158,8 +156,7 @@ func ModuleClosure(modulesDir, kver string, required, optional []string) (*Closu
 	if err != nil {
 		return nil, err
 	}
-	builtinPath := filepath.Join(dir, "modules.builtin")
-	builtinData, err := os.ReadFile(builtinPath)
+	builtinData, err := os.ReadFile(filepath.Join(dir, "modules.builtin"))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("reading built-in module list: %w", err)
 	}
@@ -167,8 +164,7 @@ func ModuleClosure(modulesDir, kver string, required, optional []string) (*Closu
 
 	c := &Closure{KernelVersion: kver, Dir: dir}
 	included := map[string]bool{}
-	var queue []string
-	var unknown []string
+	var queue, unknown []string
 	seenName := map[string]bool{}
 	want := func(name string, isRequired bool) {
 		canon := kmod.Canonical(strings.TrimSpace(name))
@@ -341,14 +337,8 @@ func CompareVersions(a, b string) int {
 		}
 		a, b = ra, rb
 	}
-	switch {
-	case a == b:
-		return 0
-	case a == "":
-		return -1
-	default:
-		return 1
-	}
+	// One of them ran out: it is the older, unless both did.
+	return cmp.Compare(len(a), len(b))
 }
 
 // versionToken splits off the leading run of digits or of non-digits.
@@ -365,11 +355,8 @@ func compareTokens(a, b string) int {
 	if isDigit(a[0]) && isDigit(b[0]) {
 		a = strings.TrimLeft(a, "0")
 		b = strings.TrimLeft(b, "0")
-		if len(a) != len(b) {
-			if len(a) < len(b) {
-				return -1
-			}
-			return 1
+		if c := cmp.Compare(len(a), len(b)); c != 0 {
+			return c
 		}
 	}
 	return strings.Compare(a, b)

@@ -42,7 +42,7 @@ func IsBusybox(src string) bool { return strings.HasPrefix(filepath.Base(src), "
 // to an extra file at the same path); any other shell goes to ShellPath.
 // With linkInit, NbdrootLink points at /init.
 func (im *image) addShell(src string, linkInit bool) error {
-	if err := checkStatic("shell", src); err != nil {
+	if err := checkStatic("shell", src, "use a static shell such as /bin/busybox from busybox-static"); err != nil {
 		return err
 	}
 	dst := ShellPath

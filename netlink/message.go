@@ -81,15 +81,6 @@ func request(cmd uint8, ae *netlink.AttributeEncoder) (genetlink.Message, error)
 	return genetlink.Message{Header: genetlink.Header{Command: cmd, Version: version}, Data: b}, nil
 }
 
-// seconds converts a timeout to the whole seconds the kernel takes, rounding
-// up so that a positive timeout never becomes 0 ("none").
-func seconds(name string, d time.Duration) (uint64, error) {
-	if d < 0 {
-		return 0, fmt.Errorf("%s %v is negative", name, d)
-	}
-	return uint64((d + time.Second - 1) / time.Second), nil
-}
-
 // encodeSockets adds NBD_ATTR_SOCKETS with one NBD_SOCK_ITEM per fd.
 func encodeSockets(ae *netlink.AttributeEncoder, fds []int) error {
 	for _, fd := range fds {
@@ -110,21 +101,21 @@ func encodeSockets(ae *netlink.AttributeEncoder, fds []int) error {
 }
 
 // encodeTimeouts adds NBD_ATTR_TIMEOUT and NBD_ATTR_DEAD_CONN_TIMEOUT when
-// they are set.
+// they are set, in the whole seconds the kernel takes, rounded up so that a
+// positive timeout never becomes 0 ("none").
 func encodeTimeouts(ae *netlink.AttributeEncoder, timeout, deadConn time.Duration) error {
-	t, err := seconds("timeout", timeout)
-	if err != nil {
-		return err
-	}
-	dc, err := seconds("dead connection timeout", deadConn)
-	if err != nil {
-		return err
-	}
-	if t > 0 {
-		ae.Uint64(attrTimeout, t)
-	}
-	if dc > 0 {
-		ae.Uint64(attrDeadConnTimeout, dc)
+	timeouts := []struct {
+		attr uint16
+		name string
+		d    time.Duration
+	}{{attrTimeout, "timeout", timeout}, {attrDeadConnTimeout, "dead connection timeout", deadConn}}
+	for _, t := range timeouts {
+		if t.d < 0 {
+			return fmt.Errorf("%s %v is negative", t.name, t.d)
+		}
+		if t.d > 0 {
+			ae.Uint64(t.attr, uint64((t.d+time.Second-1)/time.Second))
+		}
 	}
 	return nil
 }
@@ -145,17 +136,15 @@ func connectMessage(cfg Config) (genetlink.Message, error) {
 	if cfg.Size == 0 || cfg.Size > math.MaxInt64 {
 		return genetlink.Message{}, fmt.Errorf("size %d is not valid", cfg.Size)
 	}
-	if cfg.BlockSize != 0 {
-		if err := nbddev.CheckBlockSize(int64(min(cfg.BlockSize, 1<<62))); err != nil {
-			return genetlink.Message{}, fmt.Errorf("block size %w", err)
-		}
-	}
 	ae := netlink.NewAttributeEncoder()
 	if cfg.Index >= 0 {
 		ae.Uint32(attrIndex, uint32(cfg.Index))
 	}
 	ae.Uint64(attrSizeBytes, cfg.Size)
 	if cfg.BlockSize != 0 {
+		if err := nbddev.CheckBlockSize(int64(min(cfg.BlockSize, 1<<62))); err != nil {
+			return genetlink.Message{}, fmt.Errorf("block size %w", err)
+		}
 		ae.Uint64(attrBlockSizeBytes, cfg.BlockSize)
 	}
 	if err := encodeTimeouts(ae, cfg.Timeout, cfg.DeadConnTimeout); err != nil {

@@ -83,14 +83,12 @@ func Dial() (*Client, error) {
 		conn.Close()
 		return nil, familyError(err)
 	}
-	c := &Client{conn: conn, family: fam.ID}
 	group, ok := findGroup(fam.Groups, groupName)
 	if !ok {
 		conn.Close()
 		return nil, fmt.Errorf("netlink: family %q has no multicast group %q: %w", familyName, groupName, ErrNotSupported)
 	}
-	c.group = group
-	return c, nil
+	return &Client{conn: conn, family: fam.ID, group: group}, nil
 }
 
 // familyError describes a failed lookup of the "nbd" family.
@@ -158,18 +156,12 @@ type Config struct {
 // index. The device is live when Connect returns.
 func (c *Client) Connect(cfg Config) (int, error) {
 	m, err := connectMessage(cfg)
+	replies, err := c.command(cmdConnect, cfg.Index, m, err)
 	if err != nil {
-		return 0, fmt.Errorf("netlink: NBD_CMD_CONNECT: %w", err)
+		return 0, err
 	}
-	replies, err := c.execute(m)
-	if err != nil {
-		return 0, commandError(cmdConnect, cfg.Index, err)
-	}
-	for _, r := range replies {
-		if r.Header.Command != cmdConnect {
-			continue
-		}
-		index, err := decodeIndex(r.Data)
+	if len(replies) > 0 {
+		index, err := decodeIndex(replies[0].Data)
 		if err != nil {
 			return 0, fmt.Errorf("netlink: NBD_CMD_CONNECT: reply: %w", err)
 		}
@@ -204,26 +196,16 @@ type Reconfig struct {
 // hand the kernel a freshly negotiated socket after a link-dead event.
 func (c *Client) Reconfigure(index int, r Reconfig) error {
 	m, err := reconfigureMessage(index, r)
-	if err != nil {
-		return fmt.Errorf("netlink: NBD_CMD_RECONFIGURE: %w", err)
-	}
-	if _, err := c.execute(m); err != nil {
-		return commandError(cmdReconfigure, index, err)
-	}
-	return nil
+	_, err = c.command(cmdReconfigure, index, m, err)
+	return err
 }
 
 // Disconnect sends NBD_CMD_DISC to the server on every connection, fails
 // the requests still queued and stops /dev/nbd<index>.
 func (c *Client) Disconnect(index int) error {
 	m, err := disconnectMessage(index)
-	if err != nil {
-		return fmt.Errorf("netlink: NBD_CMD_DISCONNECT: %w", err)
-	}
-	if _, err := c.execute(m); err != nil {
-		return commandError(cmdDisconnect, index, err)
-	}
-	return nil
+	_, err = c.command(cmdDisconnect, index, m, err)
+	return err
 }
 
 // DeviceStatus is one device in a Status answer.
@@ -239,18 +221,12 @@ type DeviceStatus struct {
 // kernel's order. A device that does not exist is simply absent.
 func (c *Client) Status(index int) ([]DeviceStatus, error) {
 	m, err := statusMessage(index)
+	replies, err := c.command(cmdStatus, index, m, err)
 	if err != nil {
-		return nil, fmt.Errorf("netlink: NBD_CMD_STATUS: %w", err)
-	}
-	replies, err := c.execute(m)
-	if err != nil {
-		return nil, commandError(cmdStatus, index, err)
+		return nil, err
 	}
 	var list []DeviceStatus
 	for _, r := range replies {
-		if r.Header.Command != cmdStatus {
-			continue
-		}
 		l, err := decodeStatus(r.Data)
 		if err != nil {
 			return nil, fmt.Errorf("netlink: NBD_CMD_STATUS: reply: %w", err)
@@ -341,8 +317,22 @@ func linkDeadEvents(msgs []netlink.Message, family uint16) []LinkDead {
 	return evs
 }
 
+// command sends m, the request for cmd on the device at index, and returns
+// the replies to it. err is the error from encoding m: when set, it is
+// returned, naming cmd, and nothing is sent.
+func (c *Client) command(cmd uint8, index int, m genetlink.Message, err error) ([]genetlink.Message, error) {
+	if err != nil {
+		return nil, fmt.Errorf("netlink: %s: %w", cmdName(cmd), err)
+	}
+	replies, err := c.execute(m)
+	if err != nil {
+		return nil, commandError(cmd, index, err)
+	}
+	return replies, nil
+}
+
 // execute sends m as a request with an acknowledgement and collects the
-// family's replies until the acknowledgement (or the error) arrives.
+// replies to m's command until the acknowledgement (or the error) arrives.
 // Acknowledging every request lets commands without a reply
 // (DISCONNECT, RECONFIGURE) and commands with one (CONNECT, STATUS) be read
 // the same way; answers to an earlier request are skipped by sequence number.
@@ -387,7 +377,9 @@ func (c *Client) execute(m genetlink.Message) ([]genetlink.Message, error) {
 				if err := gm.UnmarshalBinary(nm.Data); err != nil {
 					return nil, fmt.Errorf("malformed reply: %w", err)
 				}
-				replies = append(replies, gm)
+				if gm.Header.Command == m.Header.Command {
+					replies = append(replies, gm)
+				}
 			}
 		}
 	}
