@@ -33,7 +33,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/u-root/u-root/pkg/cpio"
+	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/config"
 )
@@ -127,7 +127,7 @@ type Report struct {
 // entry is one archive record before it is written.
 type entry struct {
 	name   string // clean, relative to the image root ("etc/nbdroot.toml")
-	mode   uint64 // file type and permission bits (cpio.S_IF*)
+	mode   uint64 // file type and permission bits (unix.S_IF*)
 	src    string // host file with the contents, or
 	data   []byte // the contents
 	size   int64
@@ -136,7 +136,7 @@ type entry struct {
 	origin string // what asked for it, for conflict errors
 }
 
-func (e *entry) isDir() bool { return e.mode&cpio.S_IFMT == cpio.S_IFDIR }
+func (e *entry) isDir() bool { return e.mode&unix.S_IFMT == unix.S_IFDIR }
 
 // symlink plans a symbolic link at the image path link pointing to target.
 func (im *image) symlink(link, target, origin string) error {
@@ -144,7 +144,7 @@ func (im *image) symlink(link, target, origin string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", origin, err)
 	}
-	e := &entry{name: name, mode: cpio.S_IFLNK | 0o777, data: []byte(target), size: int64(len(target)), origin: origin}
+	e := &entry{name: name, mode: unix.S_IFLNK | 0o777, data: []byte(target), size: int64(len(target)), origin: origin}
 	if err := im.add(e); err != nil {
 		return err
 	}
@@ -181,7 +181,7 @@ func (im *image) addDirs() error {
 				}
 				continue
 			}
-			im.entries[d] = &entry{name: d, mode: cpio.S_IFDIR | 0o755, origin: "parent of /" + e.name}
+			im.entries[d] = &entry{name: d, mode: unix.S_IFDIR | 0o755, origin: "parent of /" + e.name}
 		}
 	}
 	return nil
@@ -215,14 +215,14 @@ func (im *image) hostFile(src, dst string, perm fs.FileMode, origin string) (*en
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", origin, err)
 	}
-	e := &entry{name: name, mode: cpio.S_IFREG | unixPerm(perm), src: src, size: fi.Size(), origin: origin}
+	e := &entry{name: name, mode: unix.S_IFREG | unixPerm(perm), src: src, size: fi.Size(), origin: origin}
 	return e, im.add(e)
 }
 
 // unixPerm converts Go permission bits to cpio's.
 func unixPerm(m fs.FileMode) uint64 {
 	p := uint64(m.Perm())
-	for goBit, cpioBit := range map[fs.FileMode]uint64{fs.ModeSetuid: cpio.S_ISUID, fs.ModeSetgid: cpio.S_ISGID, fs.ModeSticky: cpio.S_ISVTX} {
+	for goBit, cpioBit := range map[fs.FileMode]uint64{fs.ModeSetuid: unix.S_ISUID, fs.ModeSetgid: unix.S_ISGID, fs.ModeSticky: unix.S_ISVTX} {
 		if m&goBit != 0 {
 			p |= cpioBit
 		}
@@ -255,11 +255,11 @@ func standardEntries() []*entry {
 	}
 	var es []*entry
 	for _, d := range dirs {
-		es = append(es, &entry{name: d.name, mode: cpio.S_IFDIR | d.perm, origin: "the standard directories"})
+		es = append(es, &entry{name: d.name, mode: unix.S_IFDIR | d.perm, origin: "the standard directories"})
 	}
 	return append(es,
-		&entry{name: "dev/console", mode: cpio.S_IFCHR | 0o600, rmajor: 5, rminor: 1, origin: "the standard device nodes"},
-		&entry{name: "dev/null", mode: cpio.S_IFCHR | 0o666, rmajor: 1, rminor: 3, origin: "the standard device nodes"})
+		&entry{name: "dev/console", mode: unix.S_IFCHR | 0o600, rmajor: 5, rminor: 1, origin: "the standard device nodes"},
+		&entry{name: "dev/null", mode: unix.S_IFCHR | 0o666, rmajor: 1, rminor: 3, origin: "the standard device nodes"})
 }
 
 // plan decides what goes into the image. With modulesOnly it plans the
@@ -311,7 +311,7 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 	}
 	for _, f := range meta {
 		name, _ := imagePath(path.Join(treeDir, f.name))
-		if err := im.add(&entry{name: name, mode: cpio.S_IFREG | 0o644, data: f.data, size: int64(len(f.data)), origin: "the module tree"}); err != nil {
+		if err := im.add(&entry{name: name, mode: unix.S_IFREG | 0o644, data: f.data, size: int64(len(f.data)), origin: "the module tree"}); err != nil {
 			return nil, err
 		}
 	}
@@ -451,16 +451,16 @@ func Write(ctx context.Context, w io.Writer, opts Options) (*Report, error) {
 // writeArchive writes the entries and the trailer as newc records.
 func writeArchive(ctx context.Context, w io.Writer, entries []*entry) error {
 	bw := bufio.NewWriterSize(w, 256<<10)
-	rw := cpio.Newc.Writer(bw)
+	nw := &newcWriter{w: bw}
 	for i, e := range entries {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := writeEntry(rw, e, uint64(i+1)); err != nil {
+		if err := writeEntry(nw, e, uint64(i+1)); err != nil {
 			return err
 		}
 	}
-	if err := cpio.WriteTrailer(rw); err != nil {
+	if err := nw.header(newcRecord{name: newcTrailer}); err != nil {
 		return fmt.Errorf("writing the archive trailer: %w", err)
 	}
 	if err := bw.Flush(); err != nil {
@@ -470,19 +470,12 @@ func writeArchive(ctx context.Context, w io.Writer, entries []*entry) error {
 }
 
 // writeEntry writes one record with inode number ino.
-func writeEntry(rw cpio.RecordWriter, e *entry, ino uint64) error {
-	info := cpio.Info{
-		Ino:    ino,
-		Mode:   e.mode,
-		NLink:  1,
-		Rmajor: e.rmajor,
-		Rminor: e.rminor,
-		Name:   e.name,
-	}
+func writeEntry(nw *newcWriter, e *entry, ino uint64) error {
+	r := newcRecord{name: e.name, ino: ino, mode: e.mode, nlink: 1, rmajor: e.rmajor, rminor: e.rminor}
 	if e.isDir() {
-		info.NLink = 2
+		r.nlink = 2
 	}
-	rec := cpio.Record{Info: info}
+	var contents io.Reader
 	switch {
 	case e.src != "":
 		f, err := os.Open(e.src)
@@ -497,12 +490,15 @@ func writeEntry(rw cpio.RecordWriter, e *entry, ino uint64) error {
 		if fi.Size() != e.size {
 			return fmt.Errorf("%s: %s changed size while the image was written", e.origin, e.src)
 		}
-		rec.ReaderAt = io.NewSectionReader(f, 0, e.size)
-		rec.FileSize = uint64(e.size)
+		contents, r.size = f, uint64(e.size)
 	case e.data != nil:
-		rec = cpio.StaticRecord(e.data, info)
+		contents, r.size = bytes.NewReader(e.data), uint64(len(e.data))
 	}
-	if err := rw.WriteRecord(rec); err != nil {
+	err := nw.header(r)
+	if err == nil && contents != nil {
+		err = nw.data(contents, r.size)
+	}
+	if err != nil {
 		return fmt.Errorf("writing /%s to the archive: %w", e.name, err)
 	}
 	return nil
@@ -541,7 +537,7 @@ func materialize(dir string, e *entry) error {
 			return fmt.Errorf("creating %s: %w", dst, err)
 		}
 		return nil
-	case e.mode&cpio.S_IFMT != cpio.S_IFREG:
+	case e.mode&unix.S_IFMT != unix.S_IFREG:
 		return fmt.Errorf("/%s: only directories and regular files can be written to a directory", e.name)
 	}
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
