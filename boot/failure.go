@@ -29,9 +29,6 @@ type StepError struct {
 func (e *StepError) Error() string { return e.Step + ": " + e.Err.Error() }
 func (e *StepError) Unwrap() error { return e.Err }
 
-// Shells are looked for, in order, when the failure action is a shell.
-func shells() []string { return []string{"/bin/sh", "/bin/gosh", "/bbin/gosh", "/bin/busybox"} }
-
 // SigRetry asks PID 1, sitting in the rescue shell's failure policy, to run
 // the boot again (`nbdroot boot --retry`).
 const SigRetry = unix.SIGUSR1
@@ -108,8 +105,9 @@ func Fail(log *bootlog.Logger, b config.Boot, err error) RetryRequest {
 	}
 }
 
+// findShell returns the first shell the initramfs has, or "".
 func findShell() string {
-	for _, s := range shells() {
+	for _, s := range []string{"/bin/sh", "/bin/gosh", "/bbin/gosh", "/bin/busybox"} {
 		if fi, err := os.Stat(s); err == nil && fi.Mode().IsRegular() {
 			return s
 		}
@@ -125,11 +123,10 @@ func runShell(log *bootlog.Logger, sh string) (RetryRequest, bool) {
 	signal.Notify(retry, SigRetry)
 	defer signal.Stop(retry)
 	_ = os.Remove(retryPath)
-	argv := []string{sh}
+	c := exec.Command(sh)
 	if sh == "/bin/busybox" {
-		argv = []string{sh, "sh"}
+		c.Args = append(c.Args, "sh")
 	}
-	c := exec.Command(argv[0], argv[1:]...)
 	c.Stdin, c.Stdout, c.Stderr = os.Stdin, os.Stdout, os.Stderr
 	c.Env = append(os.Environ(), "PS1=(nbdroot) # ", "PATH=/bin:/sbin:/usr/bin:/usr/sbin:/bbin")
 	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}

@@ -27,12 +27,24 @@ const NewRoot = "/newroot"
 // /dev/nbdNpM, once its node exists. Partitions show up after the kernel
 // rescans the table, which opening the whole device triggers.
 func RootDevice(ctx context.Context, index int, r config.Root) (string, error) {
-	dev := nbddev.Path(index)
+	whole := nbddev.Path(index)
+	dev := whole
 	if r.Partition > 0 {
 		dev += "p" + strconv.Itoa(r.Partition)
 	}
-	if err := waitNode(ctx, dev, nbddev.Path(index), 5*time.Second); err != nil {
-		return "", err
+	const timeout = 5 * time.Second
+	var statErr error
+	err := poll.For(ctx, timeout, 10*time.Millisecond, func() (bool, error) {
+		if _, statErr = os.Stat(dev); statErr == nil || !errors.Is(statErr, os.ErrNotExist) {
+			return statErr == nil, statErr
+		}
+		if f, err := os.Open(whole); err == nil {
+			f.Close()
+		}
+		return false, nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("%s did not appear within %v: %w", dev, timeout, statErr)
 	}
 	return dev, nil
 }
@@ -85,15 +97,20 @@ func fsFromSuperblock(b []byte) string {
 // read-only lower mount so that many clients can share one export.
 func MountRoot(log *bootlog.Logger, dev, fstype string, r config.Root) error {
 	unmountLeftovers()
+	overlay := r.Overlay == config.OverlayTmpfs
 	flags, data := mountOptions(r.Flags)
-	if r.ReadOnly || r.Overlay == config.OverlayTmpfs {
+	if r.ReadOnly || overlay {
 		flags |= unix.MS_RDONLY
 	}
-	target := NewRoot
-	if r.Overlay == config.OverlayTmpfs {
+	target, mode := NewRoot, "rw"
+	if r.ReadOnly {
+		mode = "ro"
+	}
+	if overlay {
 		// The layers live under /run, which moves into the new root, so an
 		// operator finds them at /run/nbdroot/{lower,overlay} afterwards.
 		target = filepath.Join(keeper.DefaultRunDir, "lower")
+		mode += ", tmpfs overlay"
 	}
 	if err := os.MkdirAll(target, 0o755); err != nil {
 		return err
@@ -101,18 +118,11 @@ func MountRoot(log *bootlog.Logger, dev, fstype string, r config.Root) error {
 	if err := unix.Mount(dev, target, fstype, flags, data); err != nil {
 		return fmt.Errorf("%s on %s as %s (flags %q): %w", dev, target, fstype, r.Flags, err)
 	}
-	if r.Overlay == config.OverlayTmpfs {
+	if overlay {
 		if err := mountOverlay(target, r.ReadOnly); err != nil {
 			_ = unix.Unmount(target, 0)
 			return err
 		}
-	}
-	mode := "rw"
-	if r.ReadOnly {
-		mode = "ro"
-	}
-	if r.Overlay == config.OverlayTmpfs {
-		mode += ", tmpfs overlay"
 	}
 	log.Printf("mount", "%s (%s, %s) on %s", dev, fstype, mode, NewRoot)
 	return nil
@@ -135,11 +145,7 @@ func mountOverlay(lower string, ro bool) error {
 	if err := unix.Mount("nbdroot-overlay", up, "tmpfs", 0, "mode=0755"); err != nil {
 		return fmt.Errorf("overlay: tmpfs on %s: %w", up, err)
 	}
-	for _, d := range []string{"upper", "work", NewRoot} {
-		p := d
-		if !strings.HasPrefix(d, "/") {
-			p = filepath.Join(up, d)
-		}
+	for _, p := range []string{filepath.Join(up, "upper"), filepath.Join(up, "work"), NewRoot} {
 		if err := os.MkdirAll(p, 0o755); err != nil {
 			return fmt.Errorf("overlay: %w", err)
 		}
@@ -151,25 +157,6 @@ func mountOverlay(lower string, ro bool) error {
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s/upper,workdir=%s/work", lower, up, up)
 	if err := unix.Mount("overlay", NewRoot, "overlay", flags, opts); err != nil {
 		return fmt.Errorf("overlay %s on %s: %w", opts, NewRoot, err)
-	}
-	return nil
-}
-
-// waitNode waits for a device node to appear. Partitions show up after the
-// kernel rescans the table, which opening the whole device triggers.
-func waitNode(ctx context.Context, dev, whole string, timeout time.Duration) error {
-	var statErr error
-	err := poll.For(ctx, timeout, 10*time.Millisecond, func() (bool, error) {
-		if _, statErr = os.Stat(dev); statErr == nil || !errors.Is(statErr, os.ErrNotExist) {
-			return statErr == nil, statErr
-		}
-		if f, err := os.Open(whole); err == nil {
-			f.Close()
-		}
-		return false, nil
-	})
-	if err != nil {
-		return fmt.Errorf("%s did not appear within %v: %w", dev, timeout, statErr)
 	}
 	return nil
 }

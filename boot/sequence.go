@@ -339,18 +339,15 @@ func initEnv(env []string) []string {
 }
 
 // timeline is the per-step durations of the summary line.
-type timeline []struct {
+type timeline []stepTime
+
+type stepTime struct {
 	step string
 	d    time.Duration
 }
 
-func (t *timeline) add(step string, since time.Time) { t.addDur(step, time.Since(since)) }
-func (t *timeline) addDur(step string, d time.Duration) {
-	*t = append(*t, struct {
-		step string
-		d    time.Duration
-	}{step, d})
-}
+func (t *timeline) add(step string, since time.Time)    { t.addDur(step, time.Since(since)) }
+func (t *timeline) addDur(step string, d time.Duration) { *t = append(*t, stepTime{step, d}) }
 
 func (t timeline) String() string {
 	var parts []string

@@ -10,20 +10,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// initCandidates are tried in order when the spec names no init, as the
-// kernel does.
-func initCandidates() []string {
-	return []string{"/sbin/init", "/etc/init", "/bin/init", "/bin/sh"}
-}
-
 // FindInit returns the init to run inside newRoot: want if set, else the
-// first of the kernel's candidates that exists. Symbolic links are followed
-// inside newRoot, so an absolute link such as /sbin/init ->
-// /lib/systemd/systemd is checked where it will point after switch_root.
-// Checking before switch_root matters: afterwards the initramfs is gone and a
-// missing init can only panic the kernel.
+// first of the kernel's candidates (in its order) that exists. Symbolic
+// links are followed inside newRoot, so an absolute link such as
+// /sbin/init -> /lib/systemd/systemd is checked where it will point after
+// switch_root. Checking before switch_root matters: afterwards the
+// initramfs is gone and a missing init can only panic the kernel.
 func FindInit(newRoot, want string) (string, error) {
-	cands := initCandidates()
+	cands := []string{"/sbin/init", "/etc/init", "/bin/init", "/bin/sh"}
 	if want != "" {
 		cands = []string{want}
 	}

@@ -105,11 +105,8 @@ func isKernelConsole(w io.Writer) bool {
 // It is read per line because systemd and sysctl change it at run time.
 func consoleLevel() int {
 	b, err := os.ReadFile("/proc/sys/kernel/printk")
-	if err != nil {
-		return 0
-	}
 	f := strings.Fields(string(b))
-	if len(f) == 0 {
+	if err != nil || len(f) == 0 {
 		return 0
 	}
 	n, err := strconv.Atoi(f[0])
@@ -242,11 +239,7 @@ func ageFromStat(stat string, now time.Duration) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("/proc/self/stat: starttime: %w", err)
 	}
-	age := now - time.Duration(ticks)*time.Second/clockTicks
-	if age < 0 {
-		age = 0
-	}
-	return age, nil
+	return max(now-time.Duration(ticks)*time.Second/clockTicks, 0), nil
 }
 
 // Elapsed returns the time since the logger's start.
@@ -297,10 +290,7 @@ func (l *Logger) emit(level int, step, msg string) {
 		// without it stays open for a continuation, and neither the
 		// console nor dmesg shows it until the next record arrives.
 		rec := fmt.Sprintf("<%d>%s", level, line)
-		if len(rec) > 1000 {
-			rec = rec[:1000]
-		}
-		_, _ = io.WriteString(l.kmsg, rec+"\n")
+		_, _ = io.WriteString(l.kmsg, rec[:min(len(rec), 1000)]+"\n")
 	}
 }
 

@@ -94,9 +94,6 @@ func Open(index int) (*Device, error) {
 	return &Device{f: f, index: index}, nil
 }
 
-// Index returns N of /dev/nbdN.
-func (d *Device) Index() int { return d.index }
-
 // Close closes the device file. It does not disconnect the device.
 func (d *Device) Close() error { return d.f.Close() }
 
@@ -186,8 +183,7 @@ func (d *Device) configure(sock int, p Params) error {
 	if p.ReadOnly {
 		// NBD_SET_FLAGS marks the disk read-only when DO_IT starts it;
 		// BLKROSET also covers kernels that ignore the flag.
-		one := 1
-		if err := unix.IoctlSetPointerInt(int(d.f.Fd()), unix.BLKROSET, one); err != nil {
+		if err := unix.IoctlSetPointerInt(int(d.f.Fd()), unix.BLKROSET, 1); err != nil {
 			return d.err("BLKROSET", err)
 		}
 	}

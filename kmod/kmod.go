@@ -113,26 +113,23 @@ func New(log *bootlog.Logger) *Modules {
 		return open(log, "", "/sys", nil)
 	}
 	kver := unix.ByteSliceToString(uts.Release[:])
-	dir := ""
 	for _, d := range []string{"/lib/modules", "/usr/lib/modules"} {
-		if _, err := os.Stat(filepath.Join(d, kver, "modules.dep")); err == nil {
-			dir = filepath.Join(d, kver)
-			break
+		dir := filepath.Join(d, kver)
+		if _, err := os.Stat(filepath.Join(dir, "modules.dep")); err != nil {
+			continue
 		}
-	}
-	if dir == "" {
-		log.Printf("modules", "no module index for %s (no modules.dep in /lib/modules or /usr/lib/modules); relying on built-in drivers", kver)
-		return open(log, "", "/sys", nil)
-	}
-	m := open(log, dir, "/sys", finit)
-	eachLine("/proc/modules", func(f []string) {
-		if len(f) > 0 {
-			if file, ok := m.paths[Canonical(f[0])]; ok {
-				m.inserted[file] = func() error { return nil }
+		m := open(log, dir, "/sys", finit)
+		eachLine("/proc/modules", func(f []string) {
+			if len(f) > 0 {
+				if file, ok := m.paths[Canonical(f[0])]; ok {
+					m.inserted[file] = func() error { return nil }
+				}
 			}
-		}
-	})
-	return m
+		})
+		return m
+	}
+	log.Printf("modules", "no module index for %s (no modules.dep in /lib/modules or /usr/lib/modules); relying on built-in drivers", kver)
+	return open(log, "", "/sys", nil)
 }
 
 // open reads the module tree at dir (none when empty); insert puts one

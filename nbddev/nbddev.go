@@ -61,16 +61,12 @@ func (s Sysfs) Dir(index int) string { return filepath.Join(s.block(), Name(inde
 // Queue reads a numeric request-queue attribute of device N
 // (/sys/block/nbdN/queue/NAME, such as max_hw_sectors_kb).
 func (s Sysfs) Queue(index int, name string) (uint64, error) {
-	return readUint(s.queue(index, name))
+	return readUint(filepath.Join(s.Dir(index), "queue", name))
 }
 
 // SetQueue writes a numeric request-queue attribute of device N.
 func (s Sysfs) SetQueue(index int, name string, v uint64) error {
-	return os.WriteFile(s.queue(index, name), []byte(strconv.FormatUint(v, 10)), 0o644)
-}
-
-func (s Sysfs) queue(index int, name string) string {
-	return filepath.Join(s.Dir(index), "queue", name)
+	return os.WriteFile(filepath.Join(s.Dir(index), "queue", name), []byte(strconv.FormatUint(v, 10)), 0o644)
 }
 
 func (s Sysfs) block() string {
@@ -120,13 +116,7 @@ func (s Sysfs) Devices() ([]int, error) {
 // Attached lists the devices that are connected (InUse), in ascending order.
 func (s Sysfs) Attached() ([]int, error) {
 	all, err := s.Devices()
-	var in []int
-	for _, i := range all {
-		if s.InUse(i) {
-			in = append(in, i)
-		}
-	}
-	return in, err
+	return slices.DeleteFunc(all, func(i int) bool { return !s.InUse(i) }), err
 }
 
 // FirstFree returns the lowest-numbered nbd device that is not connected.
