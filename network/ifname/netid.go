@@ -145,16 +145,15 @@ func (s sysfs) pciNames(dev device, info linkInfo) (pciNames, bool) {
 	}
 	pcidev := parent
 	physfn, suffix, isVF := s.virtfn(pcidev)
+	if isVF {
+		pcidev = physfn // a virtual function is named after its physical function
+	}
+	var n pciNames
+	n.onboard = s.pciOnboard(dev, pcidev, info)
+	n.slot, n.path = s.pciSlot(dev, pcidev, info)
 	if !isVF {
-		var n pciNames
-		n.onboard = s.pciOnboard(dev, pcidev, info)
-		n.slot, n.path = s.pciSlot(dev, pcidev, info)
 		return n, true
 	}
-	// An SR-IOV virtual function is named after its physical function.
-	var n pciNames
-	n.onboard = s.pciOnboard(dev, physfn, info)
-	n.slot, n.path = s.pciSlot(dev, physfn, info)
 	for _, p := range []*string{&n.onboard, &n.slot, &n.path} {
 		if *p != "" && len(*p)+len(suffix) < altIfNameSize {
 			*p += suffix
@@ -201,12 +200,7 @@ func (s sysfs) pciOnboard(dev, pcidev device, info linkInfo) string {
 	if err != nil || idx > onboardIndexMax {
 		return "" // some firmware reports rubbish, such as 2^24-1
 	}
-	var devPort uint64
-	if v, ok := s.hasAttr(dev, "dev_port"); ok {
-		if n, err := parseUnsigned(v, 10, 64); err == nil {
-			devPort = n
-		}
-	}
+	devPort, _ := s.decimalAttr(dev, "dev_port")
 	return bounded(fmt.Sprintf("o%d", idx) + portSuffix(info.physPort, devPort))
 }
 
@@ -221,19 +215,10 @@ func (s sysfs) pciSlot(dev, pcidev device, info linkInfo) (slot, path string) {
 		// ARI: up to 256 functions, the slot bits are function bits.
 		fn += addr.slot * 8
 	}
-	var devPort uint64
-	if v, ok := s.hasAttr(dev, "dev_port"); ok {
-		if n, err := parseUnsigned(v, 10, 64); err == nil {
-			devPort = n
-		}
+	devPort, hasPort := s.decimalAttr(dev, "dev_port")
+	if hasPort && devPort == 0 && info.iftype == arphrdInfiniband {
 		// Older kernels give IPoIB's port in dev_id instead.
-		if devPort == 0 && info.iftype == arphrdInfiniband {
-			if v, ok := s.hasAttr(dev, "dev_id"); ok {
-				if n, err := parseUnsigned(v, 10, 64); err == nil {
-					devPort = n
-				}
-			}
-		}
+		devPort, _ = s.decimalAttr(dev, "dev_id")
 	}
 	multi := s.multifunction(pcidev)
 	fnPart := ""
@@ -263,7 +248,7 @@ type hotplug struct {
 // hotplugSlot finds the slot of pcidev (ACPI _SUN, PCIe slot numbers, s390
 // function ids), trying its parent bridges in turn, as dev_pci_slot does.
 func (s sysfs) hotplugSlot(pcidev device, multi bool) (hotplug, bool) {
-	dir := s.pciSlotsDir()
+	dir := filepath.Join(s.root, "bus/pci/slots")
 	slots, err := readDirNames(dir)
 	if err != nil {
 		return hotplug{}, false
@@ -312,7 +297,7 @@ func (s sysfs) functionIDSlot(d device, slotsDir string) (fid uint64, found, ok 
 	if err != nil || fid == 0 || fid > math.MaxUint32 {
 		return 0, false, false
 	}
-	if !exists(filepath.Join(slotsDir, fmt.Sprintf("%08x", fid))) {
+	if _, err := os.Stat(filepath.Join(slotsDir, fmt.Sprintf("%08x", fid))); err != nil {
 		return 0, false, false
 	}
 	return fid, true, true
@@ -421,14 +406,4 @@ func parseUnsigned(s string, base, bits int) (uint64, error) {
 func isControl(r rune) bool { return r < ' ' || r == 127 }
 
 // allDigits reports whether s is a non-empty string of decimal digits.
-func allDigits(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
-}
+func allDigits(s string) bool { return s != "" && strings.Trim(s, "0123456789") == "" }

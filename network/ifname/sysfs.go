@@ -70,6 +70,17 @@ func (s sysfs) hasAttr(d device, name string) (string, bool) {
 	return v, err == nil
 }
 
+// decimalAttr reads d's attribute name as a decimal number: 0 when it does
+// not parse, and has false when d has no readable attribute name.
+func (s sysfs) decimalAttr(d device, name string) (n uint64, has bool) {
+	v, has := s.hasAttr(d, name)
+	n, err := parseUnsigned(v, 10, 64)
+	if err != nil {
+		n = 0 // not ParseUint's largest value for one out of range
+	}
+	return n, has
+}
+
 // subsystem returns the name of d's subsystem, or "" if it has none.
 func (s sysfs) subsystem(d device) string {
 	l, err := os.Readlink(filepath.Join(string(d), "subsystem"))
@@ -132,9 +143,6 @@ func (s sysfs) devtype(d device) string {
 	return ""
 }
 
-// pciSlotsDir is where the PCI subsystem lists hotplug slots.
-func (s sysfs) pciSlotsDir() string { return filepath.Join(s.root, "bus/pci/slots") }
-
 // readDirNames lists dir in the order the file system returns it (on sysfs,
 // the order udev reads it in).
 func readDirNames(dir string) ([]string, error) {
@@ -144,10 +152,4 @@ func readDirNames(dir string) ([]string, error) {
 	}
 	defer f.Close()
 	return f.Readdirnames(-1)
-}
-
-// exists reports whether path exists (following symlinks).
-func exists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }
