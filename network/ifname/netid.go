@@ -108,58 +108,51 @@ func (s sysfs) netID(dev device) (IDs, error) {
 	if !utf8.ValidString(info.physPort) || strings.ContainsFunc(info.physPort, isControl) {
 		info.physPort = "" // Debian 252.39's fix for CVE-2026-40225
 	}
-	n, ok := s.pciNames(dev, info)
+	ids, ok := s.pciNames(dev, info)
 	if !ok {
 		return IDs{}, nil
 	}
-	var ids IDs
-	for _, f := range []struct{ from, to *string }{
-		{&n.onboard, &ids.Onboard}, {&n.slot, &ids.Slot}, {&n.path, &ids.Path},
-	} {
-		if *f.from != "" && len(prefix)+len(*f.from) < altIfNameSize {
-			*f.to = prefix + *f.from
-		}
-	}
+	ids.affix(prefix, "")
 	return ids, nil
 }
 
-// pciNames are the parts of the names after the prefix.
-type pciNames struct {
-	onboard, slot, path string
+// affix puts prefix before and suffix after each name of ids, dropping a
+// name that would not fit net_id's buffer.
+func (ids *IDs) affix(prefix, suffix string) {
+	for _, p := range []*string{&ids.Onboard, &ids.Slot, &ids.Path} {
+		if *p != "" && len(prefix)+len(*p)+len(suffix) < altIfNameSize {
+			*p = prefix + *p + suffix
+		} else {
+			*p = ""
+		}
+	}
 }
 
 // pciNames is names_pci: it names dev when its parent, past any virtio
-// device, is a PCI function.
-func (s sysfs) pciNames(dev device, info linkInfo) (pciNames, bool) {
+// device, is a PCI function. The names lack their prefix.
+func (s sysfs) pciNames(dev device, info linkInfo) (IDs, bool) {
 	parent, ok := s.parent(dev)
 	if !ok {
-		return pciNames{}, false
+		return IDs{}, false
 	}
 	for s.subsystem(parent) == "virtio" {
 		if parent, ok = s.parent(parent); !ok {
-			return pciNames{}, false
+			return IDs{}, false
 		}
 	}
 	if s.subsystem(parent) != "pci" {
-		return pciNames{}, false
+		return IDs{}, false
 	}
 	pcidev := parent
 	physfn, suffix, isVF := s.virtfn(pcidev)
 	if isVF {
 		pcidev = physfn // a virtual function is named after its physical function
 	}
-	var n pciNames
-	n.onboard = s.pciOnboard(dev, pcidev, info)
-	n.slot, n.path = s.pciSlot(dev, pcidev, info)
-	if !isVF {
-		return n, true
-	}
-	for _, p := range []*string{&n.onboard, &n.slot, &n.path} {
-		if *p != "" && len(*p)+len(suffix) < altIfNameSize {
-			*p += suffix
-		} else {
-			*p = ""
-		}
+	var n IDs
+	n.Onboard = s.pciOnboard(dev, pcidev, info)
+	n.Slot, n.Path = s.pciSlot(dev, pcidev, info)
+	if isVF {
+		n.affix("", suffix)
 	}
 	return n, true
 }
