@@ -155,7 +155,8 @@ func (r *Renewer) renew(ctx context.Context, l *Lease, urgent bool) error {
 		}
 		r.log.Printf("network", "%s: %s, asking for %s again", l.Interface, why, l.Address.Addr())
 		state = "acquired anew"
-		if err := c.reacquire(ctx, &next); err != nil {
+		c.want = l.Address.Addr() // the same address, if the server agrees
+		if err := c.acquire(ctx, &next); err != nil {
 			return err
 		}
 	default:
@@ -241,11 +242,4 @@ func (c *client) extend(ctx context.Context, conn *nclient4.Client, dest *net.UD
 		return nil, &nclient4.ErrNak{Nak: reply}
 	}
 	return reply, nil
-}
-
-// reacquire takes a new lease for l's link, asking for l's address, and
-// puts it in l.
-func (c *client) reacquire(ctx context.Context, l *Lease) error {
-	c.want = l.Address.Addr()
-	return c.acquire(ctx, l)
 }
