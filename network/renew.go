@@ -116,8 +116,9 @@ func (r *Renewer) sleepUntil(ctx context.Context, t time.Time) error {
 const urgentWait = 10 * time.Second
 
 // renew runs the RENEWING, REBINDING and, if need be, INIT states for l,
-// and installs what the server acknowledged. urgent gives RENEW and REBIND
-// urgentWait each instead of the time to T2 and to expiry.
+// and installs what the server acknowledged. urgent (and an infinite lease)
+// gives RENEW and REBIND urgentWait each instead of the time to T2 and to
+// expiry.
 func (r *Renewer) renew(ctx context.Context, l *Lease, urgent bool) error {
 	c, err := newClient(r.log, l)
 	if err != nil {
@@ -125,10 +126,7 @@ func (r *Renewer) renew(ctx context.Context, l *Lease, urgent bool) error {
 	}
 	defer c.close()
 	t2, expiry := l.Acquired.Add(l.T2), l.Expires()
-	if l.LeaseTime >= infinite {
-		urgent = true
-	}
-	if now := time.Now(); urgent {
+	if now := time.Now(); urgent || l.LeaseTime >= infinite {
 		t2, expiry = now.Add(urgentWait), now.Add(2*urgentWait)
 	}
 	next := *l
