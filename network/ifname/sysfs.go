@@ -41,10 +41,7 @@ func (s sysfs) netDevice(name string) (device, error) {
 		return "", &os.PathError{Op: "open", Path: filepath.Join(s.root, "class/net", name), Err: os.ErrNotExist}
 	}
 	p, err := filepath.EvalSymlinks(filepath.Join(s.root, "class/net", name))
-	if err != nil {
-		return "", err
-	}
-	return device(p), nil
+	return device(p), err
 }
 
 // attr reads a sysfs attribute of d, without its trailing newlines, as
@@ -127,10 +124,7 @@ func (s sysfs) ancestorIn(d device, sub string) (device, bool) {
 // child resolves the symlink name inside d to the device it points at.
 func (s sysfs) child(d device, name string) (device, error) {
 	p, err := filepath.EvalSymlinks(filepath.Join(string(d), name))
-	if err != nil {
-		return "", err
-	}
-	return device(p), nil
+	return device(p), err
 }
 
 // devtype returns the DEVTYPE from d's uevent file, or "".
