@@ -1,6 +1,7 @@
 package network
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -146,10 +147,7 @@ func (r *Renewer) renew(ctx context.Context, l *Lease, urgent bool) error {
 	case ack == nil || nak != nil:
 		why := "no server answered"
 		if nak != nil {
-			why = "the server refused it (NAK)"
-			if m := nak.Nak.Message(); m != "" {
-				why = fmt.Sprintf("the server refused it (%s)", m)
-			}
+			why = fmt.Sprintf("the server refused it (%s)", cmp.Or(nak.Nak.Message(), "NAK"))
 		}
 		r.log.Printf("network", "%s: %s, asking for %s again", l.Interface, why, l.Address.Addr())
 		state = "acquired anew"
