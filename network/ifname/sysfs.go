@@ -1,6 +1,7 @@
 package ifname
 
 import (
+	"cmp"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,11 +22,7 @@ type sysfs struct {
 }
 
 func (o Options) sysfs() (sysfs, error) {
-	root := o.Root
-	if root == "" {
-		root = DefaultRoot
-	}
-	real, err := filepath.EvalSymlinks(root)
+	real, err := filepath.EvalSymlinks(cmp.Or(o.Root, DefaultRoot))
 	if err != nil {
 		return sysfs{}, err
 	}
