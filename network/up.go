@@ -1,6 +1,7 @@
 package network
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -115,9 +116,7 @@ func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (
 	if err != nil {
 		return nil, err
 	}
-	if n.Hostname != "" {
-		lease.Hostname = n.Hostname // ip= and TOML win over the DHCP server
-	}
+	lease.Hostname = cmp.Or(n.Hostname, lease.Hostname) // ip= and TOML win over the DHCP server
 	if lease.Hostname != "" {
 		if err := os.WriteFile("/proc/sys/kernel/hostname", []byte(lease.Hostname), 0o644); err != nil {
 			log.Errorf("network", "set hostname %q: %v", lease.Hostname, err)
@@ -336,8 +335,5 @@ func writeResolvConf(root string, lease *Lease) error {
 	for _, s := range lease.DNS {
 		fmt.Fprintf(&b, "nameserver %s\n", s)
 	}
-	if root == "" {
-		root = "/"
-	}
-	return writeUnder(root, "etc/resolv.conf", b.String(), "write resolv.conf")
+	return writeUnder(cmp.Or(root, "/"), "etc/resolv.conf", b.String(), "write resolv.conf")
 }
