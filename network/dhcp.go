@@ -1,6 +1,7 @@
 package network
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -235,10 +236,7 @@ func (c *client) unicast(lease *Lease) (*nclient4.Client, error) {
 			}
 			serr = unix.BindToDevice(int(fd), c.iface)
 		})
-		if err != nil {
-			return err
-		}
-		return serr
+		return cmp.Or(err, serr) // err: fd's function did not run
 	}}
 	laddr := &net.UDPAddr{IP: lease.Address.Addr().AsSlice(), Port: nclient4.ClientPort}
 	send, err := lc.ListenPacket(context.Background(), "udp4", laddr.String())

@@ -93,24 +93,19 @@ func (g *Guard) watch(ctx context.Context) error {
 	tick := time.NewTicker(guardSweep)
 	defer tick.Stop()
 	for {
+		open := true
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-failed:
 			return nil
-		case _, ok := <-links:
-			if !ok {
-				return nil
-			}
-		case _, ok := <-addrs:
-			if !ok {
-				return nil
-			}
-		case _, ok := <-routes:
-			if !ok {
-				return nil
-			}
+		case _, open = <-links:
+		case _, open = <-addrs:
+		case _, open = <-routes:
 		case <-tick.C:
+		}
+		if !open {
+			return nil // a subscription ended
 		}
 		g.Sweep()
 	}

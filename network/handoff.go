@@ -54,7 +54,7 @@ func Handoff(root, run string, lease *Lease) ([]string, error) {
 		body := fmt.Sprintf("# Written by nbdroot: %s carries the root file system (NBD).\n"+
 			"# Keep its address and routes when systemd-networkd starts, restarts or stops.\n"+
 			"[Network]\nKeepConfiguration=yes\n", lease.Interface)
-		if err := writeRun(run, rel, body); err != nil {
+		if err := writeUnder(run, rel, body, "hand-off"); err != nil {
 			return written, err
 		}
 		written = append(written, rel)
@@ -67,7 +67,7 @@ func Handoff(root, run string, lease *Lease) ([]string, error) {
 		body := fmt.Sprintf("# Written by nbdroot: %s carries the root file system (NBD); its\n"+
 			"# address and lease are kept by nbdroot's keeper, so NetworkManager leaves it alone.\n"+
 			"[keyfile]\nunmanaged-devices+=%s\n", lease.Interface, match)
-		if err := writeRun(run, nmConfig, body); err != nil {
+		if err := writeUnder(run, nmConfig, body, "hand-off"); err != nil {
 			return written, err
 		}
 		written = append(written, nmConfig)
@@ -75,13 +75,15 @@ func Handoff(root, run string, lease *Lease) ([]string, error) {
 	return written, nil
 }
 
-func writeRun(run, rel, body string) error {
-	p := filepath.Join(run, rel)
+// writeUnder writes body to dir/rel, making its directories; op names the
+// step in the error.
+func writeUnder(dir, rel, body, op string) error {
+	p := filepath.Join(dir, rel)
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return &Error{Op: "hand-off", Err: err}
+		return &Error{Op: op, Err: err}
 	}
 	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-		return &Error{Op: "hand-off", Err: err}
+		return &Error{Op: op, Err: err}
 	}
 	return nil
 }
@@ -212,17 +214,10 @@ func (f networkFile) mayMatch(lease *Lease) bool {
 // globList matches s against a networkd list of shell globs, which a
 // leading "!" inverts as a whole.
 func globList(vs []string, s string) bool {
-	invert := false
-	if strings.HasPrefix(vs[0], "!") {
-		invert = true
-		vs = append([]string{strings.TrimPrefix(vs[0], "!")}, vs[1:]...)
-	}
-	hit := false
-	for _, v := range vs {
-		if ok, _ := path.Match(v, s); ok {
-			hit = true
-			break
-		}
-	}
+	first, invert := strings.CutPrefix(vs[0], "!")
+	hit := slices.ContainsFunc(append([]string{first}, vs[1:]...), func(v string) bool {
+		ok, _ := path.Match(v, s)
+		return ok
+	})
 	return hit != invert
 }

@@ -1,6 +1,7 @@
 package network
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -116,8 +117,9 @@ func (r *Renewer) sleepUntil(ctx context.Context, t time.Time) error {
 const urgentWait = 10 * time.Second
 
 // renew runs the RENEWING, REBINDING and, if need be, INIT states for l,
-// and installs what the server acknowledged. urgent gives RENEW and REBIND
-// urgentWait each instead of the time to T2 and to expiry.
+// and installs what the server acknowledged. urgent (and an infinite lease)
+// gives RENEW and REBIND urgentWait each instead of the time to T2 and to
+// expiry.
 func (r *Renewer) renew(ctx context.Context, l *Lease, urgent bool) error {
 	c, err := newClient(r.log, l)
 	if err != nil {
@@ -125,10 +127,7 @@ func (r *Renewer) renew(ctx context.Context, l *Lease, urgent bool) error {
 	}
 	defer c.close()
 	t2, expiry := l.Acquired.Add(l.T2), l.Expires()
-	if l.LeaseTime >= infinite {
-		urgent = true
-	}
-	if now := time.Now(); urgent {
+	if now := time.Now(); urgent || l.LeaseTime >= infinite {
 		t2, expiry = now.Add(urgentWait), now.Add(2*urgentWait)
 	}
 	next := *l
@@ -148,14 +147,12 @@ func (r *Renewer) renew(ctx context.Context, l *Lease, urgent bool) error {
 	case ack == nil || nak != nil:
 		why := "no server answered"
 		if nak != nil {
-			why = "the server refused it (NAK)"
-			if m := nak.Nak.Message(); m != "" {
-				why = fmt.Sprintf("the server refused it (%s)", m)
-			}
+			why = fmt.Sprintf("the server refused it (%s)", cmp.Or(nak.Nak.Message(), "NAK"))
 		}
 		r.log.Printf("network", "%s: %s, asking for %s again", l.Interface, why, l.Address.Addr())
 		state = "acquired anew"
-		if err := c.reacquire(ctx, &next); err != nil {
+		c.want = l.Address.Addr() // the same address, if the server agrees
+		if err := c.acquire(ctx, &next); err != nil {
 			return err
 		}
 	default:
@@ -241,11 +238,4 @@ func (c *client) extend(ctx context.Context, conn *nclient4.Client, dest *net.UD
 		return nil, &nclient4.ErrNak{Nak: reply}
 	}
 	return reply, nil
-}
-
-// reacquire takes a new lease for l's link, asking for l's address, and
-// puts it in l.
-func (c *client) reacquire(ctx context.Context, l *Lease) error {
-	c.want = l.Address.Addr()
-	return c.acquire(ctx, l)
 }

@@ -1,13 +1,13 @@
 package network
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -30,15 +30,14 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	var b strings.Builder
-	if e.Interface != "" {
-		b.WriteString(e.Interface + ": ")
-	}
+	s := e.Err.Error()
 	if e.Op != "" {
-		b.WriteString(e.Op + ": ")
+		s = e.Op + ": " + s
 	}
-	b.WriteString(e.Err.Error())
-	return b.String()
+	if e.Interface != "" {
+		s = e.Interface + ": " + s
+	}
+	return s
 }
 
 // Unwrap returns the cause.
@@ -77,10 +76,7 @@ func predictableNames(ctx context.Context, log *bootlog.Logger, wanted []string)
 	names := ifname.NewNames(renames)
 	out := make([]string, len(wanted))
 	for i, w := range wanted {
-		out[i] = w
-		if cur, ok := names.Resolve(w); ok {
-			out[i] = cur
-		}
+		out[i], _ = names.Resolve(w) // w itself if no rename involved it
 	}
 	return out
 }
@@ -120,9 +116,7 @@ func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (
 	if err != nil {
 		return nil, err
 	}
-	if n.Hostname != "" {
-		lease.Hostname = n.Hostname // ip= and TOML win over the DHCP server
-	}
+	lease.Hostname = cmp.Or(n.Hostname, lease.Hostname) // ip= and TOML win over the DHCP server
 	if lease.Hostname != "" {
 		if err := os.WriteFile("/proc/sys/kernel/hostname", []byte(lease.Hostname), 0o644); err != nil {
 			log.Errorf("network", "set hostname %q: %v", lease.Hostname, err)
@@ -341,15 +335,5 @@ func writeResolvConf(root string, lease *Lease) error {
 	for _, s := range lease.DNS {
 		fmt.Fprintf(&b, "nameserver %s\n", s)
 	}
-	if root == "" {
-		root = "/"
-	}
-	etc := filepath.Join(root, "etc")
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		return &Error{Op: "write resolv.conf", Err: err}
-	}
-	if err := os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte(b.String()), 0o644); err != nil {
-		return &Error{Op: "write resolv.conf", Err: err}
-	}
-	return nil
+	return writeUnder(cmp.Or(root, "/"), "etc/resolv.conf", b.String(), "write resolv.conf")
 }

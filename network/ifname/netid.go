@@ -108,59 +108,51 @@ func (s sysfs) netID(dev device) (IDs, error) {
 	if !utf8.ValidString(info.physPort) || strings.ContainsFunc(info.physPort, isControl) {
 		info.physPort = "" // Debian 252.39's fix for CVE-2026-40225
 	}
-	n, ok := s.pciNames(dev, info)
+	ids, ok := s.pciNames(dev, info)
 	if !ok {
 		return IDs{}, nil
 	}
-	var ids IDs
-	for _, f := range []struct{ from, to *string }{
-		{&n.onboard, &ids.Onboard}, {&n.slot, &ids.Slot}, {&n.path, &ids.Path},
-	} {
-		if *f.from != "" && len(prefix)+len(*f.from) < altIfNameSize {
-			*f.to = prefix + *f.from
-		}
-	}
+	ids.affix(prefix, "")
 	return ids, nil
 }
 
-// pciNames are the parts of the names after the prefix.
-type pciNames struct {
-	onboard, slot, path string
-}
-
-// pciNames is names_pci: it names dev when its parent, past any virtio
-// device, is a PCI function.
-func (s sysfs) pciNames(dev device, info linkInfo) (pciNames, bool) {
-	parent, ok := s.parent(dev)
-	if !ok {
-		return pciNames{}, false
-	}
-	for s.subsystem(parent) == "virtio" {
-		if parent, ok = s.parent(parent); !ok {
-			return pciNames{}, false
-		}
-	}
-	if s.subsystem(parent) != "pci" {
-		return pciNames{}, false
-	}
-	pcidev := parent
-	physfn, suffix, isVF := s.virtfn(pcidev)
-	if !isVF {
-		var n pciNames
-		n.onboard = s.pciOnboard(dev, pcidev, info)
-		n.slot, n.path = s.pciSlot(dev, pcidev, info)
-		return n, true
-	}
-	// An SR-IOV virtual function is named after its physical function.
-	var n pciNames
-	n.onboard = s.pciOnboard(dev, physfn, info)
-	n.slot, n.path = s.pciSlot(dev, physfn, info)
-	for _, p := range []*string{&n.onboard, &n.slot, &n.path} {
-		if *p != "" && len(*p)+len(suffix) < altIfNameSize {
-			*p += suffix
+// affix puts prefix before and suffix after each name of ids, dropping a
+// name that would not fit net_id's buffer.
+func (ids *IDs) affix(prefix, suffix string) {
+	for _, p := range []*string{&ids.Onboard, &ids.Slot, &ids.Path} {
+		if *p != "" && len(prefix)+len(*p)+len(suffix) < altIfNameSize {
+			*p = prefix + *p + suffix
 		} else {
 			*p = ""
 		}
+	}
+}
+
+// pciNames is names_pci: it names dev when its parent, past any virtio
+// device, is a PCI function. The names lack their prefix.
+func (s sysfs) pciNames(dev device, info linkInfo) (IDs, bool) {
+	parent, ok := s.parent(dev)
+	if !ok {
+		return IDs{}, false
+	}
+	for s.subsystem(parent) == "virtio" {
+		if parent, ok = s.parent(parent); !ok {
+			return IDs{}, false
+		}
+	}
+	if s.subsystem(parent) != "pci" {
+		return IDs{}, false
+	}
+	pcidev := parent
+	physfn, suffix, isVF := s.virtfn(pcidev)
+	if isVF {
+		pcidev = physfn // a virtual function is named after its physical function
+	}
+	var n IDs
+	n.Onboard = s.pciOnboard(dev, pcidev, info)
+	n.Slot, n.Path = s.pciSlot(dev, pcidev, info)
+	if isVF {
+		n.affix("", suffix)
 	}
 	return n, true
 }
@@ -201,12 +193,7 @@ func (s sysfs) pciOnboard(dev, pcidev device, info linkInfo) string {
 	if err != nil || idx > onboardIndexMax {
 		return "" // some firmware reports rubbish, such as 2^24-1
 	}
-	var devPort uint64
-	if v, ok := s.hasAttr(dev, "dev_port"); ok {
-		if n, err := parseUnsigned(v, 10, 64); err == nil {
-			devPort = n
-		}
-	}
+	devPort, _ := s.decimalAttr(dev, "dev_port")
 	return bounded(fmt.Sprintf("o%d", idx) + portSuffix(info.physPort, devPort))
 }
 
@@ -221,19 +208,10 @@ func (s sysfs) pciSlot(dev, pcidev device, info linkInfo) (slot, path string) {
 		// ARI: up to 256 functions, the slot bits are function bits.
 		fn += addr.slot * 8
 	}
-	var devPort uint64
-	if v, ok := s.hasAttr(dev, "dev_port"); ok {
-		if n, err := parseUnsigned(v, 10, 64); err == nil {
-			devPort = n
-		}
+	devPort, hasPort := s.decimalAttr(dev, "dev_port")
+	if hasPort && devPort == 0 && info.iftype == arphrdInfiniband {
 		// Older kernels give IPoIB's port in dev_id instead.
-		if devPort == 0 && info.iftype == arphrdInfiniband {
-			if v, ok := s.hasAttr(dev, "dev_id"); ok {
-				if n, err := parseUnsigned(v, 10, 64); err == nil {
-					devPort = n
-				}
-			}
-		}
+		devPort, _ = s.decimalAttr(dev, "dev_id")
 	}
 	multi := s.multifunction(pcidev)
 	fnPart := ""
@@ -263,7 +241,7 @@ type hotplug struct {
 // hotplugSlot finds the slot of pcidev (ACPI _SUN, PCIe slot numbers, s390
 // function ids), trying its parent bridges in turn, as dev_pci_slot does.
 func (s sysfs) hotplugSlot(pcidev device, multi bool) (hotplug, bool) {
-	dir := s.pciSlotsDir()
+	dir := filepath.Join(s.root, "bus/pci/slots")
 	slots, err := readDirNames(dir)
 	if err != nil {
 		return hotplug{}, false
@@ -312,7 +290,7 @@ func (s sysfs) functionIDSlot(d device, slotsDir string) (fid uint64, found, ok 
 	if err != nil || fid == 0 || fid > math.MaxUint32 {
 		return 0, false, false
 	}
-	if !exists(filepath.Join(slotsDir, fmt.Sprintf("%08x", fid))) {
+	if _, err := os.Stat(filepath.Join(slotsDir, fmt.Sprintf("%08x", fid))); err != nil {
 		return 0, false, false
 	}
 	return fid, true, true
@@ -421,14 +399,4 @@ func parseUnsigned(s string, base, bits int) (uint64, error) {
 func isControl(r rune) bool { return r < ' ' || r == 127 }
 
 // allDigits reports whether s is a non-empty string of decimal digits.
-func allDigits(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range []byte(s) {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
-}
+func allDigits(s string) bool { return s != "" && strings.Trim(s, "0123456789") == "" }

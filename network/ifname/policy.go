@@ -110,18 +110,11 @@ const cmdlineKey = "net.ifnames"
 // words after `--` count too.
 func Disabled(cmdline string) bool {
 	args, initArgs := config.SplitCmdline(cmdline)
-	val, hasVal := "", false
+	val := "" // neither absent nor empty turns names off
 	for _, w := range append(args, initArgs...) {
-		rest, ok := strings.CutPrefix(w, cmdlineKey)
-		if !ok {
-			continue
+		if v, ok := strings.CutPrefix(w, cmdlineKey+"="); ok {
+			val = v
 		}
-		if v, ok := strings.CutPrefix(rest, "="); ok {
-			val, hasVal = v, true
-		}
-	}
-	if !hasVal {
-		return false
 	}
 	switch strings.ToLower(val) {
 	case "0", "no", "n", "false", "f", "off":

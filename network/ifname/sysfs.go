@@ -1,6 +1,7 @@
 package ifname
 
 import (
+	"cmp"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,11 +22,7 @@ type sysfs struct {
 }
 
 func (o Options) sysfs() (sysfs, error) {
-	root := o.Root
-	if root == "" {
-		root = DefaultRoot
-	}
-	real, err := filepath.EvalSymlinks(root)
+	real, err := filepath.EvalSymlinks(cmp.Or(o.Root, DefaultRoot))
 	if err != nil {
 		return sysfs{}, err
 	}
@@ -41,10 +38,7 @@ func (s sysfs) netDevice(name string) (device, error) {
 		return "", &os.PathError{Op: "open", Path: filepath.Join(s.root, "class/net", name), Err: os.ErrNotExist}
 	}
 	p, err := filepath.EvalSymlinks(filepath.Join(s.root, "class/net", name))
-	if err != nil {
-		return "", err
-	}
-	return device(p), nil
+	return device(p), err
 }
 
 // attr reads a sysfs attribute of d, without its trailing newlines, as
@@ -68,6 +62,17 @@ func (s sysfs) optAttr(d device, name string) string {
 func (s sysfs) hasAttr(d device, name string) (string, bool) {
 	v, err := s.attr(d, name)
 	return v, err == nil
+}
+
+// decimalAttr reads d's attribute name as a decimal number: 0 when it does
+// not parse, and has false when d has no readable attribute name.
+func (s sysfs) decimalAttr(d device, name string) (n uint64, has bool) {
+	v, has := s.hasAttr(d, name)
+	n, err := parseUnsigned(v, 10, 64)
+	if err != nil {
+		n = 0 // not ParseUint's largest value for one out of range
+	}
+	return n, has
 }
 
 // subsystem returns the name of d's subsystem, or "" if it has none.
@@ -116,10 +121,7 @@ func (s sysfs) ancestorIn(d device, sub string) (device, bool) {
 // child resolves the symlink name inside d to the device it points at.
 func (s sysfs) child(d device, name string) (device, error) {
 	p, err := filepath.EvalSymlinks(filepath.Join(string(d), name))
-	if err != nil {
-		return "", err
-	}
-	return device(p), nil
+	return device(p), err
 }
 
 // devtype returns the DEVTYPE from d's uevent file, or "".
@@ -132,9 +134,6 @@ func (s sysfs) devtype(d device) string {
 	return ""
 }
 
-// pciSlotsDir is where the PCI subsystem lists hotplug slots.
-func (s sysfs) pciSlotsDir() string { return filepath.Join(s.root, "bus/pci/slots") }
-
 // readDirNames lists dir in the order the file system returns it (on sysfs,
 // the order udev reads it in).
 func readDirNames(dir string) ([]string, error) {
@@ -144,10 +143,4 @@ func readDirNames(dir string) ([]string, error) {
 	}
 	defer f.Close()
 	return f.Readdirnames(-1)
-}
-
-// exists reports whether path exists (following symlinks).
-func exists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
 }
