@@ -136,7 +136,7 @@ func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device in
 	}
 	cmd := exec.Command(self)
 	cmd.Args = argv(o.Root != "")
-	cmd.Env = append(os.Environ(), argsEnv+"="+string(a), keeperGODEBUG(os.Getenv("GODEBUG")))
+	cmd.Env = append(os.Environ(), argsEnv+"="+string(a))
 	if o.Console != nil {
 		cmd.Stdout, cmd.Stderr = o.Console, o.Console
 	}
@@ -150,7 +150,7 @@ func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device in
 		// PID 1 mounts later, never appears in it.
 		cmd.SysProcAttr.Unshareflags = syscall.CLONE_NEWNS
 	}
-	if err := cmd.Start(); err != nil {
+	if err := withoutTHP(cmd.Start); err != nil {
 		w.Close()
 		return fail(fmt.Errorf("start %s: %w", self, err))
 	}
@@ -175,16 +175,24 @@ func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device in
 	return &rep, nil
 }
 
-// keeperGODEBUG is the keeper's GODEBUG: the caller's settings, with
-// transparent huge pages off for its heap. Distribution kernels (Debian's
-// among them) back every anonymous mapping with huge pages when they can,
-// so the keeper's few hundred KiB of heap would hold whole 2 MiB pages: 4
-// MiB resident for the first arena, measured in a Debian root.
-func keeperGODEBUG(caller string) string {
-	if caller == "" {
-		return "GODEBUG=disablethp=1"
+// withoutTHP runs start, which forks the keeper, with transparent huge
+// pages off for this process (PR_SET_THP_DISABLE), so that the keeper
+// starts with them off: a child inherits the setting across fork and keeps
+// it across execve (prctl(2)). It is cleared again afterwards unless it was
+// set before: PID 1 later becomes the root's init, whose children must not
+// inherit it. Distribution kernels (Debian's among them) back every
+// anonymous mapping with 2 MiB pages when they can, and the keeper's
+// memory is a few hundred KiB of heap and the Go runtime's own structures:
+// measured in a Debian root, one huge page held 2 MiB of runtime
+// structures and another (before the heap was covered) 4 MiB of heap. Go's
+// GODEBUG=disablethp covers only the heap; this covers every mapping from
+// the keeper's first instruction on. A failed prctl only costs memory.
+func withoutTHP(start func() error) error {
+	if was, err := unix.PrctlRetInt(unix.PR_GET_THP_DISABLE, 0, 0, 0, 0); err == nil && was == 0 &&
+		unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0) == nil {
+		defer unix.Prctl(unix.PR_SET_THP_DISABLE, 0, 0, 0, 0)
 	}
-	return "GODEBUG=" + caller + ",disablethp=1"
+	return start()
 }
 
 // SigDetach, the one signal a keeper understands, asks it to stop after

@@ -200,6 +200,9 @@ func distroBoot(t *testing.T, tc distroCase) {
 	d.wantNot("no ext4 error", `EXT4-fs error|EXT4-fs \(nbd0\): Remounting filesystem read-only`, `EXT4-fs`)
 	if k := c.grep(`DISTRO: keeper pid=.*`); k != "" {
 		t.Logf("%s", k)
+		// The keeper starts with transparent huge pages off
+		// (keeper.withoutTHP): a 2 MiB page would hold a few KiB.
+		d.want("the keeper holds no transparent huge page", `DISTRO: keeper pid=.* rollup.AnonHugePages=0kB`, `DISTRO: keeper pid=`)
 	}
 	// systemd's shutdown warns about an @ process running from the root
 	// file system: the keeper runs from the initrd (/run/initramfs).

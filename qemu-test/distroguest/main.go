@@ -114,8 +114,16 @@ func (o out) keeper() {
 		st, _ := os.ReadFile("/proc/" + pid + "/status")
 		var mem []string
 		for _, l := range lines(string(st)) {
-			if k, v, ok := strings.Cut(l, ":"); ok && strings.HasPrefix(k, "Rss") || k == "VmRSS" {
+			if k, v, ok := strings.Cut(l, ":"); ok && (strings.HasPrefix(k, "Rss") || k == "VmRSS" || k == "Threads") {
 				mem = append(mem, k+"="+strings.Join(strings.Fields(v), ""))
+			}
+		}
+		// smaps_rollup is exact where status's counters lag (the kernel
+		// syncs them every 64 faults per thread).
+		rollup, _ := os.ReadFile("/proc/" + pid + "/smaps_rollup")
+		for _, l := range lines(string(rollup)) {
+			if k, v, ok := strings.Cut(l, ":"); ok && (k == "Rss" || k == "Anonymous" || k == "AnonHugePages") {
+				mem = append(mem, "rollup."+k+"="+strings.Join(strings.Fields(v), ""))
 			}
 		}
 		root, _ := os.Readlink("/proc/" + pid + "/root")
