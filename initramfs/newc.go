@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 )
 
 // newcTrailer is the name of the record that ends a newc archive.
@@ -22,7 +23,7 @@ type newcWriter struct {
 
 // newcRecord is one record's header.
 type newcRecord struct {
-	name           string
+	name           string // clean and relative ("etc/nbdroot.toml"); no NUL
 	ino, mode      uint64
 	nlink, size    uint64
 	rmajor, rminor uint64
@@ -30,6 +31,9 @@ type newcRecord struct {
 
 // header writes r's header and name, padded.
 func (w *newcWriter) header(r newcRecord) error {
+	if strings.IndexByte(r.name, 0) >= 0 {
+		return fmt.Errorf("name %q has a NUL, which ends a newc name", r.name)
+	}
 	if r.size > math.MaxUint32 {
 		return fmt.Errorf("%d bytes is more than a newc record holds (4 GiB)", r.size)
 	}

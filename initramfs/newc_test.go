@@ -2,6 +2,7 @@ package initramfs
 
 import (
 	"bytes"
+	"path"
 	"strings"
 	"testing"
 
@@ -72,6 +73,45 @@ func TestNewcMatchesURoot(t *testing.T) {
 	}
 }
 
+// FuzzNewc writes one record and the trailer with newcWriter and with
+// u-root's writer and wants the same bytes, for any name, mode, device
+// numbers and contents.
+func FuzzNewc(f *testing.F) {
+	f.Add("init", uint32(unix.S_IFREG|0o755), uint32(0), uint32(0), []byte("#!/bin/sh\n"))
+	f.Add("dev/console", uint32(unix.S_IFCHR|0o600), uint32(5), uint32(1), []byte(nil))
+	f.Add("a", uint32(unix.S_IFDIR|0o755), uint32(0), uint32(0), []byte(nil))
+	f.Fuzz(func(t *testing.T, name string, mode, rmajor, rminor uint32, data []byte) {
+		if name != path.Clean(name) || strings.HasPrefix(name, "/") || strings.ContainsRune(name, 0) {
+			// The image's names are clean and relative (u-root's
+			// writer would clean them), and a NUL is refused.
+			t.Skip()
+		}
+		var ours, theirs bytes.Buffer
+		nw := &newcWriter{w: &ours}
+		r := newcRecord{name: name, ino: 1, mode: uint64(mode), nlink: 1, rmajor: uint64(rmajor), rminor: uint64(rminor), size: uint64(len(data))}
+		if err := nw.header(r); err != nil {
+			t.Fatal(err)
+		}
+		if err := nw.data(bytes.NewReader(data), r.size); err != nil {
+			t.Fatal(err)
+		}
+		if err := nw.header(newcRecord{name: newcTrailer}); err != nil {
+			t.Fatal(err)
+		}
+		uw := cpio.Newc.Writer(&theirs)
+		info := cpio.Info{Ino: 1, Mode: r.mode, NLink: 1, Rmajor: r.rmajor, Rminor: r.rminor, Name: name}
+		if err := uw.WriteRecord(cpio.StaticRecord(data, info)); err != nil {
+			t.Fatal(err)
+		}
+		if err := cpio.WriteTrailer(uw); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(ours.Bytes(), theirs.Bytes()) {
+			t.Fatalf("name %q mode %o rdev %d:%d, %d bytes: the archives differ", name, mode, rmajor, rminor, len(data))
+		}
+	})
+}
+
 // TestNewcLimits checks that a record newc cannot describe is refused,
 // and that contents shorter than the header said are an error, not a
 // corrupt archive.
@@ -79,6 +119,9 @@ func TestNewcLimits(t *testing.T) {
 	nw := &newcWriter{w: &bytes.Buffer{}}
 	if err := nw.header(newcRecord{name: "big", mode: unix.S_IFREG, size: 1 << 32}); err == nil || !strings.Contains(err.Error(), "4 GiB") {
 		t.Errorf("a 4 GiB record: %v", err)
+	}
+	if err := nw.header(newcRecord{name: "a\x00b"}); err == nil || !strings.Contains(err.Error(), "NUL") {
+		t.Errorf("a name with a NUL: %v", err)
 	}
 	if err := nw.data(strings.NewReader("ab"), 3); err == nil || !strings.Contains(err.Error(), "wrote 2 bytes of 3") {
 		t.Errorf("short contents: %v", err)
