@@ -96,8 +96,8 @@ func (k *keeper) report(rep Report) {
 	}
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
-	k.log.Debugf(k.step, "memory: heap %d KiB in use of %d KiB (%d KiB released), stacks %d KiB, runtime %d KiB, objects %d, GCs %d",
-		m.HeapInuse>>10, m.HeapSys>>10, m.HeapReleased>>10, m.StackSys>>10, (m.Sys-m.HeapSys-m.StackSys)>>10, m.HeapObjects, m.NumGC)
+	k.log.Debugf(k.step, "memory: heap %d KiB in use of %d KiB (%d KiB released), stacks %d KiB (%d in use, %d goroutines), runtime %d KiB, objects %d, GCs %d",
+		m.HeapInuse>>10, m.HeapSys>>10, m.HeapReleased>>10, m.StackSys>>10, m.StackInuse>>10, runtime.NumGoroutine(), (m.Sys-m.HeapSys-m.StackSys)>>10, m.HeapObjects, m.NumGC)
 }
 
 // fail is the keeper's failure in step op; it tells the starter, if the
