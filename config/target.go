@@ -253,11 +253,9 @@ func parseURI(s string) (target, error) {
 	}
 	t.ep.Port = DefaultPort
 	if p := u.Port(); p != "" {
-		port, err := parsePort(p)
-		if err != nil {
+		if t.ep.Port, err = parsePort(p); err != nil {
 			return t, err
 		}
-		t.ep.Port = port
 	}
 	switch host := u.Hostname(); {
 	case host == "":
