@@ -21,12 +21,11 @@ const DefaultConfigPath = "/etc/nbdroot.toml"
 // fields: the lowest layer of Resolve. It names no server.
 func Defaults() Spec {
 	var s Spec
-	keys := keyIndex()
-	for _, k := range keys {
+	for _, k := range keyIndex() {
 		if k.def == "" {
 			continue
 		}
-		if err := s.setText(keys, k, k.def); err != nil {
+		if err := s.setText(k, k.def); err != nil {
 			panic("config: default of " + err.Error())
 		}
 	}
