@@ -412,10 +412,7 @@ func (r *resolver) finish(partial bool) {
 	if s.Network.Mode == NetworkStatic && !s.Network.Address.IsValid() {
 		r.errAt("network.mode", `network.mode = "static" needs network.address (e.g. "192.0.2.10/24", or ip=CLIENT:…)`)
 	}
-	fromDHCP := s.Server.FromDHCP
-	for _, e := range s.Server.Endpoints {
-		fromDHCP = fromDHCP || e.HostFromDHCP
-	}
+	fromDHCP := s.Server.FromDHCP || slices.ContainsFunc(s.Server.Endpoints, func(e Endpoint) bool { return e.HostFromDHCP })
 	if fromDHCP && s.Network.Mode != NetworkDHCP {
 		r.errAt("server.servers", fmt.Sprintf("the server comes from DHCP, but network.mode = %q (%s)", s.Network.Mode, r.originText("network.mode")))
 	}
