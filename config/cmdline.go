@@ -202,11 +202,7 @@ func cmdRule(a karg) (family string, parse func(*batch)) {
 	}
 	switch a.name {
 	case "nbddev":
-		return a.name, func(b *batch) {
-			n, err := parseNbdDev(v)
-			b.fail(err)
-			b.set("", "device.index", int64(n))
-		}
+		return a.name, func(b *batch) { b.nbdDev(v) }
 	case "root", "netroot":
 		return a.name, func(b *batch) { b.root(v, a.name == "root") }
 	case "ip":
@@ -270,52 +266,39 @@ func (b *batch) nbdroot(v string) {
 	b.fail(ep.setPortOrName(parts[1]))
 	b.servers(target{ep: ep})
 	if len(parts) == 3 {
-		n, err := parseNbdDev(parts[2])
-		b.fail(err)
-		b.add(assign{"device.index", int64(n)})
+		b.nbdDev(parts[2])
 	}
 }
 
-// parseNbdDev parses nbdN or /dev/nbdN.
-func parseNbdDev(s string) (int, error) {
-	n, part, err := parseDevNbd(s)
-	if err != nil || part >= 0 {
-		return 0, fmt.Errorf("%q is not an nbd device (want /dev/nbdN)", s)
+// nbdDev adds device.index from nbdN or /dev/nbdN.
+func (b *batch) nbdDev(s string) {
+	n, part, ok := parseDevNbd(s)
+	if !ok || part >= 0 {
+		b.fail(fmt.Errorf("%q is not an nbd device (want /dev/nbdN)", s))
 	}
-	return n, nil
+	b.add(assign{"device.index", int64(n)})
 }
 
 // parseDevNbd parses /dev/nbdN[pM] (or nbdN[pM]); part is -1 without pM.
-func parseDevNbd(s string) (n, part int, err error) {
-	rest, ok := strings.CutPrefix(strings.TrimPrefix(s, "/dev/"), "nbd")
-	if !ok {
-		return 0, 0, errors.New("not an nbd device")
-	}
+func parseDevNbd(s string) (n, part int, ok bool) {
+	rest, isNbd := strings.CutPrefix(strings.TrimPrefix(s, "/dev/"), "nbd")
 	num, ps, hasP := strings.Cut(rest, "p")
-	n, err = smallInt(num, MaxIndex)
-	if err != nil {
-		return 0, 0, err
+	n, numOK := smallInt(num, MaxIndex)
+	if !hasP {
+		return n, -1, isNbd && numOK
 	}
-	part = -1
-	if hasP {
-		part, err = smallInt(ps, MaxPartition)
-		if err != nil || part == 0 {
-			return 0, 0, errors.New("bad partition")
-		}
-	}
-	return n, part, nil
+	part, partOK := smallInt(ps, MaxPartition)
+	return n, part, isNbd && numOK && partOK && part != 0
 }
 
-// smallInt parses a decimal number without sign, at most max.
-func smallInt(s string, max int) (int, error) {
+// smallInt parses a decimal number without sign; ok is false unless it is
+// one and at most max.
+func smallInt(s string, max int) (n int, ok bool) {
 	if s == "" || len(s) > 6 || strings.Trim(s, "0123456789") != "" {
-		return 0, errors.New("not a number")
+		return 0, false
 	}
-	n, _ := strconv.Atoi(s)
-	if n > max {
-		return 0, errors.New("too large")
-	}
-	return n, nil
+	n, _ = strconv.Atoi(s)
+	return n, n <= max
 }
 
 // root parses root= and netroot=. Values that are not nbdroot's
@@ -327,8 +310,8 @@ func (b *batch) root(v string, isRoot bool) {
 	case strings.HasPrefix(v, "nbd:"):
 		b.dracut(v[len("nbd:"):])
 	case isRoot && strings.HasPrefix(v, "/dev/nbd"):
-		n, part, err := parseDevNbd(v)
-		if err != nil {
+		n, part, ok := parseDevNbd(v)
+		if !ok {
 			b.fail(fmt.Errorf("%q is not an nbd device (want /dev/nbdN or /dev/nbdNpM)", v))
 		}
 		b.add(assign{"device.index", int64(n)}, assign{"root.partition", int64(max(part, 0))})
@@ -559,7 +542,7 @@ func netmaskBits(mask string, client netip.Addr) (int, error) {
 		}
 		return 0, fmt.Errorf("client address %s has no address class; give a netmask", client)
 	}
-	if n, err := smallInt(mask, 128); err == nil {
+	if n, ok := smallInt(mask, 128); ok {
 		if n > client.BitLen() {
 			return 0, fmt.Errorf("prefix length %d is too long for %s", n, client)
 		}

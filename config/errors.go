@@ -20,17 +20,13 @@ type Error struct {
 
 // Error formats the error as "SOURCE: FIELD: MSG", leaving out empty parts.
 func (e *Error) Error() string {
-	s := e.Source
-	if e.Field != "" {
-		if s != "" {
-			s += ": "
+	prefix := ""
+	for _, part := range []string{e.Source, e.Field} {
+		if part != "" {
+			prefix += part + ": "
 		}
-		s += e.Field
 	}
-	if s != "" {
-		s += ": "
-	}
-	return s + e.Msg
+	return prefix + e.Msg
 }
 
 // IsSpecError reports whether err is, or wraps, at least one *Error.

@@ -21,12 +21,11 @@ const DefaultConfigPath = "/etc/nbdroot.toml"
 // fields: the lowest layer of Resolve. It names no server.
 func Defaults() Spec {
 	var s Spec
-	keys := keyIndex()
-	for _, k := range keys {
+	for _, k := range keyIndex() {
 		if k.def == "" {
 			continue
 		}
-		if err := s.setText(keys, k, k.def); err != nil {
+		if err := s.setText(k, k.def); err != nil {
 			panic("config: default of " + err.Error())
 		}
 	}
@@ -413,10 +412,7 @@ func (r *resolver) finish(partial bool) {
 	if s.Network.Mode == NetworkStatic && !s.Network.Address.IsValid() {
 		r.errAt("network.mode", `network.mode = "static" needs network.address (e.g. "192.0.2.10/24", or ip=CLIENT:…)`)
 	}
-	fromDHCP := s.Server.FromDHCP
-	for _, e := range s.Server.Endpoints {
-		fromDHCP = fromDHCP || e.HostFromDHCP
-	}
+	fromDHCP := s.Server.FromDHCP || slices.ContainsFunc(s.Server.Endpoints, func(e Endpoint) bool { return e.HostFromDHCP })
 	if fromDHCP && s.Network.Mode != NetworkDHCP {
 		r.errAt("server.servers", fmt.Sprintf("the server comes from DHCP, but network.mode = %q (%s)", s.Network.Mode, r.originText("network.mode")))
 	}

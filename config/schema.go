@@ -388,22 +388,21 @@ const (
 // checked. The error is an *Error whose Field is the key and whose Source is
 // empty, for the caller to name the flag or input.
 func (s *Spec) Set(key, value string) error {
-	keys := keyIndex()
-	k, ok := keys[key]
+	k, ok := keyIndex()[key]
 	if !ok {
 		return &Error{Field: key, Msg: unknownKeyMsg(key, knownKeys(), nil)}
 	}
-	return s.setText(keys, k, value)
+	return s.setText(k, value)
 }
 
 // setText is Set for a known key.
-func (s *Spec) setText(keys map[string]*keyDef, k *keyDef, text string) error {
+func (s *Spec) setText(k *keyDef, text string) error {
 	as, err := k.parse(text)
 	if err != nil {
 		return &Error{Field: k.name, Msg: err.Error()}
 	}
 	for _, a := range as {
-		keys[a.key].set(s, a.val)
+		keyIndex()[a.key].set(s, a.val)
 	}
 	return nil
 }

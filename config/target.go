@@ -253,11 +253,9 @@ func parseURI(s string) (target, error) {
 	}
 	t.ep.Port = DefaultPort
 	if p := u.Port(); p != "" {
-		port, err := parsePort(p)
-		if err != nil {
+		if t.ep.Port, err = parsePort(p); err != nil {
 			return t, err
 		}
-		t.ep.Port = port
 	}
 	switch host := u.Hostname(); {
 	case host == "":
@@ -347,14 +345,12 @@ func (b *batch) servers(ts ...target) {
 		if t.tlsHost != nil {
 			if tlsHost != nil && *tlsHost != *t.tlsHost {
 				b.fail(fmt.Errorf("servers disagree on tls-hostname (%q and %q); TLS settings are shared by all servers", *tlsHost, *t.tlsHost))
-				return
 			}
 			tlsHost = t.tlsHost
 		}
 		if t.verifyPeer != nil {
 			if verify != nil && *verify != *t.verifyPeer {
 				b.fail(errors.New("servers disagree on tls-verify-peer; TLS settings are shared by all servers"))
-				return
 			}
 			verify = t.verifyPeer
 		}
