@@ -120,9 +120,6 @@ func (s *session) listAll() ([]Export, error) {
 				return nil, fmt.Errorf("negotiate: NBD_OPT_LIST_META_CONTEXT %q: %w", name, err)
 			case refused == 0:
 				e.MetaContexts = names
-				if e.MetaContexts == nil {
-					e.MetaContexts = []string{}
-				}
 			case refused == RepErrUnsup:
 				metas = false
 			}
