@@ -400,9 +400,7 @@ type otherInfo struct {
 }
 
 // MarshalBinary encodes the information.
-func (i otherInfo) MarshalBinary() ([]byte, error) {
-	return put(nil, i.Type, i.Data), nil
-}
+func (i otherInfo) MarshalBinary() ([]byte, error) { return put(nil, i.Type, i.Data), nil }
 
 // UnmarshalBinary decodes the information; Data refers to b.
 func (i *otherInfo) UnmarshalBinary(b []byte) error {
@@ -645,9 +643,7 @@ type metaContextReply struct {
 }
 
 // MarshalBinary encodes the reply.
-func (r metaContextReply) MarshalBinary() ([]byte, error) {
-	return put(nil, r.ID, r.Name), nil
-}
+func (r metaContextReply) MarshalBinary() ([]byte, error) { return put(nil, r.ID, r.Name), nil }
 
 // UnmarshalBinary decodes the reply.
 func (r *metaContextReply) UnmarshalBinary(b []byte) error {
@@ -796,9 +792,7 @@ type offsetData struct {
 }
 
 // MarshalBinary encodes the payload.
-func (d offsetData) MarshalBinary() ([]byte, error) {
-	return put(nil, d.Offset, d.Data), nil
-}
+func (d offsetData) MarshalBinary() ([]byte, error) { return put(nil, d.Offset, d.Data), nil }
 
 // UnmarshalBinary decodes the payload; Data refers to b.
 func (d *offsetData) UnmarshalBinary(b []byte) error {
@@ -817,9 +811,7 @@ type offsetHole struct {
 }
 
 // MarshalBinary encodes the payload.
-func (h offsetHole) MarshalBinary() ([]byte, error) {
-	return put(nil, h.Offset, h.Size), nil
-}
+func (h offsetHole) MarshalBinary() ([]byte, error) { return put(nil, h.Offset, h.Size), nil }
 
 // UnmarshalBinary decodes the payload.
 func (h *offsetHole) UnmarshalBinary(b []byte) error {

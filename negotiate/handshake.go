@@ -12,83 +12,73 @@ import (
 
 // handshake runs the whole negotiation for Handshake.
 func (s *session) handshake() (*Export, error) {
-	name := s.opts.Export
 	if err := s.greet(true); err != nil {
 		return nil, fmt.Errorf("negotiate: greeting: %w", err)
 	}
 	if s.oldstyle != nil {
 		return s.oldstyle, nil
 	}
-	if !s.fixed {
-		// Non-fixed newstyle knows one option only.
-		ex, err := s.exportName(name)
-		if err != nil {
-			return nil, fmt.Errorf("negotiate: NBD_OPT_EXPORT_NAME %q: %w", name, err)
-		}
-		return ex, nil
+	if err := s.secure(); err != nil {
+		return nil, err
 	}
-	if s.opts.TLS != nil {
-		if err := s.secure(); err != nil {
+	return s.selectExport(s.opts.Export)
+}
+
+// selectExport ends option haggling with NBD_OPT_GO for name, or, on a
+// server that does not know NBD_OPT_GO, NBD_OPT_LIST (to name a missing
+// export) and NBD_OPT_EXPORT_NAME, which is all a non-fixed newstyle
+// server knows.
+func (s *session) selectExport(name string) (*Export, error) {
+	if s.fixed {
+		ex, err := s.infoOrGo(OptGo, name)
+		if err == nil {
+			ex.Path = PathGo
+			return ex, nil
+		}
+		if oe, ok := errors.AsType[*OptionError](err); !ok || oe.Code != RepErrUnsup {
+			return nil, fmt.Errorf("negotiate: NBD_OPT_GO %q: %w", name, err)
+		}
+		if err := s.checkListed(name); err != nil {
 			return nil, err
 		}
 	}
-
-	return s.selectExport(name)
-}
-
-// selectExport ends option haggling on a fixed-newstyle server with
-// NBD_OPT_GO for name, or, on a server that does not know NBD_OPT_GO,
-// NBD_OPT_LIST (to name a missing export) and NBD_OPT_EXPORT_NAME.
-func (s *session) selectExport(name string) (*Export, error) {
-	ex, err := s.infoOrGo(OptGo, name)
-	if err == nil {
-		ex.Path = PathGo
-		return ex, nil
-	}
-	if oe, ok := errors.AsType[*OptionError](err); !ok || oe.Code != RepErrUnsup {
-		return nil, fmt.Errorf("negotiate: NBD_OPT_GO %q: %w", name, err)
-	}
-
-	// An older server: NBD_OPT_EXPORT_NAME cannot report errors, so look
-	// the name up first to turn a typo into a clear message. The default
-	// export need not be listed.
-	if name != "" {
-		exports, err := s.list()
-		oe, refused := errors.AsType[*OptionError](err)
-		switch {
-		case err == nil:
-			if !slices.ContainsFunc(exports, func(e Export) bool { return e.Name == name }) {
-				return nil, &notFoundError{name: name, offers: exports}
-			}
-		case refused && oe.Code != RepErrTLSReqd && oe.Code != RepErrShutdown:
-			// Listing is optional (unsupported, or forbidden by
-			// policy): go ahead without it.
-		default:
-			return nil, fmt.Errorf("negotiate: NBD_OPT_LIST: %w", err)
-		}
-	}
-	ex, err = s.exportName(name)
+	ex, err := s.exportName(name)
 	if err != nil {
 		return nil, fmt.Errorf("negotiate: NBD_OPT_EXPORT_NAME %q: %w", name, err)
 	}
 	return ex, nil
 }
 
+// checkListed looks name up with NBD_OPT_LIST before NBD_OPT_EXPORT_NAME,
+// which cannot report errors, to turn a typo into a clear message. The
+// default export need not be listed.
+func (s *session) checkListed(name string) error {
+	if name == "" {
+		return nil
+	}
+	exports, err := s.list()
+	oe, refused := errors.AsType[*OptionError](err)
+	switch {
+	case err == nil:
+		if !slices.ContainsFunc(exports, func(e Export) bool { return e.Name == name }) {
+			return &notFoundError{name: name, offers: exports}
+		}
+	case refused && oe.Code != RepErrTLSReqd && oe.Code != RepErrShutdown:
+		// Listing is optional (unsupported, or forbidden by policy): go
+		// ahead without it.
+	default:
+		return fmt.Errorf("negotiate: NBD_OPT_LIST: %w", err)
+	}
+	return nil
+}
+
 // listAll runs the negotiation for List.
 func (s *session) listAll() ([]Export, error) {
-	if err := s.greet(false); err != nil {
-		return nil, fmt.Errorf("negotiate: greeting: %w", err)
-	}
-	if s.oldstyle != nil {
-		return nil, errors.New("negotiate: greeting: the server uses oldstyle negotiation, which cannot list exports")
-	}
-	if !s.fixed {
-		return nil, errors.New("negotiate: greeting: the server uses non-fixed newstyle negotiation, which cannot list exports")
-	}
-	if s.opts.TLS != nil {
-		if err := s.secure(); err != nil {
-			return nil, err
-		}
+	err := s.greetFixed(
+		errors.New("negotiate: greeting: the server uses oldstyle negotiation, which cannot list exports"),
+		errors.New("negotiate: greeting: the server uses non-fixed newstyle negotiation, which cannot list exports"))
+	if err != nil {
+		return nil, err
 	}
 	// As QEMU's client lists: structured replies first, so that the
 	// server describes each export as it would to a client using them
@@ -130,9 +120,6 @@ func (s *session) listAll() ([]Export, error) {
 				return nil, fmt.Errorf("negotiate: NBD_OPT_LIST_META_CONTEXT %q: %w", name, err)
 			case refused == 0:
 				e.MetaContexts = names
-				if e.MetaContexts == nil {
-					e.MetaContexts = []string{}
-				}
 			case refused == RepErrUnsup:
 				metas = false
 			}
@@ -147,19 +134,11 @@ func (s *session) listAll() ([]Export, error) {
 // ID of the metadata context.
 func (s *session) query(context string) (*Export, uint32, error) {
 	name := s.opts.Export
-	if err := s.greet(false); err != nil {
-		return nil, 0, fmt.Errorf("negotiate: greeting: %w", err)
-	}
-	if s.oldstyle != nil {
-		return nil, 0, fmt.Errorf("negotiate: greeting: %w: the server uses oldstyle negotiation, which has no options", ErrNoStructuredReplies)
-	}
-	if !s.fixed {
-		return nil, 0, fmt.Errorf("negotiate: greeting: %w: the server uses non-fixed newstyle negotiation, which has no options but NBD_OPT_EXPORT_NAME", ErrNoStructuredReplies)
-	}
-	if s.opts.TLS != nil {
-		if err := s.secure(); err != nil {
-			return nil, 0, err
-		}
+	err := s.greetFixed(
+		fmt.Errorf("negotiate: greeting: %w: the server uses oldstyle negotiation, which has no options", ErrNoStructuredReplies),
+		fmt.Errorf("negotiate: greeting: %w: the server uses non-fixed newstyle negotiation, which has no options but NBD_OPT_EXPORT_NAME", ErrNoStructuredReplies))
+	if err != nil {
+		return nil, 0, err
 	}
 	if err := s.structuredReply(); err != nil {
 		if oe, ok := errors.AsType[*OptionError](err); ok && oe.Code != RepErrTLSReqd && oe.Code != RepErrShutdown {
@@ -197,6 +176,22 @@ func (s *session) optional(opt uint32, do func() error) (refused uint32, err err
 		return 0, err
 	}
 	return oe.Code, nil
+}
+
+// greetFixed greets a server that must speak fixed newstyle (oldstyle and
+// nonFixed are the errors for the other two) and secures the connection
+// with Options.TLS.
+func (s *session) greetFixed(oldstyle, nonFixed error) error {
+	if err := s.greet(false); err != nil {
+		return fmt.Errorf("negotiate: greeting: %w", err)
+	}
+	if s.oldstyle != nil {
+		return oldstyle
+	}
+	if !s.fixed {
+		return nonFixed
+	}
+	return s.secure()
 }
 
 // greet reads the server's greeting and, for newstyle, sends the client
@@ -267,9 +262,13 @@ func (s *session) greetOldstyle(forHandshake bool) error {
 	return nil
 }
 
-// secure sends NBD_OPT_STARTTLS and runs the TLS handshake. Every failure
-// is fatal: Options.TLS means TLS or nothing.
+// secure sends NBD_OPT_STARTTLS and runs the TLS handshake when
+// Options.TLS is set. Every failure is fatal: Options.TLS means TLS or
+// nothing.
 func (s *session) secure() error {
+	if s.opts.TLS == nil {
+		return nil
+	}
 	if err := s.startTLS(); err != nil {
 		return fmt.Errorf("negotiate: NBD_OPT_STARTTLS: %w", err)
 	}

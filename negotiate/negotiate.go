@@ -111,11 +111,9 @@ func List(ctx context.Context, conn net.Conn, opts Options) ([]Export, error) {
 		return nil, err
 	}
 	exports, err := s.listAll()
-	if err != nil {
-		return nil, s.fail(err)
+	if err := s.end(err); err != nil {
+		return nil, err
 	}
-	s.stop()
-	s.end()
 	return exports, nil
 }
 
@@ -231,35 +229,30 @@ func (s *session) watch(ctx context.Context) {
 
 // finish ends the negotiation that returned ex and err: on success it
 // stops the cancellation, clears the deadline and records the TLS state in
-// ex; on failure, or if that fails, it fails the session.
+// ex; on failure, or if that fails, it ends the session.
 func (s *session) finish(ex *Export, err error) error {
 	if err != nil {
-		return s.fail(err)
+		return s.end(err)
 	}
 	if !s.stop() {
 		// ctx was cancelled just as the handshake ended: its callback
 		// has run or is running, and has spoilt the deadline.
 		<-s.cancelled
-		return s.fail(fmt.Errorf("negotiate: %w", s.ctx.Err()))
+		return s.end(fmt.Errorf("negotiate: %w", s.ctx.Err()))
 	}
 	if err := s.conn.SetDeadline(time.Time{}); err != nil {
-		return s.fail(fmt.Errorf("negotiate: clearing the handshake deadline: %w", err))
+		return s.end(fmt.Errorf("negotiate: clearing the handshake deadline: %w", err))
 	}
 	ex.TLSVersion, ex.TLSCipher = s.tlsVersion, s.tlsCipher
 	return nil
 }
 
-// fail ends a failed session: NBD_OPT_ABORT when the server is waiting for
-// an option, then close. It returns err.
-func (s *session) fail(err error) error {
+// end ends the session, failed or done with (List), and returns err: it
+// stops the cancellation, sends NBD_OPT_ABORT if the protocol state allows
+// it and there is time left, then closes the connection (shutting TLS down
+// first).
+func (s *session) end(err error) error {
 	s.stop()
-	s.end()
-	return err
-}
-
-// end sends NBD_OPT_ABORT if the protocol state allows it and there is time
-// left, then closes the connection (shutting TLS down first).
-func (s *session) end() {
 	live := s.ctx.Err() == nil && time.Now().Before(s.deadline)
 	if s.canAbort && live {
 		s.abort()
@@ -272,6 +265,7 @@ func (s *session) end() {
 		t.Stop()
 	}
 	s.raw.Close()
+	return err
 }
 
 // scratch returns n bytes of the session's scratch buffer, growing it as

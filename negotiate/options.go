@@ -129,10 +129,10 @@ func (s *session) structuredReply() error {
 }
 
 // listMetaContexts sends NBD_OPT_LIST_META_CONTEXT for export name with no
-// query, which asks for every context, and returns the names. The IDs of
-// list replies mean nothing and are ignored, as the spec asks.
+// query, which asks for every context, and returns the names (not nil). The
+// IDs of list replies mean nothing and are ignored, as the spec asks.
 func (s *session) listMetaContexts(name string) ([]string, error) {
-	var names []string
+	names := []string{}
 	err := s.metaContextOption(OptListMetaContext, name, nil, func(r metaContextReply) error {
 		if len(names) >= maxMetaContexts {
 			return protocolError("more than %d NBD_REP_META_CONTEXT replies", maxMetaContexts)
