@@ -47,7 +47,7 @@ func (w *newcWriter) header(r newcRecord) error {
 	return w.write(b)
 }
 
-// data writes a record's r.size bytes of contents from src, padded.
+// data writes the size bytes of a record's contents from src, padded.
 func (w *newcWriter) data(src io.Reader, size uint64) error {
 	n, err := io.Copy(w, io.LimitReader(src, int64(size)))
 	if err != nil {
