@@ -23,9 +23,8 @@ import (
 // a static address, nothing else) and reports its median and nbdroot's
 // ratio to it, and the time the first and a second start of the nbdroot
 // binary take on the floor's guest, with nbdroot's ratio to the floor
-// plus two first starts.
-// It also reports nbdroot's size, and the size and the
-// kernel's unpack time of the initramfs with each compression (unpack).
+// plus two first starts. It also reports nbdroot's size, and the size and
+// the kernel's unpack time of the initramfs with each compression (unpack).
 // Run it with `make bench-boot` (-benchtime 5x).
 func BenchmarkBoot(b *testing.B) {
 	for _, mode := range []struct {

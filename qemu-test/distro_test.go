@@ -198,12 +198,14 @@ func distroBoot(t *testing.T, tc distroCase) {
 	// The kernel's view.
 	d.wantNot("no I/O error", `I/O error`, `I/O error|JBD2|EXT4-fs|nbd0|block nbd`)
 	d.wantNot("no ext4 error", `EXT4-fs error|EXT4-fs \(nbd0\): Remounting filesystem read-only`, `EXT4-fs`)
-	if k := c.grep(`DISTRO: keeper pid=.*`); k != "" {
-		t.Logf("%s", k)
-		// The keeper starts with transparent huge pages off
-		// (keeper.withoutTHP): a 2 MiB page would hold a few KiB.
-		d.want("the keeper holds no transparent huge page", `DISTRO: keeper pid=.* rollup.AnonHugePages=0kB`, `DISTRO: keeper pid=`)
-	}
+	// The guest reports the root keeper just before the shutdown request;
+	// no line means no keeper, which fails here rather than skipping the
+	// checks on it.
+	d.want("the root keeper is alive before the shutdown", `DISTRO: keeper pid=\d+ `, `DISTRO: (keeper|request)`)
+	t.Logf("%s", c.grep(`DISTRO: keeper pid=.*`))
+	// The keeper starts with transparent huge pages off
+	// (keeper.withoutTHP): a 2 MiB page would hold a few KiB.
+	d.want("the keeper holds no transparent huge page", `DISTRO: keeper pid=.* rollup.AnonHugePages=0kB`, `DISTRO: keeper pid=`)
 	// systemd's shutdown warns about an @ process running from the root
 	// file system: the keeper runs from the initrd (/run/initramfs).
 	d.wantNot("the keeper runs from the initrd", `has been marked to be excluded from killing`, `excluded from killing`)
