@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	rtnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -60,52 +61,46 @@ func (g *Guard) Run(ctx context.Context) error {
 }
 
 // watch subscribes to rtnetlink and sweeps at each event until ctx is done
-// (returning its error) or a subscription ends (returning nil).
+// (returning its error) or the subscription fails (returning nil).
+//
+// One socket carries the link, IPv4 address and IPv4 route groups, read
+// through Go's poller: a keeper holds no thread blocked in recvfrom for it.
+// The events are only a cue to sweep, so they are not decoded.
 func (g *Guard) watch(ctx context.Context) error {
+	c, err := rtnl.Dial(unix.NETLINK_ROUTE, &rtnl.Config{Groups: unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV4_ROUTE})
+	if err != nil {
+		return g.retryLater(ctx, err)
+	}
 	done := make(chan struct{})
-	defer close(done)
-	links := make(chan netlink.LinkUpdate, 64)
-	addrs := make(chan netlink.AddrUpdate, 64)
-	routes := make(chan netlink.RouteUpdate, 64)
-	failed := make(chan struct{}, 3)
-	onErr := func(err error) {
-		select {
-		case <-done: // closing the subscriptions makes them fail
-			return
-		default:
+	defer func() { close(done); c.Close() }()
+	events := make(chan struct{}, 1)
+	failed := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := c.Receive(); err != nil {
+				failed <- err // ENOBUFS (events were dropped), or closed by watch
+				return
+			}
+			select {
+			case events <- struct{}{}:
+			case <-done:
+				return
+			default: // a sweep is pending already
+			}
 		}
-		g.log.Debugf("network", "guard: rtnetlink: %v", err)
-		select {
-		case failed <- struct{}{}:
-		default:
-		}
-	}
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
-		return g.retryLater(ctx, err)
-	}
-	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
-		return g.retryLater(ctx, err)
-	}
-	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
-		return g.retryLater(ctx, err)
-	}
-	g.Sweep() // what happened before the subscriptions
+	}()
+	g.Sweep() // what happened before the subscription
 	tick := time.NewTicker(guardSweep)
 	defer tick.Stop()
 	for {
-		open := true
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-failed:
+		case err := <-failed:
+			g.log.Debugf("network", "guard: rtnetlink: %v", err)
 			return nil
-		case _, open = <-links:
-		case _, open = <-addrs:
-		case _, open = <-routes:
+		case <-events:
 		case <-tick.C:
-		}
-		if !open {
-			return nil // a subscription ended
 		}
 		g.Sweep()
 	}
