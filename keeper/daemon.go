@@ -258,8 +258,11 @@ func protect(log *bootlog.Logger, step string) {
 	if err := os.WriteFile("/proc/self/oom_score_adj", []byte("-1000"), 0); err != nil {
 		log.Errorf(step, "oom_score_adj: %v", err)
 	}
-	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0); err != nil {
-		log.Errorf(step, "PR_SET_IO_FLUSHER: %v", err)
+	// The flag is a thread's, not the process's: it goes on every thread
+	// the runtime has, and the threads it starts later inherit it from the
+	// thread that clones them.
+	if _, _, errno := syscall.AllThreadsSyscall6(unix.SYS_PRCTL, unix.PR_SET_IO_FLUSHER, 1, 0, 0, 0, 0); errno != 0 {
+		log.Errorf(step, "PR_SET_IO_FLUSHER: %v", errno)
 	}
 }
 

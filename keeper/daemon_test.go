@@ -1,9 +1,19 @@
 package keeper
 
 import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/bootlog"
 )
 
 func thpDisabled(t *testing.T) int {
@@ -34,4 +44,97 @@ func TestWithoutTHP(t *testing.T) {
 		}
 	}
 	_ = unix.Prctl(unix.PR_SET_THP_DISABLE, 0, 0, 0, 0)
+}
+
+// The task flags PR_SET_IO_FLUSHER sets (include/linux/sched.h).
+const (
+	pfMemallocNoIO  = 0x00080000
+	pfLocalThrottle = 0x00100000
+)
+
+// unflushing lists the threads of this process (by /proc/self/task) that
+// lack the I/O flusher flags, and counts them all.
+func unflushing() (missing []string, total int, err error) {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/stat")
+		if err != nil {
+			continue // the thread is gone
+		}
+		// Fields after the command's ")": state, ppid, pgrp, session,
+		// tty_nr, tpgid, flags.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		flags, err := strconv.ParseUint(f[6], 10, 64)
+		if err != nil {
+			return nil, 0, fmt.Errorf("task %s: flags %q: %w", task.Name(), f[6], err)
+		}
+		total++
+		if flags&(pfMemallocNoIO|pfLocalThrottle) != pfMemallocNoIO|pfLocalThrottle {
+			missing = append(missing, fmt.Sprintf("%s (flags %#x)", task.Name(), flags))
+		}
+	}
+	return missing, total, nil
+}
+
+// TestGuestProtect checks that protect makes every thread of the
+// process an I/O flusher, those the runtime had before and those it starts
+// after: PR_SET_IO_FLUSHER marks only the calling thread. It runs in a
+// child (this test binary again) so that the test process stays unmarked.
+// It needs CAP_SYS_RESOURCE, so it runs in qemu-test's TestGuest; a
+// container without that capability skips it.
+func TestGuestProtect(t *testing.T) {
+	if os.Getenv("NBDROOT_TEST_PROTECT") == "1" {
+		protectChild()
+		return
+	}
+	if err := unix.Prctl(unix.PR_SET_IO_FLUSHER, 0, 0, 0, 0); err != nil {
+		t.Skipf("PR_SET_IO_FLUSHER: %v (needs CAP_SYS_RESOURCE and Linux 5.6)", err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestGuestProtect$", "-test.v")
+	cmd.Env = append(os.Environ(), "NBDROOT_TEST_PROTECT=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("protect: ok")) {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+	t.Logf("%s", bytes.TrimSpace(out))
+}
+
+// protectChild is TestGuestProtect's child: protect, then threads
+// started after it, then every thread checked.
+func protectChild() {
+	// Threads the runtime has before protect: goroutines locked to
+	// threads of their own, parked.
+	hold := make(chan struct{})
+	defer close(hold)
+	lockThreads := func(n int) {
+		started := make(chan struct{})
+		for range n {
+			go func() {
+				runtime.LockOSThread()
+				started <- struct{}{}
+				<-hold
+			}()
+		}
+		for range n {
+			<-started
+		}
+	}
+	lockThreads(3)
+	var logs bytes.Buffer
+	protect(bootlog.New(&logs, time.Now()), "keeper nbd0")
+	lockThreads(3) // threads started after protect
+	missing, total, err := unflushing()
+	switch {
+	case err != nil:
+		fmt.Println("protect:", err)
+	case logs.Len() > 0:
+		fmt.Printf("protect logged: %s", logs.String())
+	case len(missing) > 0:
+		fmt.Printf("protect: %d of %d threads are not I/O flushers: %s\n", len(missing), total, strings.Join(missing, ", "))
+	default:
+		fmt.Printf("protect: ok, all %d threads are I/O flushers\n", total)
+	}
 }

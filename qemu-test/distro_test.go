@@ -206,6 +206,7 @@ func distroBoot(t *testing.T, tc distroCase) {
 	// The keeper starts with transparent huge pages off
 	// (keeper.withoutTHP): a 2 MiB page would hold a few KiB.
 	d.want("the keeper holds no transparent huge page", `DISTRO: keeper pid=.* rollup.AnonHugePages=0kB`, `DISTRO: keeper pid=`)
+	d.want("every keeper thread is an I/O flusher", `DISTRO: keeper pid=.* unflushed=0 `, `DISTRO: keeper pid=`)
 	// systemd's shutdown warns about an @ process running from the root
 	// file system: the keeper runs from the initrd (/run/initramfs).
 	d.wantNot("the keeper runs from the initrd", `has been marked to be excluded from killing`, `excluded from killing`)

@@ -12,7 +12,7 @@ import (
 
 // guestPackages are the packages whose TestGuest* tests need a real kernel.
 // A package is run only if it has test files.
-var guestPackages = []string{"netlink", "ioctl"}
+var guestPackages = []string{"netlink", "ioctl", "keeper"}
 
 // guestTimeout bounds the whole guest run: boot, tests, power-off.
 const guestTimeout = 3 * time.Minute

@@ -127,9 +127,50 @@ func (o out) keeper() {
 			}
 		}
 		root, _ := os.Readlink("/proc/" + pid + "/root")
-		o.say("keeper pid=%s %s root=%s t=%.3f", pid, strings.Join(mem, " "), root, uptime())
+		o.say("keeper pid=%s %s waits=%s unflushed=%d root=%s t=%.3f", pid, strings.Join(mem, " "), threadWaits(pid), unflushed(pid), root, uptime())
 		o.smaps(pid)
 	}
+}
+
+// threadWaits is where each of pid's threads sleeps in the kernel (its
+// wchan), counted, such as "futex_wait_queue:5,do_epoll_wait:1": what holds
+// each of the keeper's threads.
+func threadWaits(pid string) string {
+	tasks, _ := os.ReadDir("/proc/" + pid + "/task")
+	n := map[string]int{}
+	for _, t := range tasks {
+		w, _ := os.ReadFile("/proc/" + pid + "/task/" + t.Name() + "/wchan")
+		n[string(w)]++
+	}
+	var s []string
+	for w, c := range n {
+		s = append(s, fmt.Sprintf("%s:%d", w, c))
+	}
+	slices.Sort(s)
+	return strings.Join(s, ",")
+}
+
+// unflushed counts pid's threads without the task flags of
+// PR_SET_IO_FLUSHER (PF_MEMALLOC_NOIO and PF_LOCAL_THROTTLE, from
+// include/linux/sched.h): the prctl marks a thread, not a process, and a
+// keeper thread without them may wait on the writeback it carries.
+func unflushed(pid string) int {
+	const flusher = 0x00080000 | 0x00100000
+	tasks, _ := os.ReadDir("/proc/" + pid + "/task")
+	n := 0
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/" + pid + "/task/" + t.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the command's ")": state, ppid, pgrp, session,
+		// tty_nr, tpgid, flags.
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if flags, err := strconv.ParseUint(f[6], 10, 64); err != nil || flags&flusher != flusher {
+			n++
+		}
+	}
+	return n
 }
 
 // smaps reports the keeper's largest mappings by resident size, to tell
