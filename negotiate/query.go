@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net"
 )
 
@@ -130,18 +129,6 @@ func (q *Query) Map(ctx context.Context, offset, length uint64, fn func(Extent) 
 type callbackError struct{ err error }
 
 func (e *callbackError) Error() string { return e.err.Error() }
-
-// read reads len(b) bytes at offset with NBD_CMD_READ over structured
-// replies. Only the tests use it, to drive the decoder's content chunks.
-func (q *Query) read(ctx context.Context, b []byte, offset uint64) error {
-	if q.broken || q.closed || len(b) > math.MaxUint32 {
-		return errors.New("negotiate: read on a broken or closed Query, or too long")
-	}
-	q.s.ctx = ctx
-	p := &pending{cmd: cmdRead, offset: offset, length: uint32(len(b)), data: b}
-	_, err := q.do(p)
-	return err
-}
 
 // do runs p's request (see roundTrip). Any error but a *CommandError
 // breaks q. Errors name the request, except one from Map's callback,

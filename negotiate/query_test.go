@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"slices"
@@ -893,4 +894,16 @@ func TestCommandError(t *testing.T) {
 			t.Errorf("%+v: %q, want %q", tc.e, got, tc.want)
 		}
 	}
+}
+
+// read reads len(b) bytes at offset with NBD_CMD_READ over structured
+// replies. Only the tests use it, to drive the decoder's content chunks.
+func (q *Query) read(ctx context.Context, b []byte, offset uint64) error {
+	if q.broken || q.closed || len(b) > math.MaxUint32 {
+		return errors.New("negotiate: read on a broken or closed Query, or too long")
+	}
+	q.s.ctx = ctx
+	p := &pending{cmd: cmdRead, offset: offset, length: uint32(len(b)), data: b}
+	_, err := q.do(p)
+	return err
 }

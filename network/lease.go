@@ -1,7 +1,6 @@
 package network
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -61,18 +60,6 @@ type Lease struct {
 type Route struct {
 	Dst     netip.Prefix `json:"dst"`
 	Gateway netip.Addr   `json:"gateway,omitzero"`
-}
-
-// MarshalLease encodes l for the keeper.
-func MarshalLease(l *Lease) ([]byte, error) { return json.Marshal(l) }
-
-// UnmarshalLease decodes what MarshalLease encoded.
-func UnmarshalLease(b []byte) (*Lease, error) {
-	var l Lease
-	if err := json.Unmarshal(b, &l); err != nil {
-		return nil, fmt.Errorf("lease: %w", err)
-	}
-	return &l, nil
 }
 
 // Expires is when the lease runs out; the zero time for a static address.

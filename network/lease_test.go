@@ -2,6 +2,8 @@ package network
 
 import (
 	"encoding/binary"
+	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"reflect"
@@ -174,4 +176,16 @@ func TestDHCPFilter(t *testing.T) {
 			t.Errorf("%s: accepted %v, want %v", tc.name, got, tc.want)
 		}
 	}
+}
+
+// MarshalLease encodes l as the keeper's arguments carry it (JSON).
+func MarshalLease(l *Lease) ([]byte, error) { return json.Marshal(l) }
+
+// UnmarshalLease decodes what MarshalLease encoded.
+func UnmarshalLease(b []byte) (*Lease, error) {
+	var l Lease
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("lease: %w", err)
+	}
+	return &l, nil
 }

@@ -41,26 +41,6 @@ const (
 	pciHeaderMultiFunc = 0x80
 )
 
-// NetID computes the IDs udev's net_id builtin (systemd v252, naming scheme
-// v252) gives the link called name, for links on PCI. A link net_id would not
-// name from its PCI location (not Ethernet, WLAN, WWAN, InfiniBand or SLIP; a
-// stacked link such as a VLAN; no PCI parent) gets zero IDs and no error.
-func NetID(opts Options, name string) (IDs, error) {
-	s, err := opts.sysfs()
-	if err != nil {
-		return IDs{}, &LinkError{Link: name, Err: err}
-	}
-	d, err := s.netDevice(name)
-	if err != nil {
-		return IDs{}, &LinkError{Link: name, Err: err}
-	}
-	ids, err := s.netID(d)
-	if err != nil {
-		return IDs{}, &LinkError{Link: name, Err: err}
-	}
-	return ids, nil
-}
-
 // linkInfo is what net_id reads from the network device itself.
 type linkInfo struct {
 	iftype   int64

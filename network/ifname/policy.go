@@ -43,22 +43,6 @@ func (e *LinkError) Error() string {
 // Unwrap returns the cause.
 func (e *LinkError) Unwrap() error { return e.Err }
 
-// Predictable returns the name the root's udev would give, by default, the
-// link now called kernelName (see the package documentation): kernelName
-// itself when udev would leave the link alone. It does not look at the kernel
-// command line: see Disabled.
-func Predictable(opts Options, kernelName string) (string, error) {
-	s, err := opts.sysfs()
-	if err != nil {
-		return "", &LinkError{Link: kernelName, Err: err}
-	}
-	name, err := s.predictable(kernelName)
-	if err != nil {
-		return "", &LinkError{Link: kernelName, Err: err}
-	}
-	return name, nil
-}
-
 // predictable is link_generate_new_name with 99-default.link's policy.
 func (s sysfs) predictable(name string) (string, error) {
 	dev, err := s.netDevice(name)

@@ -23,7 +23,8 @@ type Rename struct {
 }
 
 // RenameAll gives every link listed in class/net below opts.Root the name
-// Predictable computes for it, through rtnetlink in the calling thread's
+// the root's udev would give it by default (see the package documentation),
+// through rtnetlink in the calling thread's
 // network namespace, in the order of their kernel names. It renames what it
 // can: a link that is up, or that fails to rename, is a *LinkError in the
 // returned error (all joined), and the others are still renamed. It returns
