@@ -104,15 +104,16 @@ func oneSpec(args []string) error {
 func probeFlags(fs *flag.FlagSet) runFunc {
 	var f clientFlags
 	f.register(fs)
-	var m mapFlags
-	m.register(fs)
+	mapOn := fs.Bool("map", false, "print the allocation map (NBD_CMD_BLOCK_STATUS) instead of describing the export")
+	metaContext := fs.String("context", negotiate.ContextBaseAllocation, "the metadata context `NAME` to map (list shows those a server offers)")
+	totals := fs.Bool("totals", false, "print bytes and percentage per extent type instead of the extents")
 	return func(ctx context.Context, sio stdio, args []string) error {
 		spec, ep, err := f.onlyTarget(args)
 		if err != nil {
 			return err
 		}
-		if m.wanted(fs) {
-			return probeMap(ctx, sio, spec, ep, m, f.json)
+		if *mapOn || *totals || flagGiven(fs, "context") {
+			return probeMap(ctx, sio, spec, ep, *metaContext, f.json, *totals)
 		}
 		exp, conn, err := dial.Dial(ctx, spec, ep)
 		if err != nil {
