@@ -55,34 +55,28 @@ func (f *clientFlags) onlyTarget(args []string) (config.Spec, config.Endpoint, e
 // its endpoint. HOST[:PORT] without a name is the default export (probe,
 // attach) or just the server (list, which ignores the name).
 func (f *clientFlags) target(arg string) (config.Spec, config.Endpoint, error) {
-	var none config.Endpoint
-	if f.timeout < 0 {
-		return config.Spec{}, none, usagef("--timeout %v is negative", f.timeout)
-	}
-	if (f.cert == "") != (f.key == "") {
-		return config.Spec{}, none, usagef("--cert and --key go together")
-	}
 	spec, err := config.ParseTarget(arg)
-	if err != nil {
-		return config.Spec{}, none, usageError{err}
+	switch {
+	case f.timeout < 0:
+		err = usagef("--timeout %v is negative", f.timeout)
+	case (f.cert == "") != (f.key == ""):
+		err = usagef("--cert and --key go together")
+	case err != nil:
+		err = usageError{err}
+	case len(spec.Server.Endpoints) != 1:
+		err = usagef("%q names %d servers, want one", arg, len(spec.Server.Endpoints))
 	}
-	if len(spec.Server.Endpoints) != 1 {
-		return config.Spec{}, none, usagef("%q names %d servers, want one", arg, len(spec.Server.Endpoints))
+	if err != nil {
+		return config.Spec{}, config.Endpoint{}, err
 	}
 	t := &spec.TLS
-	if f.tls || f.ca != "" || f.cert != "" || f.key != "" || f.hostname != "" || f.noVerify {
-		t.Enabled = true
-	}
+	t.Enabled = t.Enabled || f.tls || f.ca != "" || f.cert != "" || f.key != "" || f.hostname != "" || f.noVerify
 	t.CAFile = cmp.Or(f.ca, t.CAFile)
 	t.CertFile, t.KeyFile = cmp.Or(f.cert, t.CertFile), cmp.Or(f.key, t.KeyFile) // given together
 	t.ServerName = cmp.Or(f.hostname, t.ServerName)
-	if f.noVerify {
-		t.VerifyPeer = false
-	}
-	if f.timeout > 0 {
-		spec.Server.ConnectTimeout = f.timeout
-		spec.Server.HandshakeTimeout = f.timeout
-	}
+	t.VerifyPeer = t.VerifyPeer && !f.noVerify
+	spec.Server.ConnectTimeout = cmp.Or(f.timeout, spec.Server.ConnectTimeout) // not negative, checked above
+	spec.Server.HandshakeTimeout = cmp.Or(f.timeout, spec.Server.HandshakeTimeout)
 	return spec, spec.Server.Endpoints[0], nil
 }
 
@@ -175,7 +169,7 @@ func describe(e negotiate.Export) exportInfo {
 		Description:        e.Description,
 		Size:               e.Size,
 		SizeHuman:          humanSize(e.Size),
-		Flags:              flagNames(e.Flags),
+		Flags:              []string{},
 		FlagBits:           uint16(e.Flags),
 		MinBlockSize:       e.MinBlock,
 		PreferredBlockSize: e.PrefBlock,
@@ -183,19 +177,14 @@ func describe(e negotiate.Export) exportInfo {
 		Path:               string(e.Path),
 		TLS:                e.TLSVersion != 0,
 	}
+	if e.Flags != 0 {
+		info.Flags = strings.Split(e.Flags.String(), ",")
+	}
 	if info.TLS {
 		info.TLSVersion = tls.VersionName(e.TLSVersion)
 		info.TLSCipher = tls.CipherSuiteName(e.TLSCipher)
 	}
 	return info
-}
-
-func flagNames(f negotiate.Flags) []string {
-	names := []string{}
-	if f != 0 {
-		names = strings.Split(f.String(), ",")
-	}
-	return names
 }
 
 func flagsString(f negotiate.Flags) string {
