@@ -13,48 +13,6 @@ import (
 	"github.com/nbdroot/nbdroot/initramfs"
 )
 
-// stringList is a repeatable string flag.
-type stringList []string
-
-func (l *stringList) String() string { return strings.Join(*l, ",") }
-
-func (l *stringList) Set(s string) error {
-	if s == "" {
-		return errors.New("empty value")
-	}
-	*l = append(*l, s)
-	return nil
-}
-
-// fileList is the repeatable --file SRC[:DST] flag.
-type fileList []initramfs.File
-
-func (l *fileList) String() string {
-	parts := make([]string, len(*l))
-	for i, f := range *l {
-		parts[i] = f.Src + ":" + f.Dst
-	}
-	return strings.Join(parts, ",")
-}
-
-func (l *fileList) Set(s string) error {
-	src, dst, ok := strings.Cut(s, ":")
-	if !ok {
-		dst = src
-	}
-	if src == "" || dst == "" {
-		return fmt.Errorf("%q is not SRC:DST", s)
-	}
-	if !strings.HasPrefix(dst, "/") {
-		if ok {
-			return fmt.Errorf("%q: the image path %q must be absolute", s, dst)
-		}
-		return fmt.Errorf("%q: without :DST the source must be absolute, to name the same path in the image", s)
-	}
-	*l = append(*l, initramfs.File{Src: src, Dst: dst})
-	return nil
-}
-
 // mkinitramfsDoc is the help of `nbdroot mkinitramfs`.
 const mkinitramfsDoc = `Writes a reproducible initramfs with nbdroot as /init, the default kernel
 modules and their dependencies, the spec and TLS files, and optionally a
@@ -71,8 +29,8 @@ type mkinitramfsCmd struct {
 	configFile, compress     string
 	shell                    string
 	baseOnly                 bool
-	modules                  stringList
-	files                    fileList
+	modules                  []string
+	files                    []initramfs.File
 }
 
 // mkinitramfsFlags registers the flags of mkinitramfs, which writes an
@@ -85,14 +43,39 @@ func mkinitramfsFlags(fs *flag.FlagSet) runFunc {
 	fs.StringVar(&m.kernel, "kernel", "", "take the kernel version from the bzImage at `PATH`")
 	fs.StringVar(&m.modulesDir, "modules-dir", initramfs.DefaultModulesDir, "`DIR` holding VERSION/modules.dep")
 	fs.StringVar(&m.configFile, "config", "", "install the spec TOML `FILE` as /etc/nbdroot.toml, with the TLS files it names")
-	fs.Var(&m.modules, "module", "also carry kernel module `NAME` and its dependencies (repeatable)")
-	fs.Var(&m.files, "file", "copy host file `SRC[:DST]` into the image (repeatable)")
+	fs.Func("module", "also carry kernel module `NAME` and its dependencies (repeatable)", func(s string) error {
+		if s == "" {
+			return errors.New("empty value")
+		}
+		m.modules = append(m.modules, s)
+		return nil
+	})
+	fs.Func("file", "copy host file `SRC[:DST]` into the image (repeatable)", m.addFile)
 	fs.StringVar(&m.compress, "compress", string(initramfs.Gzip), "compress with `METHOD`: gzip, zstd, xz or none")
 	fs.StringVar(&m.binary, "binary", "", "install `PATH` as /init (default: this nbdroot binary)")
 	fs.StringVar(&m.modulesOnly, "modules-only", "", "write only the module tree, into `DIR`/lib/modules/VERSION")
 	fs.StringVar(&m.shell, "shell", "", "install the static shell at `PATH` for boot.on_failure = \"shell\" (busybox: as /bin/busybox with /bin/sh and applet links)")
 	fs.BoolVar(&m.baseOnly, "base-only", false, "leave out /init: a base archive for u-root's -base with -initcmd=nbdroot (uncompressed unless --compress)")
 	return m.run
+}
+
+// addFile takes one --file SRC[:DST].
+func (m *mkinitramfsCmd) addFile(s string) error {
+	src, dst, ok := strings.Cut(s, ":")
+	if !ok {
+		dst = src
+	}
+	if src == "" || dst == "" {
+		return fmt.Errorf("%q is not SRC:DST", s)
+	}
+	if !strings.HasPrefix(dst, "/") {
+		if ok {
+			return fmt.Errorf("%q: the image path %q must be absolute", s, dst)
+		}
+		return fmt.Errorf("%q: without :DST the source must be absolute, to name the same path in the image", s)
+	}
+	m.files = append(m.files, initramfs.File{Src: src, Dst: dst})
+	return nil
 }
 
 func (m *mkinitramfsCmd) run(ctx context.Context, sio stdio, args []string) error {
