@@ -88,7 +88,7 @@ func (a *attachCmd) run(ctx context.Context, sio stdio, args []string) error {
 	index := config.AutoIndex
 	switch len(args) {
 	case 0:
-		return oneSpec(args)
+		return errNoSpec
 	case 1:
 	case 2:
 		var err error

@@ -43,12 +43,19 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.json, "json", false, "print JSON")
 }
 
-// onlyTarget is target of the one SPEC argument of probe and list.
+// errNoSpec is the usage error of probe, list and attach without a SPEC.
+var errNoSpec = usagef("want exactly one SPEC (HOST[:PORT]/NAME or an nbd:// URI), got none")
+
+// onlyTarget is target of the one SPEC argument of probe and list: args,
+// the arguments after the flags, must be one SPEC.
 func (f *clientFlags) onlyTarget(args []string) (config.Spec, config.Endpoint, error) {
-	if err := oneSpec(args); err != nil {
-		return config.Spec{}, config.Endpoint{}, err
+	switch len(args) {
+	case 0:
+		return config.Spec{}, config.Endpoint{}, errNoSpec
+	case 1:
+		return f.target(args[0])
 	}
-	return f.target(args[0])
+	return config.Spec{}, config.Endpoint{}, usagef("want exactly one SPEC, got %d arguments", len(args))
 }
 
 // target returns the spec of one server, SPEC with the flags applied, and
@@ -78,17 +85,6 @@ func (f *clientFlags) target(arg string) (config.Spec, config.Endpoint, error) {
 	spec.Server.ConnectTimeout = cmp.Or(f.timeout, spec.Server.ConnectTimeout) // not negative, checked above
 	spec.Server.HandshakeTimeout = cmp.Or(f.timeout, spec.Server.HandshakeTimeout)
 	return spec, spec.Server.Endpoints[0], nil
-}
-
-// oneSpec checks that args, the arguments after the flags, are one SPEC.
-func oneSpec(args []string) error {
-	switch len(args) {
-	case 0:
-		return usagef("want exactly one SPEC (HOST[:PORT]/NAME or an nbd:// URI), got none")
-	case 1:
-		return nil
-	}
-	return usagef("want exactly one SPEC, got %d arguments", len(args))
 }
 
 // probeFlags registers probe's flags. probe negotiates with the server
