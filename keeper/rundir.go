@@ -2,6 +2,7 @@ package keeper
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,12 +57,7 @@ type State struct {
 	Since       time.Time        `json:"since"`
 }
 
-func (r RunDir) dir() string {
-	if r.Path == "" {
-		return DefaultRunDir
-	}
-	return r.Path
-}
+func (r RunDir) dir() string { return cmp.Or(r.Path, DefaultRunDir) }
 
 // file is nbdN.ext in the directory.
 func (r RunDir) file(index int, ext string) string {

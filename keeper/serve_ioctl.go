@@ -1,6 +1,7 @@
 package keeper
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -97,14 +98,11 @@ func (k *keeper) doIt(conn net.Conn, p ioctl.Params, live func(attach time.Durat
 
 // kernelParams derives the device parameters from the spec and the export.
 func kernelParams(d config.Device, exp *negotiate.Export) (ioctl.Params, error) {
-	bs := d.BlockSize
-	if bs == 0 {
-		// The server's minimum, at least 512. Not its preferred size: a
-		// logical block size above the filesystem's block size makes the
-		// mount fail (ext4 on a small image uses 1 KiB blocks), while
-		// request sizes come from the queue limits, not from this.
-		bs = max(512, exp.MinBlock)
-	}
+	// By default the server's minimum, at least 512. Not its preferred
+	// size: a logical block size above the filesystem's block size makes
+	// the mount fail (ext4 on a small image uses 1 KiB blocks), while
+	// request sizes come from the queue limits, not from this.
+	bs := cmp.Or(d.BlockSize, max(512, exp.MinBlock))
 	if exp.MinBlock != 0 && bs < exp.MinBlock {
 		return ioctl.Params{}, fmt.Errorf("block size %d is below the server's minimum %d", bs, exp.MinBlock)
 	}

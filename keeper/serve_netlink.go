@@ -1,6 +1,7 @@
 package keeper
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"time"
@@ -47,10 +48,7 @@ func (k *keeper) serveNetlink(ctx context.Context, a *attachment) error {
 		}
 		socks, releases = append(socks, s), append(releases, release)
 	}
-	timeout := p.Timeout
-	if timeout == 0 {
-		timeout = defaultNetlinkTimeout
-	}
+	timeout := cmp.Or(p.Timeout, defaultNetlinkTimeout)
 	// The kernel insists on the same backend identifier in every
 	// RECONFIGURE; it also shows in /sys/block/nbdN/backend.
 	backend := "nbdroot " + k.state.Server + "/" + a.exp.Name

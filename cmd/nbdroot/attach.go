@@ -19,21 +19,18 @@ import (
 
 // attachKey is one of attach's own flags: each sets one spec key, with the
 // checks the key has in nbdroot.toml.
-type attachKey struct {
-	flag, key, usage string
-	def              string // attach's default, where it is not the spec's
-}
+type attachKey struct{ flag, key, usage string }
 
 // attachKeys is the table of attach's own flags.
 func attachKeys() []attachKey {
 	return []attachKey{
-		{"interface", "device.interface", "kernel interface `auto|netlink|ioctl`", ""},
-		{"connections", "device.connections", "`N` connections (netlink, if the server allows several)", ""},
-		{"read-only", "device.read_only", "attach read-only", ""},
-		{"block-size", "device.block_size", "logical block size `N`, a power of two 512..4096 (default: the server's minimum, at least 512)", ""},
-		{"request-timeout", "device.timeout", "per-request timeout `DUR` (default: the kernel's; 5s with netlink)", ""},
-		{"dead-conn-timeout", "device.dead_conn_timeout", "how long I/O waits for a reconnect, `DUR` (netlink)", ""},
-		{"deadline", "server.deadline", "give up connecting after `DUR`", "15s"},
+		{"interface", "device.interface", "kernel interface `auto|netlink|ioctl`"},
+		{"connections", "device.connections", "`N` connections (netlink, if the server allows several)"},
+		{"read-only", "device.read_only", "attach read-only"},
+		{"block-size", "device.block_size", "logical block size `N`, a power of two 512..4096 (default: the server's minimum, at least 512)"},
+		{"request-timeout", "device.timeout", "per-request timeout `DUR` (default: the kernel's; 5s with netlink)"},
+		{"dead-conn-timeout", "device.dead_conn_timeout", "how long I/O waits for a reconnect, `DUR` (netlink)"},
+		{"deadline", "server.deadline", "give up connecting after `DUR`"},
 	}
 }
 
@@ -54,15 +51,11 @@ func attachFlags(fs *flag.FlagSet) runFunc { return newAttach(fs).run }
 // attachKeys, each parsed and checked by the config schema as its key is.
 func newAttach(fs *flag.FlagSet) *attachCmd {
 	a := &attachCmd{keys: config.Defaults()}
+	a.keys.Server.Deadline = 15 * time.Second // attach's own default
 	a.client.register(fs)
 	zero := config.Spec{}
 	for _, k := range attachKeys() {
 		v := a.keys.Flag(k.key)
-		if k.def != "" {
-			if err := v.Set(k.def); err != nil {
-				panic(fmt.Sprintf("attach: default of --%s: %v", k.flag, err)) // a bug in the table
-			}
-		}
 		fs.Var(v, k.flag, k.usage)
 		if v.String() == zero.Flag(k.key).String() {
 			// Help leaves a zero default unsaid, as for the flag package's
@@ -95,7 +88,7 @@ func (a *attachCmd) run(ctx context.Context, sio stdio, args []string) error {
 	index := config.AutoIndex
 	switch len(args) {
 	case 0:
-		return oneSpec(args)
+		return errNoSpec
 	case 1:
 	case 2:
 		var err error

@@ -151,9 +151,7 @@ func printOverview(w io.Writer) error {
 	p.printf("usage: nbdroot COMMAND [ARGS]\n\n")
 	for _, c := range commands() {
 		for _, form := range c.synopsis {
-			for _, line := range wrapSynopsis("  nbdroot "+c.name, form) {
-				p.printf("%s\n", line)
-			}
+			p.printf("%s\n", strings.Join(wrapSynopsis("  nbdroot "+c.name, form), "\n"))
 		}
 		p.printf("      %s\n", c.summary)
 	}
@@ -172,9 +170,7 @@ func printHelp(w io.Writer, cmds []command) error {
 		}
 		lead := "usage: nbdroot "
 		for _, form := range c.synopsis {
-			for _, line := range wrapSynopsis(lead+c.name, form) {
-				p.printf("%s\n", line)
-			}
+			p.printf("%s\n", strings.Join(wrapSynopsis(lead+c.name, form), "\n"))
 			lead = "       nbdroot "
 		}
 		p.printf("\n%s\n", c.summary)
@@ -213,24 +209,14 @@ func wrapSynopsis(lead, form string) []string {
 // synopsisTokens splits a synopsis at the spaces outside brackets.
 func synopsisTokens(form string) []string {
 	var toks []string
-	depth, start := 0, 0
-	for i, r := range form {
-		switch r {
-		case '[':
-			depth++
-		case ']':
-			depth--
-		case ' ':
-			if depth == 0 {
-				if i > start {
-					toks = append(toks, form[start:i])
-				}
-				start = i + 1
-			}
+	depth := 0
+	for _, f := range strings.Fields(form) {
+		if depth != 0 {
+			toks[len(toks)-1] += " " + f
+		} else {
+			toks = append(toks, f)
 		}
-	}
-	if start < len(form) {
-		toks = append(toks, form[start:])
+		depth += strings.Count(f, "[") - strings.Count(f, "]")
 	}
 	return toks
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -55,18 +56,12 @@ func listFlags(fs *flag.FlagSet) runFunc {
 			fmt.Fprintf(tw, "%s\t%d (%s)\t%s\t%s\t%s\t%s\n", displayName(e.Name), e.Size, humanSize(e.Size),
 				blockSizes(e), flagsString(e.Flags), metaContexts(e.MetaContexts), e.Description)
 		}
-		if err := tw.Flush(); err != nil {
-			return err
-		}
+		tw.Flush() // into a buffer: no error
 		// An empty last column leaves the padding of the one before it.
 		for line := range strings.Lines(table.String()) {
 			w.printf("%s\n", strings.TrimRight(line, " \n"))
 		}
-		structured := "no"
-		if exps[0].StructuredReplies {
-			structured = "yes"
-		}
-		w.printf("structured replies: %s\n", structured)
+		w.printf("structured replies: %s\n", map[bool]string{false: "no", true: "yes"}[exps[0].StructuredReplies])
 		return w.err
 	}
 }
@@ -74,12 +69,9 @@ func listFlags(fs *flag.FlagSet) runFunc {
 // metaContexts formats an export's metadata contexts: comma-separated, or
 // "none".
 func metaContexts(names []string) string {
-	if len(names) == 0 {
-		return "none"
+	var clean []string
+	for _, n := range names {
+		clean = append(clean, displayName(n)) // never empty
 	}
-	clean := make([]string, len(names))
-	for i, n := range names {
-		clean[i] = displayName(n)
-	}
-	return strings.Join(clean, ",")
+	return cmp.Or(strings.Join(clean, ","), "none")
 }

@@ -13,31 +13,51 @@ import (
 	"github.com/nbdroot/nbdroot/initramfs"
 )
 
-// stringList is a repeatable string flag.
-type stringList []string
+// mkinitramfsDoc is the help of `nbdroot mkinitramfs`.
+const mkinitramfsDoc = `Writes a reproducible initramfs with nbdroot as /init, the default kernel
+modules and their dependencies, the spec and TLS files, and optionally a
+rescue shell.
+With --base-only the same archive has no /init: a base for u-root, whose
+busybox brings nbdroot (u-root -base FILE -initcmd=nbdroot ... ./cmd/nbdroot).
+With --modules-only it writes just the module tree.`
 
-func (l *stringList) String() string { return strings.Join(*l, ",") }
-
-func (l *stringList) Set(s string) error {
-	if s == "" {
-		return errors.New("empty value")
-	}
-	*l = append(*l, s)
-	return nil
+// mkinitramfsCmd holds the flags of mkinitramfs: those of initramfs's
+// options in opts, the others beside.
+type mkinitramfsCmd struct {
+	fs                                 *flag.FlagSet
+	opts                               initramfs.Options
+	out, modulesOnly, kernel, compress string
 }
 
-// fileList is the repeatable --file SRC[:DST] flag.
-type fileList []initramfs.File
-
-func (l *fileList) String() string {
-	parts := make([]string, len(*l))
-	for i, f := range *l {
-		parts[i] = f.Src + ":" + f.Dst
-	}
-	return strings.Join(parts, ",")
+// mkinitramfsFlags registers the flags of mkinitramfs, which writes an
+// initramfs with this binary (or --binary) as /init, a base archive without
+// /init (--base-only), or the module tree alone (--modules-only).
+func mkinitramfsFlags(fs *flag.FlagSet) runFunc {
+	m := &mkinitramfsCmd{fs: fs}
+	o := &m.opts
+	fs.StringVar(&m.out, "o", "", "write the archive to `FILE`")
+	fs.StringVar(&o.KernelVersion, "kver", "", "kernel `VERSION` whose modules to carry (default: the newest in --modules-dir)")
+	fs.StringVar(&m.kernel, "kernel", "", "take the kernel version from the bzImage at `PATH`")
+	fs.StringVar(&o.ModulesDir, "modules-dir", initramfs.DefaultModulesDir, "`DIR` holding VERSION/modules.dep")
+	fs.StringVar(&o.ConfigFile, "config", "", "install the spec TOML `FILE` as /etc/nbdroot.toml, with the TLS files it names")
+	fs.Func("module", "also carry kernel module `NAME` and its dependencies (repeatable)", func(s string) error {
+		if s == "" {
+			return errors.New("empty value")
+		}
+		o.Modules = append(o.Modules, s)
+		return nil
+	})
+	fs.Func("file", "copy host file `SRC[:DST]` into the image (repeatable)", m.addFile)
+	fs.StringVar(&m.compress, "compress", string(initramfs.Gzip), "compress with `METHOD`: gzip, zstd, xz or none")
+	fs.StringVar(&o.Binary, "binary", "", "install `PATH` as /init (default: this nbdroot binary)")
+	fs.StringVar(&m.modulesOnly, "modules-only", "", "write only the module tree, into `DIR`/lib/modules/VERSION")
+	fs.StringVar(&o.Shell, "shell", "", "install the static shell at `PATH` for boot.on_failure = \"shell\" (busybox: as /bin/busybox with /bin/sh and applet links)")
+	fs.BoolVar(&o.BaseOnly, "base-only", false, "leave out /init: a base archive for u-root's -base with -initcmd=nbdroot (uncompressed unless --compress)")
+	return m.run
 }
 
-func (l *fileList) Set(s string) error {
+// addFile takes one --file SRC[:DST].
+func (m *mkinitramfsCmd) addFile(s string) error {
 	src, dst, ok := strings.Cut(s, ":")
 	if !ok {
 		dst = src
@@ -51,52 +71,12 @@ func (l *fileList) Set(s string) error {
 		}
 		return fmt.Errorf("%q: without :DST the source must be absolute, to name the same path in the image", s)
 	}
-	*l = append(*l, initramfs.File{Src: src, Dst: dst})
+	m.opts.Files = append(m.opts.Files, initramfs.File{Src: src, Dst: dst})
 	return nil
 }
 
-// mkinitramfsDoc is the help of `nbdroot mkinitramfs`.
-const mkinitramfsDoc = `Writes a reproducible initramfs with nbdroot as /init, the default kernel
-modules and their dependencies, the spec and TLS files, and optionally a
-rescue shell.
-With --base-only the same archive has no /init: a base for u-root, whose
-busybox brings nbdroot (u-root -base FILE -initcmd=nbdroot ... ./cmd/nbdroot).
-With --modules-only it writes just the module tree.`
-
-// mkinitramfsCmd holds the flags of mkinitramfs.
-type mkinitramfsCmd struct {
-	fs                       *flag.FlagSet
-	out, modulesOnly, binary string
-	kver, kernel, modulesDir string
-	configFile, compress     string
-	shell                    string
-	baseOnly                 bool
-	modules                  stringList
-	files                    fileList
-}
-
-// mkinitramfsFlags registers the flags of mkinitramfs, which writes an
-// initramfs with this binary (or --binary) as /init, a base archive without
-// /init (--base-only), or the module tree alone (--modules-only).
-func mkinitramfsFlags(fs *flag.FlagSet) runFunc {
-	m := &mkinitramfsCmd{fs: fs}
-	fs.StringVar(&m.out, "o", "", "write the archive to `FILE`")
-	fs.StringVar(&m.kver, "kver", "", "kernel `VERSION` whose modules to carry (default: the newest in --modules-dir)")
-	fs.StringVar(&m.kernel, "kernel", "", "take the kernel version from the bzImage at `PATH`")
-	fs.StringVar(&m.modulesDir, "modules-dir", initramfs.DefaultModulesDir, "`DIR` holding VERSION/modules.dep")
-	fs.StringVar(&m.configFile, "config", "", "install the spec TOML `FILE` as /etc/nbdroot.toml, with the TLS files it names")
-	fs.Var(&m.modules, "module", "also carry kernel module `NAME` and its dependencies (repeatable)")
-	fs.Var(&m.files, "file", "copy host file `SRC[:DST]` into the image (repeatable)")
-	fs.StringVar(&m.compress, "compress", string(initramfs.Gzip), "compress with `METHOD`: gzip, zstd, xz or none")
-	fs.StringVar(&m.binary, "binary", "", "install `PATH` as /init (default: this nbdroot binary)")
-	fs.StringVar(&m.modulesOnly, "modules-only", "", "write only the module tree, into `DIR`/lib/modules/VERSION")
-	fs.StringVar(&m.shell, "shell", "", "install the static shell at `PATH` for boot.on_failure = \"shell\" (busybox: as /bin/busybox with /bin/sh and applet links)")
-	fs.BoolVar(&m.baseOnly, "base-only", false, "leave out /init: a base archive for u-root's -base with -initcmd=nbdroot (uncompressed unless --compress)")
-	return m.run
-}
-
 func (m *mkinitramfsCmd) run(ctx context.Context, sio stdio, args []string) error {
-	out, modulesOnly, binary, kver, baseOnly := m.out, m.modulesOnly, m.binary, m.kver, m.baseOnly
+	out, modulesOnly, opts := m.out, m.modulesOnly, m.opts
 	switch {
 	case len(args) > 0:
 		return usagef("unexpected argument %q", args[0])
@@ -104,42 +84,31 @@ func (m *mkinitramfsCmd) run(ctx context.Context, sio stdio, args []string) erro
 		return usagef("-o FILE is required")
 	case out != "" && modulesOnly != "":
 		return usagef("-o and --modules-only are mutually exclusive")
-	case kver != "" && m.kernel != "":
+	case opts.KernelVersion != "" && m.kernel != "":
 		return usagef("--kver and --kernel are mutually exclusive")
-	case baseOnly && modulesOnly != "":
+	case opts.BaseOnly && modulesOnly != "":
 		return usagef("--base-only and --modules-only are mutually exclusive")
-	case baseOnly && binary != "":
+	case opts.BaseOnly && opts.Binary != "":
 		return usagef("--base-only writes no /init, so --binary has nothing to do")
 	}
 	compress := m.compress
-	if baseOnly && !flagGiven(m.fs, "compress") {
+	if opts.BaseOnly && !flagGiven(m.fs, "compress") {
 		// u-root's -base reads a plain cpio archive.
 		compress = string(initramfs.None)
 	}
-	comp, err := initramfs.ParseCompression(compress)
-	if err != nil {
+	var err error
+	if opts.Compression, err = initramfs.ParseCompression(compress); err != nil {
 		return usagef("--compress: %v", err)
 	}
 	if m.kernel != "" {
-		if kver, err = initramfs.KernelVersion(m.kernel); err != nil {
+		if opts.KernelVersion, err = initramfs.KernelVersion(m.kernel); err != nil {
 			return fmt.Errorf("mkinitramfs: --kernel: %w (use --kver)", err)
 		}
 	}
-	if binary == "" && modulesOnly == "" && !baseOnly {
-		if binary, err = os.Executable(); err != nil {
+	if opts.Binary == "" && modulesOnly == "" && !opts.BaseOnly {
+		if opts.Binary, err = os.Executable(); err != nil {
 			return fmt.Errorf("mkinitramfs: finding this binary: %w (use --binary)", err)
 		}
-	}
-	opts := initramfs.Options{
-		Binary:        binary,
-		KernelVersion: kver,
-		ModulesDir:    m.modulesDir,
-		Modules:       m.modules,
-		ConfigFile:    m.configFile,
-		Files:         m.files,
-		Compression:   comp,
-		Shell:         m.shell,
-		BaseOnly:      baseOnly,
 	}
 	var r *initramfs.Report
 	if modulesOnly != "" {
@@ -157,7 +126,7 @@ func (m *mkinitramfsCmd) run(ctx context.Context, sio stdio, args []string) erro
 			filepath.Join(modulesOnly, "lib/modules", r.KernelVersion), filepath.Join(modulesOnly, "lib/modules"))
 		return nil
 	}
-	if baseOnly {
+	if opts.BaseOnly {
 		fmt.Fprintln(sio.out, "binary    none: a base archive (u-root: -base "+out+" -initcmd=nbdroot ... ./cmd/nbdroot)")
 	} else {
 		fmt.Fprintf(sio.out, "binary    %s (%s) as /init\n", r.Binary, sizeString(r.BinarySize))

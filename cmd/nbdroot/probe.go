@@ -43,58 +43,48 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.json, "json", false, "print JSON")
 }
 
-// onlyTarget is target of the one SPEC argument of probe and list.
+// errNoSpec is the usage error of probe, list and attach without a SPEC.
+var errNoSpec = usagef("want exactly one SPEC (HOST[:PORT]/NAME or an nbd:// URI), got none")
+
+// onlyTarget is target of the one SPEC argument of probe and list: args,
+// the arguments after the flags, must be one SPEC.
 func (f *clientFlags) onlyTarget(args []string) (config.Spec, config.Endpoint, error) {
-	if err := oneSpec(args); err != nil {
-		return config.Spec{}, config.Endpoint{}, err
+	switch len(args) {
+	case 0:
+		return config.Spec{}, config.Endpoint{}, errNoSpec
+	case 1:
+		return f.target(args[0])
 	}
-	return f.target(args[0])
+	return config.Spec{}, config.Endpoint{}, usagef("want exactly one SPEC, got %d arguments", len(args))
 }
 
 // target returns the spec of one server, SPEC with the flags applied, and
 // its endpoint. HOST[:PORT] without a name is the default export (probe,
 // attach) or just the server (list, which ignores the name).
 func (f *clientFlags) target(arg string) (config.Spec, config.Endpoint, error) {
-	var none config.Endpoint
-	if f.timeout < 0 {
-		return config.Spec{}, none, usagef("--timeout %v is negative", f.timeout)
-	}
-	if (f.cert == "") != (f.key == "") {
-		return config.Spec{}, none, usagef("--cert and --key go together")
-	}
 	spec, err := config.ParseTarget(arg)
-	if err != nil {
-		return config.Spec{}, none, usageError{err}
+	switch {
+	case f.timeout < 0:
+		err = usagef("--timeout %v is negative", f.timeout)
+	case (f.cert == "") != (f.key == ""):
+		err = usagef("--cert and --key go together")
+	case err != nil:
+		err = usageError{err}
+	case len(spec.Server.Endpoints) != 1:
+		err = usagef("%q names %d servers, want one", arg, len(spec.Server.Endpoints))
 	}
-	if len(spec.Server.Endpoints) != 1 {
-		return config.Spec{}, none, usagef("%q names %d servers, want one", arg, len(spec.Server.Endpoints))
+	if err != nil {
+		return config.Spec{}, config.Endpoint{}, err
 	}
 	t := &spec.TLS
-	if f.tls || f.ca != "" || f.cert != "" || f.key != "" || f.hostname != "" || f.noVerify {
-		t.Enabled = true
-	}
+	t.Enabled = t.Enabled || f.tls || f.ca != "" || f.cert != "" || f.key != "" || f.hostname != "" || f.noVerify
 	t.CAFile = cmp.Or(f.ca, t.CAFile)
 	t.CertFile, t.KeyFile = cmp.Or(f.cert, t.CertFile), cmp.Or(f.key, t.KeyFile) // given together
 	t.ServerName = cmp.Or(f.hostname, t.ServerName)
-	if f.noVerify {
-		t.VerifyPeer = false
-	}
-	if f.timeout > 0 {
-		spec.Server.ConnectTimeout = f.timeout
-		spec.Server.HandshakeTimeout = f.timeout
-	}
+	t.VerifyPeer = t.VerifyPeer && !f.noVerify
+	spec.Server.ConnectTimeout = cmp.Or(f.timeout, spec.Server.ConnectTimeout) // not negative, checked above
+	spec.Server.HandshakeTimeout = cmp.Or(f.timeout, spec.Server.HandshakeTimeout)
 	return spec, spec.Server.Endpoints[0], nil
-}
-
-// oneSpec checks that args, the arguments after the flags, are one SPEC.
-func oneSpec(args []string) error {
-	switch len(args) {
-	case 0:
-		return usagef("want exactly one SPEC (HOST[:PORT]/NAME or an nbd:// URI), got none")
-	case 1:
-		return nil
-	}
-	return usagef("want exactly one SPEC, got %d arguments", len(args))
 }
 
 // probeFlags registers probe's flags. probe negotiates with the server
@@ -104,15 +94,16 @@ func oneSpec(args []string) error {
 func probeFlags(fs *flag.FlagSet) runFunc {
 	var f clientFlags
 	f.register(fs)
-	var m mapFlags
-	m.register(fs)
+	mapOn := fs.Bool("map", false, "print the allocation map (NBD_CMD_BLOCK_STATUS) instead of describing the export")
+	metaContext := fs.String("context", negotiate.ContextBaseAllocation, "the metadata context `NAME` to map (list shows those a server offers)")
+	totals := fs.Bool("totals", false, "print bytes and percentage per extent type instead of the extents")
 	return func(ctx context.Context, sio stdio, args []string) error {
 		spec, ep, err := f.onlyTarget(args)
 		if err != nil {
 			return err
 		}
-		if m.wanted(fs) {
-			return probeMap(ctx, sio, spec, ep, m, f.json)
+		if *mapOn || *totals || flagGiven(fs, "context") {
+			return probeMap(ctx, sio, spec, ep, *metaContext, f.json, *totals)
 		}
 		exp, conn, err := dial.Dial(ctx, spec, ep)
 		if err != nil {
@@ -174,7 +165,7 @@ func describe(e negotiate.Export) exportInfo {
 		Description:        e.Description,
 		Size:               e.Size,
 		SizeHuman:          humanSize(e.Size),
-		Flags:              flagNames(e.Flags),
+		Flags:              []string{},
 		FlagBits:           uint16(e.Flags),
 		MinBlockSize:       e.MinBlock,
 		PreferredBlockSize: e.PrefBlock,
@@ -182,19 +173,14 @@ func describe(e negotiate.Export) exportInfo {
 		Path:               string(e.Path),
 		TLS:                e.TLSVersion != 0,
 	}
+	if e.Flags != 0 {
+		info.Flags = strings.Split(e.Flags.String(), ",")
+	}
 	if info.TLS {
 		info.TLSVersion = tls.VersionName(e.TLSVersion)
 		info.TLSCipher = tls.CipherSuiteName(e.TLSCipher)
 	}
 	return info
-}
-
-func flagNames(f negotiate.Flags) []string {
-	names := []string{}
-	if f != 0 {
-		names = strings.Split(f.String(), ",")
-	}
-	return names
 }
 
 func flagsString(f negotiate.Flags) string {

@@ -2,10 +2,10 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"maps"
@@ -33,31 +33,13 @@ reply too.`
 // maxTypes bounds the distinct extent types --totals counts.
 const maxTypes = 1024
 
-// mapFlags are probe's flags for the allocation map.
-type mapFlags struct {
-	on, totals bool
-	context    string
-}
-
-// register defines the flags on fs.
-func (m *mapFlags) register(fs *flag.FlagSet) {
-	fs.BoolVar(&m.on, "map", false, "print the allocation map (NBD_CMD_BLOCK_STATUS) instead of describing the export")
-	fs.StringVar(&m.context, "context", negotiate.ContextBaseAllocation, "the metadata context `NAME` to map (list shows those a server offers)")
-	fs.BoolVar(&m.totals, "totals", false, "print bytes and percentage per extent type instead of the extents")
-}
-
-// wanted reports whether the flags ask for the map.
-func (m *mapFlags) wanted(fs *flag.FlagSet) bool {
-	return m.on || m.totals || flagGiven(fs, "context")
-}
-
 // probeMap opens a query session on ep and prints its map to sio.out.
-func probeMap(ctx context.Context, sio stdio, spec config.Spec, ep config.Endpoint, m mapFlags, asJSON bool) error {
+func probeMap(ctx context.Context, sio stdio, spec config.Spec, ep config.Endpoint, metaContext string, asJSON, totals bool) error {
 	d, err := dial.NewDialer(spec)
 	if err != nil {
 		return fmt.Errorf("probe: %s: %w", ep, err)
 	}
-	q, err := d.Query(ctx, ep, m.context)
+	q, err := d.Query(ctx, ep, metaContext)
 	if err != nil {
 		return mapError(ep, err)
 	}
@@ -66,13 +48,9 @@ func probeMap(ctx context.Context, sio stdio, spec config.Spec, ep config.Endpoi
 	defer q.Close()
 
 	exp := q.Export()
-	out := newMapWriter(sio.out, m.context, exp.Size, asJSON, m.totals)
+	out := newMapWriter(sio.out, metaContext, exp.Size, asJSON, totals)
 	if err := q.Map(ctx, 0, exp.Size, out.add); err != nil {
-		var we writeError
-		if errors.As(err, &we) {
-			return we.err
-		}
-		return fmt.Errorf("probe: %s: %w", ep, err)
+		return cmp.Or(out.err, fmt.Errorf("probe: %s: %w", ep, err))
 	}
 	return out.finish()
 }
@@ -96,12 +74,6 @@ func mapError(ep config.Endpoint, err error) error {
 	return fmt.Errorf("probe: %w", err)
 }
 
-// writeError is a failure to write the map, which ends Map as it is.
-type writeError struct{ err error }
-
-func (e writeError) Error() string { return e.err.Error() }
-func (e writeError) Unwrap() error { return e.err }
-
 // mapWriter merges adjacent extents of the same type and prints them as
 // they come (text or JSON lines), or sums them per type for --totals.
 type mapWriter struct {
@@ -116,6 +88,7 @@ type mapWriter struct {
 	have bool
 	n    int               // extents printed
 	sums map[uint32]uint64 // --totals: bytes per flags
+	err  error             // the failure to write, which ends Map as it is
 }
 
 func newMapWriter(w io.Writer, metaContext string, size uint64, asJSON, totals bool) *mapWriter {
@@ -189,9 +162,9 @@ func (m *mapWriter) emit(e negotiate.Extent) error {
 	}
 	m.n++
 	if err != nil {
-		return writeError{fmt.Errorf("writing the map: %w", err)}
+		m.err = fmt.Errorf("writing the map: %w", err)
 	}
-	return nil
+	return m.err
 }
 
 // finish prints the last extent, or the totals, and flushes.
