@@ -277,16 +277,6 @@ func (s *session) scratch(n int) []byte {
 	return s.buf[:n]
 }
 
-// readPayload reads an n-byte reply payload into the scratch buffer; n is
-// bounded by replyHeader.
-func (s *session) readPayload(n uint32, what string) ([]byte, error) {
-	b := s.scratch(int(n))
-	if err := s.readFull(b, what); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
 // readFull fills b from the connection.
 func (s *session) readFull(b []byte, what string) error {
 	if _, err := io.ReadFull(s.conn, b); err != nil {

@@ -99,8 +99,8 @@ func (s *session) list() ([]Export, error) {
 		if total += int(n); total > maxListBytes {
 			return protocolError("NBD_OPT_LIST replies exceed %d bytes", maxListBytes)
 		}
-		b, err := s.readPayload(n, "reading NBD_REP_SERVER")
-		if err != nil {
+		b := s.scratch(int(n))
+		if err := s.readFull(b, "reading NBD_REP_SERVER"); err != nil {
 			return err
 		}
 		var r serverReply
@@ -182,8 +182,8 @@ func (s *session) metaContextOption(opt uint32, name string, queries []string, e
 		if total += int(n); total > maxMetaContextBytes {
 			return protocolError("%s replies exceed %d bytes", OptionName(opt), maxMetaContextBytes)
 		}
-		b, err := s.readPayload(n, "reading NBD_REP_META_CONTEXT")
-		if err != nil {
+		b := s.scratch(int(n))
+		if err := s.readFull(b, "reading NBD_REP_META_CONTEXT"); err != nil {
 			return err
 		}
 		var r metaContextReply
@@ -250,10 +250,10 @@ func (s *session) sendOption(opt uint32, data []byte) error {
 }
 
 // exchange sends opt with data and reads the replies up to the final one.
-// Each reply of type more goes to each, which must read its n-byte payload;
-// NBD_REP_ACK ends the exchange, an error reply ends it as an
-// *OptionError, and any other reply breaks the protocol. An option that
-// wants a bare NBD_REP_ACK has no more and no each.
+// Each reply of type more goes to each, which must read its n-byte payload
+// (n bounded by replyHeader); NBD_REP_ACK ends the exchange, an error reply
+// ends it as an *OptionError, and any other reply breaks the protocol. An
+// option that wants a bare NBD_REP_ACK has no more and no each.
 func (s *session) exchange(opt uint32, data []byte, more uint32, each func(n uint32) error) error {
 	if err := s.sendOption(opt, data); err != nil {
 		return err
@@ -305,8 +305,8 @@ func (s *session) errorReply(h replyHeader) error {
 	if err := checkString(what, int(h.Length)); err != nil {
 		return err
 	}
-	msg, err := s.readPayload(h.Length, "reading "+what)
-	if err != nil {
+	msg := s.scratch(int(h.Length))
+	if err := s.readFull(msg, "reading "+what); err != nil {
 		return err
 	}
 	// The server has said its last word on this option and waits for the

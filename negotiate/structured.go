@@ -263,8 +263,8 @@ func covered(spans []span) uint64 {
 // *CommandError; an offset must lie within the request.
 func (s *session) errorChunk(h chunkHeader, p *pending, st *replyState) error {
 	name := chunkTypeName(h.Type)
-	b, err := s.readPayload(h.Length, "reading "+name)
-	if err != nil {
+	b := s.scratch(int(h.Length))
+	if err := s.readFull(b, "reading "+name); err != nil {
 		return err
 	}
 	e, err := unmarshalErrorChunk(b, h.Type)
