@@ -110,23 +110,13 @@ func (s *session) list() ([]Export, error) {
 		exports = append(exports, Export{Name: r.Name, Description: r.Description})
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	s.canAbort = true
-	return exports, nil
+	return exports, err
 }
 
 // structuredReply sends NBD_OPT_STRUCTURED_REPLY, which wants a bare
 // NBD_REP_ACK; a refusal is an *OptionError. Only List and OpenQuery call
 // it, never Handshake.
-func (s *session) structuredReply() error {
-	if err := s.exchange(OptStructuredReply, nil, 0, nil); err != nil {
-		return err
-	}
-	s.canAbort = true
-	return nil
-}
+func (s *session) structuredReply() error { return s.exchange(OptStructuredReply, nil, 0, nil) }
 
 // listMetaContexts sends NBD_OPT_LIST_META_CONTEXT for export name with no
 // query, which asks for every context, and returns the names (not nil). The
@@ -178,7 +168,7 @@ func (s *session) setMetaContext(name, context string) (uint32, error) {
 func (s *session) metaContextOption(opt uint32, name string, queries []string, each func(metaContextReply) error) error {
 	data, _ := metaContextRequest{Name: name, Queries: queries}.MarshalBinary()
 	total := 0
-	err := s.exchange(opt, data, RepMetaContext, func(n uint32) error {
+	return s.exchange(opt, data, RepMetaContext, func(n uint32) error {
 		if total += int(n); total > maxMetaContextBytes {
 			return protocolError("%s replies exceed %d bytes", OptionName(opt), maxMetaContextBytes)
 		}
@@ -192,11 +182,6 @@ func (s *session) metaContextOption(opt uint32, name string, queries []string, e
 		}
 		return each(r)
 	})
-	if err != nil {
-		return err
-	}
-	s.canAbort = true
-	return nil
 }
 
 // exportName sends NBD_OPT_EXPORT_NAME, which ends option haggling, and reads
@@ -265,6 +250,10 @@ func (s *session) exchange(opt uint32, data []byte, more uint32, each func(n uin
 		}
 		switch {
 		case h.Type == RepAck:
+			// The server waits for the next option, except after
+			// NBD_OPT_STARTTLS (TLS comes first) and NBD_OPT_GO;
+			// infoOrGo decides once it has checked the replies.
+			s.canAbort = opt != OptStartTLS && more != RepInfo
 			return nil
 		case h.Type&RepErrBit != 0:
 			return s.errorReply(h)
