@@ -215,15 +215,9 @@ func (s *session) greet(forHandshake bool) error {
 	if s.opts.TLS != nil && !s.fixed {
 		return fmt.Errorf("%w: the server uses non-fixed newstyle negotiation, which has no NBD_OPT_STARTTLS; refusing to continue without TLS", ErrTLSUnsupported)
 	}
-	// Only the flags the server offered, as the spec requires.
-	var cflags clientFlags
-	if s.fixed {
-		cflags |= clientFlags(cflagFixedNewstyle)
-	}
-	if s.noZeroes {
-		cflags |= clientFlags(cflagNoZeroes)
-	}
-	b, _ = cflags.MarshalBinary()
+	// Only the flags the server offered, as the spec requires: each client
+	// flag has the bit of the handshake flag it answers.
+	b, _ = clientFlags(uint32(g.Flags) & (cflagFixedNewstyle | cflagNoZeroes)).MarshalBinary()
 	if _, err := s.conn.Write(b); err != nil {
 		return s.ioError("sending the client flags", err)
 	}
@@ -264,9 +258,7 @@ func (s *session) secure() error {
 		return fmt.Errorf("negotiate: NBD_OPT_STARTTLS: %w", err)
 	}
 	cfg := s.opts.TLS.Clone()
-	if cfg.MinVersion < tls.VersionTLS12 {
-		cfg.MinVersion = tls.VersionTLS12
-	}
+	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
 	tc := tls.Client(s.raw, cfg)
 	if err := tc.HandshakeContext(s.ctx); err != nil {
 		// Too late for NBD_OPT_ABORT: the spec wants a hard disconnect.

@@ -1,6 +1,7 @@
 package negotiate
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -171,10 +172,7 @@ func begin(ctx context.Context, conn net.Conn, opts Options) (*session, error) {
 	if conn == nil {
 		return nil, errors.New("negotiate: nil connection")
 	}
-	timeout := opts.Timeout
-	if timeout == 0 {
-		timeout = DefaultTimeout
-	}
+	timeout := cmp.Or(opts.Timeout, DefaultTimeout)
 	var err error
 	switch {
 	case timeout < 0:
