@@ -41,10 +41,12 @@ func (p *pending) end() uint64 { return p.offset + uint64(p.length) }
 
 // replyState is what one reply has carried so far.
 type replyState struct {
-	chunks    int
-	statusIDs []uint32      // contexts whose NBD_REPLY_TYPE_BLOCK_STATUS came
-	described uint64        // bytes of the request the extents covered
+	chunks int
+	// described is the bytes of the request the extents covered, at least
+	// 1 once the NBD_REPLY_TYPE_BLOCK_STATUS came.
+	described uint64
 	spans     []span        // NBD_CMD_READ: the content chunks so far, sorted
+	filled    uint64        // NBD_CMD_READ: the bytes they cover
 	failed    *CommandError // the first error chunk
 }
 
@@ -79,13 +81,13 @@ func (s *session) receive(p *pending) (uint64, error) {
 	}
 	switch p.cmd {
 	case cmdBlockStatus:
-		if len(st.statusIDs) == 0 {
+		if st.described == 0 {
 			return 0, protocolError("the reply ended without NBD_REPLY_TYPE_BLOCK_STATUS")
 		}
 		return st.described, nil
 	default:
-		if n := covered(st.spans); n != uint64(p.length) {
-			return 0, protocolError("the reply ended with %d of the %d bytes read", n, p.length)
+		if st.filled != uint64(p.length) {
+			return 0, protocolError("the reply ended with %d of the %d bytes read", st.filled, p.length)
 		}
 		return uint64(p.length), nil
 	}
@@ -175,10 +177,9 @@ func (s *session) blockStatus(n uint32, p *pending, st *replyState) error {
 	if id != p.context {
 		return protocolError("NBD_REPLY_TYPE_BLOCK_STATUS for context ID %d, but the selected context has ID %d", id, p.context)
 	}
-	if slices.Contains(st.statusIDs, id) {
+	if st.described != 0 {
 		return protocolError("a second NBD_REPLY_TYPE_BLOCK_STATUS for context ID %d in one reply", id)
 	}
-	st.statusIDs = append(st.statusIDs, id)
 
 	count := int(n-contextIDLen) / descriptorLen
 	pos, end := p.offset, p.end()
@@ -242,21 +243,13 @@ func (s *session) content(h chunkHeader, p *pending, st *replyState) error {
 		return protocolError("%s %d+%d overlaps earlier content", name, off, n)
 	}
 	st.spans = slices.Insert(st.spans, i, sp)
+	st.filled += n
 	dst := p.data[off-p.offset : off-p.offset+n]
 	if h.Type == chunkOffsetHole {
 		clear(dst)
 		return nil
 	}
 	return s.readFull(dst, "reading "+name+" data")
-}
-
-// covered is the number of bytes in spans, which do not overlap.
-func covered(spans []span) uint64 {
-	var n uint64
-	for _, sp := range spans {
-		n += sp.end - sp.start
-	}
-	return n
 }
 
 // errorChunk reads an error chunk. The first one becomes the reply's
