@@ -362,9 +362,7 @@ type nameInfo string
 func (i nameInfo) MarshalBinary() ([]byte, error) { return put(nil, infoName, string(i)), nil }
 
 // UnmarshalBinary decodes the information.
-func (i *nameInfo) UnmarshalBinary(b []byte) error {
-	return unmarshalStringInfo(i, b, infoName)
-}
+func (i *nameInfo) UnmarshalBinary(b []byte) error { return unmarshalStringInfo(i, b, infoName) }
 
 // descriptionInfo is NBD_INFO_DESCRIPTION: the export's description.
 type descriptionInfo string

@@ -216,11 +216,7 @@ func (s *session) abort() {
 	if s.sendOption(OptAbort, nil) != nil {
 		return
 	}
-	wait := time.Now().Add(abortGrace)
-	if s.deadline.Before(wait) {
-		wait = s.deadline
-	}
-	_ = s.conn.SetReadDeadline(wait)
+	_ = s.conn.SetReadDeadline(time.Now().Add(min(abortGrace, time.Until(s.deadline))))
 	_, _ = io.ReadFull(s.conn, s.scratch(replyHeaderLen))
 }
 
