@@ -1,6 +1,7 @@
 package negotiate
 
 import (
+	"encoding"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -91,22 +92,7 @@ func (s *session) readInfo(n uint32) (infoReply, error) {
 // list sends NBD_OPT_LIST and returns the exports, with name and description.
 func (s *session) list() ([]Export, error) {
 	var exports []Export
-	total := 0
-	err := s.exchange(OptList, nil, RepServer, func(n uint32) error {
-		if len(exports) >= maxListEntries {
-			return protocolError("more than %d NBD_REP_SERVER replies", maxListEntries)
-		}
-		if total += int(n); total > maxListBytes {
-			return protocolError("NBD_OPT_LIST replies exceed %d bytes", maxListBytes)
-		}
-		b := s.scratch(int(n))
-		if err := s.readFull(b, "reading NBD_REP_SERVER"); err != nil {
-			return err
-		}
-		var r serverReply
-		if err := r.UnmarshalBinary(b); err != nil {
-			return err
-		}
+	err := records(s, OptList, nil, RepServer, maxListEntries, maxListBytes, func(r serverReply) error {
 		exports = append(exports, Export{Name: r.Name, Description: r.Description})
 		return nil
 	})
@@ -123,7 +109,8 @@ func (s *session) structuredReply() error { return s.exchange(OptStructuredReply
 // IDs of list replies mean nothing and are ignored, as the spec asks.
 func (s *session) listMetaContexts(name string) ([]string, error) {
 	names := []string{}
-	err := s.metaContextOption(OptListMetaContext, name, nil, func(r metaContextReply) error {
+	data, _ := metaContextRequest{Name: name}.MarshalBinary()
+	err := records(s, OptListMetaContext, data, RepMetaContext, 0, maxMetaContextBytes, func(r metaContextReply) error {
 		if len(names) >= maxMetaContexts {
 			return protocolError("more than %d NBD_REP_META_CONTEXT replies", maxMetaContexts)
 		}
@@ -143,7 +130,8 @@ func (s *session) listMetaContexts(name string) ([]string, error) {
 func (s *session) setMetaContext(name, context string) (uint32, error) {
 	var id uint32
 	n := 0
-	err := s.metaContextOption(OptSetMetaContext, name, []string{context}, func(r metaContextReply) error {
+	data, _ := metaContextRequest{Name: name, Queries: []string{context}}.MarshalBinary()
+	err := records(s, OptSetMetaContext, data, RepMetaContext, 0, maxMetaContextBytes, func(r metaContextReply) error {
 		if n++; n > 1 {
 			return protocolError("a second NBD_REP_META_CONTEXT (%s) for one query", quoteName(r.Name))
 		}
@@ -162,22 +150,27 @@ func (s *session) setMetaContext(name, context string) (uint32, error) {
 	return id, nil
 }
 
-// metaContextOption sends opt (NBD_OPT_LIST_META_CONTEXT or
-// NBD_OPT_SET_META_CONTEXT) for export name with the queries, and hands
-// each NBD_REP_META_CONTEXT to each, bounded at maxMetaContextBytes.
-func (s *session) metaContextOption(opt uint32, name string, queries []string, each func(metaContextReply) error) error {
-	data, _ := metaContextRequest{Name: name, Queries: queries}.MarshalBinary()
-	total := 0
-	return s.exchange(opt, data, RepMetaContext, func(n uint32) error {
-		if total += int(n); total > maxMetaContextBytes {
-			return protocolError("%s replies exceed %d bytes", OptionName(opt), maxMetaContextBytes)
+// records runs exchange for opt with data, decoding each reply of type
+// more as an R for each: at most maxCount replies (unless 0) of maxBytes
+// in all, both checked before the payload is read.
+func records[R any, P interface {
+	*R
+	encoding.BinaryUnmarshaler
+}](s *session, opt uint32, data []byte, more uint32, maxCount, maxBytes int, each func(R) error) error {
+	count, total := 0, 0
+	return s.exchange(opt, data, more, func(n uint32) error {
+		if count++; maxCount != 0 && count > maxCount {
+			return protocolError("more than %d %s replies", maxCount, ReplyName(more))
+		}
+		if total += int(n); total > maxBytes {
+			return protocolError("%s replies exceed %d bytes", OptionName(opt), maxBytes)
 		}
 		b := s.scratch(int(n))
-		if err := s.readFull(b, "reading NBD_REP_META_CONTEXT"); err != nil {
+		if err := s.readFull(b, "reading "+ReplyName(more)); err != nil {
 			return err
 		}
-		var r metaContextReply
-		if err := r.UnmarshalBinary(b); err != nil {
+		var r R
+		if err := P(&r).UnmarshalBinary(b); err != nil {
 			return err
 		}
 		return each(r)
