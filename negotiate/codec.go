@@ -362,9 +362,7 @@ type nameInfo string
 func (i nameInfo) MarshalBinary() ([]byte, error) { return put(nil, infoName, string(i)), nil }
 
 // UnmarshalBinary decodes the information.
-func (i *nameInfo) UnmarshalBinary(b []byte) error {
-	return unmarshalStringInfo(i, b, infoName)
-}
+func (i *nameInfo) UnmarshalBinary(b []byte) error { return unmarshalStringInfo(i, b, infoName) }
 
 // descriptionInfo is NBD_INFO_DESCRIPTION: the export's description.
 type descriptionInfo string
@@ -597,11 +595,11 @@ func (r *metaContextRequest) UnmarshalBinary(b []byte) error {
 	count := binary.BigEndian.Uint32(rest)
 	rest = rest[4:]
 	// Each query takes at least its 4-byte length: count is bounded by
-	// the data before anything is allocated for it.
+	// the data before the loop.
 	if uint64(count) > uint64(len(rest)/4) {
 		return protocolError("meta context request of %d queries in %d bytes", count, len(rest))
 	}
-	queries := make([]string, 0, count)
+	var queries []string
 	for range count {
 		var q string
 		if q, rest, err = lengthString("meta context query", rest); err != nil {
@@ -613,9 +611,6 @@ func (r *metaContextRequest) UnmarshalBinary(b []byte) error {
 		return protocolError("meta context request has %d bytes after its queries", len(rest))
 	}
 	r.Name, r.Queries = name, queries
-	if count == 0 {
-		r.Queries = nil
-	}
 	return nil
 }
 

@@ -69,15 +69,7 @@ func (e *OptionError) Error() string {
 
 // Unwrap lets errors.Is match ErrTLSRequired for NBD_REP_ERR_TLS_REQD and
 // ErrExportNotFound for NBD_REP_ERR_UNKNOWN.
-func (e *OptionError) Unwrap() error {
-	switch e.Code {
-	case RepErrTLSReqd:
-		return ErrTLSRequired
-	case RepErrUnknown:
-		return ErrExportNotFound
-	}
-	return nil
-}
+func (e *OptionError) Unwrap() error { return replies[e.Code].is }
 
 // CommandError is an error the server reported for one transmission-phase
 // request, in an error chunk (or a simple reply, which has no message). The

@@ -1,6 +1,7 @@
 package negotiate
 
 import (
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -83,11 +84,11 @@ func (s *session) listAll() ([]Export, error) {
 	// As QEMU's client lists: structured replies first, so that the
 	// server describes each export as it would to a client using them
 	// (NBD_FLAG_SEND_DF) and lets the client list metadata contexts.
-	refused, err := s.optional(OptStructuredReply, s.structuredReply)
+	on := true
+	structured, err := s.optional(&on, OptStructuredReply, s.structuredReply)
 	if err != nil {
 		return nil, fmt.Errorf("negotiate: NBD_OPT_STRUCTURED_REPLY: %w", err)
 	}
-	structured := refused == 0
 	exports, err := s.list()
 	if err != nil {
 		return nil, fmt.Errorf("negotiate: NBD_OPT_LIST: %w", err)
@@ -96,33 +97,18 @@ func (s *session) listAll() ([]Export, error) {
 	for i := range exports {
 		e := &exports[i]
 		name, desc := e.Name, e.Description
-		if info {
-			var ex *Export
-			refused, err := s.optional(OptInfo, func() (err error) { ex, err = s.infoOrGo(OptInfo, name); return err })
-			switch {
-			case err != nil:
-				return nil, fmt.Errorf("negotiate: NBD_OPT_INFO %q: %w", name, err)
-			case refused == 0:
-				*e = *ex
-				e.Name = name
-				if e.Description == "" {
-					e.Description = desc
-				}
-			case refused == RepErrUnsup:
-				info = false // an older server: names and descriptions only
-			}
+		var ex *Export
+		ok, err := s.optional(&info, OptInfo, func() (err error) { ex, err = s.infoOrGo(OptInfo, name); return err })
+		if err != nil {
+			return nil, fmt.Errorf("negotiate: NBD_OPT_INFO %q: %w", name, err)
 		}
-		if metas {
-			var names []string
-			refused, err := s.optional(OptListMetaContext, func() (err error) { names, err = s.listMetaContexts(name); return err })
-			switch {
-			case err != nil:
-				return nil, fmt.Errorf("negotiate: NBD_OPT_LIST_META_CONTEXT %q: %w", name, err)
-			case refused == 0:
-				e.MetaContexts = names
-			case refused == RepErrUnsup:
-				metas = false
-			}
+		if ok {
+			*e = *ex
+			e.Name, e.Description = name, cmp.Or(e.Description, desc)
+		}
+		// Refused, listMetaContexts leaves MetaContexts nil.
+		if _, err := s.optional(&metas, OptListMetaContext, func() (err error) { e.MetaContexts, err = s.listMetaContexts(name); return err }); err != nil {
+			return nil, fmt.Errorf("negotiate: NBD_OPT_LIST_META_CONTEXT %q: %w", name, err)
 		}
 		e.TLSVersion, e.TLSCipher = s.tlsVersion, s.tlsCipher
 		e.StructuredReplies = structured
@@ -160,22 +146,27 @@ func (s *session) query(context string) (*Export, uint32, error) {
 	return ex, id, nil
 }
 
-// optional runs do, one option (opt) that List can do without. A refusal
-// by the server is no error: optional returns its code (0 when do
-// succeeded), except for NBD_REP_ERR_SHUTDOWN, after which nothing more
-// would work. A refusal for TLS (NBD_REP_ERR_TLS_REQD) is the export's
-// alone, or, from a server that demands TLS for everything, shows again
-// at NBD_OPT_LIST, which is not optional.
-func (s *session) optional(opt uint32, do func() error) (refused uint32, err error) {
-	err = do()
+// optional runs do, one option (opt) that List can do without, while *on,
+// and reports whether do succeeded. A refusal by the server is no error,
+// except NBD_REP_ERR_SHUTDOWN, after which nothing more would work; after
+// NBD_REP_ERR_UNSUP (an older server) *on is false, and opt is not asked
+// again. A refusal for TLS (NBD_REP_ERR_TLS_REQD) is the export's alone,
+// or, from a server that demands TLS for everything, shows again at
+// NBD_OPT_LIST, which is not optional.
+func (s *session) optional(on *bool, opt uint32, do func() error) (bool, error) {
+	if !*on {
+		return false, nil
+	}
+	err := do()
 	oe, ok := errors.AsType[*OptionError](err)
 	switch {
 	case err == nil:
-		return 0, nil
+		return true, nil
 	case !ok || oe.Option != opt || oe.Code == RepErrShutdown:
-		return 0, err
+		return false, err
 	}
-	return oe.Code, nil
+	*on = oe.Code != RepErrUnsup
+	return false, nil
 }
 
 // greetFixed greets a server that must speak fixed newstyle (oldstyle and
@@ -224,15 +215,9 @@ func (s *session) greet(forHandshake bool) error {
 	if s.opts.TLS != nil && !s.fixed {
 		return fmt.Errorf("%w: the server uses non-fixed newstyle negotiation, which has no NBD_OPT_STARTTLS; refusing to continue without TLS", ErrTLSUnsupported)
 	}
-	// Only the flags the server offered, as the spec requires.
-	var cflags clientFlags
-	if s.fixed {
-		cflags |= clientFlags(cflagFixedNewstyle)
-	}
-	if s.noZeroes {
-		cflags |= clientFlags(cflagNoZeroes)
-	}
-	b, _ = cflags.MarshalBinary()
+	// Only the flags the server offered, as the spec requires: each client
+	// flag has the bit of the handshake flag it answers.
+	b, _ = clientFlags(uint32(g.Flags) & (cflagFixedNewstyle | cflagNoZeroes)).MarshalBinary()
 	if _, err := s.conn.Write(b); err != nil {
 		return s.ioError("sending the client flags", err)
 	}
@@ -273,9 +258,7 @@ func (s *session) secure() error {
 		return fmt.Errorf("negotiate: NBD_OPT_STARTTLS: %w", err)
 	}
 	cfg := s.opts.TLS.Clone()
-	if cfg.MinVersion < tls.VersionTLS12 {
-		cfg.MinVersion = tls.VersionTLS12
-	}
+	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
 	tc := tls.Client(s.raw, cfg)
 	if err := tc.HandshakeContext(s.ctx); err != nil {
 		// Too late for NBD_OPT_ABORT: the spec wants a hard disconnect.

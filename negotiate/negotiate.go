@@ -1,6 +1,7 @@
 package negotiate
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -171,10 +172,7 @@ func begin(ctx context.Context, conn net.Conn, opts Options) (*session, error) {
 	if conn == nil {
 		return nil, errors.New("negotiate: nil connection")
 	}
-	timeout := opts.Timeout
-	if timeout == 0 {
-		timeout = DefaultTimeout
-	}
+	timeout := cmp.Or(opts.Timeout, DefaultTimeout)
 	var err error
 	switch {
 	case timeout < 0:
@@ -275,16 +273,6 @@ func (s *session) scratch(n int) []byte {
 		s.buf = append(s.buf[:cap(s.buf)], make([]byte, n-cap(s.buf))...)
 	}
 	return s.buf[:n]
-}
-
-// readPayload reads an n-byte reply payload into the scratch buffer; n is
-// bounded by replyHeader.
-func (s *session) readPayload(n uint32, what string) ([]byte, error) {
-	b := s.scratch(int(n))
-	if err := s.readFull(b, what); err != nil {
-		return nil, err
-	}
-	return b, nil
 }
 
 // readFull fills b from the connection.

@@ -1,6 +1,7 @@
 package negotiate
 
 import (
+	"encoding"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -91,49 +92,25 @@ func (s *session) readInfo(n uint32) (infoReply, error) {
 // list sends NBD_OPT_LIST and returns the exports, with name and description.
 func (s *session) list() ([]Export, error) {
 	var exports []Export
-	total := 0
-	err := s.exchange(OptList, nil, RepServer, func(n uint32) error {
-		if len(exports) >= maxListEntries {
-			return protocolError("more than %d NBD_REP_SERVER replies", maxListEntries)
-		}
-		if total += int(n); total > maxListBytes {
-			return protocolError("NBD_OPT_LIST replies exceed %d bytes", maxListBytes)
-		}
-		b, err := s.readPayload(n, "reading NBD_REP_SERVER")
-		if err != nil {
-			return err
-		}
-		var r serverReply
-		if err := r.UnmarshalBinary(b); err != nil {
-			return err
-		}
+	err := records(s, OptList, nil, RepServer, maxListEntries, maxListBytes, func(r serverReply) error {
 		exports = append(exports, Export{Name: r.Name, Description: r.Description})
 		return nil
 	})
-	if err != nil {
-		return nil, err
-	}
-	s.canAbort = true
-	return exports, nil
+	return exports, err
 }
 
 // structuredReply sends NBD_OPT_STRUCTURED_REPLY, which wants a bare
 // NBD_REP_ACK; a refusal is an *OptionError. Only List and OpenQuery call
 // it, never Handshake.
-func (s *session) structuredReply() error {
-	if err := s.exchange(OptStructuredReply, nil, 0, nil); err != nil {
-		return err
-	}
-	s.canAbort = true
-	return nil
-}
+func (s *session) structuredReply() error { return s.exchange(OptStructuredReply, nil, 0, nil) }
 
 // listMetaContexts sends NBD_OPT_LIST_META_CONTEXT for export name with no
 // query, which asks for every context, and returns the names (not nil). The
 // IDs of list replies mean nothing and are ignored, as the spec asks.
 func (s *session) listMetaContexts(name string) ([]string, error) {
 	names := []string{}
-	err := s.metaContextOption(OptListMetaContext, name, nil, func(r metaContextReply) error {
+	data, _ := metaContextRequest{Name: name}.MarshalBinary()
+	err := records(s, OptListMetaContext, data, RepMetaContext, 0, maxMetaContextBytes, func(r metaContextReply) error {
 		if len(names) >= maxMetaContexts {
 			return protocolError("more than %d NBD_REP_META_CONTEXT replies", maxMetaContexts)
 		}
@@ -153,7 +130,8 @@ func (s *session) listMetaContexts(name string) ([]string, error) {
 func (s *session) setMetaContext(name, context string) (uint32, error) {
 	var id uint32
 	n := 0
-	err := s.metaContextOption(OptSetMetaContext, name, []string{context}, func(r metaContextReply) error {
+	data, _ := metaContextRequest{Name: name, Queries: []string{context}}.MarshalBinary()
+	err := records(s, OptSetMetaContext, data, RepMetaContext, 0, maxMetaContextBytes, func(r metaContextReply) error {
 		if n++; n > 1 {
 			return protocolError("a second NBD_REP_META_CONTEXT (%s) for one query", quoteName(r.Name))
 		}
@@ -172,31 +150,31 @@ func (s *session) setMetaContext(name, context string) (uint32, error) {
 	return id, nil
 }
 
-// metaContextOption sends opt (NBD_OPT_LIST_META_CONTEXT or
-// NBD_OPT_SET_META_CONTEXT) for export name with the queries, and hands
-// each NBD_REP_META_CONTEXT to each, bounded at maxMetaContextBytes.
-func (s *session) metaContextOption(opt uint32, name string, queries []string, each func(metaContextReply) error) error {
-	data, _ := metaContextRequest{Name: name, Queries: queries}.MarshalBinary()
-	total := 0
-	err := s.exchange(opt, data, RepMetaContext, func(n uint32) error {
-		if total += int(n); total > maxMetaContextBytes {
-			return protocolError("%s replies exceed %d bytes", OptionName(opt), maxMetaContextBytes)
+// records runs exchange for opt with data, decoding each reply of type
+// more as an R for each: at most maxCount replies (unless 0) of maxBytes
+// in all, both checked before the payload is read.
+func records[R any, P interface {
+	*R
+	encoding.BinaryUnmarshaler
+}](s *session, opt uint32, data []byte, more uint32, maxCount, maxBytes int, each func(R) error) error {
+	count, total := 0, 0
+	return s.exchange(opt, data, more, func(n uint32) error {
+		if count++; maxCount != 0 && count > maxCount {
+			return protocolError("more than %d %s replies", maxCount, ReplyName(more))
 		}
-		b, err := s.readPayload(n, "reading NBD_REP_META_CONTEXT")
-		if err != nil {
+		if total += int(n); total > maxBytes {
+			return protocolError("%s replies exceed %d bytes", OptionName(opt), maxBytes)
+		}
+		b := s.scratch(int(n))
+		if err := s.readFull(b, "reading "+ReplyName(more)); err != nil {
 			return err
 		}
-		var r metaContextReply
-		if err := r.UnmarshalBinary(b); err != nil {
+		var r R
+		if err := P(&r).UnmarshalBinary(b); err != nil {
 			return err
 		}
 		return each(r)
 	})
-	if err != nil {
-		return err
-	}
-	s.canAbort = true
-	return nil
 }
 
 // exportName sends NBD_OPT_EXPORT_NAME, which ends option haggling, and reads
@@ -231,11 +209,7 @@ func (s *session) abort() {
 	if s.sendOption(OptAbort, nil) != nil {
 		return
 	}
-	wait := time.Now().Add(abortGrace)
-	if s.deadline.Before(wait) {
-		wait = s.deadline
-	}
-	_ = s.conn.SetReadDeadline(wait)
+	_ = s.conn.SetReadDeadline(time.Now().Add(min(abortGrace, time.Until(s.deadline))))
 	_, _ = io.ReadFull(s.conn, s.scratch(replyHeaderLen))
 }
 
@@ -250,10 +224,10 @@ func (s *session) sendOption(opt uint32, data []byte) error {
 }
 
 // exchange sends opt with data and reads the replies up to the final one.
-// Each reply of type more goes to each, which must read its n-byte payload;
-// NBD_REP_ACK ends the exchange, an error reply ends it as an
-// *OptionError, and any other reply breaks the protocol. An option that
-// wants a bare NBD_REP_ACK has no more and no each.
+// Each reply of type more goes to each, which must read its n-byte payload
+// (n bounded by replyHeader); NBD_REP_ACK ends the exchange, an error reply
+// ends it as an *OptionError, and any other reply breaks the protocol. An
+// option that wants a bare NBD_REP_ACK has no more and no each.
 func (s *session) exchange(opt uint32, data []byte, more uint32, each func(n uint32) error) error {
 	if err := s.sendOption(opt, data); err != nil {
 		return err
@@ -265,6 +239,10 @@ func (s *session) exchange(opt uint32, data []byte, more uint32, each func(n uin
 		}
 		switch {
 		case h.Type == RepAck:
+			// The server waits for the next option, except after
+			// NBD_OPT_STARTTLS (TLS comes first) and NBD_OPT_GO;
+			// infoOrGo decides once it has checked the replies.
+			s.canAbort = opt != OptStartTLS && more != RepInfo
 			return nil
 		case h.Type&RepErrBit != 0:
 			return s.errorReply(h)
@@ -305,8 +283,8 @@ func (s *session) errorReply(h replyHeader) error {
 	if err := checkString(what, int(h.Length)); err != nil {
 		return err
 	}
-	msg, err := s.readPayload(h.Length, "reading "+what)
-	if err != nil {
+	msg := s.scratch(int(h.Length))
+	if err := s.readFull(msg, "reading "+what); err != nil {
 		return err
 	}
 	// The server has said its last word on this option and waits for the

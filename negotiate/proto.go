@@ -251,22 +251,26 @@ func OptionName(opt uint32) string {
 
 // replies are the option reply types this package knows: the protocol name
 // and, for an error reply, the spec's one-line meaning, shown when the
-// server sends no message of its own.
-var replies = map[uint32]struct{ name, meaning string }{
-	RepAck:              {"NBD_REP_ACK", ""},
-	RepServer:           {"NBD_REP_SERVER", ""},
-	RepInfo:             {"NBD_REP_INFO", ""},
-	RepMetaContext:      {"NBD_REP_META_CONTEXT", ""},
-	RepErrUnsup:         {"NBD_REP_ERR_UNSUP", "option not supported by the server"},
-	RepErrPolicy:        {"NBD_REP_ERR_POLICY", "forbidden by server policy"},
-	RepErrInvalid:       {"NBD_REP_ERR_INVALID", "the server found the request invalid"},
-	RepErrPlatform:      {"NBD_REP_ERR_PLATFORM", "not supported on the server's platform"},
-	RepErrTLSReqd:       {"NBD_REP_ERR_TLS_REQD", "TLS is required"},
-	RepErrUnknown:       {"NBD_REP_ERR_UNKNOWN", "export not available"},
-	RepErrShutdown:      {"NBD_REP_ERR_SHUTDOWN", "the server is shutting down"},
-	RepErrBlockSizeReqd: {"NBD_REP_ERR_BLOCK_SIZE_REQD", "the client must request block size constraints"},
-	RepErrTooBig:        {"NBD_REP_ERR_TOO_BIG", "request or reply too large"},
-	RepErrExtHeaderReqd: {"NBD_REP_ERR_EXT_HEADER_REQD", "the server requires extended headers"},
+// server sends no message of its own, and the sentinel error that an
+// *OptionError with the code unwraps to, if any.
+var replies = map[uint32]struct {
+	name, meaning string
+	is            error
+}{
+	RepAck:              {"NBD_REP_ACK", "", nil},
+	RepServer:           {"NBD_REP_SERVER", "", nil},
+	RepInfo:             {"NBD_REP_INFO", "", nil},
+	RepMetaContext:      {"NBD_REP_META_CONTEXT", "", nil},
+	RepErrUnsup:         {"NBD_REP_ERR_UNSUP", "option not supported by the server", nil},
+	RepErrPolicy:        {"NBD_REP_ERR_POLICY", "forbidden by server policy", nil},
+	RepErrInvalid:       {"NBD_REP_ERR_INVALID", "the server found the request invalid", nil},
+	RepErrPlatform:      {"NBD_REP_ERR_PLATFORM", "not supported on the server's platform", nil},
+	RepErrTLSReqd:       {"NBD_REP_ERR_TLS_REQD", "TLS is required", ErrTLSRequired},
+	RepErrUnknown:       {"NBD_REP_ERR_UNKNOWN", "export not available", ErrExportNotFound},
+	RepErrShutdown:      {"NBD_REP_ERR_SHUTDOWN", "the server is shutting down", nil},
+	RepErrBlockSizeReqd: {"NBD_REP_ERR_BLOCK_SIZE_REQD", "the client must request block size constraints", nil},
+	RepErrTooBig:        {"NBD_REP_ERR_TOO_BIG", "request or reply too large", nil},
+	RepErrExtHeaderReqd: {"NBD_REP_ERR_EXT_HEADER_REQD", "the server requires extended headers", nil},
 }
 
 // ReplyName returns the protocol name of an option reply type, such as

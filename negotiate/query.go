@@ -108,15 +108,15 @@ func (q *Query) Map(ctx context.Context, offset, length uint64, fn func(Extent) 
 			<-s.cancelled // the connection's deadline is spoilt: the next request sets its own
 		}
 	}()
-	extent := func(e Extent) error {
-		if err := fn(e); err != nil {
-			return &callbackError{err}
-		}
-		return nil
-	}
+	var fnErr error // the decoder stops at it; it breaks q
+	extent := func(e Extent) error { fnErr = fn(e); return fnErr }
 	for pos := offset; pos < end; {
 		p := &pending{cmd: cmdBlockStatus, offset: pos, length: uint32(min(end-pos, mapWindow)), context: q.id, extent: extent}
 		n, err := q.do(p)
+		if fnErr != nil {
+			q.broken = true
+			return fnErr
+		}
 		if err != nil {
 			return err
 		}
@@ -125,14 +125,8 @@ func (q *Query) Map(ctx context.Context, offset, length uint64, fn func(Extent) 
 	return nil
 }
 
-// callbackError carries an error from Map's callback through the decoder.
-type callbackError struct{ err error }
-
-func (e *callbackError) Error() string { return e.err.Error() }
-
 // do runs p's request (see roundTrip). Any error but a *CommandError
-// breaks q. Errors name the request, except one from Map's callback,
-// which is returned as it is.
+// breaks q. Errors name the request.
 func (q *Query) do(p *pending) (uint64, error) {
 	n, err := q.roundTrip(p)
 	if err == nil {
@@ -140,9 +134,6 @@ func (q *Query) do(p *pending) (uint64, error) {
 	}
 	if _, ok := errors.AsType[*CommandError](err); !ok {
 		q.broken = true
-	}
-	if cbe, ok := errors.AsType[*callbackError](err); ok {
-		return 0, cbe.err
 	}
 	return 0, fmt.Errorf("negotiate: %s: %w", p.describe(), err)
 }

@@ -41,11 +41,13 @@ func (p *pending) end() uint64 { return p.offset + uint64(p.length) }
 
 // replyState is what one reply has carried so far.
 type replyState struct {
-	chunks    int
-	statusIDs []uint32      // contexts whose NBD_REPLY_TYPE_BLOCK_STATUS came
-	described uint64        // bytes of the request the extents covered
-	spans     []span        // NBD_CMD_READ: the content chunks so far, sorted
-	failed    *CommandError // the first error chunk
+	chunks int
+	// covered is the bytes of the request that the extents described
+	// (at least 1 once the NBD_REPLY_TYPE_BLOCK_STATUS came) or that the
+	// content chunks filled.
+	covered uint64
+	spans   []span        // NBD_CMD_READ: the content chunks so far, sorted
+	failed  *CommandError // the first error chunk
 }
 
 // span is a byte range [start, end) of a read's content.
@@ -74,21 +76,15 @@ func (s *session) receive(p *pending) (uint64, error) {
 			return 0, protocolError("more than %d chunks in the reply to %s without NBD_REPLY_FLAG_DONE", limit, commandName(p.cmd))
 		}
 	}
-	if st.failed != nil {
+	switch {
+	case st.failed != nil:
 		return 0, st.failed
+	case p.cmd == cmdBlockStatus && st.covered == 0:
+		return 0, protocolError("the reply ended without NBD_REPLY_TYPE_BLOCK_STATUS")
+	case p.cmd == cmdRead && st.covered != uint64(p.length):
+		return 0, protocolError("the reply ended with %d of the %d bytes read", st.covered, p.length)
 	}
-	switch p.cmd {
-	case cmdBlockStatus:
-		if len(st.statusIDs) == 0 {
-			return 0, protocolError("the reply ended without NBD_REPLY_TYPE_BLOCK_STATUS")
-		}
-		return st.described, nil
-	default:
-		if n := covered(st.spans); n != uint64(p.length) {
-			return 0, protocolError("the reply ended with %d of the %d bytes read", n, p.length)
-		}
-		return uint64(p.length), nil
-	}
+	return st.covered, nil
 }
 
 // chunk reads one simple reply or one structured reply chunk for p and
@@ -175,10 +171,9 @@ func (s *session) blockStatus(n uint32, p *pending, st *replyState) error {
 	if id != p.context {
 		return protocolError("NBD_REPLY_TYPE_BLOCK_STATUS for context ID %d, but the selected context has ID %d", id, p.context)
 	}
-	if slices.Contains(st.statusIDs, id) {
+	if st.covered != 0 {
 		return protocolError("a second NBD_REPLY_TYPE_BLOCK_STATUS for context ID %d in one reply", id)
 	}
-	st.statusIDs = append(st.statusIDs, id)
 
 	count := int(n-contextIDLen) / descriptorLen
 	pos, end := p.offset, p.end()
@@ -209,7 +204,7 @@ func (s *session) blockStatus(n uint32, p *pending, st *replyState) error {
 			pos += length
 		}
 	}
-	st.described = pos - p.offset
+	st.covered = pos - p.offset
 	return nil
 }
 
@@ -242,6 +237,7 @@ func (s *session) content(h chunkHeader, p *pending, st *replyState) error {
 		return protocolError("%s %d+%d overlaps earlier content", name, off, n)
 	}
 	st.spans = slices.Insert(st.spans, i, sp)
+	st.covered += n
 	dst := p.data[off-p.offset : off-p.offset+n]
 	if h.Type == chunkOffsetHole {
 		clear(dst)
@@ -250,21 +246,12 @@ func (s *session) content(h chunkHeader, p *pending, st *replyState) error {
 	return s.readFull(dst, "reading "+name+" data")
 }
 
-// covered is the number of bytes in spans, which do not overlap.
-func covered(spans []span) uint64 {
-	var n uint64
-	for _, sp := range spans {
-		n += sp.end - sp.start
-	}
-	return n
-}
-
 // errorChunk reads an error chunk. The first one becomes the reply's
 // *CommandError; an offset must lie within the request.
 func (s *session) errorChunk(h chunkHeader, p *pending, st *replyState) error {
 	name := chunkTypeName(h.Type)
-	b, err := s.readPayload(h.Length, "reading "+name)
-	if err != nil {
+	b := s.scratch(int(h.Length))
+	if err := s.readFull(b, "reading "+name); err != nil {
 		return err
 	}
 	e, err := unmarshalErrorChunk(b, h.Type)
