@@ -363,43 +363,30 @@ func (b *batch) dracut(v string) {
 // nbdOpts maps dracut's comma-separated nbd-client options.
 func (b *batch) nbdOpts(opts string) {
 	for _, o := range strings.Split(opts, ",") {
-		if o == "" {
-			continue
-		}
 		name, val, hasVal := strings.Cut(strings.TrimLeft(o, "-"), "=")
-		switch {
-		case hasVal:
-		case name == "ro" || name == "readonly" || name == "r":
-			b.add(assign{"device.read_only", true})
-			continue
-		case name == "persist" || name == "p" || name == "systemd-mark" || name == "m":
-			// nbdroot always reconnects, and its keeper always survives
-			// shutdown's killing spree.
-			continue
-		case name == "nonetlink" || name == "L":
-			b.add(assign{"device.interface", string(InterfaceIoctl)})
-			continue
-		}
 		key := map[string]string{"timeout": "device.timeout", "t": "device.timeout", "bs": "device.block_size",
 			"block-size": "device.block_size", "b": "device.block_size", "connections": "device.connections", "C": "device.connections"}[name]
-		if key == "" || !hasVal {
-			b.fail(fmt.Errorf("NBD option %q is not supported (want ro, persist, systemd-mark, nonetlink, timeout=SECONDS, bs=BYTES or connections=N)", o))
-			return
-		}
 		n, err := strconv.ParseInt(val, 10, 64)
-		if err != nil {
-			b.fail(fmt.Errorf("NBD option %q: %q is not an integer", o, val))
-			return
+		switch what := fmt.Sprintf("NBD option %q", o); {
+		case o == "":
+		case !hasVal && (name == "ro" || name == "readonly" || name == "r"):
+			b.add(assign{"device.read_only", true})
+		case !hasVal && (name == "persist" || name == "p" || name == "systemd-mark" || name == "m"):
+			// nbdroot always reconnects, and its keeper always survives
+			// shutdown's killing spree.
+		case !hasVal && (name == "nonetlink" || name == "L"):
+			b.add(assign{"device.interface", string(InterfaceIoctl)})
+		case key == "" || !hasVal:
+			b.fail(fmt.Errorf("%s is not supported (want ro, persist, systemd-mark, nonetlink, timeout=SECONDS, bs=BYTES or connections=N)", what))
+		case err != nil:
+			b.fail(fmt.Errorf("%s: %q is not an integer", what, val))
+		case key != "device.timeout":
+			b.set(what, key, n)
+		case n < 0 || n > 1<<31:
+			b.fail(fmt.Errorf("%s: %d is out of range", what, n))
+		default:
+			b.set(what, key, time.Duration(n)*time.Second)
 		}
-		var v any = n
-		if key == "device.timeout" {
-			if n < 0 || n > 1<<31 {
-				b.fail(fmt.Errorf("NBD option %q: %d is out of range", o, n))
-				return
-			}
-			v = time.Duration(n) * time.Second
-		}
-		b.set(fmt.Sprintf("NBD option %q", o), key, v)
 	}
 }
 
