@@ -41,10 +41,8 @@ func (a karg) show(quote func(string) string) string {
 }
 
 func quoteIfNeeded(s string) string {
-	for _, r := range s {
-		if r <= ' ' || r == '"' || r == '\\' || r >= 0x7f {
-			return strconv.Quote(s)
-		}
+	if strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == '"' || r == '\\' || r >= 0x7f }) {
+		return strconv.Quote(s)
 	}
 	return s
 }
@@ -443,23 +441,14 @@ func (b *batch) addr(name, s string) netip.Addr {
 // keywords, and dracut's DEVICE:AUTOCONF.
 func (b *batch) ip(v string) {
 	f := splitIPFields(v)
-	if len(f) == 1 && f[0] != "" && !strings.ContainsAny(f[0], ".:[") { // a keyword, not a client address
-		mode, err := autoconf(f[0])
-		b.fail(err)
-		b.add(assign{"network.mode", string(mode)})
-		return
-	}
-	if len(f) == 2 {
-		if mode, err := autoconf(f[1]); err == nil && f[1] != "" {
-			if _, err := netip.ParseAddr(strings.Trim(f[0], "[]")); err != nil {
-				// dracut's ip=DEVICE:AUTOCONF.
-				b.add(assign{"network.mode", string(mode)})
-				b.set("device", "network.interfaces", []string{f[0]})
-				return
-			}
-		}
-	}
-	if len(f) > 10 {
+	_, notMode := autoconf(f[len(f)-1])
+	_, notAddr := netip.ParseAddr(strings.Trim(f[0], "[]"))
+	switch {
+	case len(f) == 1 && f[0] != "" && !strings.ContainsAny(f[0], ".:["): // a keyword: AUTOCONF alone
+		f = []string{6: f[0]}
+	case len(f) == 2 && f[1] != "" && notMode == nil && notAddr != nil: // dracut's DEVICE:AUTOCONF
+		f = []string{5: f[0], 6: f[1]}
+	case len(f) > 10:
 		b.fail(fmt.Errorf("%d fields; want at most 10 (CLIENT:SERVER:GW:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1:NTP0)", len(f)))
 		return
 	}
@@ -518,14 +507,10 @@ func netmaskBits(mask string, client netip.Addr) (int, error) {
 		if client.Is6() {
 			return 64, nil
 		}
-		b := client.As4()[0]
-		switch {
-		case b < 128:
-			return 8, nil
-		case b < 192:
-			return 16, nil
-		case b < 224:
-			return 24, nil
+		for i, end := range []byte{128, 192, 224} { // classes A, B and C
+			if client.As4()[0] < end {
+				return 8 * (i + 1), nil
+			}
 		}
 		return 0, fmt.Errorf("client address %s has no address class; give a netmask", client)
 	}
