@@ -235,8 +235,8 @@ func (b *batch) keyArg(a karg) {
 }
 
 // target adds the one server s names, parsed as for boot.
-func (b *batch) target(s string, withDHCP bool) {
-	t, err := bootTarget(s, withDHCP, 1)
+func (b *batch) target(s string) {
+	t, err := bootTarget(s, 1)
 	b.fail(err)
 	b.servers(t)
 }
@@ -245,7 +245,7 @@ func (b *batch) target(s string, withDHCP bool) {
 // Debian's HOST,PORT and HOST,NAME,nbdN.
 func (b *batch) nbdroot(v string) {
 	if !strings.Contains(v, ",") || isURI(v) {
-		b.target(v, true)
+		b.target(v)
 		return
 	}
 	parts := strings.Split(v, ",")
@@ -254,13 +254,7 @@ func (b *batch) nbdroot(v string) {
 		return
 	}
 	ep := Endpoint{Port: DefaultPort}
-	if host := parts[0]; strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
-		var err error
-		ep.Host, _, err = cutBracketed(host, "")
-		b.fail(err)
-	} else {
-		b.fail(ep.setHost(host))
-	}
+	b.fail(ep.setHost(parts[0]))
 	b.fail(ep.setPortOrName(parts[1]))
 	b.servers(target{ep: ep})
 	if len(parts) == 3 {
@@ -304,7 +298,7 @@ func smallInt(s string, max int) (n int, ok bool) {
 func (b *batch) root(v string, isRoot bool) {
 	switch {
 	case isURI(v) && (strings.HasPrefix(v, "nbd") || strings.HasPrefix(v, "NBD")):
-		b.target(v, false)
+		b.target(v)
 	case strings.HasPrefix(v, "nbd:"):
 		b.dracut(v[len("nbd:"):])
 	case isRoot && strings.HasPrefix(v, "/dev/nbd"):

@@ -23,16 +23,13 @@ type target struct {
 }
 
 // parseTarget parses one server string: an NBD URI (nbd://, nbds://,
-// nbd+unix://, nbds+unix://), "dhcp" or "" (withDHCP only), or Debian's
-// HOST[:PORT][/NAME], HOST:/NAME, [V6][:PORT][/NAME].
-func parseTarget(s string, withDHCP bool) (target, error) {
-	if withDHCP && (s == "" || s == "dhcp") {
+// nbd+unix://, nbds+unix://), "dhcp" or "" (the server from DHCP's
+// root-path), or Debian's HOST[:PORT][/NAME], HOST:/NAME, [V6][:PORT][/NAME].
+func parseTarget(s string) (target, error) {
+	switch {
+	case s == "" || s == "dhcp":
 		return target{dhcp: true}, nil
-	}
-	if s == "" {
-		return target{}, errors.New("empty server (want HOST[:PORT]/NAME or nbd://HOST[:PORT]/NAME)")
-	}
-	if isURI(s) {
+	case isURI(s):
 		return parseURI(s)
 	}
 	ep, err := parseHostForm(s)
@@ -121,14 +118,17 @@ func (e *Endpoint) setPortOrName(s string) error {
 	return checkExport(s)
 }
 
-// setHost reads a DNS name or an IPv4 address, or "" or "dhcp" for the
-// DHCP server (Debian's forms).
+// setHost reads a DNS name, an IPv4 address or a bracketed IPv6 address
+// ("[2001:db8::1]"), or "" or "dhcp" for the DHCP server (Debian's forms).
 func (e *Endpoint) setHost(h string) (err error) {
-	if h == "" || h == "dhcp" {
+	switch {
+	case h == "" || h == "dhcp":
 		e.HostFromDHCP = true
-		return nil
+	case strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]"):
+		e.Host, _, err = cutBracketed(h, "")
+	default:
+		e.Host, err = checkHost(h)
 	}
-	e.Host, err = checkHost(h)
 	return err
 }
 
@@ -302,7 +302,7 @@ func expandServers(v any) ([]assign, error) {
 	list := v.([]string)
 	ts := make([]target, 0, len(list))
 	for _, s := range list {
-		t, err := bootTarget(s, true, len(list))
+		t, err := bootTarget(s, len(list))
 		if err != nil {
 			return nil, fmt.Errorf("%q: %v", s, err)
 		}
@@ -315,8 +315,8 @@ func expandServers(v any) ([]assign, error) {
 
 // bootTarget parses one of n server strings and rejects what parses but
 // cannot be booted from.
-func bootTarget(s string, withDHCP bool, n int) (target, error) {
-	t, err := parseTarget(s, withDHCP)
+func bootTarget(s string, n int) (target, error) {
+	t, err := parseTarget(s)
 	switch {
 	case err != nil:
 	case t.dhcp && n > 1:
@@ -369,18 +369,13 @@ func (b *batch) servers(ts ...target) {
 
 // setServers stores a canonical server list (from expandServers).
 func setServers(s *Spec, v any) {
-	s.Server.Endpoints = nil
-	s.Server.FromDHCP = false
+	s.Server.Endpoints, s.Server.FromDHCP = nil, false
 	for _, e := range v.([]string) {
-		t, err := parseTarget(e, true)
-		if err != nil {
-			continue // canonical lists always parse
-		}
-		if t.dhcp {
+		if t, err := parseTarget(e); t.dhcp {
 			s.Server.FromDHCP = true
-			continue
+		} else if err == nil { // canonical lists always parse
+			s.Server.Endpoints = append(s.Server.Endpoints, t.ep)
 		}
-		s.Server.Endpoints = append(s.Server.Endpoints, t.ep)
 	}
 }
 
@@ -404,8 +399,11 @@ func getServers(s *Spec) any {
 // Errors are *Error with Source "argument".
 func ParseTarget(s string) (Spec, error) {
 	var b batch
-	t, err := parseTarget(s, false)
-	if err == nil && t.ep.HostFromDHCP {
+	t, err := parseTarget(s)
+	switch {
+	case s == "":
+		err = errors.New("empty server (want HOST[:PORT]/NAME or nbd://HOST[:PORT]/NAME)")
+	case err == nil && (t.dhcp || t.ep.HostFromDHCP):
 		err = errors.New("no host: only a booting machine knows its DHCP server; name the server")
 	}
 	b.fail(err)
