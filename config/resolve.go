@@ -24,7 +24,7 @@ func Defaults() Spec {
 		if k.def == "" {
 			continue
 		}
-		if err := s.setText(k, k.def); err != nil {
+		if err := s.Set(k.name, k.def); err != nil {
 			panic("config: default of " + err.Error())
 		}
 	}
