@@ -97,25 +97,16 @@ func nextArg(s string) (karg, string) {
 // splitKernel splits a command line as the kernel does: arguments up to a
 // bare `--`, and the arguments after it, which go to init.
 func splitKernel(cmdline string) (args, initArgs []karg) {
-	s := skipSpaces(cmdline)
-	dashes := false
+	s, to := skipSpaces(cmdline), &args
 	for s != "" {
 		var a karg
-		a, s = nextArg(s)
-		if !a.hasVal && a.name == "--" {
-			if dashes {
-				break // the kernel stops at a second "--" too
-			}
-			dashes = true
-			continue
-		}
-		if !a.hasVal && a.name == "" {
-			continue
-		}
-		if dashes {
-			initArgs = append(initArgs, a)
-		} else {
-			args = append(args, a)
+		switch a, s = nextArg(s); {
+		case a.hasVal || a.name != "" && a.name != "--":
+			*to = append(*to, a)
+		case a.name == "--" && to == &initArgs:
+			return args, initArgs // the kernel stops at a second "--" too
+		case a.name == "--":
+			to = &initArgs
 		}
 	}
 	return args, initArgs
@@ -158,9 +149,6 @@ func (b *batch) add(as ...assign) { b.as = append(b.as, as...) }
 // set adds what key = v sets, through the key's checks; what, unless
 // empty, names the value in an error.
 func (b *batch) set(what, key string, v any) {
-	if b.err != nil {
-		return
-	}
 	as, err := keyIndex()[key].assigns(v)
 	if err != nil && what != "" {
 		err = fmt.Errorf("%s: %v", what, err)
@@ -347,9 +335,7 @@ func (b *batch) dracut(v string) {
 	if len(others) > 0 {
 		b.set("root.flags", "root.flags", strings.Join(others, ","))
 	}
-	if opts != "" {
-		b.nbdOpts(opts)
-	}
+	b.nbdOpts(opts)
 }
 
 // nbdOpts maps dracut's comma-separated nbd-client options.
