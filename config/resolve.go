@@ -388,12 +388,11 @@ func (r *resolver) finish(partial bool) {
 	t := &s.TLS
 	req, reqSet := r.recs["tls.required"]
 	for _, f := range []struct{ key, val string }{{"tls.ca", t.CAFile}, {"tls.cert", t.CertFile}, {"tls.key", t.KeyFile}} {
-		if f.val == "" {
-			continue
-		}
-		if reqSet && !t.Enabled {
+		switch {
+		case f.val == "" || t.Enabled:
+		case reqSet:
 			r.errAt(f.key, fmt.Sprintf("%s = %s needs TLS, but %s sets tls.required = false", f.key, tomlQuote(f.val), desc(req.origin)))
-		} else if !reqSet && !t.Enabled {
+		default:
 			t.Enabled = true
 			r.implied["tls.required"] = fmt.Sprintf("implied by %s (%s)", f.key, r.originText(f.key))
 		}

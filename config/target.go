@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -48,44 +49,35 @@ func isURI(s string) bool {
 // means the DHCP server.
 func parseHostForm(s string) (Endpoint, error) {
 	ep := Endpoint{Port: DefaultPort}
-	var rest string
-	if strings.HasPrefix(s, "[") {
-		var err error
-		if ep.Host, rest, err = cutBracketed(s, ":/"); err != nil {
-			return ep, err
-		}
-	} else {
-		i := strings.IndexAny(s, ":/")
-		host := s
-		if i >= 0 {
-			host, rest = s[:i], s[i:]
-		}
-		hostPart, _, _ := strings.Cut(s, "/")
-		if strings.Count(hostPart, ":") > 1 {
-			if a, err := netip.ParseAddr(hostPart); err == nil {
-				return ep, fmt.Errorf("IPv6 address %s must be in brackets: [%s]", hostPart, a)
-			}
-			return ep, fmt.Errorf("%q has more than one colon before the export name (IPv6 addresses go in brackets)", hostPart)
-		}
-		if err := ep.setHost(host); err != nil {
-			return ep, err
-		}
+	var err error
+	host, rest := s, ""
+	if i := strings.IndexAny(s, ":/"); i >= 0 {
+		host, rest = s[:i], s[i:]
+	}
+	hostPart, _, _ := strings.Cut(s, "/")
+	switch a, notAddr := netip.ParseAddr(hostPart); {
+	case strings.HasPrefix(s, "["):
+		ep.Host, rest, err = cutBracketed(s, ":/")
+	case strings.Count(hostPart, ":") > 1 && notAddr == nil:
+		err = fmt.Errorf("IPv6 address %s must be in brackets: [%s]", hostPart, a)
+	case strings.Count(hostPart, ":") > 1:
+		err = fmt.Errorf("%q has more than one colon before the export name (IPv6 addresses go in brackets)", hostPart)
+	default:
+		err = ep.setHost(host)
+	}
+	if err != nil {
+		return ep, err
 	}
 	port, hasPort := strings.CutPrefix(rest, ":") // rest is "", ":…" or "/…"
 	ps, name, slash := strings.Cut(port, "/")
 	switch {
 	case hasPort && ps == "" && slash:
-		ep.Export = "/" + name // HOST:/NAME keeps its slash
+		name = "/" + name // HOST:/NAME keeps its slash
 	case ps != "":
-		p, err := parsePort(ps)
-		if err != nil {
-			return ep, err
-		}
-		ep.Port, ep.Export = p, name
-	default:
-		ep.Export = name
+		ep.Port, err = parsePort(ps)
 	}
-	return ep, checkExport(ep.Export)
+	ep.Export = name
+	return ep, cmp.Or(err, checkExport(name))
 }
 
 // cutBracketed parses the bracketed IPv6 address that starts s
