@@ -79,12 +79,16 @@ func keyTable() []keyDef { return schema().keys }
 // keyIndex returns keyTable indexed by name.
 func keyIndex() map[string]*keyDef { return schema().index }
 
+// knownKeys returns the name of every key.
+func knownKeys() []string { return schema().names }
+
 // schema derives the tables and keys on first use, as encoding/json caches
 // what it derives from a type. It is not mutable state: every call sees the
 // same tables, which never change; callers only read them.
 var schema = sync.OnceValue(func() (s struct {
 	sections []string
 	keys     []keyDef
+	names    []string
 	index    map[string]*keyDef
 }) {
 	t := reflect.TypeFor[Spec]()
@@ -99,8 +103,9 @@ var schema = sync.OnceValue(func() (s struct {
 		}
 	}
 	s.index = make(map[string]*keyDef, len(s.keys))
-	for i := range s.keys {
-		s.index[s.keys[i].name] = &s.keys[i]
+	for i, k := range s.keys {
+		s.index[k.name] = &s.keys[i]
+		s.names = append(s.names, k.name)
 	}
 	return s
 })
@@ -439,15 +444,6 @@ func (f *KeyFlag) Set(text string) error {
 
 // IsBoolFlag makes a boolean key a flag that needs no value (--read-only).
 func (f *KeyFlag) IsBoolFlag() bool { return keyIndex()[f.key].kind == kBool }
-
-// knownKeys returns the name of every key.
-func knownKeys() []string {
-	var out []string
-	for _, k := range keyTable() {
-		out = append(out, k.name)
-	}
-	return out
-}
 
 func intRange(lo, hi int64) check {
 	return rule(func(n int64) bool { return n >= lo && n <= hi }, fmt.Sprintf("%%d is out of range %d-%d", lo, hi))
