@@ -208,11 +208,7 @@ func (b *batch) keyArg(a karg) {
 	k, ok := keyIndex()[name]
 	switch {
 	case !ok:
-		msg := "unknown key"
-		if s := suggest(name, append([]string{"config"}, knownKeys()...)); s != "" {
-			msg += " (did you mean nbdroot." + s + "?)"
-		}
-		b.fail(errors.New(msg))
+		b.fail(errors.New(unknownKeyMsg(name, "nbdroot.", append([]string{"config"}, knownKeys()...), nil)))
 	case !a.hasVal:
 		b.fail(fmt.Errorf("needs a value: nbdroot.%s=VALUE", name))
 	default:
@@ -239,7 +235,6 @@ func (b *batch) nbdroot(v string) {
 	parts := strings.Split(v, ",")
 	if len(parts) > 3 {
 		b.fail(errors.New("too many commas (want HOST,PORT or HOST,NAME,nbdN)"))
-		return
 	}
 	ep := Endpoint{Port: DefaultPort}
 	b.fail(ep.setHost(parts[0]))

@@ -237,7 +237,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 			switch {
 			case !slices.Contains(sections(), k[0]):
 				bad[k[0]] = true
-				r.fail(o, unknownKeyMsg(k[0], sections(), known))
+				r.fail(o, unknownKeyMsg(k[0], "", sections(), known))
 			case md.Type(k[0]) != "Hash":
 				bad[k[0]] = true
 				r.fail(o, fmt.Sprintf("is %s; want a table [%s]", strings.ToLower(md.Type(k[0])), k[0]))
@@ -265,7 +265,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 			if def, ok := keyIndex()[parent]; ok {
 				r.fail(origin{source: at(line), field: parent}, "is a table; want "+def.kind.want())
 			} else {
-				r.fail(origin{source: at(line), field: parent}, unknownKeyMsg(parent, known, nil))
+				r.fail(origin{source: at(line), field: parent}, unknownKeyMsg(parent, "", known, nil))
 			}
 			continue
 		}
@@ -275,7 +275,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 		def, ok := keyIndex()[name]
 		if !ok {
 			bad[name] = true
-			r.fail(o, unknownKeyMsg(name, known, nil))
+			r.fail(o, unknownKeyMsg(name, "", known, nil))
 			continue
 		}
 		var v any
@@ -294,11 +294,12 @@ func (r *resolver) loadFile(path string, data []byte) {
 	}
 }
 
-// unknownKeyMsg says a key is unknown and suggests the nearest known one.
-// leaves, when given, are full keys whose last part may match name.
-func unknownKeyMsg(name string, known, leaves []string) string {
+// unknownKeyMsg says a key is unknown and suggests the nearest known one,
+// written after prefix. leaves, when given, are full keys whose last part
+// may match name.
+func unknownKeyMsg(name, prefix string, known, leaves []string) string {
 	if s := suggest(name, known); s != "" {
-		return "unknown key (did you mean " + s + "?)"
+		return "unknown key (did you mean " + prefix + s + "?)"
 	}
 	for _, l := range leaves {
 		if sec, leaf, _ := strings.Cut(l, "."); leaf == name {

@@ -389,7 +389,7 @@ const (
 func (s *Spec) Set(key, value string) error {
 	k, ok := keyIndex()[key]
 	if !ok {
-		return &Error{Field: key, Msg: unknownKeyMsg(key, knownKeys(), nil)}
+		return &Error{Field: key, Msg: unknownKeyMsg(key, "", knownKeys(), nil)}
 	}
 	as, err := k.parse(value)
 	if err != nil {
