@@ -1,10 +1,9 @@
 package config
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -502,9 +501,8 @@ func netmaskBits(mask string, client netip.Addr) (int, error) {
 	if client.Is6() {
 		return 0, fmt.Errorf("netmask %s is IPv4 but the client address %s is IPv6", mask, client)
 	}
-	u := binary.BigEndian.Uint32(m.AsSlice())
-	ones := bits.LeadingZeros32(^u)
-	if u<<ones != 0 {
+	ones, size := net.IPMask(m.AsSlice()).Size()
+	if size == 0 {
 		return 0, fmt.Errorf("netmask %s is not contiguous", mask)
 	}
 	return ones, nil
