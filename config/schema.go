@@ -466,8 +466,6 @@ func oneOf[T ~string](choices ...T) check {
 // fromString converts a command-line value to kind k.
 func fromString(k kind, s string) (any, error) {
 	switch k {
-	case kString:
-		return s, nil
 	case kInt, kAutoInt:
 		if k == kAutoInt && s == "auto" {
 			return s, nil
@@ -495,7 +493,7 @@ func fromString(k kind, s string) (any, error) {
 		}
 		return l, nil
 	}
-	return nil, fmt.Errorf("unsupported kind")
+	return s, nil // kString
 }
 
 // fromTOML converts a decoded TOML value to kind k.
