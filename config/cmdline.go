@@ -175,10 +175,7 @@ func cmdRule(a karg) (family string, parse func(*batch)) {
 	switch {
 	case a.name == "nbdroot":
 		return a.name, func(b *batch) { b.nbdroot(v) }
-	case a.name == "ro" || a.name == "rw":
-		if a.hasVal {
-			return "", nil // the kernel only honours bare ro and rw
-		}
+	case (a.name == "ro" || a.name == "rw") && !a.hasVal: // the kernel only honours bare ro and rw
 		return "ro/rw", func(b *batch) { b.set("", "root.read_only", a.name == "ro") }
 	case strings.HasPrefix(a.name, "nbdroot."):
 		return a.name, func(b *batch) { b.keyArg(a) }

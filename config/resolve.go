@@ -232,8 +232,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 		}
 		name := k.String()
 		if len(k) == 1 {
-			line := lineOf(&md, top[k[0]])
-			o := origin{layer: layerFile, source: at(line), field: name}
+			o := origin{layer: layerFile, source: at(lineOf(&md, top[k[0]])), field: name}
 			switch {
 			case !slices.Contains(sections(), k[0]):
 				bad[k[0]] = true
