@@ -17,10 +17,9 @@ import (
 type target struct {
 	ep   Endpoint
 	dhcp bool // "dhcp" or "": the whole endpoint comes from DHCP's root-path
-	tls  bool // nbds:// or nbds+unix://
-	// tls-hostname and tls-verify-peer query keys; nil when not given.
-	tlsHost    *string
-	verifyPeer *bool
+	// What the URI implies: tls.required (nbds://, nbds+unix://), and
+	// tls.server_name and tls.verify_peer (its query keys).
+	tls []assign
 }
 
 // parseTarget parses one server string: an NBD URI (nbd://, nbds://,
@@ -179,7 +178,9 @@ func parseURI(s string) (target, error) {
 	if base != "nbd" && base != "nbds" {
 		return t, fmt.Errorf("unknown URI scheme %q (want nbd://, nbds://, nbd+unix:// or nbds+unix://)", scheme)
 	}
-	t.tls = base == "nbds"
+	if base == "nbds" {
+		t.tls = []assign{{"tls.required", true}}
+	}
 	u, err := url.Parse(s)
 	if err != nil {
 		return t, fmt.Errorf("not a valid NBD URI: %v", errors.Unwrap(err)) // url.Parse's errors are *url.Error
@@ -215,13 +216,13 @@ func parseURI(s string) (target, error) {
 			if _, err := keyIndex()["tls.server_name"].check(v); err != nil {
 				return t, fmt.Errorf("tls-hostname: %v", err)
 			}
-			t.tlsHost = &v
+			t.tls = append(t.tls, assign{"tls.server_name", v})
 		case "tls-verify-peer":
 			b, ok := parseBool(v)
 			if !ok {
 				return t, fmt.Errorf("tls-verify-peer=%q is not a boolean (want true or false)", v)
 			}
-			t.verifyPeer = &b
+			t.tls = append(t.tls, assign{"tls.verify_peer", b})
 		case "socket":
 			if !unix {
 				return t, fmt.Errorf("socket= is only for %s+unix:// URIs", lower)
@@ -323,39 +324,29 @@ func bootTarget(s string, n int) (target, error) {
 // from URIs, tls.required, tls.server_name and tls.verify_peer.
 func (b *batch) servers(ts ...target) {
 	var canon []string
-	var tlsHost *string
-	var verify *bool
-	anyTLS := false
-	for i := range ts {
-		t := &ts[i]
+	tls := map[string]any{}
+	for _, t := range ts {
 		if t.dhcp {
 			canon = append(canon, "dhcp")
 			continue
 		}
 		canon = append(canon, t.ep.String())
-		anyTLS = anyTLS || t.tls
-		if t.tlsHost != nil {
-			if tlsHost != nil && *tlsHost != *t.tlsHost {
-				b.fail(fmt.Errorf("servers disagree on tls-hostname (%q and %q); TLS settings are shared by all servers", *tlsHost, *t.tlsHost))
-			}
-			tlsHost = t.tlsHost
-		}
-		if t.verifyPeer != nil {
-			if verify != nil && *verify != *t.verifyPeer {
+		for _, a := range t.tls {
+			switch prev, ok := tls[a.key]; {
+			case !ok || prev == a.val:
+			case a.key == "tls.server_name":
+				b.fail(fmt.Errorf("servers disagree on tls-hostname (%q and %q); TLS settings are shared by all servers", prev, a.val))
+			default:
 				b.fail(errors.New("servers disagree on tls-verify-peer; TLS settings are shared by all servers"))
 			}
-			verify = t.verifyPeer
+			tls[a.key] = a.val
 		}
 	}
 	b.add(assign{"server.servers", canon})
-	if anyTLS {
-		b.add(assign{"tls.required", true})
-	}
-	if tlsHost != nil {
-		b.add(assign{"tls.server_name", *tlsHost})
-	}
-	if verify != nil {
-		b.add(assign{"tls.verify_peer", *verify})
+	for _, k := range []string{"tls.required", "tls.server_name", "tls.verify_peer"} {
+		if v, ok := tls[k]; ok {
+			b.add(assign{k, v})
+		}
 	}
 }
 
