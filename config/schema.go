@@ -52,7 +52,7 @@ type keyDef struct {
 	alias string       // the kernel argument that sets it too ("rootfstype")
 	def   string       // the default as text; "" for the zero value
 	auto  int64        // kAutoInt: the value "auto" stands for
-	check check        // the field's check tag made a function
+	check check        // the field's check tag made a function; the identity for none
 }
 
 // check is a key's rule on its values, made from its check tag by
