@@ -1,10 +1,9 @@
 package config
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -41,10 +40,8 @@ func (a karg) show(quote func(string) string) string {
 }
 
 func quoteIfNeeded(s string) string {
-	for _, r := range s {
-		if r <= ' ' || r == '"' || r == '\\' || r >= 0x7f {
-			return strconv.Quote(s)
-		}
+	if strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == '"' || r == '\\' || r >= 0x7f }) {
+		return strconv.Quote(s)
 	}
 	return s
 }
@@ -99,25 +96,16 @@ func nextArg(s string) (karg, string) {
 // splitKernel splits a command line as the kernel does: arguments up to a
 // bare `--`, and the arguments after it, which go to init.
 func splitKernel(cmdline string) (args, initArgs []karg) {
-	s := skipSpaces(cmdline)
-	dashes := false
+	s, to := skipSpaces(cmdline), &args
 	for s != "" {
 		var a karg
-		a, s = nextArg(s)
-		if !a.hasVal && a.name == "--" {
-			if dashes {
-				break // the kernel stops at a second "--" too
-			}
-			dashes = true
-			continue
-		}
-		if !a.hasVal && a.name == "" {
-			continue
-		}
-		if dashes {
-			initArgs = append(initArgs, a)
-		} else {
-			args = append(args, a)
+		switch a, s = nextArg(s); {
+		case a.hasVal || a.name != "" && a.name != "--":
+			*to = append(*to, a)
+		case a.name == "--" && to == &initArgs:
+			return args, initArgs // the kernel stops at a second "--" too
+		case a.name == "--":
+			to = &initArgs
 		}
 	}
 	return args, initArgs
@@ -160,9 +148,6 @@ func (b *batch) add(as ...assign) { b.as = append(b.as, as...) }
 // set adds what key = v sets, through the key's checks; what, unless
 // empty, names the value in an error.
 func (b *batch) set(what, key string, v any) {
-	if b.err != nil {
-		return
-	}
 	as, err := keyIndex()[key].assigns(v)
 	if err != nil && what != "" {
 		err = fmt.Errorf("%s: %v", what, err)
@@ -190,10 +175,7 @@ func cmdRule(a karg) (family string, parse func(*batch)) {
 	switch {
 	case a.name == "nbdroot":
 		return a.name, func(b *batch) { b.nbdroot(v) }
-	case a.name == "ro" || a.name == "rw":
-		if a.hasVal {
-			return "", nil // the kernel only honours bare ro and rw
-		}
+	case (a.name == "ro" || a.name == "rw") && !a.hasVal: // the kernel only honours bare ro and rw
 		return "ro/rw", func(b *batch) { b.set("", "root.read_only", a.name == "ro") }
 	case strings.HasPrefix(a.name, "nbdroot."):
 		return a.name, func(b *batch) { b.keyArg(a) }
@@ -222,11 +204,7 @@ func (b *batch) keyArg(a karg) {
 	k, ok := keyIndex()[name]
 	switch {
 	case !ok:
-		msg := "unknown key"
-		if s := suggest(name, append([]string{"config"}, knownKeys()...)); s != "" {
-			msg += " (did you mean nbdroot." + s + "?)"
-		}
-		b.fail(errors.New(msg))
+		b.fail(errors.New(unknownKeyMsg(name, "nbdroot.", append([]string{"config"}, knownKeys()...), nil)))
 	case !a.hasVal:
 		b.fail(fmt.Errorf("needs a value: nbdroot.%s=VALUE", name))
 	default:
@@ -237,8 +215,8 @@ func (b *batch) keyArg(a karg) {
 }
 
 // target adds the one server s names, parsed as for boot.
-func (b *batch) target(s string, withDHCP bool) {
-	t, err := bootTarget(s, withDHCP, 1)
+func (b *batch) target(s string) {
+	t, err := bootTarget(s, 1)
 	b.fail(err)
 	b.servers(t)
 }
@@ -247,22 +225,15 @@ func (b *batch) target(s string, withDHCP bool) {
 // Debian's HOST,PORT and HOST,NAME,nbdN.
 func (b *batch) nbdroot(v string) {
 	if !strings.Contains(v, ",") || isURI(v) {
-		b.target(v, true)
+		b.target(v)
 		return
 	}
 	parts := strings.Split(v, ",")
 	if len(parts) > 3 {
 		b.fail(errors.New("too many commas (want HOST,PORT or HOST,NAME,nbdN)"))
-		return
 	}
 	ep := Endpoint{Port: DefaultPort}
-	if host := parts[0]; strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
-		var err error
-		ep.Host, _, err = cutBracketed(host, "")
-		b.fail(err)
-	} else {
-		b.fail(ep.setHost(host))
-	}
+	b.fail(ep.setHost(parts[0]))
 	b.fail(ep.setPortOrName(parts[1]))
 	b.servers(target{ep: ep})
 	if len(parts) == 3 {
@@ -306,7 +277,7 @@ func smallInt(s string, max int) (n int, ok bool) {
 func (b *batch) root(v string, isRoot bool) {
 	switch {
 	case isURI(v) && (strings.HasPrefix(v, "nbd") || strings.HasPrefix(v, "NBD")):
-		b.target(v, false)
+		b.target(v)
 	case strings.HasPrefix(v, "nbd:"):
 		b.dracut(v[len("nbd:"):])
 	case isRoot && strings.HasPrefix(v, "/dev/nbd"):
@@ -355,51 +326,36 @@ func (b *batch) dracut(v string) {
 	if len(others) > 0 {
 		b.set("root.flags", "root.flags", strings.Join(others, ","))
 	}
-	if opts != "" {
-		b.nbdOpts(opts)
-	}
+	b.nbdOpts(opts)
 }
 
 // nbdOpts maps dracut's comma-separated nbd-client options.
 func (b *batch) nbdOpts(opts string) {
 	for _, o := range strings.Split(opts, ",") {
-		if o == "" {
-			continue
-		}
 		name, val, hasVal := strings.Cut(strings.TrimLeft(o, "-"), "=")
-		switch {
-		case hasVal:
-		case name == "ro" || name == "readonly" || name == "r":
-			b.add(assign{"device.read_only", true})
-			continue
-		case name == "persist" || name == "p" || name == "systemd-mark" || name == "m":
-			// nbdroot always reconnects, and its keeper always survives
-			// shutdown's killing spree.
-			continue
-		case name == "nonetlink" || name == "L":
-			b.add(assign{"device.interface", string(InterfaceIoctl)})
-			continue
-		}
 		key := map[string]string{"timeout": "device.timeout", "t": "device.timeout", "bs": "device.block_size",
 			"block-size": "device.block_size", "b": "device.block_size", "connections": "device.connections", "C": "device.connections"}[name]
-		if key == "" || !hasVal {
-			b.fail(fmt.Errorf("NBD option %q is not supported (want ro, persist, systemd-mark, nonetlink, timeout=SECONDS, bs=BYTES or connections=N)", o))
-			return
-		}
 		n, err := strconv.ParseInt(val, 10, 64)
-		if err != nil {
-			b.fail(fmt.Errorf("NBD option %q: %q is not an integer", o, val))
-			return
+		switch what := fmt.Sprintf("NBD option %q", o); {
+		case o == "":
+		case !hasVal && (name == "ro" || name == "readonly" || name == "r"):
+			b.add(assign{"device.read_only", true})
+		case !hasVal && (name == "persist" || name == "p" || name == "systemd-mark" || name == "m"):
+			// nbdroot always reconnects, and its keeper always survives
+			// shutdown's killing spree.
+		case !hasVal && (name == "nonetlink" || name == "L"):
+			b.add(assign{"device.interface", string(InterfaceIoctl)})
+		case key == "" || !hasVal:
+			b.fail(fmt.Errorf("%s is not supported (want ro, persist, systemd-mark, nonetlink, timeout=SECONDS, bs=BYTES or connections=N)", what))
+		case err != nil:
+			b.fail(fmt.Errorf("%s: %q is not an integer", what, val))
+		case key != "device.timeout":
+			b.set(what, key, n)
+		case n < 0 || n > 1<<31:
+			b.fail(fmt.Errorf("%s: %d is out of range", what, n))
+		default:
+			b.set(what, key, time.Duration(n)*time.Second)
 		}
-		var v any = n
-		if key == "device.timeout" {
-			if n < 0 || n > 1<<31 {
-				b.fail(fmt.Errorf("NBD option %q: %d is out of range", o, n))
-				return
-			}
-			v = time.Duration(n) * time.Second
-		}
-		b.set(fmt.Sprintf("NBD option %q", o), key, v)
 	}
 }
 
@@ -456,23 +412,14 @@ func (b *batch) addr(name, s string) netip.Addr {
 // keywords, and dracut's DEVICE:AUTOCONF.
 func (b *batch) ip(v string) {
 	f := splitIPFields(v)
-	if len(f) == 1 && f[0] != "" && !strings.ContainsAny(f[0], ".:[") { // a keyword, not a client address
-		mode, err := autoconf(f[0])
-		b.fail(err)
-		b.add(assign{"network.mode", string(mode)})
-		return
-	}
-	if len(f) == 2 {
-		if mode, err := autoconf(f[1]); err == nil && f[1] != "" {
-			if _, err := netip.ParseAddr(strings.Trim(f[0], "[]")); err != nil {
-				// dracut's ip=DEVICE:AUTOCONF.
-				b.add(assign{"network.mode", string(mode)})
-				b.set("device", "network.interfaces", []string{f[0]})
-				return
-			}
-		}
-	}
-	if len(f) > 10 {
+	_, notMode := autoconf(f[len(f)-1])
+	_, notAddr := netip.ParseAddr(strings.Trim(f[0], "[]"))
+	switch {
+	case len(f) == 1 && f[0] != "" && !strings.ContainsAny(f[0], ".:["): // a keyword: AUTOCONF alone
+		f = []string{6: f[0]}
+	case len(f) == 2 && f[1] != "" && notMode == nil && notAddr != nil: // dracut's DEVICE:AUTOCONF
+		f = []string{5: f[0], 6: f[1]}
+	case len(f) > 10:
 		b.fail(fmt.Errorf("%d fields; want at most 10 (CLIENT:SERVER:GW:NETMASK:HOSTNAME:DEVICE:AUTOCONF:DNS0:DNS1:NTP0)", len(f)))
 		return
 	}
@@ -531,14 +478,10 @@ func netmaskBits(mask string, client netip.Addr) (int, error) {
 		if client.Is6() {
 			return 64, nil
 		}
-		b := client.As4()[0]
-		switch {
-		case b < 128:
-			return 8, nil
-		case b < 192:
-			return 16, nil
-		case b < 224:
-			return 24, nil
+		for i, end := range []byte{128, 192, 224} { // classes A, B and C
+			if client.As4()[0] < end {
+				return 8 * (i + 1), nil
+			}
 		}
 		return 0, fmt.Errorf("client address %s has no address class; give a netmask", client)
 	}
@@ -555,9 +498,8 @@ func netmaskBits(mask string, client netip.Addr) (int, error) {
 	if client.Is6() {
 		return 0, fmt.Errorf("netmask %s is IPv4 but the client address %s is IPv6", mask, client)
 	}
-	u := binary.BigEndian.Uint32(m.AsSlice())
-	ones := bits.LeadingZeros32(^u)
-	if u<<ones != 0 {
+	ones, size := net.IPMask(m.AsSlice()).Size()
+	if size == 0 {
 		return 0, fmt.Errorf("netmask %s is not contiguous", mask)
 	}
 	return ones, nil

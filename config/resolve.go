@@ -24,7 +24,7 @@ func Defaults() Spec {
 		if k.def == "" {
 			continue
 		}
-		if err := s.setText(k, k.def); err != nil {
+		if err := s.Set(k.name, k.def); err != nil {
 			panic("config: default of " + err.Error())
 		}
 	}
@@ -232,12 +232,11 @@ func (r *resolver) loadFile(path string, data []byte) {
 		}
 		name := k.String()
 		if len(k) == 1 {
-			line := lineOf(&md, top[k[0]])
-			o := origin{layer: layerFile, source: at(line), field: name}
+			o := origin{layer: layerFile, source: at(lineOf(&md, top[k[0]])), field: name}
 			switch {
 			case !slices.Contains(sections(), k[0]):
 				bad[k[0]] = true
-				r.fail(o, unknownKeyMsg(k[0], sections(), known))
+				r.fail(o, unknownKeyMsg(k[0], "", sections(), known))
 			case md.Type(k[0]) != "Hash":
 				bad[k[0]] = true
 				r.fail(o, fmt.Sprintf("is %s; want a table [%s]", strings.ToLower(md.Type(k[0])), k[0]))
@@ -265,7 +264,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 			if def, ok := keyIndex()[parent]; ok {
 				r.fail(origin{source: at(line), field: parent}, "is a table; want "+def.kind.want())
 			} else {
-				r.fail(origin{source: at(line), field: parent}, unknownKeyMsg(parent, known, nil))
+				r.fail(origin{source: at(line), field: parent}, unknownKeyMsg(parent, "", known, nil))
 			}
 			continue
 		}
@@ -275,7 +274,7 @@ func (r *resolver) loadFile(path string, data []byte) {
 		def, ok := keyIndex()[name]
 		if !ok {
 			bad[name] = true
-			r.fail(o, unknownKeyMsg(name, known, nil))
+			r.fail(o, unknownKeyMsg(name, "", known, nil))
 			continue
 		}
 		var v any
@@ -294,11 +293,12 @@ func (r *resolver) loadFile(path string, data []byte) {
 	}
 }
 
-// unknownKeyMsg says a key is unknown and suggests the nearest known one.
-// leaves, when given, are full keys whose last part may match name.
-func unknownKeyMsg(name string, known, leaves []string) string {
+// unknownKeyMsg says a key is unknown and suggests the nearest known one,
+// written after prefix. leaves, when given, are full keys whose last part
+// may match name.
+func unknownKeyMsg(name, prefix string, known, leaves []string) string {
 	if s := suggest(name, known); s != "" {
-		return "unknown key (did you mean " + s + "?)"
+		return "unknown key (did you mean " + prefix + s + "?)"
 	}
 	for _, l := range leaves {
 		if sec, leaf, _ := strings.Cut(l, "."); leaf == name {
@@ -388,12 +388,11 @@ func (r *resolver) finish(partial bool) {
 	t := &s.TLS
 	req, reqSet := r.recs["tls.required"]
 	for _, f := range []struct{ key, val string }{{"tls.ca", t.CAFile}, {"tls.cert", t.CertFile}, {"tls.key", t.KeyFile}} {
-		if f.val == "" {
-			continue
-		}
-		if reqSet && !t.Enabled {
+		switch {
+		case f.val == "" || t.Enabled:
+		case reqSet:
 			r.errAt(f.key, fmt.Sprintf("%s = %s needs TLS, but %s sets tls.required = false", f.key, tomlQuote(f.val), desc(req.origin)))
-		} else if !reqSet && !t.Enabled {
+		default:
 			t.Enabled = true
 			r.implied["tls.required"] = fmt.Sprintf("implied by %s (%s)", f.key, r.originText(f.key))
 		}

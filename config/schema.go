@@ -52,7 +52,7 @@ type keyDef struct {
 	alias string       // the kernel argument that sets it too ("rootfstype")
 	def   string       // the default as text; "" for the zero value
 	auto  int64        // kAutoInt: the value "auto" stands for
-	check check        // the field's check tag made a function; nil for none
+	check check        // the field's check tag made a function; the identity for none
 }
 
 // check is a key's rule on its values, made from its check tag by
@@ -70,43 +70,44 @@ func isText(t reflect.Type) bool {
 }
 
 // sections returns the TOML tables in output order.
-func sections() []string {
-	var out []string
-	t := reflect.TypeFor[Spec]()
-	for i := range t.NumField() {
-		out = append(out, t.Field(i).Tag.Get("toml"))
-	}
-	return out
-}
+func sections() []string { return schema().sections }
 
 // keyTable returns every key of the schema, derived from Spec's fields and
-// their tags, grouped by section in output order. The table is built once
-// and never changes; callers only read it.
-func keyTable() []keyDef { t, _ := schema(); return t }
+// their tags, grouped by section in output order.
+func keyTable() []keyDef { return schema().keys }
 
 // keyIndex returns keyTable indexed by name.
-func keyIndex() map[string]*keyDef { _, m := schema(); return m }
+func keyIndex() map[string]*keyDef { return schema().index }
 
-// schema derives the key table on first use, as encoding/json caches what it
-// derives from a type. It is not mutable state: every call sees the same
-// table.
-var schema = sync.OnceValues(func() ([]keyDef, map[string]*keyDef) {
-	var keys []keyDef
+// knownKeys returns the name of every key.
+func knownKeys() []string { return schema().names }
+
+// schema derives the tables and keys on first use, as encoding/json caches
+// what it derives from a type. It is not mutable state: every call sees the
+// same tables, which never change; callers only read them.
+var schema = sync.OnceValue(func() (s struct {
+	sections []string
+	keys     []keyDef
+	names    []string
+	index    map[string]*keyDef
+}) {
 	t := reflect.TypeFor[Spec]()
 	for i := range t.NumField() {
 		sec := t.Field(i)
+		s.sections = append(s.sections, sec.Tag.Get("toml"))
 		for j := range sec.Type.NumField() {
 			f := sec.Type.Field(j)
 			if name := f.Tag.Get("toml"); name != "-" {
-				keys = append(keys, newKeyDef(sec.Tag.Get("toml")+"."+name, []int{i, j}, f))
+				s.keys = append(s.keys, newKeyDef(s.sections[i]+"."+name, []int{i, j}, f))
 			}
 		}
 	}
-	m := make(map[string]*keyDef, len(keys))
-	for i := range keys {
-		m[keys[i].name] = &keys[i]
+	s.index = make(map[string]*keyDef, len(s.keys))
+	for i, k := range s.keys {
+		s.index[k.name] = &s.keys[i]
+		s.names = append(s.names, k.name)
 	}
-	return keys, m
+	return s
 })
 
 // newKeyDef derives a key from a field. A field the schema cannot express is
@@ -185,11 +186,9 @@ func (k *keyDef) conv(v any) (any, error) {
 
 // convOne is conv for a scalar value of type t.
 func (k *keyDef) convOne(t reflect.Type, v any) (any, error) {
-	if k.check != nil {
-		var err error
-		if v, err = k.check(v); err != nil {
-			return nil, err
-		}
+	v, err := k.check(v)
+	if err != nil {
+		return nil, err
 	}
 	if s, ok := v.(string); ok && isText(t) {
 		return convText(t, s)
@@ -289,7 +288,7 @@ func getScalar(f reflect.Value) any {
 // namedCheck returns the check a field's check tag names.
 func namedCheck(name string) check {
 	noControl := rule(func(s string) bool { return !strings.ContainsFunc(s, isControl) }, "%q contains a control character")
-	c, ok := map[string]check{"": nil,
+	c, ok := map[string]check{"": func(v any) (any, error) { return v, nil },
 		"positive":    rule(func(d time.Duration) bool { return d > 0 }, "%s is not a positive duration"),
 		"nonnegative": rule(func(d time.Duration) bool { return d >= 0 }, "%s is negative"),
 		// 0 and whole seconds: the kernel counts seconds.
@@ -390,16 +389,11 @@ const (
 func (s *Spec) Set(key, value string) error {
 	k, ok := keyIndex()[key]
 	if !ok {
-		return &Error{Field: key, Msg: unknownKeyMsg(key, knownKeys(), nil)}
+		return &Error{Field: key, Msg: unknownKeyMsg(key, "", knownKeys(), nil)}
 	}
-	return s.setText(k, value)
-}
-
-// setText is Set for a known key.
-func (s *Spec) setText(k *keyDef, text string) error {
-	as, err := k.parse(text)
+	as, err := k.parse(value)
 	if err != nil {
-		return &Error{Field: k.name, Msg: err.Error()}
+		return &Error{Field: key, Msg: err.Error()}
 	}
 	for _, a := range as {
 		keyIndex()[a.key].set(s, a.val)
@@ -451,15 +445,6 @@ func (f *KeyFlag) Set(text string) error {
 // IsBoolFlag makes a boolean key a flag that needs no value (--read-only).
 func (f *KeyFlag) IsBoolFlag() bool { return keyIndex()[f.key].kind == kBool }
 
-// knownKeys returns the name of every key.
-func knownKeys() []string {
-	var out []string
-	for _, k := range keyTable() {
-		out = append(out, k.name)
-	}
-	return out
-}
-
 func intRange(lo, hi int64) check {
 	return rule(func(n int64) bool { return n >= lo && n <= hi }, fmt.Sprintf("%%d is out of range %d-%d", lo, hi))
 }
@@ -481,8 +466,6 @@ func oneOf[T ~string](choices ...T) check {
 // fromString converts a command-line value to kind k.
 func fromString(k kind, s string) (any, error) {
 	switch k {
-	case kString:
-		return s, nil
 	case kInt, kAutoInt:
 		if k == kAutoInt && s == "auto" {
 			return s, nil
@@ -510,7 +493,7 @@ func fromString(k kind, s string) (any, error) {
 		}
 		return l, nil
 	}
-	return nil, fmt.Errorf("unsupported kind")
+	return s, nil // kString
 }
 
 // fromTOML converts a decoded TOML value to kind k.
@@ -541,37 +524,35 @@ func fromTOML(k kind, v any) (any, error) {
 		for _, e := range x {
 			s, ok := e.(string)
 			if !ok {
-				text, typ := tomlDesc(e)
-				return nil, fmt.Errorf("list element %s is %s; want a string", text, typ)
+				return nil, fmt.Errorf("list element %s; want a string", tomlDesc(e))
 			}
 			out = append(out, s)
 		}
 		return out, nil
 	}
-	text, typ := tomlDesc(v)
-	return nil, fmt.Errorf("%s is %s; want %s", text, typ, k.want())
+	return nil, fmt.Errorf("%s; want %s", tomlDesc(v), k.want())
 }
 
 // tomlDesc describes a decoded TOML value for an error message: its text
-// and its type.
-func tomlDesc(v any) (text, typ string) {
+// and its type ("3 is an integer").
+func tomlDesc(v any) string {
 	switch x := v.(type) {
 	case string:
-		return strconv.Quote(x), "a string"
+		return strconv.Quote(x) + " is a string"
 	case int64:
-		return fmt.Sprint(x), "an integer"
+		return fmt.Sprint(x, " is an integer")
 	case float64:
-		return fmt.Sprint(x), "a float"
+		return fmt.Sprint(x, " is a float")
 	case bool:
-		return fmt.Sprint(x), "a boolean"
+		return fmt.Sprint(x, " is a boolean")
 	case []any:
-		return "[...]", "an array"
+		return "[...] is an array"
 	case map[string]any:
-		return "{...}", "a table"
+		return "{...} is a table"
 	case []map[string]any:
-		return "{...}", "an array of tables"
+		return "{...} is an array of tables"
 	}
-	return fmt.Sprint(v), "a datetime"
+	return fmt.Sprint(v, " is a datetime")
 }
 
 func parseBool(s string) (bool, bool) {

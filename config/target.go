@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -16,23 +17,19 @@ import (
 type target struct {
 	ep   Endpoint
 	dhcp bool // "dhcp" or "": the whole endpoint comes from DHCP's root-path
-	tls  bool // nbds:// or nbds+unix://
-	// tls-hostname and tls-verify-peer query keys; nil when not given.
-	tlsHost    *string
-	verifyPeer *bool
+	// What the URI implies: tls.required (nbds://, nbds+unix://), and
+	// tls.server_name and tls.verify_peer (its query keys).
+	tls []assign
 }
 
 // parseTarget parses one server string: an NBD URI (nbd://, nbds://,
-// nbd+unix://, nbds+unix://), "dhcp" or "" (withDHCP only), or Debian's
-// HOST[:PORT][/NAME], HOST:/NAME, [V6][:PORT][/NAME].
-func parseTarget(s string, withDHCP bool) (target, error) {
-	if withDHCP && (s == "" || s == "dhcp") {
+// nbd+unix://, nbds+unix://), "dhcp" or "" (the server from DHCP's
+// root-path), or Debian's HOST[:PORT][/NAME], HOST:/NAME, [V6][:PORT][/NAME].
+func parseTarget(s string) (target, error) {
+	switch {
+	case s == "" || s == "dhcp":
 		return target{dhcp: true}, nil
-	}
-	if s == "" {
-		return target{}, errors.New("empty server (want HOST[:PORT]/NAME or nbd://HOST[:PORT]/NAME)")
-	}
-	if isURI(s) {
+	case isURI(s):
 		return parseURI(s)
 	}
 	ep, err := parseHostForm(s)
@@ -51,44 +48,35 @@ func isURI(s string) bool {
 // means the DHCP server.
 func parseHostForm(s string) (Endpoint, error) {
 	ep := Endpoint{Port: DefaultPort}
-	var rest string
-	if strings.HasPrefix(s, "[") {
-		var err error
-		if ep.Host, rest, err = cutBracketed(s, ":/"); err != nil {
-			return ep, err
-		}
-	} else {
-		i := strings.IndexAny(s, ":/")
-		host := s
-		if i >= 0 {
-			host, rest = s[:i], s[i:]
-		}
-		hostPart, _, _ := strings.Cut(s, "/")
-		if strings.Count(hostPart, ":") > 1 {
-			if a, err := netip.ParseAddr(hostPart); err == nil {
-				return ep, fmt.Errorf("IPv6 address %s must be in brackets: [%s]", hostPart, a)
-			}
-			return ep, fmt.Errorf("%q has more than one colon before the export name (IPv6 addresses go in brackets)", hostPart)
-		}
-		if err := ep.setHost(host); err != nil {
-			return ep, err
-		}
+	var err error
+	host, rest := s, ""
+	if i := strings.IndexAny(s, ":/"); i >= 0 {
+		host, rest = s[:i], s[i:]
+	}
+	hostPart, _, _ := strings.Cut(s, "/")
+	switch a, notAddr := netip.ParseAddr(hostPart); {
+	case strings.HasPrefix(s, "["):
+		ep.Host, rest, err = cutBracketed(s, ":/")
+	case strings.Count(hostPart, ":") > 1 && notAddr == nil:
+		err = fmt.Errorf("IPv6 address %s must be in brackets: [%s]", hostPart, a)
+	case strings.Count(hostPart, ":") > 1:
+		err = fmt.Errorf("%q has more than one colon before the export name (IPv6 addresses go in brackets)", hostPart)
+	default:
+		err = ep.setHost(host)
+	}
+	if err != nil {
+		return ep, err
 	}
 	port, hasPort := strings.CutPrefix(rest, ":") // rest is "", ":…" or "/…"
 	ps, name, slash := strings.Cut(port, "/")
 	switch {
 	case hasPort && ps == "" && slash:
-		ep.Export = "/" + name // HOST:/NAME keeps its slash
+		name = "/" + name // HOST:/NAME keeps its slash
 	case ps != "":
-		p, err := parsePort(ps)
-		if err != nil {
-			return ep, err
-		}
-		ep.Port, ep.Export = p, name
-	default:
-		ep.Export = name
+		ep.Port, err = parsePort(ps)
 	}
-	return ep, checkExport(ep.Export)
+	ep.Export = name
+	return ep, cmp.Or(err, checkExport(name))
 }
 
 // cutBracketed parses the bracketed IPv6 address that starts s
@@ -121,14 +109,17 @@ func (e *Endpoint) setPortOrName(s string) error {
 	return checkExport(s)
 }
 
-// setHost reads a DNS name or an IPv4 address, or "" or "dhcp" for the
-// DHCP server (Debian's forms).
+// setHost reads a DNS name, an IPv4 address or a bracketed IPv6 address
+// ("[2001:db8::1]"), or "" or "dhcp" for the DHCP server (Debian's forms).
 func (e *Endpoint) setHost(h string) (err error) {
-	if h == "" || h == "dhcp" {
+	switch {
+	case h == "" || h == "dhcp":
 		e.HostFromDHCP = true
-		return nil
+	case strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]"):
+		e.Host, _, err = cutBracketed(h, "")
+	default:
+		e.Host, err = checkHost(h)
 	}
-	e.Host, err = checkHost(h)
 	return err
 }
 
@@ -187,7 +178,9 @@ func parseURI(s string) (target, error) {
 	if base != "nbd" && base != "nbds" {
 		return t, fmt.Errorf("unknown URI scheme %q (want nbd://, nbds://, nbd+unix:// or nbds+unix://)", scheme)
 	}
-	t.tls = base == "nbds"
+	if base == "nbds" {
+		t.tls = []assign{{"tls.required", true}}
+	}
 	u, err := url.Parse(s)
 	if err != nil {
 		return t, fmt.Errorf("not a valid NBD URI: %v", errors.Unwrap(err)) // url.Parse's errors are *url.Error
@@ -223,13 +216,13 @@ func parseURI(s string) (target, error) {
 			if _, err := keyIndex()["tls.server_name"].check(v); err != nil {
 				return t, fmt.Errorf("tls-hostname: %v", err)
 			}
-			t.tlsHost = &v
+			t.tls = append(t.tls, assign{"tls.server_name", v})
 		case "tls-verify-peer":
 			b, ok := parseBool(v)
 			if !ok {
 				return t, fmt.Errorf("tls-verify-peer=%q is not a boolean (want true or false)", v)
 			}
-			t.verifyPeer = &b
+			t.tls = append(t.tls, assign{"tls.verify_peer", b})
 		case "socket":
 			if !unix {
 				return t, fmt.Errorf("socket= is only for %s+unix:// URIs", lower)
@@ -302,7 +295,7 @@ func expandServers(v any) ([]assign, error) {
 	list := v.([]string)
 	ts := make([]target, 0, len(list))
 	for _, s := range list {
-		t, err := bootTarget(s, true, len(list))
+		t, err := bootTarget(s, len(list))
 		if err != nil {
 			return nil, fmt.Errorf("%q: %v", s, err)
 		}
@@ -315,8 +308,8 @@ func expandServers(v any) ([]assign, error) {
 
 // bootTarget parses one of n server strings and rejects what parses but
 // cannot be booted from.
-func bootTarget(s string, withDHCP bool, n int) (target, error) {
-	t, err := parseTarget(s, withDHCP)
+func bootTarget(s string, n int) (target, error) {
+	t, err := parseTarget(s)
 	switch {
 	case err != nil:
 	case t.dhcp && n > 1:
@@ -331,56 +324,41 @@ func bootTarget(s string, withDHCP bool, n int) (target, error) {
 // from URIs, tls.required, tls.server_name and tls.verify_peer.
 func (b *batch) servers(ts ...target) {
 	var canon []string
-	var tlsHost *string
-	var verify *bool
-	anyTLS := false
-	for i := range ts {
-		t := &ts[i]
+	tls := map[string]any{}
+	for _, t := range ts {
 		if t.dhcp {
 			canon = append(canon, "dhcp")
 			continue
 		}
 		canon = append(canon, t.ep.String())
-		anyTLS = anyTLS || t.tls
-		if t.tlsHost != nil {
-			if tlsHost != nil && *tlsHost != *t.tlsHost {
-				b.fail(fmt.Errorf("servers disagree on tls-hostname (%q and %q); TLS settings are shared by all servers", *tlsHost, *t.tlsHost))
-			}
-			tlsHost = t.tlsHost
-		}
-		if t.verifyPeer != nil {
-			if verify != nil && *verify != *t.verifyPeer {
+		for _, a := range t.tls {
+			switch prev, ok := tls[a.key]; {
+			case !ok || prev == a.val:
+			case a.key == "tls.server_name":
+				b.fail(fmt.Errorf("servers disagree on tls-hostname (%q and %q); TLS settings are shared by all servers", prev, a.val))
+			default:
 				b.fail(errors.New("servers disagree on tls-verify-peer; TLS settings are shared by all servers"))
 			}
-			verify = t.verifyPeer
+			tls[a.key] = a.val
 		}
 	}
 	b.add(assign{"server.servers", canon})
-	if anyTLS {
-		b.add(assign{"tls.required", true})
-	}
-	if tlsHost != nil {
-		b.add(assign{"tls.server_name", *tlsHost})
-	}
-	if verify != nil {
-		b.add(assign{"tls.verify_peer", *verify})
+	for _, k := range []string{"tls.required", "tls.server_name", "tls.verify_peer"} {
+		if v, ok := tls[k]; ok {
+			b.add(assign{k, v})
+		}
 	}
 }
 
 // setServers stores a canonical server list (from expandServers).
 func setServers(s *Spec, v any) {
-	s.Server.Endpoints = nil
-	s.Server.FromDHCP = false
+	s.Server.Endpoints, s.Server.FromDHCP = nil, false
 	for _, e := range v.([]string) {
-		t, err := parseTarget(e, true)
-		if err != nil {
-			continue // canonical lists always parse
-		}
-		if t.dhcp {
+		if t, err := parseTarget(e); t.dhcp {
 			s.Server.FromDHCP = true
-			continue
+		} else if err == nil { // canonical lists always parse
+			s.Server.Endpoints = append(s.Server.Endpoints, t.ep)
 		}
-		s.Server.Endpoints = append(s.Server.Endpoints, t.ep)
 	}
 }
 
@@ -404,8 +382,11 @@ func getServers(s *Spec) any {
 // Errors are *Error with Source "argument".
 func ParseTarget(s string) (Spec, error) {
 	var b batch
-	t, err := parseTarget(s, false)
-	if err == nil && t.ep.HostFromDHCP {
+	t, err := parseTarget(s)
+	switch {
+	case s == "":
+		err = errors.New("empty server (want HOST[:PORT]/NAME or nbd://HOST[:PORT]/NAME)")
+	case err == nil && (t.dhcp || t.ep.HostFromDHCP):
 		err = errors.New("no host: only a booting machine knows its DHCP server; name the server")
 	}
 	b.fail(err)
