@@ -164,9 +164,9 @@ func (s sysfs) virtfn(pcidev device) (device, string, bool) {
 // pciOnboard is dev_pci_onboard: "o<index>" from the firmware, ACPI's
 // acpi_index before SMBIOS's index.
 func (s sysfs) pciOnboard(dev, pcidev device, info linkInfo) string {
-	v, ok := s.hasAttr(pcidev, "acpi_index")
-	if !ok {
-		if v, ok = s.hasAttr(pcidev, "index"); !ok {
+	v, err := s.attr(pcidev, "acpi_index")
+	if err != nil {
+		if v, err = s.attr(pcidev, "index"); err != nil {
 			return ""
 		}
 	}
@@ -224,7 +224,7 @@ func (s sysfs) hotplugSlot(pcidev device, multi bool) (number uint64, fromFuncti
 	for d := pcidev; ; {
 		// parse_hotplug_slot_from_function_id (s390): d's function_id
 		// names its slot, or there is none.
-		if v, has := s.hasAttr(d, "function_id"); has {
+		if v, err := s.attr(d, "function_id"); err == nil {
 			fid, err := parseUnsigned(v, 0, 64)
 			if err != nil || fid == 0 || fid > math.MaxUint32 {
 				return 0, false, false
