@@ -167,32 +167,19 @@ func mountOverlay(lower string, ro bool) error {
 func mountOptions(opts string) (flags uintptr, data string) {
 	generic := map[string]struct {
 		set, clear uintptr
-	}{
-		"defaults":    {},
-		"ro":          {},
-		"rw":          {},
-		"noatime":     {set: unix.MS_NOATIME},
-		"atime":       {clear: unix.MS_NOATIME},
-		"nodiratime":  {set: unix.MS_NODIRATIME},
-		"diratime":    {clear: unix.MS_NODIRATIME},
-		"relatime":    {set: unix.MS_RELATIME},
-		"norelatime":  {clear: unix.MS_RELATIME},
-		"strictatime": {set: unix.MS_STRICTATIME},
-		"lazytime":    {set: unix.MS_LAZYTIME},
-		"nolazytime":  {clear: unix.MS_LAZYTIME},
-		"nosuid":      {set: unix.MS_NOSUID},
-		"suid":        {clear: unix.MS_NOSUID},
-		"nodev":       {set: unix.MS_NODEV},
-		"dev":         {clear: unix.MS_NODEV},
-		"noexec":      {set: unix.MS_NOEXEC},
-		"exec":        {clear: unix.MS_NOEXEC},
-		"sync":        {set: unix.MS_SYNCHRONOUS},
-		"async":       {clear: unix.MS_SYNCHRONOUS},
-		"dirsync":     {set: unix.MS_DIRSYNC},
-		"silent":      {set: unix.MS_SILENT},
-		"loud":        {clear: unix.MS_SILENT},
-		"mand":        {set: unix.MS_MANDLOCK},
-		"nomand":      {clear: unix.MS_MANDLOCK},
+	}{ // the no-ops, the pairs of opposites, and those without one
+		"defaults": {}, "ro": {}, "rw": {},
+		"noatime": {set: unix.MS_NOATIME}, "atime": {clear: unix.MS_NOATIME},
+		"nodiratime": {set: unix.MS_NODIRATIME}, "diratime": {clear: unix.MS_NODIRATIME},
+		"relatime": {set: unix.MS_RELATIME}, "norelatime": {clear: unix.MS_RELATIME},
+		"lazytime": {set: unix.MS_LAZYTIME}, "nolazytime": {clear: unix.MS_LAZYTIME},
+		"nosuid": {set: unix.MS_NOSUID}, "suid": {clear: unix.MS_NOSUID},
+		"nodev": {set: unix.MS_NODEV}, "dev": {clear: unix.MS_NODEV},
+		"noexec": {set: unix.MS_NOEXEC}, "exec": {clear: unix.MS_NOEXEC},
+		"sync": {set: unix.MS_SYNCHRONOUS}, "async": {clear: unix.MS_SYNCHRONOUS},
+		"silent": {set: unix.MS_SILENT}, "loud": {clear: unix.MS_SILENT},
+		"mand": {set: unix.MS_MANDLOCK}, "nomand": {clear: unix.MS_MANDLOCK},
+		"strictatime": {set: unix.MS_STRICTATIME}, "dirsync": {set: unix.MS_DIRSYNC},
 	}
 	var rest []string
 	for _, o := range strings.Split(opts, ",") {

@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -276,11 +277,7 @@ const likelyFS = "ext4"
 // costs a module load in the background when wrong (the detected one
 // still loads before the mount).
 func rootModules(r config.Root) []string {
-	fs := r.FSType
-	if fs == "" {
-		fs = likelyFS
-	}
-	m := []string{fs}
+	m := []string{cmp.Or(r.FSType, likelyFS)}
 	if r.Overlay == config.OverlayTmpfs {
 		m = append(m, "overlay")
 	}

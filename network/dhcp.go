@@ -272,18 +272,6 @@ func (s splitConn) SetDeadline(t time.Time) error {
 func (s splitConn) SetReadDeadline(t time.Time) error  { return s.recv.SetReadDeadline(t) }
 func (s splitConn) SetWriteDeadline(t time.Time) error { return s.send.SetWriteDeadline(t) }
 
-// extendRequest is the REQUEST of the RENEWING and REBINDING states (RFC
-// 2131 4.3.2): ciaddr is the leased address; no server identifier and no
-// requested address.
-func (c *client) extendRequest(lease *Lease) (*dhcpv4.DHCPv4, error) {
-	return dhcpv4.New(append([]dhcpv4.Modifier{
-		dhcpv4.WithHwAddr(c.hw),
-		dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
-		dhcpv4.WithClientIP(lease.Address.Addr().AsSlice()),
-		dhcpv4.WithBroadcast(false),
-	}, c.modifiers()...)...)
-}
-
 // clientLog sends nclient4's messages to the debug log.
 type clientLog struct{ log *bootlog.Logger }
 

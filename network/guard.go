@@ -69,7 +69,14 @@ func (g *Guard) Run(ctx context.Context) error {
 func (g *Guard) watch(ctx context.Context) error {
 	c, err := rtnl.Dial(unix.NETLINK_ROUTE, &rtnl.Config{Groups: unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV4_ROUTE})
 	if err != nil {
-		return g.retryLater(ctx, err)
+		// Log it and wait a sweep interval, so that Run subscribes again.
+		g.log.Errorf("network", "guard: rtnetlink subscription: %v", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(guardSweep):
+			return nil
+		}
 	}
 	done := make(chan struct{})
 	defer func() { close(done); c.Close() }()
@@ -106,18 +113,6 @@ func (g *Guard) watch(ctx context.Context) error {
 	}
 }
 
-// retryLater logs a failed subscription and waits a sweep interval, so
-// that Run subscribes again.
-func (g *Guard) retryLater(ctx context.Context, err error) error {
-	g.log.Errorf("network", "guard: rtnetlink subscription: %v", err)
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(guardSweep):
-		return nil
-	}
-}
-
 // Sweep checks the link, its address and its default route once and
 // restores what is missing.
 func (g *Guard) Sweep() {
@@ -131,11 +126,7 @@ func (g *Guard) Sweep() {
 		return
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := netlink.LinkSetUp(link); err != nil {
-			g.note("up-failed", "%s was set down, and setting it up failed: %v", l.Interface, err)
-		} else {
-			g.note("up", "%s was set down; set it up again", l.Interface)
-		}
+		g.restored("up", netlink.LinkSetUp(link), l.Interface+" was set down", "setting it up", "set it up again")
 	}
 	if lost := g.sweepAddr(link, l); lost && g.onLost != nil {
 		g.onLost()
@@ -156,20 +147,14 @@ func (g *Guard) sweepAddr(link netlink.Link, l *Lease) bool {
 			if a.ValidLft <= 0 || uint32(a.ValidLft) == 0xffffffff {
 				return false // forever
 			}
-			if err := netlink.AddrReplace(link, rootAddr(l)); err != nil {
-				g.note("lft-failed", "%s: %s was given a lifetime of %ds, and making it permanent failed: %v", l.Interface, l.Address, a.ValidLft, err)
-			} else {
-				g.note("lft", "%s: %s was given a lifetime of %ds; made it permanent again", l.Interface, l.Address, a.ValidLft)
-			}
+			g.restored("lft", netlink.AddrReplace(link, rootAddr(l)),
+				fmt.Sprintf("%s: %s was given a lifetime of %ds", l.Interface, l.Address, a.ValidLft), "making it permanent", "made it permanent again")
 			return false
 		}
 	}
-	if err := netlink.AddrReplace(link, rootAddr(l)); err != nil {
-		g.note("addr-failed", "%s: %s was removed, and restoring it failed: %v", l.Interface, l.Address, err)
-		return false
-	}
-	g.note("addr", "%s: %s was removed; restored it", l.Interface, l.Address)
-	return true
+	err = netlink.AddrReplace(link, rootAddr(l))
+	g.restored("addr", err, fmt.Sprintf("%s: %s was removed", l.Interface, l.Address), "restoring it", "restored it")
+	return err == nil
 }
 
 // sweepRoute restores l's routes (option 121) that are gone, and its
@@ -197,26 +182,31 @@ func (g *Guard) sweepRoute(l *Lease) {
 		return
 	}
 	for _, r := range routes {
-		if r.Dst == nil || (r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) {
+		if r.Dst == nil {
+			return
+		}
+		if ones, _ := r.Dst.Mask.Size(); ones == 0 && r.Dst.IP.IsUnspecified() {
 			return
 		}
 	}
-	if err := netlink.RouteReplace(want); err != nil {
-		if errors.Is(err, unix.ENETUNREACH) {
-			// The link is not running yet (just set up, or no carrier): the
-			// event that it runs brings the next sweep.
-			g.log.Debugf("network", "guard: %s: default route via %s: %v", l.Interface, l.Gateway, err)
-			return
-		}
-		g.note("route-failed", "%s: the default route via %s was removed, and restoring it failed: %v", l.Interface, l.Gateway, err)
+	err = netlink.RouteReplace(want)
+	if errors.Is(err, unix.ENETUNREACH) {
+		// The link is not running yet (just set up, or no carrier): the
+		// event that it runs brings the next sweep.
+		g.log.Debugf("network", "guard: %s: default route via %s: %v", l.Interface, l.Gateway, err)
 		return
 	}
-	g.note("route", "%s: the default route via %s was removed; restored it", l.Interface, l.Gateway)
+	g.restored("route", err, fmt.Sprintf("%s: the default route via %s was removed", l.Interface, l.Gateway), "restoring it", "restored it")
 }
 
-func isZeroMask(m net.IPMask) bool {
-	ones, _ := m.Size()
-	return ones == 0
+// restored notes a restoration of kind: "WHAT; DONE", or, when err says it
+// failed, of kind-failed: "WHAT, and DOING failed: ERR".
+func (g *Guard) restored(kind string, err error, what, doing, done string) {
+	if err != nil {
+		g.note(kind+"-failed", "%s, and %s failed: %v", what, doing, err)
+		return
+	}
+	g.note(kind, "%s; %s", what, done)
 }
 
 // note logs a restoration of kind, at most once per guardLogEvery, saying

@@ -59,7 +59,7 @@ func Handoff(root, run string, lease *Lease) ([]string, error) {
 		}
 		written = append(written, rel)
 	}
-	if hasAny(root, nmDirs()) {
+	if slices.ContainsFunc(nmDirs(), func(p string) bool { _, err := os.Stat(filepath.Join(root, p)); return err == nil }) {
 		match := "interface-name:" + lease.Interface
 		if lease.HardwareAddr != "" {
 			match += ";mac:" + lease.HardwareAddr
@@ -86,15 +86,6 @@ func writeUnder(dir, rel, body, op string) error {
 		return &Error{Op: op, Err: err}
 	}
 	return nil
-}
-
-func hasAny(root string, paths []string) bool {
-	for _, p := range paths {
-		if _, err := os.Stat(filepath.Join(root, p)); err == nil {
-			return true
-		}
-	}
-	return false
 }
 
 // networkFile is the [Match] section of one .network file.

@@ -197,11 +197,7 @@ func (c *client) renewUnicast(ctx context.Context, l *Lease, t2 time.Time) (*dhc
 		return nil, nil
 	}
 	defer conn.Close()
-	req, err := c.extendRequest(l)
-	if err != nil {
-		return nil, err
-	}
-	return c.extend(ctx, conn, conn.RemoteAddr(), req, t2, l.DHCPServer)
+	return c.extend(ctx, conn, conn.RemoteAddr(), l, t2, l.DHCPServer)
 }
 
 // rebind broadcasts REBIND until a server answers or deadline.
@@ -210,17 +206,23 @@ func (c *client) rebind(ctx context.Context, l *Lease, deadline time.Time) (*dhc
 	if err != nil {
 		return nil, err
 	}
-	req, err := c.extendRequest(l)
+	return c.extend(ctx, raw, nclient4.DefaultServers, l, deadline, netip.Addr{})
+}
+
+// extend sends the REQUEST of the RENEWING and REBINDING states (RFC 2131
+// 4.3.2: ciaddr is l's address; no server identifier and no requested
+// address), unicast to server if valid and broadcast otherwise, until an
+// ACK or NAK arrives (from server, if valid) or deadline passes.
+func (c *client) extend(ctx context.Context, conn *nclient4.Client, dest *net.UDPAddr, l *Lease, deadline time.Time, server netip.Addr) (*dhcpv4.DHCPv4, error) {
+	req, err := dhcpv4.New(append([]dhcpv4.Modifier{
+		dhcpv4.WithHwAddr(c.hw),
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+		dhcpv4.WithClientIP(l.Address.Addr().AsSlice()),
+		dhcpv4.WithBroadcast(!server.IsValid()),
+	}, c.modifiers()...)...)
 	if err != nil {
 		return nil, err
 	}
-	req.SetBroadcast()
-	return c.extend(ctx, raw, nclient4.DefaultServers, req, deadline, netip.Addr{})
-}
-
-// extend sends req until an ACK or NAK arrives (from server, if valid) or
-// deadline passes.
-func (c *client) extend(ctx context.Context, conn *nclient4.Client, dest *net.UDPAddr, req *dhcpv4.DHCPv4, deadline time.Time, server netip.Addr) (*dhcpv4.DHCPv4, error) {
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	match := nclient4.IsMessageType(dhcpv4.MessageTypeAck, dhcpv4.MessageTypeNak)

@@ -105,15 +105,22 @@ func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (
 		return nil, err
 	}
 	var lease *Lease
+	link := links[0]
 	switch n.Mode {
 	case config.NetworkStatic:
-		lease, err = upStatic(ctx, n, links[0])
+		if err = waitCarrier(ctx, link, n.LinkTimeout); err == nil {
+			lease = linkLease(link)
+			lease.Address, lease.Gateway, lease.DNS = n.Address, n.Gateway, n.DNS
+		}
 	case config.NetworkDHCP:
-		lease, err = upDHCP(ctx, log, n, links, o.ClientID)
+		link, lease, err = upDHCP(ctx, log, n, links, o.ClientID)
 	default:
 		return nil, &Error{Err: fmt.Errorf("unknown mode %q", n.Mode)}
 	}
 	if err != nil {
+		return nil, err
+	}
+	if err := install(link, lease, nil); err != nil {
 		return nil, err
 	}
 	lease.Hostname = cmp.Or(n.Hostname, lease.Hostname) // ip= and TOML win over the DHCP server
@@ -188,21 +195,9 @@ func linkLease(l netlink.Link) *Lease {
 	return &Lease{Interface: a.Name, Index: a.Index, HardwareAddr: a.HardwareAddr.String()}
 }
 
-func upStatic(ctx context.Context, n config.Network, l netlink.Link) (*Lease, error) {
-	if err := waitCarrier(ctx, l, n.LinkTimeout); err != nil {
-		return nil, err
-	}
-	lease := linkLease(l)
-	lease.Address, lease.Gateway, lease.DNS = n.Address, n.Gateway, n.DNS
-	if err := install(l, lease, nil); err != nil {
-		return nil, err
-	}
-	return lease, nil
-}
-
 // upDHCP asks for a DHCPv4 lease on every candidate link at once and
-// configures the first link that gets one.
-func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []netlink.Link, cid []byte) (*Lease, error) {
+// returns the first link that gets one, with its lease.
+func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []netlink.Link, cid []byte) (netlink.Link, *Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.LinkTimeout+n.DHCPTimeout)
 	defer cancel()
 	type result struct {
@@ -225,12 +220,9 @@ func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []
 			continue
 		}
 		cancel() // the other links' requests
-		if err := install(r.link, r.lease, nil); err != nil {
-			return nil, err
-		}
-		return r.lease, nil
+		return r.link, r.lease, nil
 	}
-	return nil, errors.Join(errs...) // each names its link
+	return nil, nil, errors.Join(errs...) // each names its link
 }
 
 // linkDHCP brings l up and acquires a lease on it.

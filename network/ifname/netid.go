@@ -97,7 +97,8 @@ func (s sysfs) netID(dev device) (IDs, error) {
 }
 
 // affix puts prefix before and suffix after each name of ids, dropping a
-// name that would not fit net_id's buffer.
+// name that would not fit net_id's buffer. (A name net_id drops at an
+// earlier step, too long there, is too long here too.)
 func (ids *IDs) affix(prefix, suffix string) {
 	for _, p := range []*string{&ids.Onboard, &ids.Slot, &ids.Path} {
 		if *p != "" && len(prefix)+len(*p)+len(suffix) < altIfNameSize {
@@ -163,9 +164,9 @@ func (s sysfs) virtfn(pcidev device) (device, string, bool) {
 // pciOnboard is dev_pci_onboard: "o<index>" from the firmware, ACPI's
 // acpi_index before SMBIOS's index.
 func (s sysfs) pciOnboard(dev, pcidev device, info linkInfo) string {
-	v, ok := s.hasAttr(pcidev, "acpi_index")
-	if !ok {
-		if v, ok = s.hasAttr(pcidev, "index"); !ok {
+	v, err := s.attr(pcidev, "acpi_index")
+	if err != nil {
+		if v, err = s.attr(pcidev, "index"); err != nil {
 			return ""
 		}
 	}
@@ -174,7 +175,7 @@ func (s sysfs) pciOnboard(dev, pcidev device, info linkInfo) string {
 		return "" // some firmware reports rubbish, such as 2^24-1
 	}
 	devPort, _ := s.decimalAttr(dev, "dev_port")
-	return bounded(fmt.Sprintf("o%d", idx) + portSuffix(info.physPort, devPort))
+	return fmt.Sprintf("o%d", idx) + portSuffix(info.physPort, devPort)
 }
 
 // pciSlot is dev_pci_slot: the hotplug slot name and the path name.
@@ -199,40 +200,39 @@ func (s sysfs) pciSlot(dev, pcidev device, info linkInfo) (slot, path string) {
 		fnPart = fmt.Sprintf("f%d", fn)
 	}
 	port := portSuffix(info.physPort, devPort)
-	path = bounded(domainPart(domain) + fmt.Sprintf("p%ds%d", addr.bus, addr.slot) + fnPart + port)
+	path = domainPart(domain) + fmt.Sprintf("p%ds%d", addr.bus, addr.slot) + fnPart + port
 
-	hotplug, ok := s.hotplugSlot(pcidev, multi)
+	number, fromFunctionID, ok := s.hotplugSlot(pcidev, multi)
 	if !ok {
 		return "", path
 	}
-	if hotplug.fromFunctionID {
+	if fromFunctionID {
 		domain = 0 // one slot per function on s390: the domain is not needed
 	}
-	slot = bounded(domainPart(domain) + fmt.Sprintf("s%d", hotplug.number) + fnPart + port)
-	return slot, path
+	return domainPart(domain) + fmt.Sprintf("s%d", number) + fnPart + port, path
 }
 
-// hotplug is a PCI hotplug slot found for a device.
-type hotplug struct {
-	number         uint64
-	fromFunctionID bool
-}
-
-// hotplugSlot finds the slot of pcidev (ACPI _SUN, PCIe slot numbers, s390
-// function ids), trying its parent bridges in turn, as dev_pci_slot does.
-func (s sysfs) hotplugSlot(pcidev device, multi bool) (hotplug, bool) {
+// hotplugSlot finds the number of pcidev's slot (ACPI _SUN, PCIe slot
+// numbers, s390 function ids), trying its parent bridges in turn, as
+// dev_pci_slot does; fromFunctionID says it is an s390 function id.
+func (s sysfs) hotplugSlot(pcidev device, multi bool) (number uint64, fromFunctionID, ok bool) {
 	dir := filepath.Join(s.root, "bus/pci/slots")
 	slots, err := readDirNames(dir)
 	if err != nil {
-		return hotplug{}, false
+		return 0, false, false
 	}
 	for d := pcidev; ; {
-		fid, found, ok := s.functionIDSlot(d, dir)
-		if !ok {
-			return hotplug{}, false
-		}
-		if found {
-			return hotplug{number: fid, fromFunctionID: true}, true
+		// parse_hotplug_slot_from_function_id (s390): d's function_id
+		// names its slot, or there is none.
+		if v, err := s.attr(d, "function_id"); err == nil {
+			fid, err := parseUnsigned(v, 0, 64)
+			if err != nil || fid == 0 || fid > math.MaxUint32 {
+				return 0, false, false
+			}
+			if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("%08x", fid))); err != nil {
+				return 0, false, false
+			}
+			return fid, true, true
 		}
 		sysname := d.sysname()
 		for _, name := range slots {
@@ -247,33 +247,16 @@ func (s sysfs) hotplugSlot(pcidev device, multi bool) (hotplug, bool) {
 			// A bridge's slot would be claimed by every device behind
 			// it; v251 and later use it for multi-function devices only.
 			if s.isPCIBridge(d) && !multi {
-				return hotplug{}, false
+				return 0, false, false
 			}
-			return hotplug{number: i}, true
+			return i, false, true
 		}
 		up, ok := s.ancestorIn(d, "pci")
 		if !ok {
-			return hotplug{}, false
+			return 0, false, false
 		}
 		d = up
 	}
-}
-
-// functionIDSlot is parse_hotplug_slot_from_function_id (s390): found is
-// whether d's function_id names its slot; ok false means give up on a slot.
-func (s sysfs) functionIDSlot(d device, slotsDir string) (fid uint64, found, ok bool) {
-	v, has := s.hasAttr(d, "function_id")
-	if !has {
-		return 0, false, true
-	}
-	fid, err := parseUnsigned(v, 0, 64)
-	if err != nil || fid == 0 || fid > math.MaxUint32 {
-		return 0, false, false
-	}
-	if _, err := os.Stat(filepath.Join(slotsDir, fmt.Sprintf("%08x", fid))); err != nil {
-		return 0, false, false
-	}
-	return fid, true, true
 }
 
 // multifunction reports the multi-function bit of d's PCI header.
@@ -355,14 +338,6 @@ func portSuffix(physPort string, devPort uint64) string {
 		return fmt.Sprintf("d%d", devPort)
 	}
 	return ""
-}
-
-// bounded drops a name net_id could not fit in its buffer.
-func bounded(s string) string {
-	if len(s) >= altIfNameSize {
-		return ""
-	}
-	return s
 }
 
 // parseUnsigned parses as systemd's safe_atou* do: leading white space

@@ -58,21 +58,15 @@ func (s sysfs) optAttr(d device, name string) string {
 	return v
 }
 
-// hasAttr reports whether d has a readable attribute name.
-func (s sysfs) hasAttr(d device, name string) (string, bool) {
-	v, err := s.attr(d, name)
-	return v, err == nil
-}
-
 // decimalAttr reads d's attribute name as a decimal number: 0 when it does
 // not parse, and has false when d has no readable attribute name.
 func (s sysfs) decimalAttr(d device, name string) (n uint64, has bool) {
-	v, has := s.hasAttr(d, name)
-	n, err := parseUnsigned(v, 10, 64)
-	if err != nil {
+	v, err := s.attr(d, name)
+	n, perr := parseUnsigned(v, 10, 64)
+	if perr != nil {
 		n = 0 // not ParseUint's largest value for one out of range
 	}
-	return n, has
+	return n, err == nil
 }
 
 // subsystem returns the name of d's subsystem, or "" if it has none.
