@@ -195,19 +195,6 @@ func disconnectMessage(index int) (genetlink.Message, error) {
 	return request(cmdDisconnect, ae)
 }
 
-// statusMessage encodes NBD_CMD_STATUS for /dev/nbd<index>, or for every
-// device when index is -1.
-func statusMessage(index int) (genetlink.Message, error) {
-	ae := netlink.NewAttributeEncoder()
-	if index != -1 {
-		if err := validIndex(index); err != nil {
-			return genetlink.Message{}, err
-		}
-		ae.Uint32(attrIndex, uint32(index))
-	}
-	return request(cmdStatus, ae)
-}
-
 func validIndex(index int) error {
 	if index < 0 || index > maxIndex {
 		return fmt.Errorf("device index %d is not valid", index)
@@ -235,49 +222,4 @@ func decodeIndex(b []byte) (int, error) {
 		return 0, errors.New("no NBD_ATTR_INDEX in the message")
 	}
 	return index, nil
-}
-
-// decodeStatus reads the NBD_ATTR_DEVICE_LIST of a STATUS reply.
-func decodeStatus(b []byte) ([]DeviceStatus, error) {
-	ad, err := netlink.NewAttributeDecoder(b)
-	if err != nil {
-		return nil, err
-	}
-	var list []DeviceStatus
-	for ad.Next() {
-		if ad.Type() != attrDeviceList {
-			continue
-		}
-		ad.Nested(func(items *netlink.AttributeDecoder) error {
-			for items.Next() {
-				if items.Type() != deviceItem {
-					continue
-				}
-				items.Nested(func(item *netlink.AttributeDecoder) error {
-					d := DeviceStatus{Index: -1}
-					for item.Next() {
-						switch item.Type() {
-						case deviceIndex:
-							d.Index = int(item.Uint32())
-						case deviceConnected:
-							d.Connected = item.Uint8() != 0
-						}
-					}
-					if err := item.Err(); err != nil {
-						return err
-					}
-					if d.Index < 0 {
-						return errors.New("device item without NBD_DEVICE_INDEX")
-					}
-					list = append(list, d)
-					return nil
-				})
-			}
-			return nil
-		})
-	}
-	if err := ad.Err(); err != nil {
-		return nil, err
-	}
-	return list, nil
 }

@@ -26,7 +26,8 @@
 //
 // A device configured through netlink refuses most ioctls, and
 // NBD_CMD_CONNECT fails with EBUSY while the device is connected or merely
-// held open by anyone (an open device counts as "connected" in Status).
+// held open by anyone (an open device counts as "connected" in
+// NBD_CMD_STATUS).
 //
 // All requests need CAP_SYS_ADMIN.
 package netlink
@@ -206,34 +207,6 @@ func (c *Client) Disconnect(index int) error {
 	m, err := disconnectMessage(index)
 	_, err = c.command(cmdDisconnect, index, m, err)
 	return err
-}
-
-// DeviceStatus is one device in a Status answer.
-type DeviceStatus struct {
-	// Index is N of /dev/nbdN.
-	Index int
-	// Connected is the kernel's view: the device has a configuration,
-	// which it has while connected and also while anyone holds it open.
-	Connected bool
-}
-
-// Status lists /dev/nbd<index>, or every device when index is -1, in the
-// kernel's order. A device that does not exist is simply absent.
-func (c *Client) Status(index int) ([]DeviceStatus, error) {
-	m, err := statusMessage(index)
-	replies, err := c.command(cmdStatus, index, m, err)
-	if err != nil {
-		return nil, err
-	}
-	var list []DeviceStatus
-	for _, r := range replies {
-		l, err := decodeStatus(r.Data)
-		if err != nil {
-			return nil, fmt.Errorf("netlink: NBD_CMD_STATUS: reply: %w", err)
-		}
-		list = append(list, l...)
-	}
-	return list, nil
 }
 
 // LinkDead is an NBD_CMD_LINK_DEAD event: a connection of /dev/nbd<Index>
