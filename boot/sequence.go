@@ -84,12 +84,14 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	}
 	if prog.exitrd == nil && os.Getpid() == 1 {
 		// The exitrd (systemd-shutdown's way back, and the keeper's home)
-		// is a copy of this binary on /run, made once the modules are in.
+		// is this very binary, linked into shutdown.Stage and bound onto
+		// /run/initramfs (a copy where that fails), made once the modules
+		// are in; switch_root leaves the stage.
 		self, err := os.Executable()
 		if err != nil {
 			self = "/proc/self/exe"
 		}
-		prog.exitrd = sync.OnceValues(func() (string, error) { return shutdown.Install(shutdown.Dir, self) })
+		prog.exitrd = sync.OnceValues(func() (string, error) { return shutdown.Install(shutdown.Dir, shutdown.Stage, self) })
 	}
 
 	cmdline := opts.Cmdline
@@ -128,8 +130,9 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	tl.add("modules", t)
 	log.Printf("modules", "%d loaded", mods.Loaded())
 	if prog.exitrd != nil {
-		// The copy (8 MiB) is made beside the network step; beside the
-		// module loads it slowed them 2-3x (one virtual CPU).
+		// Made beside the network step: should it fall back to a copy
+		// (8 MiB), beside the module loads that slowed them 2-3x (one
+		// virtual CPU).
 		go prog.exitrd()
 	}
 	// The root's filesystem driver, when the spec names it, loads while the
@@ -194,7 +197,11 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	args := initArgs(res, opts)
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
 	restoreKmsg() // the real system's /dev/kmsg rate limit, as it was
-	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()))
+	keep := ""
+	if prog.exitrd != nil {
+		keep = shutdown.Stage
+	}
+	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()), keep)
 	return fail("switch_root", err)
 }
 

@@ -87,8 +87,10 @@ func resolveIn(root, path string) (string, error) {
 // files to give their memory back, moves newRoot onto /, chroots and execs.
 // An API mount whose mount point is missing and cannot be made (a read-only
 // root without /run) is detached instead, as util-linux's switch_root does.
-// It returns only on failure, and log says what was detached.
-func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string) error {
+// keep, if not empty, is a top-level directory of the initramfs that is
+// not deleted (the exitrd's stage, shutdown.Stage). It returns only on
+// failure, and log says what was detached.
+func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string, keep string) error {
 	for _, m := range apiMounts() {
 		dst := filepath.Join(newRoot, m.target)
 		if err := os.MkdirAll(dst, 0o755); err != nil {
@@ -111,7 +113,7 @@ func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string) e
 	// initramfs itself go: deleteTree does not cross into other mounts.
 	var st unix.Stat_t
 	if err := unix.Fstat(old, &st); err == nil {
-		deleteTree(old, st.Dev)
+		deleteTree(old, st.Dev, strings.TrimPrefix(keep, "/"))
 	}
 	unix.Close(old)
 	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
@@ -129,8 +131,9 @@ func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string) e
 }
 
 // deleteTree removes everything under the directory dirfd that lives on the
-// device dev. Errors are ignored: what cannot be deleted only costs memory.
-func deleteTree(dirfd int, dev uint64) {
+// device dev, except its entry named keep. Errors are ignored: what cannot
+// be deleted only costs memory.
+func deleteTree(dirfd int, dev uint64, keep string) {
 	// Readdirnames on a dup, so closing it does not close dirfd.
 	dup, err := unix.Dup(dirfd)
 	if err != nil {
@@ -144,15 +147,15 @@ func deleteTree(dirfd int, dev uint64) {
 		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			continue
 		}
-		if st.Dev != dev {
-			continue // a mount point (e.g. /newroot): not ours to delete
+		if st.Dev != dev || name == keep {
+			continue // a mount point (e.g. /newroot), or kept: not ours to delete
 		}
 		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 			sub, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 			if err != nil {
 				continue
 			}
-			deleteTree(sub, dev)
+			deleteTree(sub, dev, "")
 			unix.Close(sub)
 			_ = unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
 			continue

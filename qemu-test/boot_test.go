@@ -61,7 +61,8 @@ func rootReachedAfterFailures(t *testing.T, c console, mountOpts string) {
 		`TESTINIT: pid=1\n`,
 		`TESTINIT: root=\S+ fstype=\S+ opts=`+mountOpts,
 		`TESTINIT: keeper=[0-9]+:@nbdroot\n`,
-		`TESTINIT: keeper_root=exitrd\n`, // it runs from /run/initramfs, never from the root
+		`TESTINIT: keeper_root=exitrd\n`,   // it runs from /run/initramfs, never from the root
+		`TESTINIT: keeper_exe=initramfs\n`, // the initramfs's own binary, not a copy on /run
 		`TESTINIT: done`,
 	)
 	c.mustNot(t, `TESTINIT: initramfs-leftover`, `Kernel panic`, `panic:`)

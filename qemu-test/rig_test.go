@@ -199,7 +199,8 @@ func (r *rig) qemu(g guest) ([]string, time.Duration) {
 	cmdline := "console=ttyS0 panic=-1 no_timer_check " + g.append
 	// NBDROOT_TEST_APPEND adds kernel arguments to every boot, for debugging
 	// (e.g. nbdroot.boot.log_level=debug); NBDROOT_TEST_CONSOLE=1 logs every
-	// console, passing or not.
+	// console, passing or not, and NBDROOT_TEST_CONSOLE_DIR=DIR writes each
+	// to a file there (a benchmark's log is cut short).
 	if extra := os.Getenv("NBDROOT_TEST_APPEND"); extra != "" {
 		cmdline += " " + extra
 	}
@@ -272,6 +273,12 @@ func (g *running) wait(t testing.TB) console {
 	out := g.console()
 	if os.Getenv("NBDROOT_TEST_CONSOLE") != "" {
 		t.Logf("--- console ---\n%s", out)
+	}
+	if d := os.Getenv("NBDROOT_TEST_CONSOLE_DIR"); d != "" {
+		if f, err := os.CreateTemp(d, "console-*.log"); err == nil {
+			_, _ = f.WriteString(string(out))
+			f.Close()
+		}
 	}
 	if err != nil {
 		t.Fatalf("qemu: %v\n--- console ---\n%s", err, out)

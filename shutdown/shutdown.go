@@ -5,8 +5,10 @@
 //   - Install, called by PID 1 of the initramfs before switch_root, makes
 //     /run/initramfs a usable root: the nbdroot binary as /run/initramfs/nbdroot,
 //     /run/initramfs/shutdown linked to it, and the mount points systemd binds
-//     /proc, /sys, /dev and /run onto. The keeper runs from the same file, so
-//     the exitrd costs no memory beyond the binary the keeper needs anyway.
+//     /proc, /sys, /dev and /run onto. It is the initramfs's own binary, not
+//     a copy (a directory of the initramfs bound onto /run/initramfs), and
+//     the keeper runs from it: the exitrd costs no memory beyond the binary
+//     PID 1 was started from, which the keeper needs anyway.
 //   - Run is /shutdown: systemd-shutdown, after its final remount of the root
 //     read-only, pivots into /run/initramfs with the old root at /oldroot and
 //     executes /shutdown VERB as PID 1. Run unmounts the old root, flushes
@@ -50,35 +52,86 @@ const (
 // systems onto inside the exitrd, and where it puts the old root.
 func mountPoints() []string { return []string{"proc", "sys", "dev", "run", "oldroot"} }
 
-// Install makes dir (Dir outside tests) an exitrd: it copies the executable
-// at self to dir/nbdroot, links dir/shutdown to it and creates the mount
-// points. It returns the path of the copy, which the keeper is started from.
-func Install(dir, self string) (string, error) {
+// Stage is where PID 1 builds the exitrd on the initramfs itself before
+// binding it onto Dir (see Install); switch_root must leave it when it
+// frees the initramfs.
+const Stage = "/.exitrd"
+
+// Install makes dir (Dir outside tests) an exitrd: the executable at self as
+// dir/nbdroot, dir/shutdown linked to it, and the mount points. It returns
+// the path of dir's nbdroot, which the keeper is started from.
+//
+// The exitrd is built in stage, a directory on self's file system, around
+// a hard link of self, and stage is bound onto dir: the exitrd, the keeper
+// and PID 1 then share one file, and no copy is made (a copy costs the
+// binary's size in memory until switch_root frees the initramfs, and the
+// time to write it). systemd leaves a mount on /run/initramfs alone until
+// it pivots into it (its mount units call it extrinsic, and its final
+// unmount loop skips it). Where that cannot be done (stage is "" or on
+// another file system, or binding fails) dir gets a copy of self.
+func Install(dir, stage, self string) (string, error) {
+	if stage != "" {
+		if err := populate(stage, func(dst string) error { return os.Link(self, dst) }); err == nil {
+			if err := bind(stage, dir); err == nil {
+				return filepath.Join(dir, Binary), nil
+			}
+		}
+		// Its link would keep the binary beside the copy.
+		_ = os.RemoveAll(stage)
+	}
+	if err := populate(dir, func(dst string) error { return copyFile(self, dst) }); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, Binary), nil
+}
+
+// populate makes dir an exitrd whose nbdroot is made by put (given a
+// temporary name, renamed over any earlier one: a retried boot installs
+// again).
+func populate(dir string, put func(dst string) error) error {
 	for _, m := range mountPoints() {
 		if err := os.MkdirAll(filepath.Join(dir, m), 0o755); err != nil {
-			return "", &Error{Op: "install", Path: dir, Err: err}
+			return &Error{Op: "install", Path: dir, Err: err}
 		}
 	}
 	dst := filepath.Join(dir, Binary)
-	if err := copyFile(self, dst); err != nil {
-		return "", &Error{Op: "install", Path: dst, Err: err}
+	tmp := dst + ".tmp"
+	_ = os.Remove(tmp)
+	if err := put(tmp); err != nil {
+		os.Remove(tmp)
+		return &Error{Op: "install", Path: dst, Err: err}
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return &Error{Op: "install", Path: dst, Err: err}
 	}
 	link := filepath.Join(dir, Program)
 	_ = os.Remove(link)
 	if err := os.Symlink(Binary, link); err != nil {
-		return "", &Error{Op: "install", Path: link, Err: err}
+		return &Error{Op: "install", Path: link, Err: err}
 	}
-	return dst, nil
+	return nil
 }
 
+// bind binds stage onto dir, unless it is there already.
+func bind(stage, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var a, b unix.Stat_t
+	if unix.Stat(stage, &a) == nil && unix.Stat(dir, &b) == nil && a.Dev == b.Dev && a.Ino == b.Ino {
+		return nil
+	}
+	return unix.Mount(stage, dir, "", unix.MS_BIND, "")
+}
+
+// copyFile copies src to dst, executable.
 func copyFile(src, dst string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
 	if err != nil {
 		return err
 	}
@@ -86,11 +139,7 @@ func copyFile(src, dst string) error {
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, dst)
+	return err
 }
 
 // IsProgram reports whether argv[0] names the exitrd's program, as

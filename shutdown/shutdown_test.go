@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestMountsUnder(t *testing.T) {
@@ -71,33 +73,70 @@ func TestParseVerb(t *testing.T) {
 }
 
 func TestInstall(t *testing.T) {
-	dir := t.TempDir()
-	self := filepath.Join(dir, "self")
-	if err := os.WriteFile(self, []byte("#!binary"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	exitrd := filepath.Join(dir, "run", "initramfs")
-	bin, err := Install(exitrd, self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if bin != filepath.Join(exitrd, Binary) {
-		t.Errorf("Install = %q", bin)
-	}
-	if b, err := os.ReadFile(filepath.Join(exitrd, Program)); err != nil || string(b) != "#!binary" {
-		t.Errorf("%s/%s reads %q, %v", exitrd, Program, b, err)
-	}
-	if fi, err := os.Stat(bin); err != nil || fi.Mode().Perm()&0o111 == 0 {
-		t.Errorf("%s is not executable: %v", bin, err)
-	}
-	for _, m := range mountPoints() {
-		if fi, err := os.Stat(filepath.Join(exitrd, m)); err != nil || !fi.IsDir() {
-			t.Errorf("mount point %s missing: %v", m, err)
-		}
-	}
-	// Installing again (a retried boot) replaces the files.
-	if _, err := Install(exitrd, self); err != nil {
-		t.Errorf("second Install: %v", err)
+	for _, tc := range []struct {
+		name  string
+		stage bool
+	}{
+		{"copy", false},
+		{"stage", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			self := filepath.Join(dir, "self")
+			if err := os.WriteFile(self, []byte("#!binary"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			exitrd := filepath.Join(dir, "run", "initramfs")
+			stage := ""
+			if tc.stage {
+				stage = filepath.Join(dir, "stage")
+				t.Cleanup(func() { unix.Unmount(exitrd, unix.MNT_DETACH) })
+			}
+			bin, err := Install(exitrd, stage, self)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bin != filepath.Join(exitrd, Binary) {
+				t.Errorf("Install = %q", bin)
+			}
+			if b, err := os.ReadFile(filepath.Join(exitrd, Program)); err != nil || string(b) != "#!binary" {
+				t.Errorf("%s/%s reads %q, %v", exitrd, Program, b, err)
+			}
+			fi, err := os.Stat(bin)
+			if err != nil || fi.Mode().Perm()&0o111 == 0 {
+				t.Fatalf("%s is not executable: %v", bin, err)
+			}
+			for _, m := range mountPoints() {
+				if fi, err := os.Stat(filepath.Join(exitrd, m)); err != nil || !fi.IsDir() {
+					t.Errorf("mount point %s missing: %v", m, err)
+				}
+			}
+			// With a stage the exitrd's nbdroot is self, not a copy, unless
+			// binding was refused (not root): then it is a copy, and the
+			// stage is gone.
+			orig, _ := os.Stat(self)
+			shared := os.SameFile(fi, orig)
+			if tc.stage && !shared {
+				if os.Geteuid() == 0 {
+					t.Errorf("with a stage, %s is a copy of %s", bin, self)
+				} else {
+					t.Logf("not root: binding the stage was refused, and %s is a copy", bin)
+				}
+				if _, err := os.Stat(stage); !os.IsNotExist(err) {
+					t.Errorf("the stage is left after falling back to a copy: %v", err)
+				}
+			}
+			if !tc.stage && shared {
+				t.Errorf("without a stage, %s is %s itself", bin, self)
+			}
+			// Installing again (a retried boot) replaces the files.
+			if _, err := Install(exitrd, stage, self); err != nil {
+				t.Errorf("second Install: %v", err)
+			}
+			if b, err := os.ReadFile(bin); err != nil || string(b) != "#!binary" {
+				t.Errorf("after the second Install %s reads %q, %v", bin, b, err)
+			}
+		})
 	}
 	if !IsProgram("/shutdown") || IsProgram("/init") {
 		t.Error("IsProgram")

@@ -32,6 +32,7 @@ func main() {
 	say("root=%s fstype=%s opts=%s", root, fstype, opts)
 	say("keeper=%s", keeper())
 	say("keeper_root=%s", keeperRoot())
+	say("keeper_exe=%s", keeperExe())
 	say("argv=%s", strings.Join(os.Args[1:], ","))
 	if _, err := os.Stat("/init"); err == nil {
 		say("initramfs-leftover=/init")
@@ -184,6 +185,25 @@ func keeper() string {
 // is /run/initramfs (systemd's convention for root storage daemons: it runs
 // from an initrd file system, never from this root), "same" when it is this
 // root, "other" for anything else (the initramfs).
+// keeperExe says which file system the keeper's executable lives on:
+// "initramfs" when it is the initramfs's own binary (the exitrd bound onto
+// /run/initramfs from the initramfs, no copy), "run" when it is a copy on
+// /run's tmpfs.
+func keeperExe() string {
+	pid, _, _ := strings.Cut(keeper(), ":")
+	var exe, run, exitrd unix.Stat_t
+	if err := unix.Stat("/proc/"+pid+"/exe", &exe); err != nil {
+		return err.Error()
+	}
+	switch {
+	case unix.Stat("/run", &run) == nil && exe.Dev == run.Dev:
+		return "run"
+	case unix.Stat("/run/initramfs", &exitrd) == nil && exe.Dev == exitrd.Dev:
+		return "initramfs"
+	}
+	return "other"
+}
+
 func keeperRoot() string {
 	pid, _, _ := strings.Cut(keeper(), ":")
 	var st, mine, exitrd unix.Stat_t
