@@ -2,6 +2,7 @@ package keeper
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -229,6 +230,7 @@ func Main() error {
 			log.Errorf(k.step, "run from %s: %v", a.Root, err)
 		}
 	}
+	log.Debugf(k.step, "started %.3fs after the fork; root %s", startup.Seconds(), cmp.Or(a.Root, "/"))
 	var err error
 	if derr != nil {
 		err = k.fail("connect", derr)

@@ -129,6 +129,7 @@ func (k *keeper) run(ctx context.Context, d *dial.Dialer) error {
 	if err != nil {
 		return k.fail("attach", err)
 	}
+	k.log.Debugf(k.step, "interface %s", iface)
 	if nl != nil {
 		defer nl.Close()
 	}

@@ -65,6 +65,7 @@ func (k *keeper) serveNetlink(ctx context.Context, a *attachment) error {
 	if idx != k.dev {
 		return errors.New("the kernel connected another device than asked")
 	}
+	k.log.Debugf(k.step, "NBD_CMD_CONNECT done in %.3fs", time.Since(t0).Seconds())
 	a.ready(time.Since(t0))
 	for {
 		var ev netlink.LinkDead
