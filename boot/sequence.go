@@ -44,9 +44,9 @@ type Progress struct {
 	lease    *network.Lease
 	keepSpec config.Spec // the spec the keeper was started with
 	keeper   *keeper.Report
-	// exitrd installs /run/initramfs once (PID 1 only) and returns the
-	// path of its nbdroot, which the keeper runs from.
-	exitrd func() (string, error)
+	// exitrd installs /run/initramfs once (PID 1 only) and returns it:
+	// the keeper runs from its nbdroot.
+	exitrd func() (shutdown.Exitrd, error)
 }
 
 // Run is the boot: early mounts, spec, modules, network, connect and attach
@@ -91,7 +91,13 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 		if err != nil {
 			self = "/proc/self/exe"
 		}
-		prog.exitrd = sync.OnceValues(func() (string, error) { return shutdown.Install(shutdown.Dir, shutdown.Stage, self) })
+		prog.exitrd = sync.OnceValues(func() (shutdown.Exitrd, error) {
+			x, err := shutdown.Install(shutdown.Dir, shutdown.Stage, self)
+			if err == nil && x.Copied != nil {
+				log.Printf("attach", "the exitrd is a copy of nbdroot on /run, 8 MiB more until switch_root: %v", x.Copied)
+			}
+			return x, err
+		})
 	}
 
 	cmdline := opts.Cmdline
@@ -248,10 +254,10 @@ func attach(ctx context.Context, log *bootlog.Logger, spec config.Spec, lease *n
 	}
 	o := keeper.StartOptions{Console: os.Stderr, Lease: lease}
 	if prog.exitrd != nil {
-		if bin, err := prog.exitrd(); err != nil {
+		if x, err := prog.exitrd(); err != nil {
 			log.Errorf("attach", "%v: the keeper runs from the initramfs, and shutdown cannot detach the root", err)
 		} else {
-			o.Root, o.Binary = shutdown.Dir, bin
+			o.Root, o.Binary = shutdown.Dir, x.Binary
 		}
 	}
 	rep, err := keeper.Start(ctx, log, spec, dev, o)

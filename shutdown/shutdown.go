@@ -57,9 +57,17 @@ func mountPoints() []string { return []string{"proc", "sys", "dev", "run", "oldr
 // frees the initramfs.
 const Stage = "/.exitrd"
 
+// Exitrd is an installed exitrd.
+type Exitrd struct {
+	// Binary is the exitrd's nbdroot, which the keeper is started from.
+	Binary string
+	// Copied, when not nil, says why Binary is a copy of the executable
+	// rather than the executable itself.
+	Copied error
+}
+
 // Install makes dir (Dir outside tests) an exitrd: the executable at self as
-// dir/nbdroot, dir/shutdown linked to it, and the mount points. It returns
-// the path of dir's nbdroot, which the keeper is started from.
+// dir/nbdroot, dir/shutdown linked to it, and the mount points.
 //
 // The exitrd is built in stage, a directory on self's file system, around
 // a hard link of self, and stage is bound onto dir: the exitrd, the keeper
@@ -68,21 +76,26 @@ const Stage = "/.exitrd"
 // time to write it). systemd leaves a mount on /run/initramfs alone until
 // it pivots into it (its mount units call it extrinsic, and its final
 // unmount loop skips it). Where that cannot be done (stage is "" or on
-// another file system, or binding fails) dir gets a copy of self.
-func Install(dir, stage, self string) (string, error) {
+// another file system, or binding fails) dir gets a copy of self, and
+// Copied says why.
+func Install(dir, stage, self string) (Exitrd, error) {
+	x := Exitrd{Binary: filepath.Join(dir, Binary), Copied: errors.New("no stage")}
 	if stage != "" {
-		if err := populate(stage, func(dst string) error { return os.Link(self, dst) }); err == nil {
-			if err := bind(stage, dir); err == nil {
-				return filepath.Join(dir, Binary), nil
+		x.Copied = populate(stage, func(dst string) error { return os.Link(self, dst) })
+		if x.Copied == nil {
+			err := bind(stage, dir)
+			if err == nil {
+				return x, nil
 			}
+			x.Copied = &Error{Op: "install", Path: dir, Err: fmt.Errorf("bind %s: %w", stage, err)}
 		}
 		// Its link would keep the binary beside the copy.
 		_ = os.RemoveAll(stage)
 	}
 	if err := populate(dir, func(dst string) error { return copyFile(self, dst) }); err != nil {
-		return "", err
+		return Exitrd{}, err
 	}
-	return filepath.Join(dir, Binary), nil
+	return x, nil
 }
 
 // populate makes dir an exitrd whose nbdroot is made by put (given a

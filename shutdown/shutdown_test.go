@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -74,11 +75,13 @@ func TestParseVerb(t *testing.T) {
 
 func TestInstall(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		stage bool
+		name   string
+		stage  bool
+		broken bool // the stage cannot be made: a copy, and Copied says why
 	}{
-		{"copy", false},
-		{"stage", true},
+		{"copy", false, false},
+		{"stage", true, false},
+		{"broken-stage", true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -92,10 +95,14 @@ func TestInstall(t *testing.T) {
 				stage = filepath.Join(dir, "stage")
 				t.Cleanup(func() { unix.Unmount(exitrd, unix.MNT_DETACH) })
 			}
-			bin, err := Install(exitrd, stage, self)
+			if tc.broken {
+				stage = filepath.Join(self, "stage") // under a file
+			}
+			x, err := Install(exitrd, stage, self)
 			if err != nil {
 				t.Fatal(err)
 			}
+			bin := x.Binary
 			if bin != filepath.Join(exitrd, Binary) {
 				t.Errorf("Install = %q", bin)
 			}
@@ -116,7 +123,13 @@ func TestInstall(t *testing.T) {
 			// stage is gone.
 			orig, _ := os.Stat(self)
 			shared := os.SameFile(fi, orig)
-			if tc.stage && !shared {
+			if shared != (x.Copied == nil) {
+				t.Errorf("%s is self: %v, but Copied = %v", bin, shared, x.Copied)
+			}
+			if tc.broken && (shared || x.Copied == nil || !strings.Contains(x.Copied.Error(), "not a directory")) {
+				t.Errorf("with a stage under a file: %s is self: %v, Copied = %v", bin, shared, x.Copied)
+			}
+			if tc.stage && !tc.broken && !shared {
 				if os.Geteuid() == 0 {
 					t.Errorf("with a stage, %s is a copy of %s", bin, self)
 				} else {
