@@ -79,6 +79,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 		}
 	}
 	log.Printf("start", "nbdroot as PID 1")
+	idle0, idleErr := bootlog.IdleTime()
 	if execAge != nil {
 		log.Printf("start", "times count from nbdroot's own start, not the kernel's exec of /init: %v", execAge)
 	}
@@ -201,6 +202,10 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 		log.Printf("network", "the root's network stack keeps %s: wrote /run/%s", lease.Interface, strings.Join(files, ", /run/"))
 	}
 	args := initArgs(res, opts)
+	if idle, err := bootlog.IdleTime(); err == nil && idleErr == nil {
+		// Steps that overlap gain only what the CPU spends idle.
+		log.Debugf("", "the CPU was idle %.2fs of the %.2fs this attempt took", (idle - idle0).Seconds(), time.Since(begun).Seconds())
+	}
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
 	restoreKmsg() // the real system's /dev/kmsg rate limit, as it was
 	keep := ""

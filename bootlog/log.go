@@ -149,6 +149,36 @@ func ProcessStart() time.Time {
 // on every Linux architecture nbdroot runs on.
 const clockTicks = 100
 
+// IdleTime returns how long the machine's CPUs have been idle since boot,
+// summed over CPUs (idle and iowait of /proc/stat's "cpu" line), to 10 ms.
+// Two readings tell how much of a step the CPU spent waiting: on one CPU,
+// a step that leaves it idle can overlap with work that needs it.
+func IdleTime() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	return idleFromStat(string(b))
+}
+
+// idleFromStat is IdleTime of a /proc/stat.
+func idleFromStat(stat string) (time.Duration, error) {
+	line, _, _ := strings.Cut(stat, "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: no cpu line")
+	}
+	var ticks uint64
+	for _, v := range f[4:6] { // idle, iowait
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
 // ProcessAge returns how long ago this process was forked, to 10 ms.
 func ProcessAge() (time.Duration, error) {
 	b, err := os.ReadFile("/proc/self/stat")

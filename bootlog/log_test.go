@@ -91,3 +91,26 @@ func FuzzExecStamp(f *testing.F) {
 		}
 	})
 }
+
+func TestIdleFromStat(t *testing.T) {
+	for _, tc := range []struct {
+		stat string
+		want time.Duration
+		bad  bool
+	}{
+		{"cpu  120 0 80 250 13 0 2 0 0 0\ncpu0 120 0 80 250 13 0 2 0 0 0\n", 2630 * time.Millisecond, false},
+		{"cpu  1 2 3 4 5", 90 * time.Millisecond, false},
+		{"cpu0 1 2 3 4 5 6\n", 0, true},
+		{"cpu  1 2 3 x 5 6\n", 0, true},
+		{"cpu  1 2 3\n", 0, true},
+		{"", 0, true},
+	} {
+		got, err := idleFromStat(tc.stat)
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("idleFromStat(%q) = %v, %v; want %v, error %v", tc.stat, got, err, tc.want, tc.bad)
+		}
+	}
+	if _, err := IdleTime(); err != nil {
+		t.Errorf("IdleTime on this machine: %v", err)
+	}
+}
