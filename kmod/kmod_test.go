@@ -84,6 +84,7 @@ func tree(t *testing.T, fail map[string]error, modaliases ...string) (*Modules, 
 			"kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko\nkernel/net/core/failover.ko:\n",
 		"modules.builtin": "kernel/drivers/virtio/virtio.ko\nkernel/drivers/virtio/virtio_ring.ko\n",
 		"modules.alias": "alias fs-ext4 ext4\nalias crypto-crc32c crc32c_intel\nalias crypto-crc32c crc32c_generic\n" +
+			"alias cpu:type:x86,ven*fam*mod*:feature:*0094* crc32c_intel\n" +
 			"alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\nalias virtio:d00000001v* virtio_net\n",
 		"modules.softdep": "softdep ext4 pre: crypto-crc32c\n",
 	}
@@ -151,6 +152,44 @@ func TestLoad(t *testing.T) {
 			}
 			if m.Loaded() != tc.count {
 				t.Errorf("Loaded() = %d, want %d", m.Loaded(), tc.count)
+			}
+		})
+	}
+}
+
+// TestLoadForThisCPU loads ext4, whose soft dependency crypto-crc32c names
+// crc32c_intel and crc32c_generic, on CPUs with and without SSE4.2
+// (feature 0094): crc32c_intel is skipped where it cannot serve, and a
+// module named by itself is still inserted.
+func TestLoadForThisCPU(t *testing.T) {
+	generic := []string{"kernel/crypto/crc32c_generic.ko.xz",
+		"kernel/lib/crc16.ko", "kernel/fs/mbcache.ko", "kernel/fs/jbd2/jbd2.ko", "kernel/fs/ext4/ext4.ko"}
+	for _, tc := range []struct {
+		name, cpu string
+		load      []string
+		want      []string
+	}{
+		{"SSE4.2", "cpu:type:x86,ven0000fam0006mod003F:feature:,0000,0001,0093,0094,0095\n", []string{"ext4"},
+			append([]string{"kernel/arch/x86/crypto/crc32c-intel.ko"}, generic...)},
+		{"no SSE4.2", "cpu:type:x86,ven0002fam000Fmod006B:feature:,0000,0001,0093\n", []string{"ext4"}, generic},
+		{"no CPU modalias", "", []string{"ext4"}, append([]string{"kernel/arch/x86/crypto/crc32c-intel.ko"}, generic...)},
+		{"by name", "cpu:type:x86,ven0002fam000Fmod006B:feature:,0000\n", []string{"crc32c_intel"},
+			[]string{"kernel/arch/x86/crypto/crc32c-intel.ko"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, got := tree(t, nil)
+			if tc.cpu != "" {
+				d := filepath.Join(m.sys, "devices/system/cpu")
+				if err := os.MkdirAll(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(d, "modalias"), []byte(tc.cpu), 0o444); err != nil {
+					t.Fatal(err)
+				}
+			}
+			m.Load(tc.load...)
+			if !reflect.DeepEqual(*got, tc.want) {
+				t.Errorf("inserted\n%q\nwant\n%q", *got, tc.want)
 			}
 		})
 	}
