@@ -108,8 +108,8 @@ type StartOptions struct {
 	// "@nbdroot" that systemd's shutdown spares.
 	Root string
 	// Binary is the executable to start (default: this one). With Root it
-	// is the exitrd's copy of nbdroot, so that the initramfs's own can be
-	// freed.
+	// is the exitrd's nbdroot (Root/nbdroot): the same file the keeper's
+	// mount namespace still reaches once it has made Root its root.
 	Binary string
 }
 
