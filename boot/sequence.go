@@ -79,7 +79,6 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 		}
 	}
 	log.Printf("start", "nbdroot as PID 1")
-	idle0, idleErr := bootlog.IdleTime()
 	if execAge != nil {
 		log.Printf("start", "times count from nbdroot's own start, not the kernel's exec of /init: %v", execAge)
 	}
@@ -116,6 +115,19 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	spec := res.Spec
 	policy = spec.Boot
 	log.SetDebug(spec.Boot.Debug())
+	// A debug boot says how long the CPU was idle from here to the root:
+	// steps that overlap can gain no more than that.
+	reportIdle := func() {}
+	if spec.Boot.Debug() {
+		from := time.Now()
+		if idle0, err := bootlog.IdleTime(); err == nil {
+			reportIdle = func() {
+				if idle, err := bootlog.IdleTime(); err == nil {
+					log.Debugf("", "the CPU was idle %.2fs of the %.2fs from the spec to the root", (idle - idle0).Seconds(), time.Since(from).Seconds())
+				}
+			}
+		}
+	}
 
 	// Everything before the modules: the exec of /init and the Go
 	// runtime's start (the logger counts from the process's start), the
@@ -202,10 +214,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 		log.Printf("network", "the root's network stack keeps %s: wrote /run/%s", lease.Interface, strings.Join(files, ", /run/"))
 	}
 	args := initArgs(res, opts)
-	if idle, err := bootlog.IdleTime(); err == nil && idleErr == nil {
-		// Steps that overlap gain only what the CPU spends idle.
-		log.Debugf("", "the CPU was idle %.2fs of the %.2fs this attempt took", (idle - idle0).Seconds(), time.Since(begun).Seconds())
-	}
+	reportIdle()
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
 	restoreKmsg() // the real system's /dev/kmsg rate limit, as it was
 	keep := ""
