@@ -181,10 +181,6 @@ func keeper() string {
 	return strings.Join(found, ",")
 }
 
-// keeperRoot says where the keeper's root directory is: "exitrd" when it
-// is /run/initramfs (systemd's convention for root storage daemons: it runs
-// from an initrd file system, never from this root), "same" when it is this
-// root, "other" for anything else (the initramfs).
 // keeperExe says which file system the keeper's executable lives on:
 // "initramfs" when it is the initramfs's own binary (the exitrd bound onto
 // /run/initramfs from the initramfs, no copy), "run" when it is a copy on
@@ -204,6 +200,10 @@ func keeperExe() string {
 	return "other"
 }
 
+// keeperRoot says where the keeper's root directory is: "exitrd" when it
+// is /run/initramfs (systemd's convention for root storage daemons: it runs
+// from an initrd file system, never from this root), "same" when it is this
+// root, "other" for anything else (the initramfs).
 func keeperRoot() string {
 	pid, _, _ := strings.Cut(keeper(), ":")
 	var st, mine, exitrd unix.Stat_t
