@@ -94,7 +94,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 		prog.exitrd = sync.OnceValues(func() (shutdown.Exitrd, error) {
 			x, err := shutdown.Install(shutdown.Dir, shutdown.Stage, self)
 			if err == nil && x.Copied != nil {
-				log.Printf("attach", "the exitrd is a copy of nbdroot on /run, 8 MiB more until switch_root: %v", x.Copied)
+				log.Printf("attach", "the exitrd is a copy of nbdroot on /run, the binary held twice until switch_root: %v", x.Copied)
 			}
 			return x, err
 		})
