@@ -18,7 +18,7 @@ LDFLAGS   := -s -w
 FUZZTIME  ?= 60s
 APT_PKGS  := qemu-system-x86 qemu-utils nbdkit nbd-server linux-image-amd64 \
              e2fsprogs busybox-static openssl cpio dnsmasq-base iproute2 ipxe-qemu \
-             mmdebstrap systemd
+             mmdebstrap systemd xz-utils zstd
 # staticcheck runs from the Go module proxy at this version (go run caches
 # the build), so lint needs nothing installed beyond Go.
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2

@@ -20,7 +20,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"debug/elf"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/kmod"
 )
 
 // ConfigPath is where the spec file goes in the image; boot reads it there.
@@ -219,6 +219,27 @@ func (im *image) hostFile(src, dst string, perm fs.FileMode, origin string) (*en
 	return e, im.add(e)
 }
 
+// module plans module m of the host's tree dir at the same path under the
+// image's treeDir. A compressed module goes in decompressed, as
+// initramfs-tools stores it when it compresses the image: the archive's
+// compression covers it anyway, the kernel unpacks once instead of twice,
+// and an older kernel, which cannot decompress modules itself (before
+// Linux 6.4), needs no decompressor in the image.
+func (im *image) module(ctx context.Context, dir, treeDir string, m Module) (*entry, error) {
+	src := filepath.Join(dir, filepath.FromSlash(m.Path))
+	dst, compressed := kmod.Uncompressed(m.Path)
+	if !compressed {
+		return im.hostFile(src, path.Join(treeDir, dst), 0o644, "module "+m.Name)
+	}
+	data, err := kmod.ReadModule(ctx, src)
+	if err != nil {
+		return nil, fmt.Errorf("module %s: %w", m.Name, err)
+	}
+	name, _ := imagePath(path.Join(treeDir, dst))
+	e := &entry{name: name, mode: unix.S_IFREG | 0o644, data: data, size: int64(len(data)), origin: "module " + m.Name}
+	return e, im.add(e)
+}
+
 // unixPerm converts Go permission bits to cpio's.
 func unixPerm(m fs.FileMode) uint64 {
 	p := uint64(m.Perm())
@@ -264,7 +285,7 @@ func standardEntries() []*entry {
 
 // plan decides what goes into the image. With modulesOnly it plans the
 // module tree alone.
-func plan(opts Options, modulesOnly bool) (*image, error) {
+func plan(ctx context.Context, opts Options, modulesOnly bool) (*image, error) {
 	im := &image{entries: map[string]*entry{}}
 	r := &im.report
 
@@ -299,7 +320,7 @@ func plan(opts Options, modulesOnly bool) (*image, error) {
 	r.Modules, r.Builtin, r.Missing = closure.Names(), closure.Builtin, closure.Missing
 	treeDir := path.Join("/lib/modules", kver)
 	for _, m := range closure.Modules {
-		e, err := im.hostFile(filepath.Join(closure.Dir, filepath.FromSlash(m.Path)), path.Join(treeDir, m.Path), 0o644, "module "+m.Name)
+		e, err := im.module(ctx, closure.Dir, treeDir, m)
 		if err != nil {
 			return nil, err
 		}
@@ -399,20 +420,17 @@ func loadSpec(path string) (*config.Spec, error) {
 // an initramfs that has no shared libraries: an ELF executable without a
 // program interpreter. hint says how to get a static build.
 func checkStatic(what, bin, hint string) error {
-	f, err := elf.Open(bin)
+	f, err := os.Open(bin)
 	if err != nil {
-		return fmt.Errorf("%s %s: not an ELF executable: %w", what, bin, err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	defer f.Close()
-	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
-		return fmt.Errorf("%s %s: ELF type %v is not an executable", what, bin, f.Type)
+	interp, err := elfInterpreter(f)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, bin, err)
 	}
-	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			interp, _ := io.ReadAll(io.LimitReader(p.Open(), 256))
-			return fmt.Errorf("%s %s is dynamically linked (interpreter %s), which an initramfs cannot run; %s",
-				what, bin, strings.TrimRight(string(interp), "\x00"), hint)
-		}
+	if interp != "" {
+		return fmt.Errorf("%s %s is dynamically linked (interpreter %s), which an initramfs cannot run; %s", what, bin, interp, hint)
 	}
 	return nil
 }
@@ -427,21 +445,23 @@ func Write(ctx context.Context, w io.Writer, opts Options) (*Report, error) {
 	if _, err := ParseCompression(string(comp)); err != nil {
 		return nil, err
 	}
-	im, err := plan(opts, false)
+	im, err := plan(ctx, opts, false)
 	if err != nil {
 		return nil, err
 	}
 	out := &countingWriter{w: w}
-	cw, err := compressor(out, comp)
+	cw, err := compressor(ctx, out, comp)
 	if err != nil {
 		return nil, err
 	}
 	archive := &countingWriter{w: cw}
-	if err := writeArchive(ctx, archive, im.sorted()); err != nil {
-		return nil, err
+	err = writeArchive(ctx, archive, im.sorted())
+	// Closed on failure too: a compressing program ends with its input.
+	if cerr := cw.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("compressing the archive: %w", cerr)
 	}
-	if err := cw.Close(); err != nil {
-		return nil, fmt.Errorf("compressing the archive: %w", err)
+	if err != nil {
+		return nil, err
 	}
 	r := im.report
 	r.Entries, r.Compression, r.ArchiveSize, r.Size = len(im.entries), comp, archive.n, out.n
@@ -510,7 +530,7 @@ func writeEntry(nw *newcWriter, e *entry, ino uint64) error {
 // ConfigFile (except its boot.modules), Files and Compression are ignored.
 // Existing files are overwritten.
 func WriteModuleTree(ctx context.Context, dir string, opts Options) (*Report, error) {
-	im, err := plan(opts, true)
+	im, err := plan(ctx, opts, true)
 	if err != nil {
 		return nil, err
 	}

@@ -42,24 +42,12 @@ type Module struct {
 	// Name is the canonical module name (underscores, no suffix).
 	Name string
 	// Path is the module file relative to the tree, as modules.dep writes
-	// it (kernel/fs/ext4/ext4.ko). Compressed modules keep their suffix.
+	// it (kernel/fs/ext4/ext4.ko). Compressed modules keep their suffix
+	// here; the image holds them uncompressed.
 	Path string
 	// Deps are the Path of every module this one needs, as listed in
 	// modules.dep.
 	Deps []string
-}
-
-// moduleNameFromPath returns the canonical module name of a module file path.
-func moduleNameFromPath(p string) string {
-	base := path.Base(p)
-	// Compressed modules keep their name; the loader decompresses them.
-	for _, s := range []string{".ko", ".ko.xz", ".ko.zst", ".ko.gz"} {
-		if strings.HasSuffix(base, s) {
-			base = strings.TrimSuffix(base, s)
-			break
-		}
-	}
-	return kmod.Canonical(base)
 }
 
 // depFile is a parsed modules.dep.
@@ -97,7 +85,7 @@ func parseModulesDep(name string, data []byte) (*depFile, error) {
 		d.deps[mod] = deps
 		// Two files with one module name cannot both load; like modprobe,
 		// the first one listed wins.
-		if modName := moduleNameFromPath(mod); d.byName[modName] == "" {
+		if modName := kmod.Name(mod); d.byName[modName] == "" {
 			d.byName[modName] = mod
 		}
 	}
@@ -120,7 +108,7 @@ func parseBuiltin(data []byte) map[string]bool {
 	names := map[string]bool{}
 	for line := range strings.Lines(string(data)) {
 		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
-			names[moduleNameFromPath(line)] = true
+			names[kmod.Name(line)] = true
 		}
 	}
 	return names
@@ -214,7 +202,7 @@ func ModuleClosure(modulesDir, kver string, required, optional []string) (*Closu
 	}
 	for _, p := range deps.order {
 		if included[p] {
-			c.Modules = append(c.Modules, Module{Name: moduleNameFromPath(p), Path: p, Deps: deps.deps[p]})
+			c.Modules = append(c.Modules, Module{Name: kmod.Name(p), Path: p, Deps: deps.deps[p]})
 		}
 	}
 	slices.Sort(c.Builtin)
@@ -251,31 +239,40 @@ func (c *Closure) metadata() ([]metadataFile, error) {
 		byName[m.Name] = true
 	}
 
+	// The image holds its modules uncompressed (image.module), so its
+	// files name them so.
+	inImage := func(p string) string {
+		p, _ = kmod.Uncompressed(p)
+		return p
+	}
 	var dep strings.Builder
 	for _, m := range c.Modules {
-		dep.WriteString(m.Path + ":")
+		dep.WriteString(inImage(m.Path) + ":")
 		for _, d := range m.Deps {
-			dep.WriteString(" " + d)
+			dep.WriteString(" " + inImage(d))
 		}
 		dep.WriteString("\n")
 	}
 	files := []metadataFile{{"modules.dep", []byte(dep.String())}}
 
-	// keep decides, for one line of a filtered file, whether it stays.
+	// keep decides, for one line of a filtered file, whether it stays;
+	// edit, if set, rewrites a line that stays.
 	filters := []struct {
 		name string
 		keep func(line string) bool
+		edit func(line string) string
 	}{
-		{"modules.order", func(line string) bool { return byPath[strings.TrimSpace(line)] }},
+		{"modules.order", func(line string) bool { return byPath[strings.TrimSpace(line)] },
+			func(line string) string { return inImage(strings.TrimSpace(line)) + "\n" }},
 		{"modules.alias", func(line string) bool {
 			f := strings.Fields(line)
 			return len(f) == 3 && f[0] == "alias" && byName[kmod.Canonical(f[2])]
-		}},
+		}, nil},
 		{"modules.softdep", func(line string) bool {
 			f := strings.Fields(line)
 			return len(f) >= 2 && f[0] == "softdep" && byName[kmod.Canonical(f[1])]
-		}},
-		{"modules.builtin", nil},
+		}, nil},
+		{"modules.builtin", nil, nil},
 	}
 	for _, f := range filters {
 		p := filepath.Join(c.Dir, f.name)
@@ -290,7 +287,12 @@ func (c *Closure) metadata() ([]metadataFile, error) {
 			var out strings.Builder
 			for line := range strings.Lines(string(data)) {
 				// Comments stay: they say which tool wrote the file.
-				if strings.HasPrefix(line, "#") || f.keep(line) {
+				switch {
+				case strings.HasPrefix(line, "#"):
+					out.WriteString(line)
+				case f.keep(line) && f.edit != nil:
+					out.WriteString(f.edit(line))
+				case f.keep(line):
 					out.WriteString(line)
 				}
 			}

@@ -1,6 +1,10 @@
 package initramfs
 
 import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -20,7 +24,7 @@ kernel/c/gamma.ko:
 kernel/d/cyc_one.ko: kernel/d/cyc-two.ko
 kernel/d/cyc-two.ko: kernel/d/cyc_one.ko
 kernel/e/unused.ko:
-kernel/f/zipped.ko.xz: kernel/c/gamma.ko
+kernel/f/zipped.ko.gz: kernel/c/gamma.ko
 kernel/g/chain1.ko: kernel/g/chain2.ko
 kernel/g/chain2.ko: kernel/g/chain3.ko
 kernel/g/chain3.ko:
@@ -46,6 +50,13 @@ func writeTree(t *testing.T, modulesDir, kver, dep string) string {
 	}
 	files["modules.order"] = order.String()
 	for name, data := range files {
+		if strings.HasSuffix(name, ".ko.gz") {
+			var b bytes.Buffer
+			zw := gzip.NewWriter(&b)
+			zw.Write([]byte(data))
+			zw.Close()
+			data = b.String()
+		}
 		p := filepath.Join(dir, filepath.FromSlash(name))
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			t.Fatal(err)
@@ -85,7 +96,7 @@ func TestModuleClosure(t *testing.T) {
 		{name: "transitive chain", required: []string{"chain1"},
 			want: []string{"kernel/g/chain1.ko", "kernel/g/chain2.ko", "kernel/g/chain3.ko"}},
 		{name: "compressed module", required: []string{"zipped"},
-			want: []string{"kernel/c/gamma.ko", "kernel/f/zipped.ko.xz"}},
+			want: []string{"kernel/c/gamma.ko", "kernel/f/zipped.ko.gz"}},
 		{name: "builtin", required: []string{"af-packet", "built_in-fs"},
 			builtin: []string{"af_packet", "built_in_fs"}},
 		{name: "optional missing is skipped", required: []string{"gamma"}, optional: []string{"nosuch", "af_packet", "gamma", "no-such2"},
@@ -263,5 +274,42 @@ func TestNewestKernel(t *testing.T) {
 	}
 	if _, err := NewestKernel(filepath.Join(empty, "nope")); err == nil {
 		t.Error("NewestKernel(missing dir) succeeded")
+	}
+}
+
+// TestWriteCompressedModule checks that a compressed module goes into the
+// image decompressed, under the name without the suffix, and that the
+// image's modules.dep and modules.order name it so; a corrupt one fails
+// the build naming the module and the file.
+func TestWriteCompressedModule(t *testing.T) {
+	f := newFixture(t)
+	opts := f.options(None)
+	opts.Modules = append(opts.Modules, "zipped")
+	data, rep := writeImage(t, opts)
+	_, contents := readArchive(t, data)
+	tree := "lib/modules/" + testKver + "/"
+	if got := string(contents[tree+"kernel/f/zipped.ko"]); got != "module kernel/f/zipped.ko.gz\n" {
+		t.Errorf("kernel/f/zipped.ko = %q, want the module decompressed", got)
+	}
+	if _, ok := contents[tree+"kernel/f/zipped.ko.gz"]; ok {
+		t.Error("the image holds the compressed file too")
+	}
+	if dep := string(contents[tree+"modules.dep"]); !strings.Contains(dep, "\nkernel/f/zipped.ko: kernel/c/gamma.ko\n") || strings.Contains(dep, ".gz") {
+		t.Errorf("modules.dep does not name zipped.ko uncompressed:\n%s", dep)
+	}
+	if order := string(contents[tree+"modules.order"]); !strings.Contains(order, "kernel/f/zipped.ko\n") || strings.Contains(order, ".gz") {
+		t.Errorf("modules.order does not name zipped.ko uncompressed:\n%s", order)
+	}
+	if want := int64(len("module kernel/f/zipped.ko.gz\n")); rep.ModuleBytes < want {
+		t.Errorf("report: %d module bytes", rep.ModuleBytes)
+	}
+
+	zipped := filepath.Join(f.modulesDir, testKver, "kernel/f/zipped.ko.gz")
+	if err := os.WriteFile(zipped, []byte("not gzip"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Write(context.Background(), io.Discard, opts)
+	if err == nil || !strings.Contains(err.Error(), "module zipped: "+zipped+": ") {
+		t.Errorf("Write with a corrupt compressed module = %v; want an error naming the module and its file", err)
 	}
 }

@@ -10,18 +10,17 @@
 // copy through this process's heap (under emulation a copy and the garbage
 // it leaves cost more than the kernel's own work). A compressed module
 // (.ko.xz, .ko.zst, .ko.gz) is given to the kernel to decompress
-// (MODULE_INIT_COMPRESSED_FILE, Linux 6.4), or decompressed here for an
-// older kernel.
+// (MODULE_INIT_COMPRESSED_FILE, Linux 6.4), or read through ReadModule for
+// an older kernel; images carry their modules uncompressed.
 //
-// It may import bootlog and x/sys/unix, and the decompressors.
+// It may import bootlog and x/sys/unix.
 package kmod
 
 import (
 	"bufio"
-	"compress/gzip"
+	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -29,10 +28,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/klauspost/compress/zstd"
-	"github.com/nbdroot/nbdroot/bootlog"
-	"github.com/ulikunitz/xz"
 	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/bootlog"
 )
 
 // Modules loads kernel modules from /lib/modules/$(uname -r) the way udev
@@ -158,12 +156,12 @@ func open(log *bootlog.Logger, dir, sys string, insert func(string) error) *Modu
 			return
 		}
 		file := strings.TrimSuffix(f[0], ":")
-		name := moduleName(file)
+		name := Name(file)
 		m.paths[name], m.deps[name] = file, f[1:]
 	})
 	eachLine(filepath.Join(dir, "modules.builtin"), func(f []string) {
 		if len(f) == 1 {
-			m.builtin[moduleName(f[0])] = true
+			m.builtin[Name(f[0])] = true
 		}
 	})
 	eachLine(filepath.Join(dir, "modules.alias"), func(f []string) {
@@ -197,9 +195,9 @@ func open(log *bootlog.Logger, dir, sys string, insert func(string) error) *Modu
 	return m
 }
 
-// moduleName is the name of the module in file: its base name without
-// .ko and a compression suffix, spelled as the kernel does.
-func moduleName(file string) string {
+// Name is the name of the module in file: its base name without .ko and
+// a compression suffix, spelled as the kernel does.
+func Name(file string) string {
 	base := path.Base(file)
 	if i := strings.Index(base, ".ko"); i >= 0 {
 		base = base[:i]
@@ -302,7 +300,7 @@ func (m *Modules) insertWithDeps(name, file string) error {
 	deps := m.deps[name]
 	for i := len(deps) - 1; i >= 0; i-- {
 		if err := m.insertOnce(deps[i]); err != nil {
-			return fmt.Errorf("dependency %s: %w", moduleName(deps[i]), err)
+			return fmt.Errorf("dependency %s: %w", Name(deps[i]), err)
 		}
 	}
 	return m.insertOnce(file)
@@ -331,44 +329,30 @@ func (m *Modules) insertOnce(file string) error {
 // file (Linux 6.4); x/sys/unix does not name it.
 const moduleInitCompressedFile = 4
 
+// decompressTimeout bounds decompressing one module for an older kernel.
+const decompressTimeout = time.Minute
+
 // finit inserts the module in file with finit_module(2). A compressed file
 // goes to the kernel's own decompressor, or, when the kernel has none for
-// it, through this process's and init_module(2).
+// it, through ReadModule and init_module(2).
 func finit(file string) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	ext := path.Ext(file)
-	if ext == ".ko" {
+	if _, compressed := Uncompressed(file); !compressed {
 		return unix.FinitModule(int(f.Fd()), "", 0)
 	}
 	err = unix.FinitModule(int(f.Fd()), "", moduleInitCompressedFile)
 	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.EOPNOTSUPP) {
 		return err
 	}
-	var r io.Reader
-	switch ext {
-	case ".xz":
-		r, err = xz.NewReader(f)
-	case ".zst":
-		var zr *zstd.Decoder
-		if zr, err = zstd.NewReader(f, zstd.WithDecoderConcurrency(1)); err == nil {
-			defer zr.Close()
-			r = zr
-		}
-	case ".gz":
-		r, err = gzip.NewReader(f)
-	default:
-		return fmt.Errorf("%s: unknown module compression %q", file, ext)
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), decompressTimeout)
+	defer cancel()
+	image, err := ReadModule(ctx, file)
 	if err != nil {
-		return fmt.Errorf("%s: %w", file, err)
-	}
-	image, err := io.ReadAll(r)
-	if err != nil {
-		return fmt.Errorf("%s: %w", file, err)
+		return err
 	}
 	return unix.InitModule(image, "")
 }
