@@ -4,15 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
-	rtnl "github.com/mdlayher/netlink"
-	"github.com/vishvananda/netlink"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/bootlog"
+	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
 // Guard timing: a sweep runs at every rtnetlink event on any link and
@@ -67,7 +68,7 @@ func (g *Guard) Run(ctx context.Context) error {
 // through Go's poller: a keeper holds no thread blocked in recvfrom for it.
 // The events are only a cue to sweep, so they are not decoded.
 func (g *Guard) watch(ctx context.Context) error {
-	c, err := rtnl.Dial(unix.NETLINK_ROUTE, &rtnl.Config{Groups: unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV4_ROUTE})
+	c, err := netlink.Dial(unix.NETLINK_ROUTE, &netlink.Config{Groups: unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV4_ROUTE})
 	if err != nil {
 		// Log it and wait a sweep interval, so that Run subscribes again.
 		g.log.Errorf("network", "guard: rtnetlink subscription: %v", err)
@@ -120,39 +121,38 @@ func (g *Guard) Sweep() {
 	if l.Interface == "" || !l.Address.IsValid() {
 		return
 	}
-	link, err := netlink.LinkByIndex(l.Index)
+	link, err := rtnl.LinkByIndex(l.Index)
 	if err != nil {
 		g.note("gone", "%s (index %d) is gone: %v", l.Interface, l.Index, err)
 		return
 	}
-	if link.Attrs().Flags&net.FlagUp == 0 {
-		g.restored("up", netlink.LinkSetUp(link), l.Interface+" was set down", "setting it up", "set it up again")
+	if !link.Up() {
+		g.restored("up", rtnl.SetUp(link.Index), l.Interface+" was set down", "setting it up", "set it up again")
 	}
-	if lost := g.sweepAddr(link, l); lost && g.onLost != nil {
+	if lost := g.sweepAddr(l); lost && g.onLost != nil {
 		g.onLost()
 	}
 	g.sweepRoute(l)
 }
 
-// sweepAddr restores l's address on link if it is missing or lapses, and
-// reports whether it was missing.
-func (g *Guard) sweepAddr(link netlink.Link, l *Lease) bool {
-	addrs, err := netlink.AddrList(link, unix.AF_INET)
+// sweepAddr restores l's address on its link if it is missing or lapses,
+// and reports whether it was missing.
+func (g *Guard) sweepAddr(l *Lease) bool {
+	addrs, err := rtnl.Addrs(l.Index)
 	if err != nil {
 		return false
 	}
 	for _, a := range addrs {
-		ones, _ := a.Mask.Size()
-		if a.IP.Equal(l.Address.Addr().AsSlice()) && ones == l.Address.Bits() {
-			if a.ValidLft <= 0 || uint32(a.ValidLft) == 0xffffffff {
-				return false // forever
+		if a.Prefix == l.Address {
+			if a.ValidLft == rtnl.Forever {
+				return false
 			}
-			g.restored("lft", netlink.AddrReplace(link, rootAddr(l)),
+			g.restored("lft", rtnl.ReplaceAddr(rootAddr(l)),
 				fmt.Sprintf("%s: %s was given a lifetime of %ds", l.Interface, l.Address, a.ValidLft), "making it permanent", "made it permanent again")
 			return false
 		}
 	}
-	err = netlink.AddrReplace(link, rootAddr(l))
+	err = rtnl.ReplaceAddr(rootAddr(l))
 	g.restored("addr", err, fmt.Sprintf("%s: %s was removed", l.Interface, l.Address), "restoring it", "restored it")
 	return err == nil
 }
@@ -162,34 +162,30 @@ func (g *Guard) sweepAddr(link netlink.Link, l *Lease) bool {
 // the root's own stack set up (through another link, or another gateway)
 // is its choice and stays.
 func (g *Guard) sweepRoute(l *Lease) {
+	routes, err := rtnl.Routes(unix.RT_TABLE_MAIN)
+	if err != nil {
+		return
+	}
+	// have reports whether the main table routes to dst, by any link or
+	// gateway.
+	have := func(dst netip.Prefix) bool {
+		return slices.ContainsFunc(routes, func(r rtnl.Route) bool { return r.Dst == dst })
+	}
 	for _, r := range extraRoutes(l) {
-		have, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN, Dst: r.Dst}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
-		if err != nil || len(have) > 0 {
+		if have(r.Dst) {
 			continue
 		}
-		if err := netlink.RouteReplace(r); err != nil {
+		if err := rtnl.ReplaceRoute(r); err != nil {
 			g.log.Debugf("network", "guard: %s: route to %s: %v", l.Interface, r.Dst, err)
 			continue
 		}
 		g.note("route "+r.Dst.String(), "%s: the route to %s was removed; restored it", l.Interface, r.Dst)
 	}
-	want := defaultRoute(l)
-	if want == nil {
+	want, ok := defaultRoute(l)
+	if !ok || have(want.Dst) {
 		return
 	}
-	routes, err := netlink.RouteListFiltered(unix.AF_INET, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return
-	}
-	for _, r := range routes {
-		if r.Dst == nil {
-			return
-		}
-		if ones, _ := r.Dst.Mask.Size(); ones == 0 && r.Dst.IP.IsUnspecified() {
-			return
-		}
-	}
-	err = netlink.RouteReplace(want)
+	err = rtnl.ReplaceRoute(want)
 	if errors.Is(err, unix.ENETUNREACH) {
 		// The link is not running yet (just set up, or no carrier): the
 		// event that it runs brings the next sweep.

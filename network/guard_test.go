@@ -10,11 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
-
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
 // TestGuardLab attacks the root link the way ifdown, dhclient -r and
@@ -39,7 +37,7 @@ func TestGuardLab(t *testing.T) {
 	}
 	// A route of DHCP option 121, as Up would have installed it.
 	lease.Routes = []Route{{Dst: netip.MustParsePrefix("10.1.0.0/16"), Gateway: netip.MustParseAddr("10.77.0.254")}}
-	link, err := netlink.LinkByIndex(lease.Index)
+	link, err := rtnl.LinkByIndex(lease.Index)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,19 +103,19 @@ func TestGuardLab(t *testing.T) {
 
 // rootState says what is wrong with the root link, or "" if nothing.
 func rootState(t *testing.T, l *Lease) string {
-	link, err := netlink.LinkByIndex(l.Index)
+	link, err := rtnl.LinkByIndex(l.Index)
 	if err != nil {
 		return err.Error()
 	}
-	if link.Attrs().RawFlags&unix.IFF_UP == 0 {
+	if !link.Up() {
 		return "link down"
 	}
-	addrs, _ := netlink.AddrList(link, unix.AF_INET)
+	addrs, _ := rtnl.Addrs(link.Index)
 	found := false
 	for _, a := range addrs {
-		if a.IPNet.String() == l.Address.String() {
+		if a.Prefix == l.Address {
 			found = true
-			if a.ValidLft > 0 && uint32(a.ValidLft) != 0xffffffff {
+			if a.ValidLft != rtnl.Forever {
 				return "address lifetime finite"
 			}
 		}

@@ -12,9 +12,9 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/nclient4"
-	"github.com/vishvananda/netlink"
 
 	"github.com/nbdroot/nbdroot/bootlog"
+	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
 // renewMaxWait caps the retransmission of RENEW and REBIND: RFC 2131
@@ -165,7 +165,7 @@ func (r *Renewer) renew(ctx context.Context, l *Lease, urgent bool) error {
 	r.mu.Lock()
 	r.lease = next
 	r.mu.Unlock()
-	link, err := netlink.LinkByIndex(l.Index)
+	link, err := rtnl.LinkByIndex(l.Index)
 	if err != nil {
 		return &Error{Interface: l.Interface, Err: err}
 	}

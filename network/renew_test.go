@@ -13,11 +13,10 @@ import (
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
 const labLeasesEnv = "NBDROOT_NETWORK_LAB_LEASES" // dnsmasq's lease file, for the child
@@ -118,7 +117,7 @@ func TestRenewerLab(t *testing.T) {
 	})
 
 	t.Run("NAK", func(t *testing.T) {
-		link, err := netlink.LinkByIndex(lease.Index)
+		link, err := rtnl.LinkByIndex(lease.Index)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -136,8 +135,8 @@ func TestRenewerLab(t *testing.T) {
 		if !netip.MustParsePrefix("10.77.0.0/24").Contains(nl.Address.Addr()) || nl.Address == l.Address {
 			t.Errorf("after the NAK: %v, want an address of dnsmasq's range", nl.Address)
 		}
-		addrs, _ := netlink.AddrList(link, unix.AF_INET)
-		if len(addrs) != 1 || addrs[0].IPNet.String() != nl.Address.String() {
+		addrs, _ := rtnl.Addrs(link.Index)
+		if len(addrs) != 1 || addrs[0].Prefix != nl.Address {
 			t.Errorf("addresses on the link after the NAK: %v, want just %v", addrs, nl.Address)
 		}
 		checkLeaseFile(t, nl, cid)

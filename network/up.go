@@ -5,20 +5,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
 	"github.com/nbdroot/nbdroot/internal/poll"
 	"github.com/nbdroot/nbdroot/network/ifname"
+	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
 // Error is a failure of the network on one link, or of the network as a
@@ -90,8 +89,8 @@ const carrierPoll = 5 * time.Millisecond
 // address, routes, MTU, hostname, resolv.conf) and returns the lease. It
 // logs one line for the link it configured.
 func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (*Lease, error) {
-	if lo, err := netlink.LinkByName("lo"); err == nil {
-		_ = netlink.LinkSetUp(lo)
+	if lo, err := rtnl.LinkByName("lo"); err == nil {
+		_ = rtnl.SetUp(lo.Index)
 	}
 	if n.Mode == config.NetworkNone {
 		return &Lease{}, nil
@@ -138,18 +137,17 @@ func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (
 
 // candidateLinks returns the links to configure: the named ones, or every
 // non-loopback link in kernel order.
-func candidateLinks(names []string) ([]netlink.Link, error) {
-	all, err := netlink.LinkList()
+func candidateLinks(names []string) ([]rtnl.Link, error) {
+	all, err := rtnl.Links()
 	if err != nil {
-		return nil, &Error{Op: "list links", Err: err}
+		return nil, &Error{Err: err}
 	}
-	var out []netlink.Link
+	var out []rtnl.Link
 	for _, l := range all {
-		a := l.Attrs()
-		if a.Flags&net.FlagLoopback != 0 || a.Name == "lo" {
+		if l.Loopback() || l.Name == "lo" {
 			continue
 		}
-		if len(names) > 0 && !slices.Contains(names, a.Name) {
+		if len(names) > 0 && !slices.Contains(names, l.Name) {
 			continue
 		}
 		out = append(out, l)
@@ -157,7 +155,7 @@ func candidateLinks(names []string) ([]netlink.Link, error) {
 	if len(out) == 0 {
 		var have []string
 		for _, l := range all {
-			have = append(have, l.Attrs().Name)
+			have = append(have, l.Name)
 		}
 		if len(names) > 0 {
 			return nil, &Error{Err: fmt.Errorf("no interface named %s (have: %s)", strings.Join(names, ", "), strings.Join(have, ", "))}
@@ -171,17 +169,17 @@ func candidateLinks(names []string) ([]netlink.Link, error) {
 // Not until operstate says "up": the kernel's linkwatch reports that up to a
 // second later, while the device transmits from the moment it is opened
 // with carrier.
-func waitCarrier(ctx context.Context, l netlink.Link, timeout time.Duration) error {
-	name := l.Attrs().Name
-	if err := netlink.LinkSetUp(l); err != nil {
-		return &Error{Interface: name, Op: "set up", Err: err}
+func waitCarrier(ctx context.Context, l rtnl.Link, timeout time.Duration) error {
+	name := l.Name
+	if err := rtnl.SetUp(l.Index); err != nil {
+		return &Error{Interface: name, Err: err}
 	}
 	err := poll.For(ctx, timeout, carrierPoll, func() (bool, error) {
-		cur, err := netlink.LinkByIndex(l.Attrs().Index)
+		cur, err := rtnl.LinkByIndex(l.Index)
 		if err != nil {
 			return false, &Error{Interface: name, Err: err}
 		}
-		return cur.Attrs().RawFlags&unix.IFF_LOWER_UP != 0, nil
+		return cur.Flags&unix.IFF_LOWER_UP != 0, nil
 	})
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		return &Error{Interface: name, Err: fmt.Errorf("no carrier after %v (is the cable plugged in?)", timeout)}
@@ -190,18 +188,17 @@ func waitCarrier(ctx context.Context, l netlink.Link, timeout time.Duration) err
 }
 
 // linkLease starts a lease for link l: its name, index and MAC address.
-func linkLease(l netlink.Link) *Lease {
-	a := l.Attrs()
-	return &Lease{Interface: a.Name, Index: a.Index, HardwareAddr: a.HardwareAddr.String()}
+func linkLease(l rtnl.Link) *Lease {
+	return &Lease{Interface: l.Name, Index: l.Index, HardwareAddr: l.HardwareAddr.String()}
 }
 
 // upDHCP asks for a DHCPv4 lease on every candidate link at once and
 // returns the first link that gets one, with its lease.
-func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []netlink.Link, cid []byte) (netlink.Link, *Lease, error) {
+func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []rtnl.Link, cid []byte) (rtnl.Link, *Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.LinkTimeout+n.DHCPTimeout)
 	defer cancel()
 	type result struct {
-		link  netlink.Link
+		link  rtnl.Link
 		lease *Lease
 		err   error
 	}
@@ -222,11 +219,11 @@ func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []
 		cancel() // the other links' requests
 		return r.link, r.lease, nil
 	}
-	return nil, nil, errors.Join(errs...) // each names its link
+	return rtnl.Link{}, nil, errors.Join(errs...) // each names its link
 }
 
 // linkDHCP brings l up and acquires a lease on it.
-func linkDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l netlink.Link, cid []byte) (*Lease, error) {
+func linkDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l rtnl.Link, cid []byte) (*Lease, error) {
 	if err := waitCarrier(ctx, l, n.LinkTimeout); err != nil {
 		return nil, err
 	}
@@ -251,26 +248,26 @@ func linkDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l netl
 // install puts lease on l: MTU, address (infinite lifetimes, see the
 // package doc), default route. old, if set, is an address l had before
 // that lease does not keep: it is removed once the new one is in place.
-func install(l netlink.Link, lease *Lease, old *netip.Prefix) error {
+func install(l rtnl.Link, lease *Lease, old *netip.Prefix) error {
 	name := lease.Interface
-	if lease.MTU >= 68 && lease.MTU != l.Attrs().MTU {
-		if err := netlink.LinkSetMTU(l, lease.MTU); err != nil {
+	if lease.MTU >= 68 && lease.MTU != l.MTU {
+		if err := rtnl.SetMTU(l.Index, lease.MTU); err != nil {
 			return &Error{Interface: name, Op: fmt.Sprintf("set MTU %d", lease.MTU), Err: err}
 		}
 	}
-	if err := netlink.AddrReplace(l, rootAddr(lease)); err != nil {
+	if err := rtnl.ReplaceAddr(rootAddr(lease)); err != nil {
 		return &Error{Interface: name, Op: "add address " + lease.Address.String(), Err: err}
 	}
 	if old != nil && *old != lease.Address {
-		_ = netlink.AddrDel(l, &netlink.Addr{IPNet: prefixNet(*old)})
+		_ = rtnl.DelAddr(rtnl.Addr{Index: l.Index, Prefix: *old})
 	}
 	for _, r := range extraRoutes(lease) {
-		if err := netlink.RouteReplace(r); err != nil {
+		if err := rtnl.ReplaceRoute(r); err != nil {
 			return &Error{Interface: name, Op: "route to " + r.Dst.String(), Err: err}
 		}
 	}
-	if r := defaultRoute(lease); r != nil {
-		if err := netlink.RouteReplace(r); err != nil {
+	if r, ok := defaultRoute(lease); ok {
+		if err := rtnl.ReplaceRoute(r); err != nil {
 			return &Error{Interface: name, Op: "default route via " + lease.Gateway.String(), Err: err}
 		}
 	}
@@ -278,39 +275,29 @@ func install(l netlink.Link, lease *Lease, old *netip.Prefix) error {
 }
 
 // rootAddr is the address as installed: no expiry.
-func rootAddr(lease *Lease) *netlink.Addr {
-	return &netlink.Addr{IPNet: prefixNet(lease.Address), ValidLft: -1, PreferedLft: -1}
+func rootAddr(lease *Lease) rtnl.Addr {
+	return rtnl.Addr{Index: lease.Index, Prefix: lease.Address, ValidLft: rtnl.Forever, PreferredLft: rtnl.Forever}
 }
 
 // extraRoutes are the lease's routes besides the default route.
-func extraRoutes(lease *Lease) []*netlink.Route {
-	var out []*netlink.Route
+func extraRoutes(lease *Lease) []rtnl.Route {
+	var out []rtnl.Route
 	for _, rt := range lease.Routes {
-		r := &netlink.Route{LinkIndex: lease.Index, Dst: prefixNet(rt.Dst)}
-		if rt.Gateway.IsValid() {
-			r.Gw = rt.Gateway.AsSlice()
-		} else {
-			r.Scope = netlink.SCOPE_LINK
+		r := rtnl.Route{Index: lease.Index, Dst: rt.Dst, Gateway: rt.Gateway}
+		if !rt.Gateway.IsValid() {
+			r.Scope = unix.RT_SCOPE_LINK
 		}
 		out = append(out, r)
 	}
 	return out
 }
 
-// defaultRoute is the lease's default route, or nil without a gateway.
-func defaultRoute(lease *Lease) *netlink.Route {
+// defaultRoute is the lease's default route; false without a gateway.
+func defaultRoute(lease *Lease) (rtnl.Route, bool) {
 	if !lease.Gateway.IsValid() {
-		return nil
+		return rtnl.Route{}, false
 	}
-	return &netlink.Route{
-		LinkIndex: lease.Index,
-		Dst:       &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)},
-		Gw:        lease.Gateway.AsSlice(),
-	}
-}
-
-func prefixNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+	return rtnl.Route{Index: lease.Index, Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Gateway: lease.Gateway}, true
 }
 
 // writeResolvConf writes root/etc/resolv.conf for the name lookups of the

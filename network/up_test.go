@@ -10,10 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
 // upReport is what the client part of TestUpDHCPLab found.
@@ -65,16 +64,16 @@ func testUpDHCPLab(t *testing.T, dnsmasqArgs []string, minTook, maxTook time.Dur
 		rep := upReport{Lease: lease, Took: time.Since(start)}
 		h, _ := os.ReadFile("/proc/sys/kernel/hostname")
 		rep.Hostname = strings.TrimSpace(string(h))
-		link, err := netlink.LinkByName(labClient)
+		link, err := rtnl.LinkByName(labClient)
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep.MTU = link.Attrs().MTU
-		addrs, _ := netlink.AddrList(link, netlink.FAMILY_V4)
+		rep.MTU = link.MTU
+		addrs, _ := rtnl.Addrs(link.Index)
 		for _, a := range addrs {
-			rep.Addrs = append(rep.Addrs, a.IPNet.String())
-			if a.ValidLft != 0 && a.ValidLft != -1 && uint32(a.ValidLft) != 0xffffffff {
-				t.Errorf("address %s installed with valid lifetime %d, want forever", a.IPNet, a.ValidLft)
+			rep.Addrs = append(rep.Addrs, a.Prefix.String())
+			if a.ValidLft != rtnl.Forever {
+				t.Errorf("address %s installed with valid lifetime %d, want forever", a.Prefix, a.ValidLft)
 			}
 		}
 		rep.Routes = run(t, "ip", "-4", "route")

@@ -16,8 +16,8 @@ import (
 	"github.com/nbdroot/nbdroot/initramfs"
 	"github.com/nbdroot/nbdroot/internal/poll"
 	"github.com/nbdroot/nbdroot/internal/testrig"
+	"github.com/nbdroot/nbdroot/network/rtnl"
 	"github.com/u-root/u-root/pkg/kmodule"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -210,16 +210,16 @@ func TestInGuest(t *testing.T) {
 		}
 	}
 
-	up, err := netlink.LinkByName(links[m.up])
+	up, err := rtnl.LinkByName(links[m.up])
 	if err == nil {
-		err = netlink.LinkSetUp(up)
+		err = rtnl.SetUp(up.Index)
 	}
 	if err != nil {
 		fail("setting %s up: %v", links[m.up], err)
 		return
 	}
 	// The premise: this kernel refuses to rename a link that is up.
-	err = netlink.LinkSetName(up, "upname")
+	err = rtnl.SetName(up.Index, "upname")
 	fmt.Printf("%srenaming %s while up: %v\n", guestMarker, links[m.up], err)
 	if !errors.Is(err, unix.EBUSY) {
 		fail("renaming an up link: %v, want EBUSY", err)

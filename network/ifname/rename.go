@@ -6,8 +6,7 @@ import (
 	"path/filepath"
 	"sort"
 
-	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
+	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
 // ErrLinkUp is the cause of a LinkError for a link that is up: the kernel
@@ -66,17 +65,17 @@ func (s sysfs) rename(old string) (Rename, error) {
 	if name == old {
 		return Rename{}, nil
 	}
-	link, err := netlink.LinkByName(old)
+	link, err := rtnl.LinkByName(old)
 	if err != nil {
 		return Rename{}, &LinkError{Link: old, New: name, Err: err}
 	}
-	if link.Attrs().RawFlags&unix.IFF_UP != 0 {
+	if link.Up() {
 		return Rename{}, &LinkError{Link: old, New: name, Err: ErrLinkUp}
 	}
-	if err := netlink.LinkSetName(link, name); err != nil {
+	if err := rtnl.SetName(link.Index, name); err != nil {
 		return Rename{}, &LinkError{Link: old, New: name, Err: err}
 	}
-	return Rename{Index: link.Attrs().Index, Old: old, New: name}, nil
+	return Rename{Index: link.Index, Old: old, New: name}, nil
 }
 
 // Names maps the kernel names of renamed links to their new names, so that

@@ -4,10 +4,11 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"runtime"
 	"testing"
 
-	"github.com/vishvananda/netlink"
+	"github.com/nbdroot/nbdroot/network/rtnl"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,34 +46,33 @@ func TestRenameAllInNetns(t *testing.T) {
 }
 
 func renameInNetns(t *testing.T, f *fakeSys) {
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth1"}
-	if err := netlink.LinkAdd(veth); err != nil {
-		t.Errorf("creating a veth pair: %v", err)
+	if out, err := exec.Command("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "eth1").CombinedOutput(); err != nil {
+		t.Errorf("creating a veth pair: %v %s", err, out)
 		return
 	}
-	eth0, err0 := netlink.LinkByName("eth0")
-	eth1, err1 := netlink.LinkByName("eth1")
+	eth0, err0 := rtnl.LinkByName("eth0")
+	eth1, err1 := rtnl.LinkByName("eth1")
 	if err := errors.Join(err0, err1); err != nil {
 		t.Error(err)
 		return
 	}
-	if err := netlink.LinkSetUp(eth1); err != nil {
+	if err := rtnl.SetUp(eth1.Index); err != nil {
 		t.Errorf("setting eth1 up: %v", err)
 		return
 	}
 	// The premise: the kernel refuses to rename a link that is up.
-	if err := netlink.LinkSetName(eth1, "upname"); err != nil {
+	if err := rtnl.SetName(eth1.Index, "upname"); err != nil {
 		t.Logf("renaming an up link: %v (as expected)", err)
 	} else {
 		t.Logf("this kernel renamed an up link; Linux 6.1 answers EBUSY")
-		if err := netlink.LinkSetName(eth1, "eth1"); err != nil {
+		if err := rtnl.SetName(eth1.Index, "eth1"); err != nil {
 			t.Errorf("renaming it back: %v", err)
 			return
 		}
 	}
 
 	renames, err := RenameAll(context.Background(), f.opts())
-	want := []Rename{{Index: eth0.Attrs().Index, Old: "eth0", New: "ens3"}}
+	want := []Rename{{Index: eth0.Index, Old: "eth0", New: "ens3"}}
 	if len(renames) != 1 || renames[0] != want[0] {
 		t.Errorf("RenameAll renamed %+v, want %+v", renames, want)
 	}
@@ -80,11 +80,11 @@ func renameInNetns(t *testing.T, f *fakeSys) {
 	if !errors.Is(err, ErrLinkUp) || !errors.As(err, &le) || le.Link != "eth1" || le.New != "ens5" {
 		t.Errorf("RenameAll: want a *LinkError for eth1 → ens5 wrapping ErrLinkUp, got %v", err)
 	}
-	if l, err := netlink.LinkByIndex(eth0.Attrs().Index); err != nil || l.Attrs().Name != "ens3" {
-		t.Errorf("link %d after RenameAll: %v, %v; want it called ens3", eth0.Attrs().Index, l, err)
+	if l, err := rtnl.LinkByIndex(eth0.Index); err != nil || l.Name != "ens3" {
+		t.Errorf("link %d after RenameAll: %+v, %v; want it called ens3", eth0.Index, l, err)
 	}
-	if l, err := netlink.LinkByIndex(eth1.Attrs().Index); err != nil || l.Attrs().Name != "eth1" {
-		t.Errorf("link %d after RenameAll: %v, %v; want it still called eth1", eth1.Attrs().Index, l, err)
+	if l, err := rtnl.LinkByIndex(eth1.Index); err != nil || l.Name != "eth1" {
+		t.Errorf("link %d after RenameAll: %+v, %v; want it still called eth1", eth1.Index, l, err)
 	}
 
 	names := NewNames(renames)
