@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/bootlog"
+	"github.com/nbdroot/nbdroot/config"
 )
 
 func thpDisabled(t *testing.T) int {
@@ -136,5 +137,27 @@ func protectChild() {
 		fmt.Printf("protect: %d of %d threads are not I/O flushers: %s\n", len(missing), total, strings.Join(missing, ", "))
 	default:
 		fmt.Printf("protect: ok, all %d threads are I/O flushers\n", total)
+	}
+}
+
+func TestProcs(t *testing.T) {
+	for _, tc := range []struct {
+		tls         bool
+		conns, cpus int
+		want        int
+	}{
+		{false, 1, 64, 1},
+		{false, 8, 64, 1},
+		{true, 1, 64, 2},
+		{true, 4, 64, 8},
+		{true, 4, 2, 2},
+		{true, 1, 1, 1},
+		{true, 0, 4, 1},
+	} {
+		var s config.Spec
+		s.TLS.Enabled, s.Device.Connections = tc.tls, tc.conns
+		if got := procs(&s, tc.cpus); got != tc.want {
+			t.Errorf("procs(TLS %v, %d connections, %d CPUs) = %d, want %d", tc.tls, tc.conns, tc.cpus, got, tc.want)
+		}
 	}
 }
