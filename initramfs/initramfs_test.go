@@ -584,3 +584,38 @@ func TestWriteConfigErrors(t *testing.T) {
 
 // name is the archive name of an absolute host path.
 func name(p string) string { return strings.TrimPrefix(filepath.ToSlash(p), "/") }
+
+// TestWriteCompressorErrors checks what a missing or failing compressing
+// program gives: an error naming the program, and no process left behind
+// (Write closes the program's input on every path, so it ends).
+func TestWriteCompressorErrors(t *testing.T) {
+	f := newFixture(t)
+	t.Run("not installed", func(t *testing.T) {
+		t.Setenv("PATH", t.TempDir())
+		_, err := Write(context.Background(), io.Discard, f.options(Zstd))
+		if want := "zstd compression needs zstd(1), which is not installed"; err == nil || err.Error() != want {
+			t.Errorf("Write = %v, want %q", err, want)
+		}
+	})
+	t.Run("fails", func(t *testing.T) {
+		// An xz that exits at once with a message, as a full disk or a bad
+		// option would make it.
+		bin := t.TempDir()
+		if err := os.WriteFile(filepath.Join(bin, "xz"), []byte("#!/bin/sh\necho 'xz: out of memory' >&2\nexit 1\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+		_, err := Write(context.Background(), io.Discard, f.options(Xz))
+		if err == nil || !strings.Contains(err.Error(), "xz: exit status 1: xz: out of memory") {
+			t.Errorf("Write = %v, want xz's exit status and message", err)
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		testrig.Need(t, "zstd")
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := Write(ctx, io.Discard, f.options(Zstd)); err == nil {
+			t.Error("Write with a cancelled context succeeded")
+		}
+	})
+}
