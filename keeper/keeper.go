@@ -147,7 +147,7 @@ func (k *keeper) run(ctx context.Context, d *dial.Dialer) error {
 	var keepNetwork duty
 	if k.lease != nil {
 		keepNetwork = func(ctx context.Context) error {
-			err := network.Keep(ctx, k.log, k.lease, network.KeepOptions{})
+			err := network.Keep(ctx, k.log, k.lease, network.KeepOptions{OnChange: func(*network.Lease) { settle() }})
 			if ctx.Err() != nil {
 				return nil // the keeper is stopping: not this duty's failure
 			}
@@ -249,6 +249,16 @@ func (k *keeper) dialAll(ctx context.Context, d *dial.Dialer, iface config.Inter
 	return exp, conns, ep, nil
 }
 
+// settleDelay is how long after an event settle gives memory back: long
+// enough for the kernel to have the new socket and I/O to flow again.
+const settleDelay = time.Second
+
+// settle gives the heap that an event (a reconnect and its TLS handshake,
+// a DHCP renewal) leaves behind back to the kernel, a moment later and off
+// the path that resumes I/O: the keeper otherwise holds it until the
+// runtime's scavenger gets to it, for as long as the machine runs.
+func settle() { time.AfterFunc(settleDelay, debug.FreeOSMemory) }
+
 // reconnect dials until the export answers again with the same size, and
 // returns the connection, or an error once ctx ends. It never gives up on
 // its own: the device has nowhere else to go. A server that refuses (say, an
@@ -264,6 +274,7 @@ func (k *keeper) reconnect(ctx context.Context, d *dial.Dialer) (net.Conn, error
 					k.log.Printf(k.step, "failed over from %s to %s", k.state.Server, ep.Server())
 					k.state.Server = ep.Server()
 				}
+				settle()
 				return conn, nil
 			}
 			conn.Close()
