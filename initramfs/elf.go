@@ -10,9 +10,9 @@ import (
 
 // The few ELF facts checkStatic needs (include/uapi/linux/elf.h). They are
 // read here rather than with debug/elf, which would bring DWARF and a
-// zstd decoder for compressed sections into the binary that becomes /init
-// (0.15 MiB the keeper and the exitrd would hold in RAM) to read a header
-// and a table.
+// zstd decoder for compressed sections into the binary that becomes /init,
+// which the keeper and the exitrd hold in RAM, to read a header and a
+// table.
 const (
 	elfIdentSize = 16
 	elfClass32   = 1
