@@ -298,6 +298,20 @@ func TestWriteCompressionRoundTrip(t *testing.T) {
 					t.Errorf("xz stream flags % x: check type %#x, want CRC32 (0x01)", data[6:8], data[7])
 				}
 			}
+			if c == Zstd {
+				// The frame's window, which the kernel's unpacker
+				// allocates while the machine boots: the Window_Descriptor
+				// after the magic and the frame header descriptor (RFC
+				// 8878 3.1.1.1.2), present since zstd reads a pipe.
+				if len(data) < 6 || data[4]&0x20 != 0 {
+					t.Fatalf("zstd frame header % x: no window descriptor", data[:min(len(data), 6)])
+				}
+				exp, mantissa := data[5]>>3, data[5]&7
+				base := uint64(1) << (10 + exp)
+				if window := base + base/8*uint64(mantissa); window > 4<<20 {
+					t.Errorf("zstd window %d bytes, want at most 4 MiB (zstd -15)", window)
+				}
+			}
 		})
 	}
 	// Empty compression means gzip.

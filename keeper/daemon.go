@@ -259,8 +259,9 @@ const gcPercent = 25
 // which one CPU serves; over TLS each connection relays both ways through
 // the keeper, and gets up to two CPUs. Go's default of one P per CPU would
 // give a keeper on a 64-CPU server 64 per-P allocation caches, and up to
-// 16 GC workers' threads, for work that one thread serves (on a 2-CPU
-// guest, 1 P instead of 2 leaves about 0.2 MiB less resident).
+// 16 GC workers' threads, for work that one thread serves. (On the 2-CPU
+// test guest, one P instead of two left about 50 KiB less resident, one
+// boot each.)
 func procs(spec *config.Spec, cpus int) int {
 	if !spec.TLS.Enabled {
 		return 1
