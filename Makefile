@@ -12,6 +12,9 @@
 #   make bench-distro, test-distro  the Debian root (see below)
 
 GO        ?= go
+# BIN is where `make build` writes the binary; the QEMU tests build theirs
+# through this target (make build BIN=...), so that what they boot is what
+# `make` builds.
 BIN       := bin/nbdroot
 GOFLAGS   := -trimpath
 LDFLAGS   := -s -w
@@ -29,7 +32,7 @@ export CGO_ENABLED := 0
 all: build
 
 build:
-	@mkdir -p bin
+	@mkdir -p $(dir $(BIN))
 	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nbdroot
 
 # deps installs only what is missing, so a second run is quick and silent.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -158,6 +159,25 @@ func TestProcs(t *testing.T) {
 		s.TLS.Enabled, s.Device.Connections = tc.tls, tc.conns
 		if got := procs(&s, tc.cpus); got != tc.want {
 			t.Errorf("procs(TLS %v, %d connections, %d CPUs) = %d, want %d", tc.tls, tc.conns, tc.cpus, got, tc.want)
+		}
+	}
+}
+
+// TestWithGODEBUG: the keeper's settings join the GODEBUG it inherits, last
+// (the runtime takes the last of a repeated setting), and leave one GODEBUG.
+func TestWithGODEBUG(t *testing.T) {
+	for _, tc := range []struct {
+		env  []string
+		want []string
+	}{
+		{[]string{"PATH=/bin"}, []string{"PATH=/bin", "GODEBUG=memprofilerate=0"}},
+		{[]string{"GODEBUG=", "TERM=linux"}, []string{"TERM=linux", "GODEBUG=memprofilerate=0"}},
+		{[]string{"GODEBUG=madvdontneed=1,memprofilerate=512", "PATH=/bin"}, []string{"PATH=/bin", "GODEBUG=madvdontneed=1,memprofilerate=512,memprofilerate=0"}},
+		{[]string{"GODEBUG=a=1", "GODEBUG=b=2"}, []string{"GODEBUG=a=1,b=2,memprofilerate=0"}},
+		{[]string{"XGODEBUG=a=1"}, []string{"XGODEBUG=a=1", "GODEBUG=memprofilerate=0"}},
+	} {
+		if got := withGODEBUG(tc.env, keeperGODEBUG); !slices.Equal(got, tc.want) {
+			t.Errorf("withGODEBUG(%q) = %q, want %q", tc.env, got, tc.want)
 		}
 	}
 }

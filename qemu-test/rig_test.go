@@ -46,7 +46,12 @@ var buildRig = sync.OnceValues(func() (*rig, error) {
 		return nil, err
 	}
 	r := &rig{dir: dir, nbdroot: filepath.Join(dir, "nbdroot"), testinit: filepath.Join(dir, "testinit"), benchinit: filepath.Join(dir, "benchinit")}
-	for _, b := range []struct{ out, pkg string }{{r.nbdroot, "../cmd/nbdroot"}, {r.testinit, "./testinit"}, {r.benchinit, "./benchinit"}} {
+	// nbdroot is built by the Makefile's own target, so the flags a user's
+	// `make` builds with are the ones booted here.
+	if out, err := exec.Command("make", "-s", "-C", "..", "build", "BIN="+r.nbdroot).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("make build: %v\n%s", err, out)
+	}
+	for _, b := range []struct{ out, pkg string }{{r.testinit, "./testinit"}, {r.benchinit, "./benchinit"}} {
 		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", b.out, b.pkg)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -27,7 +27,11 @@ const (
 )
 
 // Header flags of the requests.
+// A get asks for no acknowledgement: the kernel answers with the object or
+// an error, and an acknowledgement after the object would be left unread
+// on a Conn's socket, to be taken for the next request's answer.
 const (
+	flagsGet     = netlink.Request
 	flagsRequest = netlink.Request | netlink.Acknowledge
 	flagsDump    = netlink.Request | netlink.Dump
 	flagsReplace = netlink.Request | netlink.Acknowledge | netlink.Create | netlink.Replace
@@ -217,14 +221,14 @@ func getLinkMessage(index int, name string) (netlink.Message, error) {
 		if err := checkIndex(index); err != nil {
 			return netlink.Message{}, err
 		}
-		return message(unix.RTM_GETLINK, flagsRequest, ifInfoMsg{Index: int32(index)}, nil)
+		return message(unix.RTM_GETLINK, flagsGet, ifInfoMsg{Index: int32(index)}, nil)
 	}
 	if err := checkName(name); err != nil {
 		return netlink.Message{}, err
 	}
 	ae := netlink.NewAttributeEncoder()
 	ae.String(unix.IFLA_IFNAME, name)
-	return message(unix.RTM_GETLINK, flagsRequest, ifInfoMsg{}, ae)
+	return message(unix.RTM_GETLINK, flagsGet, ifInfoMsg{}, ae)
 }
 
 // setUpMessage is RTM_NEWLINK setting IFF_UP and no other flag.

@@ -76,13 +76,13 @@ func TestRequests(t *testing.T) {
 		{
 			name: "link by index",
 			msg:  func() (netlink.Message, error) { return getLinkMessage(3, "") },
-			want: `20000000 1200 0500 00000000 00000000` + // RTM_GETLINK, request+ack
+			want: `20000000 1200 0100 00000000 00000000` + // RTM_GETLINK, request (no ack: the link is the answer)
 				`00 00 0000 03000000 00000000 00000000`, // ifi_index 3
 		},
 		{
 			name: "link by name",
 			msg:  func() (netlink.Message, error) { return getLinkMessage(0, "eth0") },
-			want: `2c000000 1200 0500 00000000 00000000` +
+			want: `2c000000 1200 0100 00000000 00000000` + // RTM_GETLINK, request
 				`00 00 0000 00000000 00000000 00000000` +
 				`0900 0300 65746830 00 000000`, // IFLA_IFNAME "eth0\0", padded
 		},

@@ -7,7 +7,10 @@
 //
 // Every function opens its own NETLINK_ROUTE socket, makes one request and
 // closes the socket: there is no state to share, and the functions may be
-// called from any goroutine. A failed request returns an *Error, through
+// called from any goroutine. A Conn (Dial) makes the same requests on one
+// socket it keeps, for a caller that asks again and again (the keeper's
+// guard), without opening a socket and its poller registration each time.
+// A failed request returns an *Error, through
 // which errors.Is finds the kernel's errno (unix.ENODEV, unix.EEXIST,
 // unix.ENETUNREACH, ...). Most requests need CAP_NET_ADMIN.
 //
@@ -21,6 +24,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/mdlayher/netlink"
@@ -136,9 +140,12 @@ type Route struct {
 
 // Links lists the links, in the order the kernel lists them (by index on
 // current kernels).
-func Links() ([]Link, error) {
+func Links() ([]Link, error) { return with(func(c *Conn) ([]Link, error) { return c.Links() }) }
+
+// Links is the package's Links on c.
+func (c *Conn) Links() ([]Link, error) {
 	const op = "list links"
-	msgs, err := dump(op, "", listLinksMessage)
+	msgs, err := c.dump(op, "", listLinksMessage)
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +166,12 @@ func Links() ([]Link, error) {
 // LinkByIndex returns the link with the index; when there is none, the
 // error satisfies errors.Is(err, unix.ENODEV).
 func LinkByIndex(index int) (Link, error) {
-	return getLink(indexName(index), index, "")
+	return with(func(c *Conn) (Link, error) { return c.LinkByIndex(index) })
+}
+
+// LinkByIndex is the package's LinkByIndex on c.
+func (c *Conn) LinkByIndex(index int) (Link, error) {
+	return c.getLink(indexName(index), index, "")
 }
 
 // LinkByName returns the link with the name (or alternative name); when
@@ -167,17 +179,22 @@ func LinkByIndex(index int) (Link, error) {
 // link can have (empty, or longer than 15 bytes) is an error without asking
 // the kernel.
 func LinkByName(name string) (Link, error) {
-	return getLink(name, 0, name)
+	return with(func(c *Conn) (Link, error) { return c.LinkByName(name) })
+}
+
+// LinkByName is the package's LinkByName on c.
+func (c *Conn) LinkByName(name string) (Link, error) {
+	return c.getLink(name, 0, name)
 }
 
 // getLink makes an RTM_GETLINK request for the index, or else the name.
-func getLink(link string, index int, name string) (Link, error) {
+func (c *Conn) getLink(link string, index int, name string) (Link, error) {
 	const op = "get link"
 	m, err := getLinkMessage(index, name)
 	if err != nil {
 		return Link{}, &Error{Op: op, Link: link, Err: err}
 	}
-	msgs, err := execute(op, link, m)
+	msgs, err := c.execute(op, link, m)
 	if err != nil {
 		return Link{}, err
 	}
@@ -194,39 +211,55 @@ func getLink(link string, index int, name string) (Link, error) {
 }
 
 // SetUp sets the link up (IFF_UP).
-func SetUp(index int) error {
-	return set("set up", index, func() (netlink.Message, error) { return setUpMessage(index) })
+func SetUp(index int) error { return do(func(c *Conn) error { return c.SetUp(index) }) }
+
+// SetUp is the package's SetUp on c.
+func (c *Conn) SetUp(index int) error {
+	return c.set("set up", index, func() (netlink.Message, error) { return setUpMessage(index) })
 }
 
 // SetName renames the link. The kernel refuses a name that is taken
 // (EEXIST); kernels before Linux 6.2 also refuse to rename a link that is
 // up (EBUSY).
 func SetName(index int, name string) error {
-	return set("set name "+name, index, func() (netlink.Message, error) { return setNameMessage(index, name) })
+	return do(func(c *Conn) error { return c.SetName(index, name) })
+}
+
+// SetName is the package's SetName on c.
+func (c *Conn) SetName(index int, name string) error {
+	return c.set("set name "+name, index, func() (netlink.Message, error) { return setNameMessage(index, name) })
 }
 
 // SetMTU sets the link's MTU.
-func SetMTU(index, mtu int) error {
-	return set("set MTU "+strconv.Itoa(mtu), index, func() (netlink.Message, error) { return setMTUMessage(index, mtu) })
+func SetMTU(index, mtu int) error { return do(func(c *Conn) error { return c.SetMTU(index, mtu) }) }
+
+// SetMTU is the package's SetMTU on c.
+func (c *Conn) SetMTU(index, mtu int) error {
+	return c.set("set MTU "+strconv.Itoa(mtu), index, func() (netlink.Message, error) { return setMTUMessage(index, mtu) })
 }
 
 // set makes the RTM_NEWLINK request that msg builds for the link.
-func set(op string, index int, msg func() (netlink.Message, error)) error {
+func (c *Conn) set(op string, index int, msg func() (netlink.Message, error)) error {
 	m, err := msg()
 	if err != nil {
 		return &Error{Op: op, Link: indexName(index), Err: err}
 	}
-	_, err = execute(op, indexName(index), m)
+	_, err = c.execute(op, indexName(index), m)
 	return err
 }
 
 // Addrs lists the IPv4 addresses of the link with the index.
 func Addrs(index int) ([]Addr, error) {
+	return with(func(c *Conn) ([]Addr, error) { return c.Addrs(index) })
+}
+
+// Addrs is the package's Addrs on c.
+func (c *Conn) Addrs(index int) ([]Addr, error) {
 	const op = "list addresses"
 	if err := checkIndex(index); err != nil {
 		return nil, &Error{Op: op, Link: indexName(index), Err: err}
 	}
-	msgs, err := dump(op, indexName(index), listAddrsMessage)
+	msgs, err := c.dump(op, indexName(index), listAddrsMessage)
 	if err != nil {
 		return nil, err
 	}
@@ -251,26 +284,32 @@ func Addrs(index int) ([]Addr, error) {
 // ReplaceAddr adds the address to its link, or updates its lifetimes if the
 // link has it already. Like iproute2's "brd +", it sets the broadcast
 // address (host bits all set) of a prefix shorter than /31.
-func ReplaceAddr(a Addr) error {
+func ReplaceAddr(a Addr) error { return do(func(c *Conn) error { return c.ReplaceAddr(a) }) }
+
+// ReplaceAddr is the package's ReplaceAddr on c.
+func (c *Conn) ReplaceAddr(a Addr) error {
 	op := "replace address " + a.Prefix.String()
 	m, err := replaceAddrMessage(a)
 	if err != nil {
 		return &Error{Op: op, Link: indexName(a.Index), Err: err}
 	}
-	_, err = execute(op, indexName(a.Index), m)
+	_, err = c.execute(op, indexName(a.Index), m)
 	return err
 }
 
 // DelAddr removes the address from its link; only Index and Prefix matter.
 // When the link does not have it, the error satisfies
 // errors.Is(err, unix.EADDRNOTAVAIL).
-func DelAddr(a Addr) error {
+func DelAddr(a Addr) error { return do(func(c *Conn) error { return c.DelAddr(a) }) }
+
+// DelAddr is the package's DelAddr on c.
+func (c *Conn) DelAddr(a Addr) error {
 	op := "delete address " + a.Prefix.String()
 	m, err := delAddrMessage(a)
 	if err != nil {
 		return &Error{Op: op, Link: indexName(a.Index), Err: err}
 	}
-	_, err = execute(op, indexName(a.Index), m)
+	_, err = c.execute(op, indexName(a.Index), m)
 	return err
 }
 
@@ -278,11 +317,16 @@ func DelAddr(a Addr) error {
 // unix.RT_TABLE_MAIN). Local, broadcast and other route types are left
 // out, so the local table's routes never appear.
 func Routes(table uint32) ([]Route, error) {
+	return with(func(c *Conn) ([]Route, error) { return c.Routes(table) })
+}
+
+// Routes is the package's Routes on c.
+func (c *Conn) Routes(table uint32) ([]Route, error) {
 	const op = "list routes"
 	if table == 0 {
 		table = unix.RT_TABLE_MAIN
 	}
-	msgs, err := dump(op, "", listRoutesMessage)
+	msgs, err := c.dump(op, "", listRoutesMessage)
 	if err != nil {
 		return nil, err
 	}
@@ -306,7 +350,10 @@ func Routes(table uint32) ([]Route, error) {
 // ReplaceRoute adds the route, or replaces the one of its table with the
 // same destination. The kernel refuses a gateway it cannot reach through
 // the link, e.g. while the link has no carrier, with ENETUNREACH.
-func ReplaceRoute(r Route) error {
+func ReplaceRoute(r Route) error { return do(func(c *Conn) error { return c.ReplaceRoute(r) }) }
+
+// ReplaceRoute is the package's ReplaceRoute on c.
+func (c *Conn) ReplaceRoute(r Route) error {
 	op := "replace route " + r.Dst.String()
 	if r.Gateway.IsValid() {
 		op += " via " + r.Gateway.Unmap().String()
@@ -319,55 +366,115 @@ func ReplaceRoute(r Route) error {
 	if err != nil {
 		return &Error{Op: op, Link: link, Err: err}
 	}
-	_, err = execute(op, link, m)
+	_, err = c.execute(op, link, m)
 	return err
 }
 
-// dial opens a NETLINK_ROUTE socket for one request.
-func dial() (*netlink.Conn, error) {
-	c, err := netlink.Dial(unix.NETLINK_ROUTE, nil)
-	if err != nil {
-		return nil, err
-	}
-	// Extended acknowledgements carry the kernel's reason for a refusal
-	// when it gives one; kernels without them still work.
-	_ = c.SetOption(netlink.ExtendedAcknowledge, true)
-	if err := c.SetDeadline(time.Now().Add(requestTimeout)); err != nil {
-		c.Close()
-		return nil, err
+// Conn is a NETLINK_ROUTE socket kept for many requests. Its methods are
+// the package's functions; they take turns, so a Conn may be shared
+// between goroutines. A request the kernel refuses leaves the socket as it
+// is; one that fails otherwise (a timeout, an answer out of sequence)
+// closes it, and the next request opens a new one.
+type Conn struct {
+	mu sync.Mutex
+	c  *netlink.Conn // nil after a failure, until the next request
+}
+
+// Dial opens a Conn.
+func Dial() (*Conn, error) {
+	c := &Conn{}
+	if err := c.open(); err != nil {
+		return nil, &Error{Op: "open socket", Err: err}
 	}
 	return c, nil
 }
 
-// execute sends m on a socket of its own and returns the kernel's answer,
-// errors wrapped in an *Error for op on link.
-func execute(op, link string, m netlink.Message) ([]netlink.Message, error) {
-	c, err := dial()
+// open opens c's socket.
+func (c *Conn) open() error {
+	nc, err := netlink.Dial(unix.NETLINK_ROUTE, nil)
 	if err != nil {
-		return nil, &Error{Op: op, Link: link, Err: err}
+		return err
+	}
+	// Extended acknowledgements carry the kernel's reason for a refusal
+	// when it gives one; kernels without them still work.
+	_ = nc.SetOption(netlink.ExtendedAcknowledge, true)
+	c.c = nc
+	return nil
+}
+
+// Close closes the socket.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.c == nil {
+		return nil
+	}
+	err := c.c.Close()
+	c.c = nil
+	return err
+}
+
+// with runs fn on a Conn of its own.
+func with[T any](fn func(*Conn) (T, error)) (T, error) {
+	c, err := Dial()
+	if err != nil {
+		var zero T
+		return zero, err
 	}
 	defer c.Close()
-	msgs, err := c.Execute(m)
+	return fn(c)
+}
+
+// do is with for a request that returns only an error.
+func do(fn func(*Conn) error) error {
+	_, err := with(func(c *Conn) (struct{}, error) { return struct{}{}, fn(c) })
+	return err
+}
+
+// execute sends m and returns the kernel's answer, within requestTimeout,
+// errors wrapped in an *Error for op on link.
+func (c *Conn) execute(op, link string, m netlink.Message) ([]netlink.Message, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	msgs, err := c.executeLocked(m)
 	if err != nil {
 		return nil, &Error{Op: op, Link: link, Err: err}
 	}
 	return msgs, nil
 }
 
+// executeLocked is one request and its answer, within requestTimeout. An
+// error that is not the kernel's answer (an errno) drops the socket, which
+// may still hold a late answer.
+func (c *Conn) executeLocked(m netlink.Message) ([]netlink.Message, error) {
+	if c.c == nil {
+		if err := c.open(); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.c.SetDeadline(time.Now().Add(requestTimeout)); err != nil {
+		return nil, err
+	}
+	msgs, err := c.c.Execute(m)
+	var errno unix.Errno
+	if err != nil && !errors.As(err, &errno) {
+		c.c.Close()
+		c.c = nil
+	}
+	return msgs, err
+}
+
 // dump is execute for the dump request that build builds: it asks again
 // while the kernel reports the dump interrupted by a change.
-func dump(op, link string, build func() (netlink.Message, error)) ([]netlink.Message, error) {
+func (c *Conn) dump(op, link string, build func() (netlink.Message, error)) ([]netlink.Message, error) {
 	m, err := build()
 	if err != nil {
 		return nil, &Error{Op: op, Link: link, Err: err}
 	}
-	c, err := dial()
-	if err != nil {
-		return nil, &Error{Op: op, Link: link, Err: err}
-	}
-	defer c.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for range dumpTries {
-		msgs, err := c.Execute(m)
+		msgs, err := c.executeLocked(m)
 		if err != nil {
 			return nil, &Error{Op: op, Link: link, Err: err}
 		}

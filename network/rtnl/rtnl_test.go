@@ -223,6 +223,8 @@ func live(t *testing.T) {
 		t.Logf("ReplaceRoute via an unreachable gateway: %v", err)
 	}
 
+	connSweeps(t, a0, def)
+
 	if err := DelAddr(addr); err != nil {
 		t.Fatal(err)
 	}
@@ -377,5 +379,48 @@ func waitCarrier(t *testing.T, index int) {
 			t.Fatalf("%s: no carrier within 5s", l.Name)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// connSweeps makes the guard's requests on one Conn, as it does every few
+// seconds, in every order and with refusals between them: each answer must
+// be the one asked for, not a leftover of the request before (a get
+// answered with an acknowledgement after the object once left one).
+func connSweeps(t *testing.T, link Link, def Route) {
+	t.Helper()
+	c, err := Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addr := Addr{Index: link.Index, Prefix: netip.MustParsePrefix("10.9.0.2/24")}
+	for i := range 3 {
+		if l, err := c.LinkByIndex(link.Index); err != nil || l.Name != link.Name {
+			t.Fatalf("sweep %d: LinkByIndex: %+v, %v", i, l, err)
+		}
+		if l, err := c.LinkByName(link.Name); err != nil || l.Index != link.Index {
+			t.Fatalf("sweep %d: LinkByName: %+v, %v", i, l, err)
+		}
+		if err := c.SetUp(link.Index); err != nil {
+			t.Fatalf("sweep %d: SetUp: %v", i, err)
+		}
+		if got, err := c.Addrs(link.Index); err != nil || len(got) != 1 || got[0].Prefix != addr.Prefix {
+			t.Fatalf("sweep %d: Addrs: %+v, %v", i, got, err)
+		}
+		if err := c.ReplaceAddr(addr); err != nil {
+			t.Fatalf("sweep %d: ReplaceAddr: %v", i, err)
+		}
+		if _, err := c.LinkByName("nosuch0"); !errors.Is(err, unix.ENODEV) {
+			t.Fatalf("sweep %d: LinkByName of no link: %v, want ENODEV", i, err)
+		}
+		if routes, err := c.Routes(unix.RT_TABLE_MAIN); err != nil || !slices.Contains(routes, def) {
+			t.Fatalf("sweep %d: Routes: %+v, %v; want %+v among them", i, routes, err, def)
+		}
+		if err := c.ReplaceRoute(def); err != nil {
+			t.Fatalf("sweep %d: ReplaceRoute: %v", i, err)
+		}
+		if links, err := c.Links(); err != nil || len(links) != 3 {
+			t.Fatalf("sweep %d: Links: %+v, %v", i, links, err)
+		}
 	}
 }

@@ -33,7 +33,9 @@
 // isolation). The request is also written to /dev/kmsg
 // ("nbdroot-distro: request=ACTION") so that its printk timestamp can be
 // compared with the kernel's final "reboot:" line, and then the helper runs
-// `systemctl ACTION` (poweroff or reboot, distro.action).
+// `systemctl ACTION` (poweroff or reboot, distro.action). With
+// distro.keeper_at=SECONDS the keeper's report waits until the system has
+// been up that long (the issue measures the keeper's memory at 60 s).
 package main
 
 import (
@@ -90,6 +92,9 @@ func main() {
 	}
 	if action == "" {
 		action = "poweroff"
+	}
+	if at := float64(intArg(args, "distro.keeper_at", 0)); uptime() < at {
+		time.Sleep(time.Duration((at - uptime()) * float64(time.Second)))
 	}
 	o.keeper()
 	// The kernel log line gives the request a printk timestamp on the
