@@ -211,6 +211,8 @@ func distroBoot(t *testing.T, tc distroCase) {
 	// (keeper.withoutTHP): a 2 MiB page would hold a few KiB.
 	d.want("the keeper holds no transparent huge page", `DISTRO: keeper pid=.* rollup.AnonHugePages=0kB`, `DISTRO: keeper pid=`)
 	d.want("every keeper thread is an I/O flusher", `DISTRO: keeper pid=.* unflushed=0 `, `DISTRO: keeper pid=`)
+	// Its starter turns Go's memory profiler off (keeper.keeperGODEBUG).
+	d.want("the keeper runs without the memory profiler", `DISTRO: keeper pid=.* godebug=(\S+,)?memprofilerate=0 `, `DISTRO: keeper pid=`)
 	// systemd's shutdown warns about an @ process running from the root
 	// file system: the keeper runs from the initrd (/run/initramfs).
 	d.wantNot("the keeper runs from the initrd", `has been marked to be excluded from killing`, `excluded from killing`)

@@ -132,7 +132,14 @@ func (o out) keeper() {
 			}
 		}
 		root, _ := os.Readlink("/proc/" + pid + "/root")
-		o.say("keeper pid=%s %s waits=%s unflushed=%d root=%s t=%.3f", pid, strings.Join(mem, " "), threadWaits(pid), unflushed(pid), root, uptime())
+		godebug := "none"
+		env, _ := os.ReadFile("/proc/" + pid + "/environ")
+		for _, kv := range strings.Split(string(env), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+				godebug = v
+			}
+		}
+		o.say("keeper pid=%s %s waits=%s unflushed=%d godebug=%s root=%s t=%.3f", pid, strings.Join(mem, " "), threadWaits(pid), unflushed(pid), godebug, root, uptime())
 		o.smaps(pid)
 	}
 }
