@@ -414,13 +414,10 @@ func (c *Conn) Close() error {
 	return err
 }
 
-// with runs fn on a Conn of its own.
+// with runs fn on a Conn of its own. The socket opens at fn's request, so
+// that failing to open it is an *Error naming the request.
 func with[T any](fn func(*Conn) (T, error)) (T, error) {
-	c, err := Dial()
-	if err != nil {
-		var zero T
-		return zero, err
-	}
+	c := &Conn{}
 	defer c.Close()
 	return fn(c)
 }
