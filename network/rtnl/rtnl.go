@@ -10,9 +10,9 @@
 // called from any goroutine. A Conn (Dial) makes the same requests on one
 // socket it keeps, for a caller that asks again and again (the keeper's
 // guard), without opening a socket and its poller registration each time.
-// A failed request returns an *Error, through
-// which errors.Is finds the kernel's errno (unix.ENODEV, unix.EEXIST,
-// unix.ENETUNREACH, ...). Most requests need CAP_NET_ADMIN.
+// A failed request returns an *Error, through which errors.Is finds the
+// kernel's errno (unix.ENODEV, unix.EEXIST, unix.ENETUNREACH, ...). Most
+// requests need CAP_NET_ADMIN.
 //
 // Only IPv4 is handled: nbdroot configures the root's network with DHCPv4
 // or a static IPv4 address.

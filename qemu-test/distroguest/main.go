@@ -93,8 +93,8 @@ func main() {
 	if action == "" {
 		action = "poweroff"
 	}
-	if at := float64(intArg(args, "distro.keeper_at", 0)); uptime() < at {
-		time.Sleep(time.Duration((at - uptime()) * float64(time.Second)))
+	if wait := float64(intArg(args, "distro.keeper_at", 0)) - uptime(); wait > 0 {
+		time.Sleep(time.Duration(wait * float64(time.Second)))
 	}
 	o.keeper()
 	// The kernel log line gives the request a printk timestamp on the
