@@ -345,8 +345,10 @@ func (b *batch) nbdOpts(opts string) {
 			// shutdown's killing spree.
 		case !hasVal && (name == "nonetlink" || name == "L"):
 			b.add(assign{"device.interface", string(InterfaceIoctl)})
+		case !hasVal && (name == "swap" || name == "s"):
+			b.add(assign{"device.swap", true})
 		case key == "" || !hasVal:
-			b.fail(fmt.Errorf("%s is not supported (want ro, persist, systemd-mark, nonetlink, timeout=SECONDS, bs=BYTES or connections=N)", what))
+			b.fail(fmt.Errorf("%s is not supported (want ro, persist, systemd-mark, nonetlink, swap, timeout=SECONDS, bs=BYTES or connections=N)", what))
 		case err != nil:
 			b.fail(fmt.Errorf("%s: %q is not an integer", what, val))
 		case key != "device.timeout":

@@ -125,8 +125,8 @@ func TestSchema(t *testing.T) {
 		}
 		seen[k.name] = true
 	}
-	if len(seen) != 39 { // the 39 keys of docs/nbdroot.toml
-		t.Errorf("%d keys, want 39", len(seen))
+	if len(seen) != 40 { // the 40 keys of docs/nbdroot.toml
+		t.Errorf("%d keys, want 40", len(seen))
 	}
 	for _, tc := range []struct{ name, alias string }{{"root.fstype", "rootfstype"}, {"root.flags", "rootflags"}, {"root.init", "init"}} {
 		if k := keyIndex()[tc.name]; k.alias != tc.alias {

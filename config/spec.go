@@ -168,6 +168,12 @@ type Device struct {
 	// Attach the device read-only. A read-only device with a read-write
 	// root needs overlay = "tmpfs".
 	ReadOnly bool `toml:"read_only"`
+	// The device holds swap (a swap partition, or a swap file on its
+	// file system): the keeper locks itself in memory, as nbd-client's
+	// -swap does, so that it never waits on the device it serves to page
+	// itself back in. The keeper's whole binary then stays resident, and
+	// its heap is never given back. Command line: the NBD option swap.
+	Swap bool `toml:"swap"`
 }
 
 // NetworkMode says how the network is configured.

@@ -259,9 +259,18 @@ func Main() error {
 	}
 	log.Debugf(k.step, "started %.3fs after the fork; root %s", startup.Seconds(), cmp.Or(a.Root, "/"))
 	var err error
-	if derr != nil {
+	if a.Spec.Device.Swap {
+		if n, lerr := lockMemory(); lerr != nil {
+			err = k.fail("lock memory", fmt.Errorf("device.swap: %w", lerr))
+		} else {
+			log.Printf(k.step, "device.swap: locked in memory (the binary's %d KiB resident)", n>>10)
+		}
+	}
+	switch {
+	case err != nil:
+	case derr != nil:
 		err = k.fail("connect", derr)
-	} else {
+	default:
 		err = k.run(ctx, d)
 	}
 	if err != nil {

@@ -27,6 +27,7 @@ func attachKeys() []attachKey {
 		{"interface", "device.interface", "kernel interface `auto|netlink|ioctl`"},
 		{"connections", "device.connections", "`N` connections (netlink, if the server allows several)"},
 		{"read-only", "device.read_only", "attach read-only"},
+		{"swap", "device.swap", "the device holds swap: the keeper locks itself in memory (nbd-client's -swap)"},
 		{"block-size", "device.block_size", "logical block size `N`, a power of two 512..4096 (default: the server's minimum, at least 512)"},
 		{"request-timeout", "device.timeout", "per-request timeout `DUR` (default: the kernel's; 5s with netlink)"},
 		{"dead-conn-timeout", "device.dead_conn_timeout", "how long I/O waits for a reconnect, `DUR` (netlink)"},

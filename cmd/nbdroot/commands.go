@@ -46,7 +46,7 @@ func commands() []command {
 			summary:  "list a server's exports with their metadata contexts (the export name in SPEC is ignored)",
 			doc:      specDoc + "\n" + tlsDoc},
 		{name: "attach", flags: attachFlags,
-			synopsis: []string{"[list's flags] [--interface auto|netlink|ioctl] [--connections N] [--read-only] [--block-size N]" +
+			synopsis: []string{"[list's flags] [--interface auto|netlink|ioctl] [--connections N] [--read-only] [--swap] [--block-size N]" +
 				" [--request-timeout DUR] [--dead-conn-timeout DUR] [--deadline DUR] SPEC [/dev/nbdN]"},
 			summary: "attach an export, held by a keeper process, and print the device",
 			doc:     specDoc + "\n" + tlsDoc},
