@@ -23,6 +23,9 @@ func say(format string, a ...any) {
 }
 
 func main() {
+	if mib := os.Getenv(hogEnv); mib != "" {
+		hogMain(mib)
+	}
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
 	say("uptime=%.3f", float64(ts.Nano())/1e9)
@@ -54,6 +57,8 @@ func main() {
 		failover(args)
 	case "clients":
 		clients(args)
+	case "swap":
+		swapMode(args)
 	default:
 		token := args["testinit.token"]
 		if err := writeSynced("/nbdroot-test/written", token); err != nil {
