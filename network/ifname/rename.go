@@ -9,9 +9,11 @@ import (
 	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
-// ErrLinkUp is the cause of a LinkError for a link that is up: the kernel
-// renames only links that are down.
-var ErrLinkUp = errors.New("the link is up, and the kernel renames only links that are down")
+// ErrLinkUp is the cause of a LinkError for a link that is up: somebody
+// brought it up under the name it has, so it keeps it. (Linux before 6.2
+// refuses to rename a link that is up; later kernels rename it under its
+// user's feet.)
+var ErrLinkUp = errors.New("the link is up, and nbdroot renames only links that are down")
 
 // Rename is one link RenameAll renamed.
 type Rename struct {
