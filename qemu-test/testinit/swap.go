@@ -102,23 +102,16 @@ func makeSwapFile(path string, mib int) error {
 	return f.Sync()
 }
 
-func swapon(path string) error {
-	p, err := unix.BytePtrFromString(path)
-	if err != nil {
-		return err
-	}
-	if _, _, errno := unix.Syscall(unix.SYS_SWAPON, uintptr(unsafe.Pointer(p)), 0, 0); errno != 0 {
-		return errno
-	}
-	return nil
-}
+func swapon(path string) error  { return swapCall(unix.SYS_SWAPON, path) }
+func swapoff(path string) error { return swapCall(unix.SYS_SWAPOFF, path) }
 
-func swapoff(path string) error {
+// swapCall is swapon(2) or swapoff(2), nr, on path (no flags).
+func swapCall(nr uintptr, path string) error {
 	p, err := unix.BytePtrFromString(path)
 	if err != nil {
 		return err
 	}
-	if _, _, errno := unix.Syscall(unix.SYS_SWAPOFF, uintptr(unsafe.Pointer(p)), 0, 0); errno != 0 {
+	if _, _, errno := unix.Syscall(nr, uintptr(unsafe.Pointer(p)), 0, 0); errno != 0 {
 		return errno
 	}
 	return nil
