@@ -219,8 +219,9 @@ func TestBootMultiConnRefused(t *testing.T) {
 	c.must(t, `one connection, not 4: the server does not allow multiple connections \(no CAN_MULTI_CONN\)`, `1 connection\(s\), netlink`)
 }
 
-// TestAttachStatusDetachInGuest runs nbdroot attach, status and detach on
-// the booted system against a second export.
+// TestAttachStatusDetachInGuest runs nbdroot attach (with --swap: its
+// keeper locked in memory), status and detach on the booted system against
+// a second export.
 func TestAttachStatusDetachInGuest(t *testing.T) {
 	r := setup(t)
 	img := r.rootImageWith(t, r.testinit, 64<<20, map[string]string{"usr/sbin/nbdroot": r.nbdroot})
@@ -230,6 +231,8 @@ func TestAttachStatusDetachInGuest(t *testing.T) {
 	rootReached(t, c, "ro")
 	c.must(t,
 		`TESTINIT: attach=/dev/nbd1 err=ok`,
+		// At least the binary, locked whole (the rest is checked below).
+		`TESTINIT: attach keeper Locked=([4-9]\d{3}|\d{5,})kB Rss=\d+kB`,
 		`TESTINIT: status: DEVICE\s+SERVER\s+EXPORT`,
 		`TESTINIT: status: /dev/nbd0\s+10\.0\.2\.2:\d+\s+rootfs\s+64 MiB\s+netlink\s+1\s+false\s+\d+\s+0\s+connected`,
 		`TESTINIT: status: /dev/nbd1\s+10\.0\.2\.2:\d+\s+second\s+16 MiB\s+netlink\s+1\s+false\s+\d+\s+0\s+connected`,
@@ -238,6 +241,16 @@ func TestAttachStatusDetachInGuest(t *testing.T) {
 		`TESTINIT: status-after: /dev/nbd0 `,
 	)
 	c.mustNot(t, `TESTINIT: status-after: /dev/nbd1`)
+	m := regexp.MustCompile(`TESTINIT: attach keeper Locked=(\d+)kB Rss=(\d+)kB`).FindStringSubmatch(string(c))
+	if m == nil {
+		return // must matched it above; this cannot happen
+	}
+	locked, _ := strconv.Atoi(m[1])
+	rss, _ := strconv.Atoi(m[2])
+	if locked < rss-64 { // all of it but the vDSO
+		t.Errorf("attach --swap: the keeper has %d of its %d kB resident locked", locked, rss)
+	}
+	t.Logf("attach --swap: the keeper has %d of its %d kB resident locked", locked, rss)
 }
 
 // TestBootPartition mounts the root from the first partition of the export

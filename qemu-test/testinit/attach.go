@@ -7,17 +7,20 @@ import (
 	"strings"
 )
 
-// attachScenario runs nbdroot's attach, status and detach from the booted
-// root against a second export (testinit.attach=SPEC), whose image holds
-// testrig.RawImage's pattern: each 8-byte word its index in hex.
+// attachScenario runs nbdroot's attach (with --swap), status and detach
+// from the booted root against a second export (testinit.attach=SPEC),
+// whose image holds testrig.RawImage's pattern: each 8-byte word its index
+// in hex.
 func attachScenario(args map[string]string) {
 	const nbdroot = "/usr/sbin/nbdroot"
-	out, err := run(nbdroot, "attach", args["testinit.attach"])
+	out, err := run(nbdroot, "attach", "--swap", args["testinit.attach"])
 	say("attach=%s err=%s", out, errName(err))
 	if err != nil {
 		return
 	}
 	dev := out
+	kb := rollupKB(pidByArgv0("nbdroot-keeper"))
+	say("attach keeper Locked=%dkB Rss=%dkB", kb["Locked"], kb["Rss"])
 	status, err := run(nbdroot, "status")
 	for _, l := range strings.Split(status, "\n") {
 		say("status: %s", l)
@@ -30,6 +33,18 @@ func attachScenario(args map[string]string) {
 	for _, l := range strings.Split(status, "\n") {
 		say("status-after: %s", l)
 	}
+}
+
+// pidByArgv0 returns the pid of a process whose argv[0] is name, or "".
+func pidByArgv0(name string) string {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if argv0, _, _ := strings.Cut(string(b), "\x00"); err == nil && argv0 == name {
+			return e.Name()
+		}
+	}
+	return ""
 }
 
 // run runs a command and returns its trimmed combined output.
