@@ -21,8 +21,9 @@ const hogEnv = "TESTINIT_HOG_MIB"
 // root keeper's memory. Console lines:
 //
 //	TESTINIT: swap on=ok|ERRNO mib=N t=UPTIME
-//	TESTINIT: swap hog exit=ok|ERR swapped_kb=N t=UPTIME (swap in use at the hog's peak)
-//	TESTINIT: swap keeper Swap=NkB Locked=NkB Rss=NkB
+//	TESTINIT: swap hog swapped_kb=N t=UPTIME  (the hog: swap in use at its peak)
+//	TESTINIT: swap hog exit=ok|ERR t=UPTIME
+//	TESTINIT: swap keeper Swap=NkB Locked=NkB Rss=NkB  (its smaps_rollup)
 //	TESTINIT: swap off=ok|ERRNO io=ok|FAIL(...)
 //
 // testinit.swap_mib sizes the swap file, testinit.hog_mib the hog.
