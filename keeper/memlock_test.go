@@ -71,10 +71,10 @@ func FuzzParseMaps(f *testing.F) {
 // TestGuestLockMemory checks that lockMemory locks the executable whole,
 // every page the process has and every page it touches later, and makes
 // resident nothing it only reserved (the Go runtime reserves hundreds of
-// MiB it never touches). It runs in
-// a child (this test binary again), so that the test process stays
-// unlocked; it needs CAP_IPC_LOCK, so it runs in qemu-test's TestGuest,
-// and a host without that capability skips it.
+// MiB it never touches). It runs in a child (this test binary again), so
+// that the test process stays unlocked. It needs CAP_IPC_LOCK: a host
+// without it skips, and qemu-test's TestGuest, which requires it to pass,
+// runs it inside the guest in CI.
 func TestGuestLockMemory(t *testing.T) {
 	if os.Getenv("NBDROOT_TEST_MEMLOCK") == "1" {
 		lockChild()
