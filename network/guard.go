@@ -9,19 +9,29 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
-// Guard timing: a sweep runs at every rtnetlink event on any link and
-// every guardSweep besides (in case the kernel dropped events); a kind of
-// restoration is logged at most once per guardLogEvery.
+// Guard timing: a sweep runs at every rtnetlink event on any link, and
+// every guardSweep besides; a kind of restoration is logged at most once
+// per guardLogEvery.
+//
+// The events are what the guard relies on. The kernel reports a change to
+// a link, an address or a route; the routes it drops on its own when their
+// link goes down or their address goes are not reported one by one, but
+// the link's or the address's own event is. When the kernel drops events
+// (the socket's buffer overflowed), the subscription fails with ENOBUFS,
+// and the guard sweeps and subscribes again. The timed sweep is insurance
+// against what nobody foresaw, so it is rare: at the 5 s it once was,
+// twelve of a Debian root's nineteen sweeps in its first minute were timed
+// ones, each leaving garbage behind.
 const (
-	guardSweep    = 5 * time.Second
-	guardLogEvery = time.Minute
+	guardSweep       = time.Minute
+	guardResubscribe = 5 * time.Second // after a failed subscription
+	guardLogEvery    = time.Minute
 )
 
 // Guard keeps the root link up, the lease's address on it and, when no
@@ -38,9 +48,10 @@ type Guard struct {
 
 	// sweeping serialises sweeps; conn, the socket they ask rtnetlink
 	// on, is opened by the first and closed when Run returns. One socket
-	// for the keeper's life: a socket per request made 33 KiB of garbage
-	// a sweep (19 KiB on one socket, on the host), which lifted a Debian
-	// root's keeper heap 11.8 KiB/s (3.7–5.4 KiB/s on one socket).
+	// for the keeper's life, its buffers reused: a socket per request made
+	// 33 KiB of garbage a sweep on the host, one socket 14 KiB, and its
+	// reused buffers 2.6 KiB; the garbage is what lifts the keeper's heap
+	// to its next collection.
 	sweeping sync.Mutex
 	conn     *rtnl.Conn
 }
@@ -77,24 +88,24 @@ func (g *Guard) Run(ctx context.Context) error {
 // through Go's poller: a keeper holds no thread blocked in recvfrom for it.
 // The events are only a cue to sweep, so they are not decoded.
 func (g *Guard) watch(ctx context.Context) error {
-	c, err := netlink.Dial(unix.NETLINK_ROUTE, &netlink.Config{Groups: unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV4_ROUTE})
+	sub, err := rtnl.Subscribe(unix.RTMGRP_LINK | unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV4_ROUTE)
 	if err != nil {
-		// Log it and wait a sweep interval, so that Run subscribes again.
-		g.log.Errorf("network", "guard: rtnetlink subscription: %v", err)
+		// Log it and wait, so that Run subscribes again.
+		g.log.Errorf("network", "guard: %v", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(guardSweep):
+		case <-time.After(guardResubscribe):
 			return nil
 		}
 	}
 	done := make(chan struct{})
-	defer func() { close(done); c.Close() }()
+	defer func() { close(done); sub.Close() }()
 	events := make(chan struct{}, 1)
 	failed := make(chan error, 1)
 	go func() {
 		for {
-			if _, err := c.Receive(); err != nil {
+			if err := sub.Wait(); err != nil {
 				failed <- err // ENOBUFS (events were dropped), or closed by watch
 				return
 			}

@@ -639,14 +639,3 @@ func TestError(t *testing.T) {
 		}
 	}
 }
-
-func TestInterrupted(t *testing.T) {
-	msgs := []netlink.Message{{Header: netlink.Header{Flags: netlink.Multi}}, {Header: netlink.Header{Flags: netlink.Multi}}}
-	if interrupted(msgs) {
-		t.Error("interrupted without NLM_F_DUMP_INTR")
-	}
-	msgs[1].Header.Flags |= netlink.DumpInterrupted
-	if !interrupted(msgs) {
-		t.Error("not interrupted with NLM_F_DUMP_INTR")
-	}
-}

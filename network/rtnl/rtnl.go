@@ -1,15 +1,19 @@
 // Package rtnl is the small rtnetlink client of the network step and the
 // keeper's guard: list and look up links, set a link up, rename it, set its
 // MTU, list, replace and delete its IPv4 addresses, and list and replace
-// IPv4 routes. That is all nbdroot asks of rtnetlink, and it is built on
-// github.com/mdlayher/netlink, so that one netlink library serves the whole
-// binary (package netlink drives the nbd driver with it too).
+// IPv4 routes, and wake at its notifications (Subscribe). That is all
+// nbdroot asks of rtnetlink, and it is built on github.com/mdlayher/
+// netlink's sockets and records, so that one netlink library serves the
+// whole binary (package netlink drives the nbd driver with it too); the
+// requests and answers themselves go through the socket's raw connection,
+// into buffers a Conn reuses (exchange.go).
 //
 // Every function opens its own NETLINK_ROUTE socket, makes one request and
 // closes the socket: there is no state to share, and the functions may be
 // called from any goroutine. A Conn (Dial) makes the same requests on one
 // socket it keeps, for a caller that asks again and again (the keeper's
-// guard), without opening a socket and its poller registration each time.
+// guard), without opening a socket and its poller registration each time,
+// and without garbage but the records it returns.
 // A failed request returns an *Error, through which errors.Is finds the
 // kernel's errno (unix.ENODEV, unix.EEXIST, unix.ENETUNREACH, ...). Most
 // requests need CAP_NET_ADMIN.
@@ -145,20 +149,17 @@ func Links() ([]Link, error) { return with(func(c *Conn) ([]Link, error) { retur
 // Links is the package's Links on c.
 func (c *Conn) Links() ([]Link, error) {
 	const op = "list links"
-	msgs, err := c.dump(op, "", listLinksMessage)
-	if err != nil {
-		return nil, err
-	}
 	var out []Link
-	for _, m := range msgs {
+	err := c.dump(op, "", listLinksMessage, func() { out = out[:0] }, func(m netlink.Message) error {
 		if m.Header.Type != unix.RTM_NEWLINK {
-			continue
+			return nil
 		}
 		l, err := parseLink(m.Data)
-		if err != nil {
-			return nil, &Error{Op: op, Err: err}
-		}
 		out = append(out, l)
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -194,20 +195,24 @@ func (c *Conn) getLink(link string, index int, name string) (Link, error) {
 	if err != nil {
 		return Link{}, &Error{Op: op, Link: link, Err: err}
 	}
-	msgs, err := c.execute(op, link, m)
-	if err != nil {
-		return Link{}, err
-	}
-	for _, m := range msgs {
-		if m.Header.Type == unix.RTM_NEWLINK {
-			l, err := parseLink(m.Data)
-			if err != nil {
-				return Link{}, &Error{Op: op, Link: link, Err: err}
-			}
-			return l, nil
+	var l Link
+	found := false
+	err = c.execute(op, link, m, func(m netlink.Message) error {
+		if m.Header.Type != unix.RTM_NEWLINK || found {
+			return nil
 		}
+		found = true
+		var perr error
+		l, perr = parseLink(m.Data)
+		return perr
+	})
+	switch {
+	case err != nil:
+		return Link{}, err
+	case !found:
+		return Link{}, &Error{Op: op, Link: link, Err: errors.New("the kernel's answer has no link")}
 	}
-	return Link{}, &Error{Op: op, Link: link, Err: errors.New("the kernel's answer has no link")}
+	return l, nil
 }
 
 // SetUp sets the link up (IFF_UP).
@@ -244,8 +249,7 @@ func (c *Conn) set(op string, index int, msg func() (netlink.Message, error)) er
 	if err != nil {
 		return &Error{Op: op, Link: indexName(index), Err: err}
 	}
-	_, err = c.execute(op, indexName(index), m)
-	return err
+	return c.execute(op, indexName(index), m, ignore)
 }
 
 // Addrs lists the IPv4 addresses of the link with the index.
@@ -259,24 +263,21 @@ func (c *Conn) Addrs(index int) ([]Addr, error) {
 	if err := checkIndex(index); err != nil {
 		return nil, &Error{Op: op, Link: indexName(index), Err: err}
 	}
-	msgs, err := c.dump(op, indexName(index), listAddrsMessage)
-	if err != nil {
-		return nil, err
-	}
 	var out []Addr
-	for _, m := range msgs {
+	err := c.dump(op, indexName(index), listAddrsMessage, func() { out = out[:0] }, func(m netlink.Message) error {
 		if m.Header.Type != unix.RTM_NEWADDR {
-			continue
+			return nil
 		}
 		a, ok, err := parseAddr(m.Data)
-		if err != nil {
-			return nil, &Error{Op: op, Link: indexName(index), Err: err}
-		}
 		// The kernel dumps every link's addresses: it heeds ifa_index
 		// only on a socket with NETLINK_GET_STRICT_CHK.
 		if ok && a.Index == index {
 			out = append(out, a)
 		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -293,8 +294,7 @@ func (c *Conn) ReplaceAddr(a Addr) error {
 	if err != nil {
 		return &Error{Op: op, Link: indexName(a.Index), Err: err}
 	}
-	_, err = c.execute(op, indexName(a.Index), m)
-	return err
+	return c.execute(op, indexName(a.Index), m, ignore)
 }
 
 // DelAddr removes the address from its link; only Index and Prefix matter.
@@ -309,8 +309,7 @@ func (c *Conn) DelAddr(a Addr) error {
 	if err != nil {
 		return &Error{Op: op, Link: indexName(a.Index), Err: err}
 	}
-	_, err = c.execute(op, indexName(a.Index), m)
-	return err
+	return c.execute(op, indexName(a.Index), m, ignore)
 }
 
 // Routes lists the IPv4 unicast routes of the table (0 for
@@ -326,23 +325,20 @@ func (c *Conn) Routes(table uint32) ([]Route, error) {
 	if table == 0 {
 		table = unix.RT_TABLE_MAIN
 	}
-	msgs, err := c.dump(op, "", listRoutesMessage)
-	if err != nil {
-		return nil, err
-	}
 	var out []Route
-	for _, m := range msgs {
+	err := c.dump(op, "", listRoutesMessage, func() { out = out[:0] }, func(m netlink.Message) error {
 		if m.Header.Type != unix.RTM_NEWROUTE {
-			continue
+			return nil
 		}
 		r, ok, err := parseRoute(m.Data)
-		if err != nil {
-			return nil, &Error{Op: op, Err: err}
-		}
 		// The kernel dumps every table without NETLINK_GET_STRICT_CHK.
 		if ok && r.Table == table {
 			out = append(out, r)
 		}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -366,8 +362,7 @@ func (c *Conn) ReplaceRoute(r Route) error {
 	if err != nil {
 		return &Error{Op: op, Link: link, Err: err}
 	}
-	_, err = c.execute(op, link, m)
-	return err
+	return c.execute(op, link, m, ignore)
 }
 
 // Conn is a NETLINK_ROUTE socket kept for many requests. Its methods are
@@ -378,6 +373,7 @@ func (c *Conn) ReplaceRoute(r Route) error {
 type Conn struct {
 	mu sync.Mutex
 	c  *netlink.Conn // nil after a failure, until the next request
+	x  *exchanger    // c's raw half
 }
 
 // Dial opens a Conn.
@@ -398,7 +394,12 @@ func (c *Conn) open() error {
 	// Extended acknowledgements carry the kernel's reason for a refusal
 	// when it gives one; kernels without them still work.
 	_ = nc.SetOption(netlink.ExtendedAcknowledge, true)
-	c.c = nc
+	raw, err := nc.SyscallConn()
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	c.c, c.x = nc, newExchanger(raw)
 	return nil
 }
 
@@ -410,7 +411,7 @@ func (c *Conn) Close() error {
 		return nil
 	}
 	err := c.c.Close()
-	c.c = nil
+	c.c, c.x = nil, nil
 	return err
 }
 
@@ -428,66 +429,62 @@ func do(fn func(*Conn) error) error {
 	return err
 }
 
-// execute sends m and returns the kernel's answer, within requestTimeout,
-// errors wrapped in an *Error for op on link.
-func (c *Conn) execute(op, link string, m netlink.Message) ([]netlink.Message, error) {
+// execute sends m and passes each message of the kernel's answer to each,
+// within requestTimeout, errors wrapped in an *Error for op on link. The
+// messages are in the Conn's buffer: each decodes what it keeps.
+func (c *Conn) execute(op, link string, m netlink.Message, each func(netlink.Message) error) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	msgs, err := c.executeLocked(m)
-	if err != nil {
-		return nil, &Error{Op: op, Link: link, Err: err}
+	if _, err := c.exchangeLocked(m, each); err != nil {
+		return &Error{Op: op, Link: link, Err: err}
 	}
-	return msgs, nil
+	return nil
 }
 
-// executeLocked is one request and its answer, within requestTimeout. An
-// error that is not the kernel's answer (an errno) drops the socket, which
-// may still hold a late answer.
-func (c *Conn) executeLocked(m netlink.Message) ([]netlink.Message, error) {
+// ignore is execute's each for a request answered by an acknowledgement.
+func ignore(netlink.Message) error { return nil }
+
+// exchangeLocked is one request and its answer, within requestTimeout;
+// intr says the kernel flagged a dump interrupted. An error that is not the
+// kernel's answer (an errno) drops the socket, which may still hold the
+// rest of the answer.
+func (c *Conn) exchangeLocked(m netlink.Message, each func(netlink.Message) error) (intr bool, err error) {
 	if c.c == nil {
 		if err := c.open(); err != nil {
-			return nil, err
+			return false, err
 		}
 	}
 	if err := c.c.SetDeadline(time.Now().Add(requestTimeout)); err != nil {
-		return nil, err
+		return false, err
 	}
-	msgs, err := c.c.Execute(m)
+	intr, err = c.x.exchange(m, each)
 	var errno unix.Errno
 	if err != nil && !errors.As(err, &errno) {
 		c.c.Close()
-		c.c = nil
+		c.c, c.x = nil, nil
 	}
-	return msgs, err
+	return intr, err
 }
 
 // dump is execute for the dump request that build builds: it asks again
-// while the kernel reports the dump interrupted by a change.
-func (c *Conn) dump(op, link string, build func() (netlink.Message, error)) ([]netlink.Message, error) {
+// while the kernel reports the dump interrupted by a change, calling start
+// before each try (to forget what the last one passed to each).
+func (c *Conn) dump(op, link string, build func() (netlink.Message, error), start func(), each func(netlink.Message) error) error {
 	m, err := build()
 	if err != nil {
-		return nil, &Error{Op: op, Link: link, Err: err}
+		return &Error{Op: op, Link: link, Err: err}
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for range dumpTries {
-		msgs, err := c.executeLocked(m)
+		start()
+		intr, err := c.exchangeLocked(m, each)
 		if err != nil {
-			return nil, &Error{Op: op, Link: link, Err: err}
+			return &Error{Op: op, Link: link, Err: err}
 		}
-		if !interrupted(msgs) {
-			return msgs, nil
-		}
-	}
-	return nil, &Error{Op: op, Link: link, Err: fmt.Errorf("the kernel interrupted the dump %d times (the list kept changing)", dumpTries)}
-}
-
-// interrupted reports whether the kernel flagged a dump inconsistent.
-func interrupted(msgs []netlink.Message) bool {
-	for _, m := range msgs {
-		if m.Header.Flags&netlink.DumpInterrupted != 0 {
-			return true
+		if !intr {
+			return nil
 		}
 	}
-	return false
+	return &Error{Op: op, Link: link, Err: fmt.Errorf("the kernel interrupted the dump %d times (the list kept changing)", dumpTries)}
 }

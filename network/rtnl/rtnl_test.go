@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -224,6 +225,8 @@ func live(t *testing.T) {
 	}
 
 	connSweeps(t, a0, def)
+	manyAddrs(t, a1.Index)
+	subscription(t, a1.Index)
 
 	if err := DelAddr(addr); err != nil {
 		t.Fatal(err)
@@ -422,5 +425,69 @@ func connSweeps(t *testing.T, link Link, def Route) {
 		if links, err := c.Links(); err != nil || len(links) != 3 {
 			t.Fatalf("sweep %d: Links: %+v, %v", i, links, err)
 		}
+	}
+}
+
+// manyAddrs checks a dump the kernel answers in many datagrams: 600
+// addresses on the link (about 48 KiB of messages, while a datagram holds
+// at most the 16 KiB of a Conn's buffer), twice on one Conn.
+func manyAddrs(t *testing.T, index int) {
+	const n = 600
+	var batch strings.Builder
+	for i := range n {
+		fmt.Fprintf(&batch, "addr add 10.40.%d.%d/32 dev a1\n", i/200, i%200+1)
+	}
+	cmd := exec.Command("ip", "-batch", "-")
+	cmd.Stdin = strings.NewReader(batch.String())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ip -batch: %v\n%s", err, out)
+	}
+	c, err := Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 2 { // the second on a socket that has read the first
+		got, err := c.Addrs(index)
+		if err != nil || len(got) != n {
+			t.Fatalf("Addrs of a link with %d addresses: %d of them, %v", n, len(got), err)
+		}
+	}
+	ip(t, "addr", "flush", "dev", "a1")
+	if got, err := c.Addrs(index); err != nil || len(got) != 0 {
+		t.Errorf("Addrs after the flush: %d, %v; want none", len(got), err)
+	}
+}
+
+// subscription checks that a Subscription wakes at a change of the link,
+// and that Close ends a Wait.
+func subscription(t *testing.T, index int) {
+	sub, err := Subscribe(unix.RTMGRP_LINK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	woke := make(chan error, 1)
+	go func() { woke <- sub.Wait() }()
+	if err := SetMTU(index, 1400); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-woke:
+		if err != nil {
+			t.Errorf("Wait: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Wait did not return within 10 s of an MTU change")
+	}
+	go func() { woke <- sub.Wait() }()
+	time.Sleep(50 * time.Millisecond)
+	sub.Close()
+	select {
+	case err := <-woke:
+		if err == nil {
+			t.Error("Wait on a closed Subscription returned no error")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end Wait within 10 s")
 	}
 }
