@@ -12,7 +12,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -139,7 +140,7 @@ func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device in
 	}
 	cmd := exec.Command(self)
 	cmd.Args = argv(o.Root != "")
-	cmd.Env = append(withGODEBUG(os.Environ(), keeperGODEBUG), argsEnv+"="+string(a))
+	cmd.Env = append(keeperEnv(os.Environ(), &spec, runtime.NumCPU()), argsEnv+"="+string(a))
 	if o.Console != nil {
 		cmd.Stdout, cmd.Stderr = o.Console, o.Console
 	}
@@ -184,6 +185,20 @@ func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device in
 // a Debian root: BuckHashSys 1,443,164 bytes) and a record per sampled
 // stack.
 const keeperGODEBUG = "memprofilerate=0"
+
+// keeperEnv is the keeper's environment: env with the keeper's Go runtime
+// settings, which the runtime applies before it runs any code of ours:
+// GODEBUG (keeperGODEBUG), GOGC (gcPercent) and GOMAXPROCS (procs). Set
+// from the start, GOMAXPROCS spares the runtime the per-P structures of the
+// CPUs it would otherwise start with (a GOMAXPROCS call frees the caches,
+// not the record of each P: 16 KiB a CPU, measured), and the threads that
+// those Ps run during the package initialisers.
+func keeperEnv(env []string, spec *config.Spec, cpus int) []string {
+	env = slices.DeleteFunc(withGODEBUG(env, keeperGODEBUG), func(kv string) bool {
+		return strings.HasPrefix(kv, "GOGC=") || strings.HasPrefix(kv, "GOMAXPROCS=")
+	})
+	return append(env, "GOGC="+strconv.Itoa(gcPercent), "GOMAXPROCS="+strconv.Itoa(procs(spec, cpus)))
+}
 
 // withGODEBUG returns env with its GODEBUG entries made one, settings
 // appended (the runtime takes the last of a repeated setting).
@@ -246,8 +261,6 @@ func Main() error {
 	log.SetDebug(a.Spec.Boot.Debug())
 	k := &keeper{log: log, step: "keeper " + nbddev.Name(a.Device), spec: a.Spec, dev: a.Device, lease: a.Lease, status: os.NewFile(3, "status"), startup: startup}
 	protect(log, k.step)
-	debug.SetGCPercent(gcPercent)
-	runtime.GOMAXPROCS(procs(&a.Spec, runtime.NumCPU()))
 	// The TLS files are read now, while they can be: the exitrd holds none.
 	d, derr := dial.NewDialer(k.spec)
 	if a.Root != "" {
@@ -282,8 +295,9 @@ func Main() error {
 
 // gcPercent is the keeper's GOGC. Its heap holds about 250 KiB that live
 // (the spec, the lease, the netlink and DHCP clients; measured in a Debian
-// root) and a trickle of garbage (the guard's sweeps, about 4 KiB a
-// second), so the heap climbs to its goal between collections. For a heap
+// root) and a trickle of garbage (the guard's sweeps, 2.6 KiB each, at
+// rtnetlink events and once a minute), so the heap climbs to its goal
+// between collections. For a heap
 // this small the goal is Go's floor of 4 MiB × GOGC/100 (4 MiB at Go's
 // default, 1 MiB at 25), or the live heap plus 1 MiB when a collection
 // ended before its sweep did (the runtime's sweepMinHeapDistance), which

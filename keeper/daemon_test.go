@@ -181,3 +181,23 @@ func TestWithGODEBUG(t *testing.T) {
 		}
 	}
 }
+
+// TestKeeperEnv: the keeper's GOGC and GOMAXPROCS replace any inherited,
+// after the GODEBUG settings, and nothing else changes.
+func TestKeeperEnv(t *testing.T) {
+	var plain, tls config.Spec
+	tls.TLS.Enabled, tls.Device.Connections = true, 2
+	for _, tc := range []struct {
+		env  []string
+		spec *config.Spec
+		cpus int
+		want []string
+	}{
+		{[]string{"PATH=/bin"}, &plain, 8, []string{"PATH=/bin", "GODEBUG=memprofilerate=0", "GOGC=25", "GOMAXPROCS=1"}},
+		{[]string{"GOGC=off", "GOMAXPROCS=64", "TERM=linux", "XGOGC=1"}, &tls, 8, []string{"TERM=linux", "XGOGC=1", "GODEBUG=memprofilerate=0", "GOGC=25", "GOMAXPROCS=4"}},
+	} {
+		if got := keeperEnv(tc.env, tc.spec, tc.cpus); !slices.Equal(got, tc.want) {
+			t.Errorf("keeperEnv(%q) = %q, want %q", tc.env, got, tc.want)
+		}
+	}
+}
