@@ -19,6 +19,8 @@
 //	DISTRO: stress error index=I op=write|fsync err=ERR t=UPTIME  (the first 10)
 //	DISTRO: stress failed=none|A-B,C,...  every failed block
 //	DISTRO: stress blocks=N errors=E verify=ok|FAIL(...)
+//	DISTRO: keeper pid=PID MEMORY... t=UPTIME  the root keeper's memory, then
+//	DISTRO: keeper map ... / keeper pages ...  its largest mappings, its binary's mapped pages
 //	DISTRO: request=ACTION t=UPTIME
 //
 // Meanwhile a writer writes and fsyncs stressblock blocks to the file
@@ -141,6 +143,66 @@ func (o out) keeper() {
 		}
 		o.say("keeper pid=%s %s waits=%s unflushed=%d godebug=%s root=%s t=%.3f", pid, strings.Join(mem, " "), threadWaits(pid), unflushed(pid), godebug, root, uptime())
 		o.smaps(pid)
+		o.pagemap(pid)
+	}
+}
+
+// pagemap reports which pages of the keeper's executable are mapped, as
+// runs of file page numbers (hexadecimal), to tell which parts of the
+// binary (text, rodata, pclntab, data) the keeper holds:
+//
+//	DISTRO: keeper pages FIRST+COUNT ...
+func (o out) pagemap(pid string) {
+	maps, err := os.ReadFile("/proc/" + pid + "/maps")
+	if err != nil {
+		return
+	}
+	pm, err := os.Open("/proc/" + pid + "/pagemap")
+	if err != nil {
+		return
+	}
+	defer pm.Close()
+	var inode string
+	var runs []string
+	first, count := int64(-1), int64(0)
+	flush := func() {
+		if count > 0 {
+			runs = append(runs, fmt.Sprintf("%x+%d", first, count))
+		}
+		first, count = -1, 0
+	}
+	for _, l := range lines(string(maps)) {
+		f := strings.Fields(l)
+		if len(f) < 6 || f[4] == "0" || (inode != "" && f[4] != inode) {
+			continue
+		}
+		inode = f[4]
+		lo, hi, _ := strings.Cut(f[0], "-")
+		start, _ := strconv.ParseUint(lo, 16, 64)
+		end, _ := strconv.ParseUint(hi, 16, 64)
+		off, _ := strconv.ParseUint(f[2], 16, 64)
+		n := (end - start) / 4096
+		buf := make([]byte, 8*n)
+		if _, err := pm.ReadAt(buf, int64(start/4096*8)); err != nil {
+			continue
+		}
+		for i := uint64(0); i < n; i++ {
+			present := buf[8*i+7]&0x80 != 0
+			page := int64(off/4096 + i)
+			switch {
+			case present && count > 0 && first+count == page:
+				count++
+			case present:
+				flush()
+				first, count = page, 1
+			}
+		}
+	}
+	flush()
+	for len(runs) > 0 {
+		k := min(len(runs), 24)
+		o.say("keeper pages %s", strings.Join(runs[:k], " "))
+		runs = runs[k:]
 	}
 }
 
