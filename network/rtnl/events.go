@@ -35,12 +35,8 @@ func Subscribe(groups uint32) (*Subscription, error) {
 // overflowed): the caller has missed changes. Once the Subscription is
 // closed, Wait fails.
 func (s *Subscription) Wait() error {
-	s.x.peek = false
-	if err := s.x.raw.Read(s.x.read); err != nil {
+	if err := s.x.recv(false); err != nil {
 		return &Error{Op: "wait for a notification", Err: err}
-	}
-	if s.x.err != nil {
-		return &Error{Op: "wait for a notification", Err: s.x.err}
 	}
 	return nil
 }

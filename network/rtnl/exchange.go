@@ -117,27 +117,29 @@ func (x *exchanger) exchange(m netlink.Message, each func(netlink.Message) error
 // datagram reads the next datagram of the answer, growing the buffer first
 // if the datagram is bigger.
 func (x *exchanger) datagram() ([]byte, error) {
-	x.peek = true
-	if err := x.raw.Read(x.read); err != nil {
+	if err := x.recv(true); err != nil {
 		return nil, err
-	}
-	if x.err != nil {
-		return nil, x.err
 	}
 	if x.n > len(x.buf) {
 		x.buf = make([]byte, x.n)
 	}
-	x.peek = false
-	if err := x.raw.Read(x.read); err != nil {
+	if err := x.recv(false); err != nil {
 		return nil, err
-	}
-	if x.err != nil {
-		return nil, x.err
 	}
 	if x.n > len(x.buf) {
 		return nil, fmt.Errorf("an answer of %d bytes did not fit %d", x.n, len(x.buf))
 	}
 	return x.buf[:x.n], nil
+}
+
+// recv reads a datagram into the buffer, or only looks at it (peek),
+// setting x.n to its length.
+func (x *exchanger) recv(peek bool) error {
+	x.peek = peek
+	if err := x.raw.Read(x.read); err != nil {
+		return err
+	}
+	return x.err
 }
 
 // appendRequest appends m, as request number seq, to b.
