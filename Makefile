@@ -139,9 +139,10 @@ test-distro: deps build
 	NBDROOT_TEST_CONSOLE=1 $(GO) test -count=1 -v -run '^TestDistro$$' -timeout 60m ./qemu-test/
 
 # bench-distro: kernel start → `running` and `systemctl poweroff` → power-off
-# for the same Debian root (systemd-networkd) booted through nbdroot and
-# through Debian's initramfs-tools + nbd-client (its initramfs is built
-# inside the cached root, once), medians of 3 boots; see README.md.
+# for the same Debian root (ifupdown, as a stock server install) booted
+# through nbdroot and through Debian's initramfs-tools + nbd-client (its
+# initramfs is built inside the cached root, once), and nbdroot's root
+# keeper's memory at 60 s; medians of 3 boots; see README.md.
 .PHONY: bench-distro
 
 bench-distro: deps build
