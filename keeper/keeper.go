@@ -91,13 +91,7 @@ func (k *keeper) report(rep Report) {
 	// first DHCP and netlink exchanges) is garbage from here on: give it
 	// back to the kernel now rather than at the scavenger's pace.
 	debug.FreeOSMemory()
-	if !k.spec.Boot.Debug() {
-		return
-	}
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	k.log.Debugf(k.step, "memory: heap %d KiB in use of %d KiB (%d KiB released), stacks %d KiB (%d in use, %d goroutines), runtime %d KiB, objects %d, GCs %d",
-		m.HeapInuse>>10, m.HeapSys>>10, m.HeapReleased>>10, m.StackSys>>10, m.StackInuse>>10, runtime.NumGoroutine(), (m.Sys-m.HeapSys-m.StackSys)>>10, m.HeapObjects, m.NumGC)
+	k.logMemory()
 }
 
 // fail is the keeper's failure in step op; it tells the starter, if the
@@ -147,7 +141,7 @@ func (k *keeper) run(ctx context.Context, d *dial.Dialer) error {
 	var keepNetwork duty
 	if k.lease != nil {
 		keepNetwork = func(ctx context.Context) error {
-			err := network.Keep(ctx, k.log, k.lease, network.KeepOptions{OnChange: func(*network.Lease) { settle() }})
+			err := network.Keep(ctx, k.log, k.lease, network.KeepOptions{OnChange: func(*network.Lease) { k.settle() }})
 			if ctx.Err() != nil {
 				return nil // the keeper is stopping: not this duty's failure
 			}
@@ -257,7 +251,26 @@ const settleDelay = time.Second
 // a DHCP renewal) leaves behind back to the kernel, a moment later and off
 // the path that resumes I/O: the keeper otherwise holds it until the
 // runtime's scavenger gets to it, for as long as the machine runs.
-func settle() { time.AfterFunc(settleDelay, debug.FreeOSMemory) }
+func (k *keeper) settle() {
+	time.AfterFunc(settleDelay, func() {
+		debug.FreeOSMemory()
+		k.logMemory()
+	})
+}
+
+// logMemory logs, in debug mode, what the Go runtime holds: the heap, the
+// stacks and the runtime's own structures (span records, GC metadata,
+// the rest), as obtained from the kernel, which bounds what is resident.
+func (k *keeper) logMemory() {
+	if !k.spec.Boot.Debug() {
+		return
+	}
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	k.log.Debugf(k.step, "memory: heap %d KiB in use of %d KiB (%d KiB released), stacks %d KiB (%d in use, %d goroutines), runtime %d KiB (spans %d, GC %d, other %d), objects %d, GCs %d",
+		m.HeapInuse>>10, m.HeapSys>>10, m.HeapReleased>>10, m.StackSys>>10, m.StackInuse>>10, runtime.NumGoroutine(),
+		(m.Sys-m.HeapSys-m.StackSys)>>10, m.MSpanSys>>10, m.GCSys>>10, (m.OtherSys+m.MCacheSys+m.BuckHashSys)>>10, m.HeapObjects, m.NumGC)
+}
 
 // reconnect dials until the export answers again with the same size, and
 // returns the connection, or an error once ctx ends. It never gives up on
@@ -274,7 +287,7 @@ func (k *keeper) reconnect(ctx context.Context, d *dial.Dialer) (net.Conn, error
 					k.log.Printf(k.step, "failed over from %s to %s", k.state.Server, ep.Server())
 					k.state.Server = ep.Server()
 				}
-				settle()
+				k.settle()
 				return conn, nil
 			}
 			conn.Close()
