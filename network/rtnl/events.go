@@ -5,12 +5,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Subscription is a NETLINK_ROUTE socket in multicast groups (unix.
-// RTMGRP_LINK, unix.RTMGRP_IPV4_IFADDR, ...), for a caller that takes the
-// kernel's notifications as a cue only and asks for the state itself: Wait
-// reads a notification and drops it undecoded, into the same buffer each
-// time. The socket is read through the Go poller, so that a goroutine in
-// Wait holds no thread.
+// Subscription is a NETLINK_ROUTE socket in multicast groups
+// (unix.RTMGRP_LINK, unix.RTMGRP_IPV4_IFADDR, ...), for a caller that takes
+// the kernel's notifications as a cue only and asks for the state itself:
+// Wait reads a notification into the same buffer each time and drops it
+// undecoded. The socket is read through the Go poller, so that a goroutine
+// in Wait holds no thread.
 type Subscription struct {
 	c *netlink.Conn
 	x *exchanger

@@ -13,7 +13,7 @@
 // called from any goroutine. A Conn (Dial) makes the same requests on one
 // socket it keeps, for a caller that asks again and again (the keeper's
 // guard), without opening a socket and its poller registration each time,
-// and without garbage but the records it returns.
+// and with buffers it reuses.
 // A failed request returns an *Error, through which errors.Is finds the
 // kernel's errno (unix.ENODEV, unix.EEXIST, unix.ENETUNREACH, ...). Most
 // requests need CAP_NET_ADMIN.
