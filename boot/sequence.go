@@ -47,6 +47,14 @@ type Progress struct {
 	// exitrd installs /run/initramfs once (PID 1 only) and returns it:
 	// the keeper runs from its nbdroot.
 	exitrd func() (shutdown.Exitrd, error)
+	// switched holds PID 1's ends of the switch pipes of the root keepers
+	// it started (keeper.StartOptions.Switched), close-on-exec: the exec
+	// of the root's init closes them, which tells the keeper to free the
+	// initramfs. None is closed before: a keeper of an earlier attempt
+	// that outlived its detach would free the initramfs under PID 1.
+	switched []*os.File
+	// keeperFrees: keeper got a switch pipe, and frees the initramfs.
+	keeperFrees bool
 }
 
 // Run is the boot: early mounts, spec, modules, network, connect and attach
@@ -217,11 +225,10 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	reportIdle()
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
 	restoreKmsg() // the real system's /dev/kmsg rate limit, as it was
-	keep := ""
-	if prog.exitrd != nil {
-		keep = shutdown.Stage
-	}
-	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()), keep)
+	// The root's keeper frees the initramfs once the init runs; PID 1
+	// does before, as switch_root does, when no keeper will.
+	free := prog.keeper == nil || !prog.keeperFrees || !keeper.Alive(prog.keeper.Pid)
+	err = SwitchRoot(log, NewRoot, init, args, initEnv(os.Environ()), free)
 	return fail("switch_root", err)
 }
 
@@ -267,17 +274,29 @@ func attach(ctx context.Context, log *bootlog.Logger, spec config.Spec, lease *n
 		}
 	}
 	o := keeper.StartOptions{Console: os.Stderr, Lease: lease}
+	var switched *os.File
 	if prog.exitrd != nil {
 		if x, err := prog.exitrd(); err != nil {
 			log.Errorf("attach", "%v: the keeper runs from the initramfs, and shutdown cannot detach the root", err)
 		} else {
 			o.Root, o.Binary = shutdown.Dir, x.Binary
+			if r, w, err := os.Pipe(); err == nil {
+				o.Switched, switched = r, w
+				defer r.Close()
+			}
 		}
 	}
 	rep, err := keeper.Start(ctx, log, spec, dev, o)
 	if err != nil {
+		if switched != nil {
+			switched.Close() // the keeper is gone
+		}
 		return nil, err
 	}
+	if switched != nil {
+		prog.switched = append(prog.switched, switched)
+	}
+	prog.keeperFrees = switched != nil
 	prog.keepSpec, prog.keeper = spec, rep
 	return rep, nil
 }

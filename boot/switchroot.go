@@ -6,8 +6,10 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/nbdroot/nbdroot/bootlog"
 	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/bootlog"
+	"github.com/nbdroot/nbdroot/shutdown"
 )
 
 // FindInit returns the init to run inside newRoot: want if set, else the
@@ -83,14 +85,15 @@ func resolveIn(root, path string) (string, error) {
 }
 
 // SwitchRoot makes newRoot the root and executes init there as PID 1: it
-// moves /dev, /proc, /sys and /run into newRoot, deletes the initramfs's
-// files to give their memory back, moves newRoot onto /, chroots and execs.
-// An API mount whose mount point is missing and cannot be made (a read-only
-// root without /run) is detached instead, as util-linux's switch_root does.
-// keep, if not empty, is a top-level directory of the initramfs that is
-// not deleted (the exitrd's stage, shutdown.Stage). It returns only on
-// failure, and log says what was detached.
-func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string, keep string) error {
+// moves /dev, /proc, /sys and /run into newRoot, moves newRoot onto /,
+// chroots and execs. With free it first deletes the initramfs's files but
+// the exitrd's stage (shutdown.FreeInitramfs) to give their memory back;
+// without, the root's keeper does that once init runs, off the boot's
+// path. An API mount whose mount point is missing and cannot be made (a
+// read-only root without /run) is detached instead, as util-linux's
+// switch_root does. It returns only on failure, and log says what was
+// detached.
+func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string, free bool) error {
 	for _, m := range apiMounts() {
 		dst := filepath.Join(newRoot, m.target)
 		if err := os.MkdirAll(dst, 0o755); err != nil {
@@ -105,17 +108,13 @@ func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string, k
 	if err := unix.Chdir(newRoot); err != nil {
 		return fmt.Errorf("chdir %s: %w", newRoot, err)
 	}
-	old, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("open /: %w", err)
+	if free {
+		// Before the move hides the initramfs.
+		if old, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+			shutdown.FreeInitramfs(old)
+			unix.Close(old)
+		}
 	}
-	// Free the initramfs before the move hides it. Only files on the
-	// initramfs itself go: deleteTree does not cross into other mounts.
-	var st unix.Stat_t
-	if err := unix.Fstat(old, &st); err == nil {
-		deleteTree(old, st.Dev, strings.TrimPrefix(keep, "/"))
-	}
-	unix.Close(old)
 	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
 		return fmt.Errorf("move %s to /: %w", newRoot, err)
 	}
@@ -126,40 +125,6 @@ func SwitchRoot(log *bootlog.Logger, newRoot, init string, args, env []string, k
 		return fmt.Errorf("chdir /: %w", err)
 	}
 	argv := append([]string{init}, args...)
-	err = unix.Exec(init, argv, env)
+	err := unix.Exec(init, argv, env)
 	return fmt.Errorf("exec %s: %w", init, err)
-}
-
-// deleteTree removes everything under the directory dirfd that lives on the
-// device dev, except its entry named keep. Errors are ignored: what cannot
-// be deleted only costs memory.
-func deleteTree(dirfd int, dev uint64, keep string) {
-	// Readdirnames on a dup, so closing it does not close dirfd.
-	dup, err := unix.Dup(dirfd)
-	if err != nil {
-		return
-	}
-	f := os.NewFile(uintptr(dup), "")
-	names, _ := f.Readdirnames(-1)
-	f.Close()
-	for _, name := range names {
-		var st unix.Stat_t
-		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			continue
-		}
-		if st.Dev != dev || name == keep {
-			continue // a mount point (e.g. /newroot), or kept: not ours to delete
-		}
-		if st.Mode&unix.S_IFMT == unix.S_IFDIR {
-			sub, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			if err != nil {
-				continue
-			}
-			deleteTree(sub, dev, "")
-			unix.Close(sub)
-			_ = unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
-			continue
-		}
-		_ = unix.Unlinkat(dirfd, name, 0)
-	}
 }

@@ -48,6 +48,8 @@ type args struct {
 	Start  time.Time      // the starter's log reference time
 	Lease  *network.Lease // the root's network, to keep (nil: none)
 	Root   string         // the exitrd to run from (StartOptions.Root)
+	// FreeInitramfs: fd 4 is the switch pipe (StartOptions.Switched).
+	FreeInitramfs bool `json:",omitempty"`
 }
 
 // argv is the keeper's argv: Name for the root's keeper, started from the
@@ -114,6 +116,13 @@ type StartOptions struct {
 	// is the exitrd's nbdroot (Root/nbdroot): the same file the keeper's
 	// mount namespace still reaches once it has made Root its root.
 	Binary string
+	// Switched, with Root, is the read end of a pipe whose write end PID 1
+	// of the initramfs holds open, close-on-exec, until it executes the
+	// root's init: at its end the keeper frees the initramfs, as
+	// switch_root would have (shutdown.FreeInitramfs), off the boot's path
+	// and at idle priority. The caller keeps its own copy and closes it
+	// after Start.
+	Switched *os.File
 }
 
 // Start starts the keeper process for spec on /dev/nbdN and waits until it
@@ -123,7 +132,8 @@ type StartOptions struct {
 // reconnects it.
 func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device int, o StartOptions) (*Report, error) {
 	fail := func(err error) (*Report, error) { return nil, &Error{Op: "keeper", Err: err} }
-	a, err := json.Marshal(args{Spec: spec, Device: device, Start: log.Start(), Lease: o.Lease, Root: o.Root})
+	a, err := json.Marshal(args{Spec: spec, Device: device, Start: log.Start(), Lease: o.Lease, Root: o.Root,
+		FreeInitramfs: o.Root != "" && o.Switched != nil})
 	if err != nil {
 		return fail(fmt.Errorf("encode spec: %w", err))
 	}
@@ -145,6 +155,9 @@ func Start(ctx context.Context, log *bootlog.Logger, spec config.Spec, device in
 		cmd.Stdout, cmd.Stderr = o.Console, o.Console
 	}
 	cmd.ExtraFiles = []*os.File{w} // fd 3
+	if o.Root != "" && o.Switched != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, o.Switched) // fd 4: switchedFD
+	}
 	// A session of its own: no console signals, no controlling terminal.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if o.Root != "" {
@@ -264,6 +277,13 @@ func Main() error {
 	protect(log, k.step)
 	// The TLS files are read now, while they can be: the exitrd holds none.
 	d, derr := dial.NewDialer(k.spec)
+	if a.FreeInitramfs {
+		// Before enterRoot, while "/" is the initramfs.
+		var err error
+		if k.initramfs, err = openInitramfs(); err != nil {
+			log.Errorf(k.step, "%v: the initramfs stays after the switch", err)
+		}
+	}
 	if a.Root != "" {
 		if err := enterRoot(a.Root); err != nil {
 			// The keeper still works from the initramfs; only the

@@ -37,6 +37,9 @@ type keeper struct {
 	dir    RunDir
 	lease  *network.Lease // the root's network to keep, or nil
 	status *os.File       // the pipe to the starter, until the report is sent
+	// initramfs, for the root's keeper, is freed once the root's init runs
+	// (freeLater), after a Ready report.
+	initramfs *initramfsAfterSwitch
 	// startup is the keeper's own start (fork to main), for the report.
 	startup time.Duration
 	state   State
@@ -87,6 +90,10 @@ func (k *keeper) report(rep Report) {
 	_, _ = k.status.Write(append(b, '\n'))
 	k.status.Close()
 	k.status = nil
+	if rep.Ready && k.initramfs != nil {
+		k.freeLater(k.initramfs)
+		k.initramfs = nil
+	}
 	// What the start allocated (the TLS handshake, the spec's JSON, the
 	// first DHCP and netlink exchanges) is garbage from here on: give it
 	// back to the kernel now rather than at the scavenger's pace.

@@ -216,6 +216,9 @@ func distroBoot(t *testing.T, tc distroCase) {
 	// systemd's shutdown warns about an @ process running from the root
 	// file system: the keeper runs from the initrd (/run/initramfs).
 	d.wantNot("the keeper runs from the initrd", `has been marked to be excluded from killing`, `excluded from killing`)
+	// PID 1 leaves the initramfs to the keeper, which frees it once the
+	// root's init runs (keeper.StartOptions.Switched).
+	d.want("the keeper freed the initramfs", `nbdroot: keeper nbd0: freed the initramfs once the root's init ran: [1-9]\d* files, [1-9][0-9.]* MiB`, `initramfs`)
 
 	// The shutdown.
 	final := map[string]string{"poweroff": "reboot: Power down", "reboot": "reboot: Restarting system"}[tc.action]

@@ -14,9 +14,12 @@
 //     executes /shutdown VERB as PID 1. Run unmounts the old root, flushes
 //     each NBD device and disconnects it (the kernel sends NBD_CMD_DISC), and
 //     Reboot then reboots, powers off, halts or kexecs as asked.
+//   - FreeInitramfs deletes the initramfs's files but the exitrd's stage
+//     once the root is switched to: the root's keeper calls it when the
+//     root's init runs, or PID 1 just before (boot.SwitchRoot).
 //
-// It imports bootlog, nbddev and the keeper's detach; nothing imports it but
-// boot (Install) and cmd/nbdroot (Run).
+// It imports bootlog; nothing imports it but boot (Install, FreeInitramfs),
+// keeper (FreeInitramfs) and cmd/nbdroot (Run).
 package shutdown
 
 import (
