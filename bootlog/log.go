@@ -193,24 +193,33 @@ func ProcessAge() (time.Duration, error) {
 }
 
 // ExecAge returns how long ago the kernel ran the init process: the time
-// since its "Run /init as init process" line in the kernel log (read with
-// one syslog(2) call), on CLOCK_BOOTTIME, the clock of the log's stamps at
+// since its "Run /init as init process" line in the kernel log (the log's
+// last 16 KiB, or all of it), on CLOCK_BOOTTIME, the clock of the log's stamps at
 // boot and of /proc/uptime. PID 1 cannot ask /proc/self/stat: its starttime
 // is the fork of the kernel thread that became it, early in the kernel's
 // own start. It needs CAP_SYSLOG and the log's timestamps (printk.time).
 func ExecAge() (time.Duration, error) {
-	size, err := unix.Klogctl(unix.SYSLOG_ACTION_SIZE_BUFFER, nil)
-	if err != nil {
-		return 0, fmt.Errorf("kernel log size: %w", err)
-	}
-	buf := make([]byte, size)
+	// READ_ALL gives the newest records that fit: the line is among the
+	// last few, and formatting the whole ring (128 KiB or more) cost PID 1
+	// 10-20 ms under emulation. The whole ring is the fallback.
+	buf := make([]byte, execTail)
 	n, err := unix.Klogctl(unix.SYSLOG_ACTION_READ_ALL, buf)
 	if err != nil {
 		return 0, fmt.Errorf("kernel log: %w", err)
 	}
 	at, err := execStamp(buf[:n])
 	if err != nil {
-		return 0, err
+		size, serr := unix.Klogctl(unix.SYSLOG_ACTION_SIZE_BUFFER, nil)
+		if serr != nil || size <= len(buf) {
+			return 0, err
+		}
+		buf = make([]byte, size)
+		if n, err = unix.Klogctl(unix.SYSLOG_ACTION_READ_ALL, buf); err != nil {
+			return 0, fmt.Errorf("kernel log: %w", err)
+		}
+		if at, err = execStamp(buf[:n]); err != nil {
+			return 0, err
+		}
 	}
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
@@ -222,6 +231,9 @@ func ExecAge() (time.Duration, error) {
 	}
 	return age, nil
 }
+
+// execTail is how much of the kernel log's end ExecAge reads first.
+const execTail = 16 << 10
 
 // maxStamp bounds a kernel log stamp, in seconds: a century, far inside
 // time.Duration.

