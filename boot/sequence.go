@@ -123,15 +123,18 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	spec := res.Spec
 	policy = spec.Boot
 	log.SetDebug(spec.Boot.Debug())
-	// A debug boot says how long the CPU was idle from here to the root:
-	// steps that overlap can gain no more than that.
+	// A debug boot says how the CPU spent the time from here to the root:
+	// steps that overlap can gain no more than its idle time, and the
+	// user/kernel split tells Go's work from the kernel's.
 	reportIdle := func() {}
 	if spec.Boot.Debug() {
 		from := time.Now()
-		if idle0, err := bootlog.IdleTime(); err == nil {
+		if cpu0, err := bootlog.ReadCPUTime(); err == nil {
 			reportIdle = func() {
-				if idle, err := bootlog.IdleTime(); err == nil {
-					log.Debugf("", "the CPU was idle %.2fs of the %.2fs from the spec to the root", (idle - idle0).Seconds(), time.Since(from).Seconds())
+				if cpu, err := bootlog.ReadCPUTime(); err == nil {
+					d := cpu.Sub(cpu0)
+					log.Debugf("", "the CPU was idle %.2fs, in user mode %.2fs and in the kernel %.2fs, of the %.2fs from the spec to the root",
+						d.Idle.Seconds(), d.User.Seconds(), d.Kernel.Seconds(), time.Since(from).Seconds())
 				}
 			}
 		}

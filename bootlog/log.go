@@ -149,34 +149,48 @@ func ProcessStart() time.Time {
 // on every Linux architecture nbdroot runs on.
 const clockTicks = 100
 
-// IdleTime returns how long the machine's CPUs have been idle since boot,
-// summed over CPUs (idle and iowait of /proc/stat's "cpu" line), to 10 ms.
-// Two readings tell how much of a step the CPU spent waiting: on one CPU,
-// a step that leaves it idle can overlap with work that needs it.
-func IdleTime() (time.Duration, error) {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return 0, err
-	}
-	return idleFromStat(string(b))
+// CPUTime is how the machine's CPUs have spent their time since boot,
+// summed over CPUs, to 10 ms (/proc/stat's "cpu" line). Two readings tell
+// how a step used the CPU: on one CPU, a step that leaves it idle can
+// overlap with work that needs it, and the user/kernel split tells Go's
+// work from the kernel's (module loads, sysfs, the network stack).
+type CPUTime struct {
+	User   time.Duration // user and nice
+	Kernel time.Duration // system, irq and softirq
+	Idle   time.Duration // idle and iowait
 }
 
-// idleFromStat is IdleTime of a /proc/stat.
-func idleFromStat(stat string) (time.Duration, error) {
+// Sub returns the time spent from earlier to c.
+func (c CPUTime) Sub(earlier CPUTime) CPUTime {
+	return CPUTime{User: c.User - earlier.User, Kernel: c.Kernel - earlier.Kernel, Idle: c.Idle - earlier.Idle}
+}
+
+// ReadCPUTime reads the machine's CPUTime.
+func ReadCPUTime() (CPUTime, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return CPUTime{}, err
+	}
+	return cpuFromStat(string(b))
+}
+
+// cpuFromStat is ReadCPUTime of a /proc/stat.
+func cpuFromStat(stat string) (CPUTime, error) {
 	line, _, _ := strings.Cut(stat, "\n")
 	f := strings.Fields(line)
-	if len(f) < 6 || f[0] != "cpu" {
-		return 0, fmt.Errorf("/proc/stat: no cpu line")
+	if len(f) < 8 || f[0] != "cpu" {
+		return CPUTime{}, fmt.Errorf("/proc/stat: no cpu line with 7 fields")
 	}
-	var ticks uint64
-	for _, v := range f[4:6] { // idle, iowait
-		n, err := strconv.ParseUint(v, 10, 64)
+	var ticks [7]uint64 // user nice system idle iowait irq softirq
+	for i := range ticks {
+		n, err := strconv.ParseUint(f[1+i], 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("/proc/stat: %w", err)
+			return CPUTime{}, fmt.Errorf("/proc/stat: %w", err)
 		}
-		ticks += n
+		ticks[i] = n
 	}
-	return time.Duration(ticks) * time.Second / clockTicks, nil
+	d := func(n uint64) time.Duration { return time.Duration(n) * time.Second / clockTicks }
+	return CPUTime{User: d(ticks[0] + ticks[1]), Kernel: d(ticks[2] + ticks[5] + ticks[6]), Idle: d(ticks[3] + ticks[4])}, nil
 }
 
 // ProcessAge returns how long ago this process was forked, to 10 ms.

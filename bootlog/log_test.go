@@ -92,25 +92,30 @@ func FuzzExecStamp(f *testing.F) {
 	})
 }
 
-func TestIdleFromStat(t *testing.T) {
+func TestCPUFromStat(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
 	for _, tc := range []struct {
 		stat string
-		want time.Duration
+		want CPUTime
 		bad  bool
 	}{
-		{"cpu  120 0 80 250 13 0 2 0 0 0\ncpu0 120 0 80 250 13 0 2 0 0 0\n", 2630 * time.Millisecond, false},
-		{"cpu  1 2 3 4 5", 90 * time.Millisecond, false},
-		{"cpu0 1 2 3 4 5 6\n", 0, true},
-		{"cpu  1 2 3 x 5 6\n", 0, true},
-		{"cpu  1 2 3\n", 0, true},
-		{"", 0, true},
+		{"cpu  120 5 80 250 13 7 2 0 0 0\ncpu0 120 5 80 250 13 7 2 0 0 0\n", CPUTime{User: ms(1250), Kernel: ms(890), Idle: ms(2630)}, false},
+		{"cpu  1 2 3 4 5 6 7", CPUTime{User: ms(30), Kernel: ms(160), Idle: ms(90)}, false},
+		{"cpu0 1 2 3 4 5 6 7\n", CPUTime{}, true},
+		{"cpu  1 2 3 x 5 6 7\n", CPUTime{}, true},
+		{"cpu  1 2 3 4 5 6\n", CPUTime{}, true},
+		{"", CPUTime{}, true},
 	} {
-		got, err := idleFromStat(tc.stat)
+		got, err := cpuFromStat(tc.stat)
 		if (err != nil) != tc.bad || got != tc.want {
-			t.Errorf("idleFromStat(%q) = %v, %v; want %v, error %v", tc.stat, got, err, tc.want, tc.bad)
+			t.Errorf("cpuFromStat(%q) = %+v, %v; want %+v, error %v", tc.stat, got, err, tc.want, tc.bad)
 		}
 	}
-	if _, err := IdleTime(); err != nil {
-		t.Errorf("IdleTime on this machine: %v", err)
+	if _, err := ReadCPUTime(); err != nil {
+		t.Errorf("ReadCPUTime on this machine: %v", err)
+	}
+	a, b := CPUTime{User: ms(100), Kernel: ms(50), Idle: ms(10)}, CPUTime{User: ms(40), Kernel: ms(20), Idle: ms(10)}
+	if got := a.Sub(b); got != (CPUTime{User: ms(60), Kernel: ms(30)}) {
+		t.Errorf("Sub = %+v", got)
 	}
 }
