@@ -42,7 +42,9 @@ func TestGuardLab(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := install(link, lease, nil); err != nil {
+	rc := &rtnl.Conn{}
+	defer rc.Close()
+	if err := install(rc, link, lease, nil); err != nil {
 		t.Fatal(err)
 	}
 	run(t, "ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1")

@@ -165,12 +165,14 @@ func (r *Renewer) renew(ctx context.Context, l *Lease, urgent bool) error {
 	r.mu.Lock()
 	r.lease = next
 	r.mu.Unlock()
-	link, err := rtnl.LinkByIndex(l.Index)
+	rc := &rtnl.Conn{}
+	defer rc.Close()
+	link, err := rc.LinkByIndex(l.Index)
 	if err != nil {
 		return &Error{Interface: l.Interface, Err: err}
 	}
 	old := l.Address
-	if err := install(link, &next, &old); err != nil {
+	if err := install(rc, link, &next, &old); err != nil {
 		return err
 	}
 	if next.Address != old {

@@ -124,7 +124,9 @@ func TestRenewerLab(t *testing.T) {
 		l := *lease
 		l.Address = netip.MustParsePrefix("10.77.0.200/24") // outside dnsmasq's range
 		l.Acquired = time.Now().Add(-l.T1)
-		if err := install(link, &l, nil); err != nil {
+		rc := &rtnl.Conn{}
+		defer rc.Close()
+		if err := install(rc, link, &l, nil); err != nil {
 			t.Fatal(err)
 		}
 		got := keep(&l, 1, 15*time.Second)

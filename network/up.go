@@ -89,8 +89,13 @@ const carrierPoll = 5 * time.Millisecond
 // address, routes, MTU, hostname, resolv.conf) and returns the lease. It
 // logs one line for the link it configured.
 func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (*Lease, error) {
-	if lo, err := rtnl.LinkByName("lo"); err == nil {
-		_ = rtnl.SetUp(lo.Index)
+	// One rtnetlink socket for every request: opening one (socket, bind,
+	// options, the poller) per request cost more than the request under
+	// emulation.
+	c := &rtnl.Conn{}
+	defer c.Close()
+	if lo, err := c.LinkByName("lo"); err == nil {
+		_ = c.SetUp(lo.Index)
 	}
 	if n.Mode == config.NetworkNone {
 		return &Lease{}, nil
@@ -99,7 +104,7 @@ func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (
 	if o.PredictableNames {
 		wanted = predictableNames(ctx, log, wanted)
 	}
-	links, err := candidateLinks(wanted)
+	links, err := candidateLinks(c, wanted)
 	if err != nil {
 		return nil, err
 	}
@@ -107,19 +112,19 @@ func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (
 	link := links[0]
 	switch n.Mode {
 	case config.NetworkStatic:
-		if err = waitCarrier(ctx, link, n.LinkTimeout); err == nil {
+		if err = waitCarrier(ctx, c, link, n.LinkTimeout); err == nil {
 			lease = linkLease(link)
 			lease.Address, lease.Gateway, lease.DNS = n.Address, n.Gateway, n.DNS
 		}
 	case config.NetworkDHCP:
-		link, lease, err = upDHCP(ctx, log, n, links, o.ClientID)
+		link, lease, err = upDHCP(ctx, log, c, n, links, o.ClientID)
 	default:
 		return nil, &Error{Err: fmt.Errorf("unknown mode %q", n.Mode)}
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := install(link, lease, nil); err != nil {
+	if err := install(c, link, lease, nil); err != nil {
 		return nil, err
 	}
 	lease.Hostname = cmp.Or(n.Hostname, lease.Hostname) // ip= and TOML win over the DHCP server
@@ -137,8 +142,8 @@ func Up(ctx context.Context, log *bootlog.Logger, n config.Network, o Options) (
 
 // candidateLinks returns the links to configure: the named ones, or every
 // non-loopback link in kernel order.
-func candidateLinks(names []string) ([]rtnl.Link, error) {
-	all, err := rtnl.Links()
+func candidateLinks(c *rtnl.Conn, names []string) ([]rtnl.Link, error) {
+	all, err := c.Links()
 	if err != nil {
 		return nil, &Error{Err: err}
 	}
@@ -169,13 +174,13 @@ func candidateLinks(names []string) ([]rtnl.Link, error) {
 // Not until operstate says "up": the kernel's linkwatch reports that up to a
 // second later, while the device transmits from the moment it is opened
 // with carrier.
-func waitCarrier(ctx context.Context, l rtnl.Link, timeout time.Duration) error {
+func waitCarrier(ctx context.Context, c *rtnl.Conn, l rtnl.Link, timeout time.Duration) error {
 	name := l.Name
-	if err := rtnl.SetUp(l.Index); err != nil {
+	if err := c.SetUp(l.Index); err != nil {
 		return &Error{Interface: name, Err: err}
 	}
 	err := poll.For(ctx, timeout, carrierPoll, func() (bool, error) {
-		cur, err := rtnl.LinkByIndex(l.Index)
+		cur, err := c.LinkByIndex(l.Index)
 		if err != nil {
 			return false, &Error{Interface: name, Err: err}
 		}
@@ -194,7 +199,7 @@ func linkLease(l rtnl.Link) *Lease {
 
 // upDHCP asks for a DHCPv4 lease on every candidate link at once and
 // returns the first link that gets one, with its lease.
-func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []rtnl.Link, cid []byte) (rtnl.Link, *Lease, error) {
+func upDHCP(ctx context.Context, log *bootlog.Logger, c *rtnl.Conn, n config.Network, links []rtnl.Link, cid []byte) (rtnl.Link, *Lease, error) {
 	ctx, cancel := context.WithTimeout(ctx, n.LinkTimeout+n.DHCPTimeout)
 	defer cancel()
 	type result struct {
@@ -205,7 +210,7 @@ func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []
 	results := make(chan result, len(links))
 	for _, l := range links {
 		go func() {
-			lease, err := linkDHCP(ctx, log, n, l, cid)
+			lease, err := linkDHCP(ctx, log, c, n, l, cid)
 			results <- result{l, lease, err}
 		}()
 	}
@@ -223,8 +228,8 @@ func upDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, links []
 }
 
 // linkDHCP brings l up and acquires a lease on it.
-func linkDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l rtnl.Link, cid []byte) (*Lease, error) {
-	if err := waitCarrier(ctx, l, n.LinkTimeout); err != nil {
+func linkDHCP(ctx context.Context, log *bootlog.Logger, rc *rtnl.Conn, n config.Network, l rtnl.Link, cid []byte) (*Lease, error) {
+	if err := waitCarrier(ctx, rc, l, n.LinkTimeout); err != nil {
 		return nil, err
 	}
 	lease := linkLease(l)
@@ -245,29 +250,29 @@ func linkDHCP(ctx context.Context, log *bootlog.Logger, n config.Network, l rtnl
 	return lease, nil
 }
 
-// install puts lease on l: MTU, address (infinite lifetimes, see the
-// package doc), default route. old, if set, is an address l had before
+// install puts lease on l through c: MTU, address (infinite lifetimes, see
+// the package doc), default route. old, if set, is an address l had before
 // that lease does not keep: it is removed once the new one is in place.
-func install(l rtnl.Link, lease *Lease, old *netip.Prefix) error {
+func install(c *rtnl.Conn, l rtnl.Link, lease *Lease, old *netip.Prefix) error {
 	name := lease.Interface
 	if lease.MTU >= 68 && lease.MTU != l.MTU {
-		if err := rtnl.SetMTU(l.Index, lease.MTU); err != nil {
+		if err := c.SetMTU(l.Index, lease.MTU); err != nil {
 			return &Error{Interface: name, Op: fmt.Sprintf("set MTU %d", lease.MTU), Err: err}
 		}
 	}
-	if err := rtnl.ReplaceAddr(rootAddr(lease)); err != nil {
+	if err := c.ReplaceAddr(rootAddr(lease)); err != nil {
 		return &Error{Interface: name, Op: "add address " + lease.Address.String(), Err: err}
 	}
 	if old != nil && *old != lease.Address {
-		_ = rtnl.DelAddr(rtnl.Addr{Index: l.Index, Prefix: *old})
+		_ = c.DelAddr(rtnl.Addr{Index: l.Index, Prefix: *old})
 	}
 	for _, r := range extraRoutes(lease) {
-		if err := rtnl.ReplaceRoute(r); err != nil {
+		if err := c.ReplaceRoute(r); err != nil {
 			return &Error{Interface: name, Op: "route to " + r.Dst.String(), Err: err}
 		}
 	}
 	if r, ok := defaultRoute(lease); ok {
-		if err := rtnl.ReplaceRoute(r); err != nil {
+		if err := c.ReplaceRoute(r); err != nil {
 			return &Error{Interface: name, Op: "default route via " + lease.Gateway.String(), Err: err}
 		}
 	}

@@ -40,13 +40,15 @@ func RenameAll(ctx context.Context, opts Options) ([]Rename, error) {
 		return nil, err
 	}
 	sort.Strings(names)
+	c := &rtnl.Conn{} // one socket for every link's requests
+	defer c.Close()
 	var done []Rename
 	var errs []error
 	for _, old := range names {
 		if err := ctx.Err(); err != nil {
 			return done, errors.Join(append(errs, err)...)
 		}
-		r, err := s.rename(old)
+		r, err := s.rename(c, old)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -58,8 +60,9 @@ func RenameAll(ctx context.Context, opts Options) ([]Rename, error) {
 	return done, errors.Join(errs...)
 }
 
-// rename renames one link if udev would; a zero Rename means it would not.
-func (s sysfs) rename(old string) (Rename, error) {
+// rename renames one link through c if udev would; a zero Rename means it
+// would not.
+func (s sysfs) rename(c *rtnl.Conn, old string) (Rename, error) {
 	name, err := s.predictable(old)
 	if err != nil {
 		return Rename{}, &LinkError{Link: old, Err: err}
@@ -67,14 +70,14 @@ func (s sysfs) rename(old string) (Rename, error) {
 	if name == old {
 		return Rename{}, nil
 	}
-	link, err := rtnl.LinkByName(old)
+	link, err := c.LinkByName(old)
 	if err != nil {
 		return Rename{}, &LinkError{Link: old, New: name, Err: err}
 	}
 	if link.Up() {
 		return Rename{}, &LinkError{Link: old, New: name, Err: ErrLinkUp}
 	}
-	if err := rtnl.SetName(link.Index, name); err != nil {
+	if err := c.SetName(link.Index, name); err != nil {
 		return Rename{}, &LinkError{Link: old, New: name, Err: err}
 	}
 	return Rename{Index: link.Index, Old: old, New: name}, nil
