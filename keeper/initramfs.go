@@ -36,7 +36,8 @@ func openInitramfs() (*initramfsAfterSwitch, error) {
 }
 
 // freeLater frees the initramfs (shutdown.FreeInitramfs, as switch_root
-// would) once its switch pipe ends: PID 1 holds the other end open,
+// would), then the keeper's start-up garbage (see report), once its switch
+// pipe ends: PID 1 holds the other end open,
 // close-on-exec, until it executes the root's init. Deleting its files
 // took 0.12 s of the one virtual CPU of the test rig in PID 1, between
 // the mount and the root's init; here it runs at idle priority
@@ -59,9 +60,10 @@ func (k *keeper) freeLater(x *initramfsAfterSwitch) {
 		}
 		t := time.Now()
 		f := shutdown.FreeInitramfs(x.root)
-		// The thread's stacks and the listing's buffers go back now, not
-		// at the scavenger's pace.
-		debug.FreeOSMemory()
 		k.log.Printf(k.step, "freed the initramfs once the root's init ran: %d files, %.1f MiB, in %.2fs", f.Files, float64(f.Bytes)/(1<<20), time.Since(t).Seconds())
+		// The start's garbage (see report), the listing's buffers and
+		// this thread's stacks go back now, not at the scavenger's pace.
+		debug.FreeOSMemory()
+		k.logMemory()
 	}()
 }

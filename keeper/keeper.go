@@ -90,13 +90,17 @@ func (k *keeper) report(rep Report) {
 	_, _ = k.status.Write(append(b, '\n'))
 	k.status.Close()
 	k.status = nil
+	// What the start allocated (the TLS handshake, the spec's JSON, the
+	// first DHCP and netlink exchanges) is garbage from here on: give it
+	// back to the kernel now rather than at the scavenger's pace. The
+	// root's keeper does it once the root's init runs, with the
+	// initramfs (freeLater): a collection now would take the boot's one
+	// CPU from PID 1's mount.
 	if rep.Ready && k.initramfs != nil {
 		k.freeLater(k.initramfs)
 		k.initramfs = nil
+		return
 	}
-	// What the start allocated (the TLS handshake, the spec's JSON, the
-	// first DHCP and netlink exchanges) is garbage from here on: give it
-	// back to the kernel now rather than at the scavenger's pace.
 	debug.FreeOSMemory()
 	k.logMemory()
 }
