@@ -14,12 +14,15 @@
 //	serve_netlink.go the serve duty by netlink: attach, and RECONFIGURE on link-dead
 //	serve_ioctl.go   the serve duty by ioctl: DO_IT on a locked thread, reattach
 //	relay.go         the socket the kernel gets (TLS relay), queue limits
+//	memlock.go       locking the keeper in memory for a swap device
+//	initramfs.go     the root's keeper freeing the initramfs once the root's init runs
 //
 // After the attach a keeper's work is a set of duties (serving the device,
 // following PID 1's root, ...), each a goroutine under one context that
 // ends when the device is detached or any duty returns; a new job of the
 // keeper is a new duty.
 //
-// It may import dial, ioctl, netlink, nbddev, config, negotiate, bootlog,
-// internal/poll and x/sys/unix; nothing of the boot sequence.
+// It may import dial, ioctl, netlink, nbddev, config, negotiate, network,
+// bootlog, internal/poll, shutdown (FreeInitramfs) and x/sys/unix;
+// nothing of the boot sequence.
 package keeper
