@@ -1,37 +1,18 @@
 package keeper
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/bootlog"
+	"github.com/nbdroot/nbdroot/internal/testrig"
 	"github.com/nbdroot/nbdroot/shutdown"
 )
-
-// lockedBuffer is a log sink safe for the keeper's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestFreeLater checks that the keeper frees the initramfs only when the
 // switch pipe ends (PID 1's exec of the root's init closes its end), keeps
@@ -56,7 +37,7 @@ func TestFreeLater(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out lockedBuffer
+	var out testrig.SyncBuffer
 	k := &keeper{log: bootlog.New(&out, time.Now()), step: "keeper nbd0"}
 	k.freeLater(&initramfsAfterSwitch{root: fd, switched: r})
 

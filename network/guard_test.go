@@ -1,18 +1,17 @@
 package network
 
 import (
-	"bytes"
 	"context"
 	"net/netip"
 	"os/exec"
 	"runtime"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/internal/testrig"
 	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
@@ -30,7 +29,7 @@ func TestGuardLab(t *testing.T) {
 	defer cancel()
 	n := config.Network{Mode: config.NetworkStatic, Interfaces: []string{labClient}, LinkTimeout: 5 * time.Second,
 		Address: netip.MustParsePrefix("10.77.0.20/24"), Gateway: netip.MustParseAddr(labServer)}
-	var logBuf syncBuffer
+	var logBuf testrig.SyncBuffer
 	log := bootlog.New(&logBuf, time.Now())
 	lease, err := Up(ctx, log, n, Options{Root: t.TempDir()})
 	if err != nil {
@@ -144,24 +143,6 @@ func rootState(t *testing.T, l *Lease) string {
 		}
 	}
 	return ""
-}
-
-// syncBuffer is a bytes.Buffer safe for the log's and the test's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // TestGuardSweepGarbage measures what a sweep leaves on the heap, on one

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/internal/testrig"
 	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
@@ -186,7 +187,7 @@ func TestKeepReleaseLab(t *testing.T) {
 		}
 		return
 	}
-	var logBuf syncBuffer
+	var logBuf testrig.SyncBuffer
 	log := bootlog.New(io.MultiWriter(&logBuf, testWriter{t}), time.Now())
 	log.SetDebug(true)
 	n := config.Network{Mode: config.NetworkDHCP, Interfaces: []string{labClient}, LinkTimeout: 5 * time.Second, DHCPTimeout: 20 * time.Second}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nbdroot/nbdroot/bootlog"
 	"github.com/nbdroot/nbdroot/config"
+	"github.com/nbdroot/nbdroot/internal/testrig"
 	"github.com/nbdroot/nbdroot/network/rtnl"
 )
 
@@ -167,7 +168,7 @@ func TestUpNoServerLab(t *testing.T) {
 		l.child(t, time.Minute)
 		return
 	}
-	var logBuf syncBuffer
+	var logBuf testrig.SyncBuffer
 	log := bootlog.New(&logBuf, time.Now())
 	log.SetDebug(true)
 	n := config.Network{Mode: config.NetworkDHCP, Interfaces: []string{labClient}, LinkTimeout: time.Second, DHCPTimeout: 2 * time.Second}

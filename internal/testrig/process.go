@@ -21,7 +21,7 @@ const StopTimeout = 5 * time.Second
 type Process struct {
 	argv []string
 	cmd  *exec.Cmd
-	out  *lockedBuffer
+	out  *SyncBuffer
 	done chan struct{} // closed when Wait returns
 	err  error         // Wait's result, valid after done
 }
@@ -32,7 +32,7 @@ type Process struct {
 // that exits with its thread locked).
 func Start(t testing.TB, argv ...string) *Process {
 	t.Helper()
-	p := &Process{argv: argv, out: &lockedBuffer{}}
+	p := &Process{argv: argv, out: &SyncBuffer{}}
 	if err := p.start(); err != nil {
 		t.Fatalf("testrig: %v", err)
 	}
@@ -106,19 +106,22 @@ func (p *Process) Stop() {
 	<-p.done
 }
 
-// lockedBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type lockedBuffer struct {
+// SyncBuffer is a bytes.Buffer safe for one writer and concurrent readers:
+// a process's output, or a log written from several goroutines.
+type SyncBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 }
 
-func (b *lockedBuffer) Write(p []byte) (int, error) {
+// Write appends p.
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.Write(p)
 }
 
-func (b *lockedBuffer) String() string {
+// String returns what was written so far.
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()

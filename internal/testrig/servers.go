@@ -236,7 +236,7 @@ func startForeground(t testing.TB, kind string, ep endpoint, argv []string) *Ser
 func (s *Server) start() error {
 	if s.pidFile == "" {
 		if s.proc == nil {
-			s.proc = &Process{argv: s.argv, out: &lockedBuffer{}}
+			s.proc = &Process{argv: s.argv, out: &SyncBuffer{}}
 		}
 		if err := s.proc.start(); err != nil {
 			return err
@@ -251,7 +251,7 @@ func (s *Server) start() error {
 	// nbd-server: the foreground process reads the configuration, opens the
 	// socket, forks and exits.
 	_ = os.Remove(s.pidFile)
-	p := &Process{argv: s.argv, out: &lockedBuffer{}}
+	p := &Process{argv: s.argv, out: &SyncBuffer{}}
 	if err := p.start(); err != nil {
 		return err
 	}
