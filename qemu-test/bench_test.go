@@ -181,11 +181,7 @@ func between(c console, from, to *regexp.Regexp) (float64, error) {
 // module tree) with busybox and floor.sh as /init.
 func (r *rig) floorImage(b *testing.B) string {
 	b.Helper()
-	testrig.Need(b, "busybox")
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		b.Fatal(err)
-	}
+	busybox := testrig.Tool(b, "busybox")
 	img := filepath.Join(b.TempDir(), "floor.img")
 	out, err := exec.Command(r.nbdroot, "mkinitramfs", "--base-only", "--shell", busybox, "--file", "floor.sh:/init", "--file", r.nbdroot+":/nbdroot",
 		"--kernel", r.kernel, "--compress", "gzip", "-o", img).CombinedOutput()
@@ -232,11 +228,7 @@ var (
 // as /sbin/init in front of testinit, and busybox to run it.
 func (r *rig) benchRoot(b *testing.B) string {
 	b.Helper()
-	testrig.Need(b, "busybox")
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		b.Fatal(err)
-	}
+	busybox := testrig.Tool(b, "busybox")
 	return r.rootImageWith(b, "rootexec.sh", 64<<20, map[string]string{"bin/busybox": busybox, "sbin/testinit": r.testinit})
 }
 

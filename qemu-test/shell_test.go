@@ -169,11 +169,7 @@ func probeSize(t testing.TB, img string) string {
 func failToBusybox(t *testing.T) (*terminal, string, *testrig.Server) {
 	t.Helper()
 	r := setup(t)
-	testrig.Need(t, "busybox")
-	busybox, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
+	busybox := testrig.Tool(t, "busybox")
 	initrd := r.shellInitramfs(t, busybox)
 	img := r.rootImage(t)
 	srv := testrig.QemuNBD(t, img, "rootfs")

@@ -40,6 +40,17 @@ func Need(t testing.TB, tools ...string) {
 	t.Skipf("testrig: %s not in PATH: this test needs a real NBD server or tool (run make deps to install it)", what)
 }
 
+// Tool returns the path of tool, after Need.
+func Tool(t testing.TB, tool string) string {
+	t.Helper()
+	Need(t, tool)
+	p, err := exec.LookPath(tool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
 	t.Helper()
