@@ -126,11 +126,11 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 	// A debug boot says how the CPU spent the time from here to the root:
 	// steps that overlap can gain no more than its idle time, and the
 	// user/kernel split tells Go's work from the kernel's.
-	reportIdle := func() {}
+	reportCPU := func() {}
 	if spec.Boot.Debug() {
 		from := time.Now()
 		if cpu0, err := bootlog.ReadCPUTime(); err == nil {
-			reportIdle = func() {
+			reportCPU = func() {
 				if cpu, err := bootlog.ReadCPUTime(); err == nil {
 					d := cpu.Sub(cpu0)
 					log.Debugf("", "the CPU was idle %.2fs, in user mode %.2fs and in the kernel %.2fs, of the %.2fs from the spec to the root",
@@ -225,7 +225,7 @@ func Run(ctx context.Context, log *bootlog.Logger, opts Options, prog *Progress)
 		log.Printf("network", "the root's network stack keeps %s: wrote /run/%s", lease.Interface, strings.Join(files, ", /run/"))
 	}
 	args := initArgs(res, opts)
-	reportIdle()
+	reportCPU()
 	log.Printf("", "root ready in %.2fs (%s); exec %s", log.Elapsed().Seconds(), tl, init)
 	restoreKmsg() // the real system's /dev/kmsg rate limit, as it was
 	// The root's keeper frees the initramfs once the init runs; PID 1

@@ -13,7 +13,7 @@
 // (MODULE_INIT_COMPRESSED_FILE, Linux 6.4), or read through ReadModule for
 // an older kernel; images carry their modules uncompressed.
 //
-// It may import bootlog and x/sys/unix.
+// It may import bootlog, internal/sysfile and x/sys/unix.
 package kmod
 
 import (
@@ -31,6 +31,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nbdroot/nbdroot/bootlog"
+	"github.com/nbdroot/nbdroot/internal/sysfile"
 )
 
 // Modules loads kernel modules from /lib/modules/$(uname -r) the way udev
@@ -434,15 +435,17 @@ func (m *Modules) triedCount() int {
 
 // newModaliases returns the modalias of every device under /sys/bus/*/devices
 // that is not in seen, and adds those devices to seen. It lists and reads
-// with plain system calls into one buffer: under emulation a pass over a
+// through one buffer (package sysfile): under emulation a pass over a
 // hundred devices through os.ReadDir and os.ReadFile (a stat and a heap
 // buffer per file) took 1.3-3x as long.
 func (m *Modules) newModaliases(seen map[string]bool) []string {
 	buf := make([]byte, 8<<10)
 	var out []string
-	for _, bus := range dirNames(filepath.Join(m.sys, "bus"), buf) {
+	buses, _ := sysfile.DirNames(filepath.Join(m.sys, "bus"), buf)
+	for _, bus := range buses {
 		dir := filepath.Join(m.sys, "bus", bus, "devices")
-		for _, d := range dirNames(dir, buf) {
+		devs, _ := sysfile.DirNames(dir, buf)
+		for _, d := range devs {
 			key := bus + "/" + d
 			if seen[key] {
 				continue
@@ -456,38 +459,14 @@ func (m *Modules) newModaliases(seen map[string]bool) []string {
 	return out
 }
 
-// dirNames lists dir (without "." and ".."), reading through buf; nil if
-// it cannot be read.
-func dirNames(dir string, buf []byte) []string {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil
-	}
-	defer unix.Close(fd)
-	var names []string
-	for {
-		n, err := unix.Getdents(fd, buf)
-		if err != nil || n <= 0 {
-			return names
-		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
-	}
-}
-
-// readModalias returns the device's modalias from file, "" if it has none.
-// A modalias is one line, well under a page (the kernel's uevent buffer
-// limits it), so one read gets it whole; buf is only borrowed.
+// readModalias returns the device's modalias from file, "" if it has none;
+// buf is only borrowed.
 func readModalias(file string, buf []byte) string {
-	fd, err := unix.Open(file, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
+	b, err := sysfile.ReadAttr(file, buf)
+	if err != nil || len(b) <= 1 {
 		return ""
 	}
-	n, err := unix.Read(fd, buf)
-	unix.Close(fd)
-	if err != nil || n <= 1 {
-		return ""
-	}
-	return strings.TrimSpace(string(buf[:n]))
+	return strings.TrimSpace(string(b))
 }
 
 // Canonical returns the kernel's spelling of a module name: modprobe treats

@@ -4,6 +4,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/internal/sysfile"
 )
 
 // Freed is what FreeInitramfs deleted.
@@ -47,7 +49,8 @@ type freer struct {
 // tree removes everything under the directory dirfd that lives on f.dev,
 // except its entry named keep ("" keeps nothing).
 func (f *freer) tree(dirfd int, keep string) {
-	for _, name := range f.names(dirfd) {
+	names, _ := sysfile.Names(dirfd, f.buf) // whole before anything goes
+	for _, name := range names {
 		var st unix.Stat_t
 		if unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) != nil {
 			continue
@@ -72,22 +75,5 @@ func (f *freer) tree(dirfd int, keep string) {
 		if st.Nlink == 1 && st.Mode&unix.S_IFMT == unix.S_IFREG {
 			f.freed.Bytes += st.Size
 		}
-	}
-}
-
-// names lists the directory dirfd (without "." and ".."), from its start:
-// the listing is read whole before anything in it is deleted. The
-// directory's offset moves; dirfd is used only through *at calls after.
-func (f *freer) names(dirfd int) []string {
-	if _, err := unix.Seek(dirfd, 0, 0); err != nil {
-		return nil
-	}
-	var out []string
-	for {
-		n, err := unix.Getdents(dirfd, f.buf)
-		if err != nil || n <= 0 {
-			return out
-		}
-		_, _, out = unix.ParseDirent(f.buf[:n], -1, out)
 	}
 }

@@ -18,7 +18,7 @@
 //     once the root is switched to: the root's keeper calls it when the
 //     root's init runs, or PID 1 just before (boot.SwitchRoot).
 //
-// It imports bootlog; nothing imports it but boot (Install, FreeInitramfs),
+// It imports bootlog and internal/sysfile; nothing imports it but boot (Install, FreeInitramfs),
 // keeper (FreeInitramfs) and cmd/nbdroot (Run).
 package shutdown
 

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nbdroot/nbdroot/internal/sysfile"
 )
 
 // DefaultRoot is where sysfs is mounted when Options.Root is empty.
@@ -46,45 +48,11 @@ func (s sysfs) netDevice(name string) (device, error) {
 // attr reads a sysfs attribute of d, without its trailing newlines, as
 // sd_device_get_sysattr_value does.
 func (s sysfs) attr(d device, name string) (string, error) {
-	b, err := readAttr(filepath.Join(string(d), name))
+	b, err := sysfile.ReadAttr(filepath.Join(string(d), name), make([]byte, sysfile.AttrMax))
 	if err != nil {
 		return "", err
 	}
 	return strings.TrimRight(string(b), "\n"), nil
-}
-
-// attrMax is the most a sysfs attribute holds: the kernel formats one into
-// a page.
-const attrMax = 4096
-
-// readAttr reads the attribute file path (attrMax bytes at most) with an
-// open, a read and a close: a sysfs attribute comes whole from the first
-// read, so a short read is its end. os.ReadFile's stat and second read
-// were half of the system calls of a name's choice, each dear under
-// emulation.
-func readAttr(path string) ([]byte, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
-	}
-	defer unix.Close(fd)
-	buf := make([]byte, attrMax)
-	n := 0
-	for n < len(buf) {
-		m, err := unix.Read(fd, buf[n:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, &os.PathError{Op: "read", Path: path, Err: err}
-		}
-		short := m < len(buf)-n // the attribute's end (0: end of file)
-		n += m
-		if short {
-			break
-		}
-	}
-	return buf[:n], nil
 }
 
 // optAttr reads an attribute that may be missing or unreadable (the kernel
